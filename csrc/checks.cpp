@@ -1,0 +1,100 @@
+#include "checks.h"
+
+#include <cmath>
+
+namespace cwr_fast {
+namespace {
+
+bool is_supported_float(at::ScalarType t) {
+  return t == at::kFloat || t == at::kHalf || t == at::kBFloat16 || t == at::kDouble;
+}
+
+void check_per_sample(const std::optional<at::Tensor>& t, const char* name, const at::Tensor& x) {
+  if (!t.has_value()) return;
+  const at::Tensor& v = *t;
+  TORCH_CHECK(v.dim() == 1 && v.size(0) == x.size(0), name, " must have shape [N] = [", x.size(0),
+              "] (one value per sample), got ", v.sizes());
+  TORCH_CHECK(at::isFloatingType(v.scalar_type()), name, " must be a floating tensor, got ",
+              v.scalar_type());
+  TORCH_CHECK(v.device() == x.device(), name, " must be on ", x.device(), " like x_adv, got ",
+              v.device());
+  if (v.device().is_cpu() && v.numel() > 0) {
+    TORCH_CHECK(v.min().item<double>() >= 0.0, name, " must be >= 0 everywhere, got min ",
+                v.min().item<double>());
+  }
+}
+
+}  // namespace
+
+void check_step_args(const at::Tensor& x_adv, const at::Tensor& grad, const at::Tensor& x_nat,
+                     double alpha, double eps, double lo, double hi,
+                     const std::optional<at::Tensor>& alpha_per_sample,
+                     const std::optional<at::Tensor>& eps_per_sample) {
+  TORCH_CHECK(is_supported_float(x_adv.scalar_type()),
+              "x_adv must be float32, float16, bfloat16 or float64 (images in [0, 1]), got ",
+              x_adv.scalar_type());
+  TORCH_CHECK(x_adv.dim() >= 1, "x_adv must have a batch dimension, got a 0-d tensor");
+  TORCH_CHECK(grad.scalar_type() == x_adv.scalar_type(), "grad must have the dtype of x_adv (",
+              x_adv.scalar_type(), "), got ", grad.scalar_type());
+  TORCH_CHECK(x_nat.scalar_type() == x_adv.scalar_type(), "x_nat must have the dtype of x_adv (",
+              x_adv.scalar_type(), "), got ", x_nat.scalar_type());
+  TORCH_CHECK(grad.sizes() == x_adv.sizes(), "grad must have the shape of x_adv ", x_adv.sizes(),
+              ", got ", grad.sizes());
+  TORCH_CHECK(x_nat.sizes() == x_adv.sizes(), "x_nat must have the shape of x_adv ", x_adv.sizes(),
+              ", got ", x_nat.sizes());
+  TORCH_CHECK(grad.device() == x_adv.device(), "grad must be on ", x_adv.device(),
+              " like x_adv, got ", grad.device());
+  TORCH_CHECK(x_nat.device() == x_adv.device(), "x_nat must be on ", x_adv.device(),
+              " like x_adv, got ", x_nat.device());
+  TORCH_CHECK(std::isfinite(alpha) && alpha >= 0, "alpha must be a finite number >= 0, got ", alpha);
+  TORCH_CHECK(std::isfinite(eps) && eps >= 0, "eps must be a finite number >= 0, got ", eps);
+  TORCH_CHECK(lo <= hi, "lo must be <= hi, got lo=", lo, " hi=", hi);
+  check_per_sample(alpha_per_sample, "alpha_per_sample", x_adv);
+  check_per_sample(eps_per_sample, "eps_per_sample", x_adv);
+}
+
+void check_loss_args(const at::Tensor& logits, const at::Tensor& target,
+                     const std::optional<at::Tensor>& weight, double temperature) {
+  TORCH_CHECK(is_supported_float(logits.scalar_type()),
+              "logits must be float32, float16, bfloat16 or float64, got ", logits.scalar_type());
+  TORCH_CHECK(logits.dim() == 2, "logits must have shape [N, C], got ", logits.sizes());
+  TORCH_CHECK(logits.size(1) >= 1, "logits must have at least one class (C >= 1), got ",
+              logits.sizes());
+  TORCH_CHECK(target.scalar_type() == at::kLong, "target must be int64 class indices, got ",
+              target.scalar_type());
+  TORCH_CHECK(target.dim() == 1 && target.size(0) == logits.size(0),
+              "target must have shape [N] = [", logits.size(0), "], got ", target.sizes());
+  TORCH_CHECK(target.device() == logits.device(), "target must be on ", logits.device(),
+              " like logits, got ", target.device());
+  TORCH_CHECK(std::isfinite(temperature) && temperature > 0,
+              "temperature must be a finite number > 0, got ", temperature);
+  if (weight.has_value()) {
+    const at::Tensor& w = *weight;
+    TORCH_CHECK(w.dim() == 1 && w.size(0) == logits.size(0), "weight must have shape [N] = [",
+                logits.size(0), "] (one weight per sample), got ", w.sizes());
+    TORCH_CHECK(at::isFloatingType(w.scalar_type()), "weight must be a floating tensor, got ",
+                w.scalar_type());
+    TORCH_CHECK(w.device() == logits.device(), "weight must be on ", logits.device(),
+                " like logits, got ", w.device());
+  }
+  if (target.device().is_cpu() && target.numel() > 0) {
+    const int64_t lo = target.min().item<int64_t>(), hi = target.max().item<int64_t>();
+    TORCH_CHECK(lo >= 0 && hi < logits.size(1), "target must hold class indices in [0, ",
+                logits.size(1), "), got values in [", lo, ", ", hi, "]");
+  }
+}
+
+at::Tensor per_sample_float(const std::optional<at::Tensor>& t) {
+  if (!t.has_value()) return at::Tensor();
+  return t->to(at::kFloat).contiguous();
+}
+
+bool same_batch_major_layout(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c) {
+  if (a.strides() != b.strides() || a.strides() != c.strides()) return false;
+  if (!a.is_non_overlapping_and_dense()) return false;
+  // Dense with the batch dimension outermost: sample i occupies [i*per_sample, (i+1)*per_sample).
+  if (a.dim() <= 1 || a.size(0) <= 1) return true;
+  return a.stride(0) == a.numel() / a.size(0);
+}
+
+}  // namespace cwr_fast

@@ -1,0 +1,28 @@
+// Argument validation shared by the CPU and CUDA kernels, so both reject bad input identically.
+#pragma once
+#include <ATen/ATen.h>
+#include <optional>
+
+namespace cwr_fast {
+
+// x_adv/grad/x_nat: same floating dtype, shape and device; alpha, eps >= 0; lo <= hi;
+// per-sample tensors 1-D of length N on the same device (values checked on the CPU only,
+// since reading them on a GPU would synchronise the host).
+void check_step_args(const at::Tensor& x_adv, const at::Tensor& grad, const at::Tensor& x_nat,
+                     double alpha, double eps, double lo, double hi,
+                     const std::optional<at::Tensor>& alpha_per_sample,
+                     const std::optional<at::Tensor>& eps_per_sample);
+
+// logits [N, C] floating with C >= 1; target int64 [N] on the same device, in [0, C) (checked
+// here on the CPU; on the GPU the kernel asserts); weight floating [N]; temperature > 0.
+void check_loss_args(const at::Tensor& logits, const at::Tensor& target,
+                     const std::optional<at::Tensor>& weight, double temperature = 1.0);
+
+// A per-sample tensor as contiguous float32, or an undefined tensor when absent.
+at::Tensor per_sample_float(const std::optional<at::Tensor>& t);
+
+// True when the three tensors share one dense layout in which each sample's elements are one
+// contiguous block of memory in sample order (contiguous and channels_last both qualify).
+bool same_batch_major_layout(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c);
+
+}  // namespace cwr_fast
