@@ -96,6 +96,15 @@ else:
 
 print(f"cwr_fast: building cwr_fast._C with CPU kernels{' and CUDA kernels (' + os.environ['TORCH_CUDA_ARCH_LIST'] + ')' if with_cuda else ' only'}")
 
+class IncrementalBuildExtension(BuildExtension):
+    """Keeps object files in ./build/temp (pip's editable install would use a fresh temporary folder
+    each time), so ninja recompiles only the sources that changed."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        self.build_temp = os.path.join(here, "build", "temp")
+
+
 setup(
     packages=find_packages(include=["cwr_fast", "cwr_fast.*"]),
     ext_modules=[
@@ -107,6 +116,6 @@ setup(
             py_limited_api=False,
         )
     ],
-    cmdclass={"build_ext": BuildExtension},
+    cmdclass={"build_ext": IncrementalBuildExtension},
     include_package_data=True,
 )

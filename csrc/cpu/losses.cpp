@@ -1,0 +1,203 @@
+// CPU kernels of the fused losses: per row of logits, the per-sample loss and dL/dz in one call
+// (the row stays in L1 across its passes), rows spread over threads.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <limits>
+#include <tuple>
+#include <vector>
+
+#include "checks.h"
+#include "cpu/vec_helpers.h"
+
+namespace cwr_fast::cpu {
+namespace {
+
+constexpr int64_t kGrainElems = 1 << 14;
+
+struct LossOutputs {
+  at::Tensor loss, grad;
+};
+
+LossOutputs prepare_outputs(const at::Tensor& logits) {
+  const auto loss_dtype = logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  return {at::empty({logits.size(0)}, logits.options().dtype(loss_dtype)),
+          at::empty(logits.sizes(), logits.options())};
+}
+
+// The pointers a loss kernel reads and writes; rows are contiguous.
+template <typename scalar_t>
+struct LossRows {
+  using opmath_t = at::opmath_type<scalar_t>;
+  const scalar_t* z;
+  const int64_t* y;
+  const float* w;  // nullptr: every weight is 1
+  opmath_t* loss;
+  scalar_t* grad;
+  int64_t n, c;
+  opmath_t weight(int64_t i) const { return w ? static_cast<opmath_t>(w[i]) : opmath_t(1); }
+};
+
+template <typename scalar_t>
+LossRows<scalar_t> loss_rows(const at::Tensor& logits, const at::Tensor& target, const at::Tensor& weight,
+                             at::Tensor& loss, at::Tensor& grad) {
+  return {logits.const_data_ptr<scalar_t>(), target.const_data_ptr<int64_t>(),
+          weight.defined() ? weight.const_data_ptr<float>() : nullptr,
+          loss.data_ptr<at::opmath_type<scalar_t>>(), grad.data_ptr<scalar_t>(), logits.size(0),
+          logits.size(1)};
+}
+
+template <typename T>
+inline Vectorized<T> fast_exp(const Vectorized<T>& v) {
+  return v.exp_u20();  // ~2 ulp, handles underflow to 0: enough for a softmax
+}
+
+// Few classes (C <= kFewClasses): each vector lane holds one row, so a block of rows needs C
+// vector exps instead of C scalar ones, and no reduction across lanes.
+constexpr int64_t kFewClasses = 16;
+
+template <typename scalar_t>
+void ce_rows_in_lanes(const LossRows<scalar_t>& r, at::opmath_type<scalar_t> inv_t, int64_t begin, int64_t end) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  using fVec = Vectorized<opmath_t>;
+  constexpr int64_t L = fVec::size();
+  const int64_t c = r.c;
+  opmath_t block[kFewClasses][L];  // block[j][lane]: class j of row (r0 + lane)
+  opmath_t m_lane[L], s_lane[L];
+  for (int64_t r0 = begin; r0 < end; r0 += L) {
+    const int64_t rows = std::min<int64_t>(L, end - r0);
+    for (int64_t j = 0; j < c; ++j) {
+      for (int64_t lane = 0; lane < L; ++lane) {
+        block[j][lane] = lane < rows ? static_cast<opmath_t>(r.z[(r0 + lane) * c + j]) : opmath_t(0);
+      }
+    }
+    fVec m = fVec::loadu(block[0]);
+    for (int64_t j = 1; j < c; ++j) m = at::vec::maximum(m, fVec::loadu(block[j]));
+    fVec s(0);
+    for (int64_t j = 0; j < c; ++j) {
+      const fVec e = fast_exp((fVec::loadu(block[j]) - m) * fVec(inv_t));
+      e.store(block[j]);
+      s = s + e;
+    }
+    m.store(m_lane);
+    s.store(s_lane);
+    for (int64_t lane = 0; lane < rows; ++lane) {
+      const int64_t i = r0 + lane, yi = r.y[i];
+      const opmath_t wi = r.weight(i), scale = wi * inv_t / s_lane[lane];
+      r.loss[i] = wi * (std::log(s_lane[lane]) - (static_cast<opmath_t>(r.z[i * c + yi]) - m_lane[lane]) * inv_t);
+      scalar_t* g = r.grad + i * c;
+      for (int64_t j = 0; j < c; ++j) g[j] = static_cast<scalar_t>(block[j][lane] * scale);
+      g[yi] = static_cast<scalar_t>(block[yi][lane] * scale - wi * inv_t);
+    }
+  }
+}
+
+// Many classes: one row at a time, three vector passes over a row that stays in L1
+// (max; exp and sum; scale and store).
+template <typename scalar_t>
+void ce_row_by_row(const LossRows<scalar_t>& r, at::opmath_type<scalar_t> inv_t, int64_t begin, int64_t end) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  using fVec = Vectorized<opmath_t>;
+  constexpr int64_t L = fVec::size();
+  const int64_t c = r.c;
+  std::vector<opmath_t> e(c);
+  for (int64_t i = begin; i < end; ++i) {
+    opmath_t* row = e.data();
+    at::vec::convert(r.z + i * c, row, c);
+    const int64_t yi = r.y[i];
+    const opmath_t z_true = row[yi];
+    const opmath_t m = at::vec::reduce_all<opmath_t>(
+        [](fVec& a, fVec& b) { return at::vec::maximum(a, b); }, row, c);
+    fVec s_vec(0);
+    int64_t j = 0;
+    for (; j + L <= c; j += L) {
+      const fVec v = fast_exp((fVec::loadu(row + j) - fVec(m)) * fVec(inv_t));
+      v.store(row + j);
+      s_vec = s_vec + v;
+    }
+    opmath_t s = at::vec::vec_reduce_all<opmath_t>(std::plus<fVec>(), s_vec);
+    for (; j < c; ++j) {
+      row[j] = std::exp((row[j] - m) * inv_t);
+      s += row[j];
+    }
+    const opmath_t wi = r.weight(i), scale = wi * inv_t / s;
+    r.loss[i] = wi * (std::log(s) - (z_true - m) * inv_t);
+    const opmath_t grad_true = row[yi] * scale - wi * inv_t;
+    at::vec::map([=](fVec v) { return v * fVec(scale); }, row, row, c);
+    row[yi] = grad_true;
+    at::vec::convert(row, r.grad + i * c, c);
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> temperature_ce_fwd_bwd_cpu(const at::Tensor& logits_in, const at::Tensor& target_in,
+                                                   double temperature, const std::optional<at::Tensor>& weight_in) {
+  check_loss_args(logits_in, target_in, weight_in, temperature);
+  const at::Tensor logits = logits_in.contiguous();
+  const at::Tensor target = target_in.contiguous();
+  const at::Tensor weight = per_sample_float(weight_in);
+  auto [loss, grad] = prepare_outputs(logits);
+  if (logits.size(0) == 0) return {loss, grad};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "temperature_ce_cpu", [&] {
+    const auto r = loss_rows<scalar_t>(logits, target, weight, loss, grad);
+    const auto inv_t = static_cast<at::opmath_type<scalar_t>>(1.0 / temperature);
+    at::parallel_for(0, r.n, std::max<int64_t>(1, kGrainElems / r.c), [&](int64_t begin, int64_t end) {
+      if (r.c <= kFewClasses) {
+        ce_rows_in_lanes(r, inv_t, begin, end);
+      } else {
+        ce_row_by_row(r, inv_t, begin, end);
+      }
+    });
+  });
+  return {loss, grad};
+}
+
+// First arg-max over j != y of a row (the competitor of the CW margin), or -1 when C == 1.
+template <typename scalar_t>
+int64_t best_other_class(const scalar_t* z, int64_t c, int64_t y) {
+  int64_t best = -1;
+  for (int64_t j = 0; j < c; ++j) {
+    if (j != y && (best < 0 || z[j] > z[best])) best = j;
+  }
+  return best;
+}
+
+std::tuple<at::Tensor, at::Tensor> margin_loss_fwd_bwd_cpu(const at::Tensor& logits_in, const at::Tensor& target_in,
+                                                const std::optional<at::Tensor>& weight_in) {
+  check_loss_args(logits_in, target_in, weight_in);
+  const at::Tensor logits = logits_in.contiguous();
+  const at::Tensor target = target_in.contiguous();
+  const at::Tensor weight = per_sample_float(weight_in);
+  auto [loss, grad] = prepare_outputs(logits);
+  if (logits.size(0) == 0) return {loss, grad};
+  grad.zero_();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "margin_loss_cpu", [&] {
+    using opmath_t = at::opmath_type<scalar_t>;
+    const auto r = loss_rows<scalar_t>(logits, target, weight, loss, grad);
+    at::parallel_for(0, r.n, std::max<int64_t>(1, kGrainElems / r.c), [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const scalar_t* z = r.z + i * r.c;
+        const int64_t yi = r.y[i], j = best_other_class(z, r.c, yi);
+        if (j < 0) {  // C == 1: no competing class, so margin and gradient are 0 by definition
+          r.loss[i] = 0;
+          continue;
+        }
+        const opmath_t wi = r.weight(i);
+        r.loss[i] = wi * (static_cast<opmath_t>(z[j]) - static_cast<opmath_t>(z[yi]));
+        r.grad[i * r.c + j] = static_cast<scalar_t>(wi);
+        r.grad[i * r.c + yi] = static_cast<scalar_t>(-wi);
+      }
+    });
+  });
+  return {loss, grad};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(cwr_fast, CPU, m) {
+  m.impl("temperature_ce_fwd_bwd", &temperature_ce_fwd_bwd_cpu);
+  m.impl("margin_loss_fwd_bwd", &margin_loss_fwd_bwd_cpu);
+}
+
+}  // namespace cwr_fast::cpu

@@ -1,0 +1,234 @@
+// CUDA kernels of the fused per-sample losses and their gradients: temperature_ce_fwd_bwd and
+// margin_loss_fwd_bwd. Semantics: cwr_fast/reference.py.
+//
+// A group of threads handles one row of logits: a warp (8 rows per 256-thread block) when
+// C <= kWarpRowMaxC, otherwise the whole 256-thread block, so that small batches of many-class
+// logits (256 x 1000) still spread over the GPU. Rows are re-read from global memory for each
+// sweep; after the first sweep they come from L1/L2.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <cstdint>
+#include <tuple>
+
+#include "checks.h"
+#include "common.cuh"
+
+namespace cwr_fast {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int64_t kWarpRowMaxC = 512;
+
+// Reduction over the threads of one row group: a warp, or the whole block.
+template <int kGroup, typename T, typename Op>
+__device__ __forceinline__ T group_reduce(T v, Op op, T identity) {
+  if constexpr (kGroup == dev::kWarp) {
+    return dev::warp_reduce(v, op);
+  } else {
+    return dev::block_reduce(v, op, identity);
+  }
+}
+
+// ---- temperature-scaled cross-entropy -------------------------------------------------------
+
+// loss_i = w_i * (logsumexp(z_i / T) - z_iy / T); grad_ij = w_i * (softmax(z_i / T)_j - [j == y_i]) / T.
+template <typename scalar_t, int kGroup>
+__global__ void __launch_bounds__(kThreads)
+temperature_ce_kernel(const scalar_t* logits, const int64_t* target,
+                      const at::opmath_type<scalar_t>* weight, at::opmath_type<scalar_t> temperature,
+                      int64_t n, int64_t c, at::opmath_type<scalar_t>* loss, scalar_t* grad) {
+  using T = at::opmath_type<scalar_t>;
+  const int rows_per_block = blockDim.x / kGroup;
+  const int lane = threadIdx.x % kGroup;
+  for (int64_t row = int64_t(blockIdx.x) * rows_per_block + threadIdx.x / kGroup; row < n;
+       row += int64_t(gridDim.x) * rows_per_block) {
+    const scalar_t* z = logits + row * c;
+    scalar_t* dz = grad + row * c;
+    const int64_t y = target[row];
+    const bool y_ok = y >= 0 && y < c;
+    CUDA_KERNEL_ASSERT_MSG(y_ok, "cwr_fast.temperature_ce_fwd_bwd: target out of range [0, C)");
+    const T w = weight != nullptr ? weight[row] : T(1);
+
+    // log_softmax(u) with u = z / T, computed as torch does: (u - max) - log(sum(exp(u - max))).
+    T u_max = T(-INFINITY);
+    for (int64_t j = lane; j < c; j += kGroup) u_max = dev::MaxOp()(u_max, T(z[j]) / temperature);
+    u_max = group_reduce<kGroup>(u_max, dev::MaxOp(), T(-INFINITY));
+    T sum = 0;
+    for (int64_t j = lane; j < c; j += kGroup) sum += dev::exp_(T(z[j]) / temperature - u_max);
+    sum = group_reduce<kGroup>(sum, dev::SumOp(), T(0));
+    const T log_sum = dev::log_(sum);
+
+    if (lane == 0) {
+      const T u_y = y_ok ? T(z[y]) / temperature : T(NAN);
+      loss[row] = -((u_y - u_max) - log_sum) * w;
+    }
+    for (int64_t j = lane; j < c; j += kGroup) {
+      const T p = dev::exp_((T(z[j]) / temperature - u_max) - log_sum);
+      const T one_hot = j == y ? T(1) : T(0);
+      dz[j] = static_cast<scalar_t>((p - one_hot) / temperature * w);
+    }
+  }
+}
+
+// ---- margin (CW) loss -----------------------------------------------------------------------
+
+template <typename T>
+struct ArgMax {
+  T val;
+  int64_t idx;
+};
+
+// The order of torch.max(dim): NaN beats any number, then the larger value, then the lower index.
+template <typename T>
+__device__ __forceinline__ bool beats(const ArgMax<T>& a, const ArgMax<T>& b) {
+  const bool a_nan = a.val != a.val, b_nan = b.val != b.val;
+  if (a_nan != b_nan) return a_nan;
+  if (!a_nan && a.val != b.val) return a.val > b.val;
+  return a.idx < b.idx;
+}
+
+struct ArgMaxOp {
+  template <typename T>
+  __device__ __forceinline__ ArgMax<T> operator()(const ArgMax<T>& a, const ArgMax<T>& b) const {
+    return beats(b, a) ? b : a;
+  }
+};
+
+// Found by dev::warp_reduce through argument-dependent lookup.
+template <typename T>
+__device__ __forceinline__ ArgMax<T> shfl_xor(const ArgMax<T>& a, int mask) {
+  const long long idx = __shfl_xor_sync(0xffffffffu, static_cast<long long>(a.idx), mask);
+  return {dev::shfl_xor(a.val, mask), static_cast<int64_t>(idx)};
+}
+
+// loss_i = w_i * (max_{j != y} z_ij - z_iy); grad: +w_i at the competitor, -w_i at y.
+// The competitor is torch.max over the row with z_y replaced by -inf (what the reference does):
+// the first arg-max j != y for finite logits. C == 1 has no competitor: loss and grad are 0 * w.
+template <typename scalar_t, int kGroup>
+__global__ void __launch_bounds__(kThreads)
+margin_kernel(const scalar_t* logits, const int64_t* target,
+              const at::opmath_type<scalar_t>* weight, int64_t n, int64_t c,
+              at::opmath_type<scalar_t>* loss, scalar_t* grad) {
+  using T = at::opmath_type<scalar_t>;
+  const ArgMax<T> none{T(-INFINITY), INT64_MAX};  // loses to every element
+  const int rows_per_block = blockDim.x / kGroup;
+  const int lane = threadIdx.x % kGroup;
+  for (int64_t row = int64_t(blockIdx.x) * rows_per_block + threadIdx.x / kGroup; row < n;
+       row += int64_t(gridDim.x) * rows_per_block) {
+    const scalar_t* z = logits + row * c;
+    scalar_t* dz = grad + row * c;
+    const int64_t y = target[row];
+    const bool y_ok = y >= 0 && y < c;
+    CUDA_KERNEL_ASSERT_MSG(y_ok, "cwr_fast.margin_loss_fwd_bwd: target out of range [0, C)");
+    const T w = weight != nullptr ? weight[row] : T(1);
+
+    ArgMax<T> best = none;
+    for (int64_t j = lane; j < c; j += kGroup) {
+      const ArgMax<T> candidate{j == y ? T(-INFINITY) : T(z[j]), j};
+      if (beats(candidate, best)) best = candidate;
+    }
+    best = group_reduce<kGroup>(best, ArgMaxOp(), none);
+
+    if (lane == 0) {
+      const T z_y = y_ok ? T(z[y]) : T(NAN);
+      loss[row] = (c == 1 ? T(0) : best.val - z_y) * w;
+    }
+    for (int64_t j = lane; j < c; j += kGroup) {
+      const T direction = c == 1 ? T(0) : (j == y ? T(-1) : (j == best.idx ? T(1) : T(0)));
+      dz[j] = static_cast<scalar_t>(direction * w);
+    }
+  }
+}
+
+// ---- host side ------------------------------------------------------------------------------
+
+struct LossInputs {
+  at::Tensor logits, target, weight;  // contiguous; weight in the loss dtype, or undefined
+  at::Tensor loss, grad;              // outputs
+  int64_t n, c;
+};
+
+LossInputs prepare(const at::Tensor& logits, const at::Tensor& target,
+                   const std::optional<at::Tensor>& weight) {
+  LossInputs in;
+  in.n = logits.size(0);
+  in.c = logits.size(1);
+  const at::ScalarType loss_dtype = logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  in.loss = at::empty({in.n}, logits.options().dtype(loss_dtype));
+  in.grad = at::empty({in.n, in.c}, logits.options());
+  if (in.n == 0) return in;
+  in.logits = logits.contiguous();
+  in.target = target.contiguous();
+  if (weight.has_value()) in.weight = weight->to(loss_dtype).contiguous();
+  return in;
+}
+
+template <typename T>
+const T* optional_ptr(const at::Tensor& t) {
+  return t.defined() ? t.const_data_ptr<T>() : nullptr;
+}
+
+// Launches kernel<kGroup> with a warp or a block per row (see the top of the file).
+template <typename Launch>
+void launch_rows(int64_t n, int64_t c, Launch&& launch) {
+  if (c <= kWarpRowMaxC) {
+    launch(std::integral_constant<int, dev::kWarp>(), dev::grid_size(n * dev::kWarp, kThreads));
+  } else {
+    launch(std::integral_constant<int, kThreads>(), dev::grid_size(n * kThreads, kThreads));
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> temperature_ce_fwd_bwd_cuda(
+    const at::Tensor& logits, const at::Tensor& target, double temperature,
+    const std::optional<at::Tensor>& weight) {
+  check_loss_args(logits, target, weight, temperature);
+  const c10::cuda::CUDAGuard device_guard(logits.device());
+  LossInputs in = prepare(logits, target, weight);
+  if (in.n == 0) return {in.loss, in.grad};
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "temperature_ce_fwd_bwd_cuda", [&] {
+    using T = at::opmath_type<scalar_t>;
+    launch_rows(in.n, in.c, [&](auto group, unsigned int grid) {
+      temperature_ce_kernel<scalar_t, decltype(group)::value><<<grid, kThreads, 0, stream>>>(
+          in.logits.const_data_ptr<scalar_t>(), in.target.const_data_ptr<int64_t>(),
+          optional_ptr<T>(in.weight), static_cast<T>(temperature), in.n, in.c,
+          in.loss.data_ptr<T>(), in.grad.data_ptr<scalar_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return {in.loss, in.grad};
+}
+
+std::tuple<at::Tensor, at::Tensor> margin_loss_fwd_bwd_cuda(
+    const at::Tensor& logits, const at::Tensor& target, const std::optional<at::Tensor>& weight) {
+  check_loss_args(logits, target, weight);
+  const c10::cuda::CUDAGuard device_guard(logits.device());
+  LossInputs in = prepare(logits, target, weight);
+  if (in.n == 0) return {in.loss, in.grad};
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "margin_loss_fwd_bwd_cuda", [&] {
+    using T = at::opmath_type<scalar_t>;
+    launch_rows(in.n, in.c, [&](auto group, unsigned int grid) {
+      margin_kernel<scalar_t, decltype(group)::value><<<grid, kThreads, 0, stream>>>(
+          in.logits.const_data_ptr<scalar_t>(), in.target.const_data_ptr<int64_t>(),
+          optional_ptr<T>(in.weight), in.n, in.c, in.loss.data_ptr<T>(),
+          in.grad.data_ptr<scalar_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return {in.loss, in.grad};
+}
+
+}  // namespace
+}  // namespace cwr_fast
+
+TORCH_LIBRARY_IMPL(cwr_fast, CUDA, m) {
+  m.impl("temperature_ce_fwd_bwd", &cwr_fast::temperature_ce_fwd_bwd_cuda);
+  m.impl("margin_loss_fwd_bwd", &cwr_fast::margin_loss_fwd_bwd_cuda);
+}

@@ -1,0 +1,347 @@
+// CUDA kernels of the in-place PGD steps: linf_pgd_step_ and l2_pgd_step_.
+// Semantics: cwr_fast/reference.py. All arithmetic in float32 (float64 for float64 tensors),
+// rounded once to the storage dtype on write.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <algorithm>
+
+#include "checks.h"
+#include "common.cuh"
+
+namespace cwr_fast {
+namespace {
+
+constexpr int kThreads = 256;
+
+// alpha and eps of a sample: the scalars, or the per-sample tensors when given.
+template <typename T>
+struct Budget {
+  T alpha, eps;
+  const T* alpha_ps;  // [N] or nullptr
+  const T* eps_ps;    // [N] or nullptr
+  __host__ __device__ bool per_sample() const { return alpha_ps != nullptr || eps_ps != nullptr; }
+  __device__ T alpha_of(int64_t i) const { return alpha_ps != nullptr ? alpha_ps[i] : alpha; }
+  __device__ T eps_of(int64_t i) const { return eps_ps != nullptr ? eps_ps[i] : eps; }
+};
+
+// ---- Linf -----------------------------------------------------------------------------------
+
+// torch.sign: -1, 0 or 1, and 0 for NaN.
+template <typename T>
+__device__ __forceinline__ T sign_of(T g) {
+  return T(T(0) < g) - T(g < T(0));
+}
+
+template <typename T>
+__device__ __forceinline__ T linf_update(T x, T g, T xn, T alpha, T eps, T lo, T hi) {
+  const T delta = dev::clamp_keep_nan(x + alpha * sign_of(g) - xn, -eps, eps);
+  return dev::clamp_keep_nan(xn + delta, lo, hi);
+}
+
+// Elementwise over the flat memory of batch-major tensors: element k belongs to sample
+// k / per_sample. kVec == 1 is the scalar fallback; for kVec > 1 the caller guarantees 16-byte
+// aligned pointers and, with per-sample budgets, that kVec divides per_sample (so a vector never
+// spans two samples).
+template <typename scalar_t, int kVec>
+__global__ void __launch_bounds__(kThreads)
+linf_step_kernel(scalar_t* x_adv, const scalar_t* grad, const scalar_t* x_nat, int64_t numel,
+                 int64_t per_sample, Budget<at::opmath_type<scalar_t>> budget,
+                 at::opmath_type<scalar_t> lo, at::opmath_type<scalar_t> hi) {
+  using T = at::opmath_type<scalar_t>;
+  const int64_t first = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  const int64_t n_vec = numel / kVec;
+  for (int64_t v = first; v < n_vec; v += stride) {
+    const int64_t k0 = v * kVec;
+    const int64_t sample = budget.per_sample() ? k0 / per_sample : 0;
+    const T alpha = budget.alpha_of(sample), eps = budget.eps_of(sample);
+    auto x = dev::load_vec<kVec>(x_adv + k0);
+    const auto g = dev::load_vec<kVec>(grad + k0);
+    const auto xn = dev::load_vec<kVec>(x_nat + k0);
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) {
+      x.v[k] = static_cast<scalar_t>(
+          linf_update(T(x.v[k]), T(g.v[k]), T(xn.v[k]), alpha, eps, lo, hi));
+    }
+    dev::store_vec<kVec>(x_adv + k0, x);
+  }
+  // The numel % kVec < kVec elements after the last whole vector (none when kVec == 1): one
+  // element for each of the first threads of the grid.
+  const int64_t k = n_vec * kVec + first;
+  if (k < numel) {
+    const int64_t sample = budget.per_sample() ? k / per_sample : 0;
+    x_adv[k] = static_cast<scalar_t>(linf_update(T(x_adv[k]), T(grad[k]), T(x_nat[k]),
+                                                 budget.alpha_of(sample), budget.eps_of(sample),
+                                                 lo, hi));
+  }
+}
+
+template <typename scalar_t>
+void launch_linf(at::Tensor& x, const at::Tensor& g, const at::Tensor& xn,
+                 Budget<at::opmath_type<scalar_t>> budget, at::opmath_type<scalar_t> lo,
+                 at::opmath_type<scalar_t> hi) {
+  constexpr int kVec = dev::vec_width<scalar_t>();
+  const int64_t numel = x.numel(), per_sample = numel / x.size(0);
+  scalar_t* xp = x.data_ptr<scalar_t>();
+  const scalar_t* gp = g.const_data_ptr<scalar_t>();
+  const scalar_t* xnp = xn.const_data_ptr<scalar_t>();
+  const bool vectorised = dev::is_aligned16(xp) && dev::is_aligned16(gp) &&
+                          dev::is_aligned16(xnp) &&
+                          (!budget.per_sample() || per_sample % kVec == 0);
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  if (vectorised) {
+    linf_step_kernel<scalar_t, kVec><<<dev::grid_size(numel / kVec, kThreads), kThreads, 0, stream>>>(
+        xp, gp, xnp, numel, per_sample, budget, lo, hi);
+  } else {
+    linf_step_kernel<scalar_t, 1><<<dev::grid_size(numel, kThreads), kThreads, 0, stream>>>(
+        xp, gp, xnp, numel, per_sample, budget, lo, hi);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// ---- L2 -------------------------------------------------------------------------------------
+// Pass 1 sums, per sample, ||d||^2, <d, g> and ||g||^2 with d = x_adv - x_nat; pass 2 derives
+// the step and projection factors from them and writes x_adv. Each sample is split into `chunks`
+// contiguous chunks; a block handles one (sample, chunk) unit at a time. Pass 1 writes one
+// partial per unit to a [N, chunks, 3] float64 workspace and pass 2 adds them in a fixed order,
+// so the result is deterministic (no atomics) and needs no zeroed memory.
+
+template <typename T>
+struct L2Scale {
+  T g_den;   // ||g|| + 1e-12
+  T factor;  // projection onto the eps-ball: eps / ||delta|| when ||delta|| > eps, else 1
+};
+
+template <typename T>
+__device__ L2Scale<T> l2_scale(double dd, double dg, double gg, T alpha, T eps) {
+  const T g_den = static_cast<T>(sqrt(gg)) + T(1e-12);  // rounded as the reference rounds it
+  // delta = d + s*g with s = alpha / g_den, so ||delta||^2 = ||d||^2 + 2s<d,g> + s^2||g||^2.
+  // In float64: the three terms can cancel. A NaN sum gives factor 1, as in the reference.
+  const double s = double(alpha) / double(g_den);
+  const double delta_sq = dd + 2.0 * s * dg + s * s * gg;
+  const T d_norm = static_cast<T>(sqrt(delta_sq > 0.0 ? delta_sq : 0.0));
+  const T factor = d_norm > eps ? eps / (d_norm > T(1e-12) ? d_norm : T(1e-12)) : T(1);
+  return {g_den, factor};
+}
+
+template <typename T>
+__device__ __forceinline__ T l2_update(T x, T g, T xn, T alpha, L2Scale<T> sc, T lo, T hi) {
+  const T delta = x + alpha * g / sc.g_den - xn;  // operation order of the reference
+  return dev::clamp_keep_nan(xn + delta * sc.factor, lo, hi);
+}
+
+// The vectors [begin, end) of chunk `chunk` of a sample with n_vec vectors.
+struct ChunkRange {
+  int64_t begin, end;
+};
+__device__ __forceinline__ ChunkRange chunk_range(int64_t n_vec, int64_t chunks, int64_t chunk) {
+  const int64_t len = dev::ceil_div(n_vec, chunks);
+  const int64_t begin = chunk * len;
+  return {begin, begin + len < n_vec ? begin + len : n_vec};
+}
+
+// kVec > 1 requires 16-byte aligned pointers and kVec dividing per_sample.
+template <typename scalar_t, int kVec>
+__global__ void __launch_bounds__(kThreads)
+l2_sums_kernel(const scalar_t* x_adv, const scalar_t* grad, const scalar_t* x_nat,
+               int64_t n_samples, int64_t per_sample, int64_t chunks, double* partials) {
+  using T = at::opmath_type<scalar_t>;
+  const int64_t n_vec = per_sample / kVec;
+  for (int64_t unit = blockIdx.x; unit < n_samples * chunks; unit += gridDim.x) {
+    const int64_t sample = unit / chunks;
+    const ChunkRange r = chunk_range(n_vec, chunks, unit % chunks);
+    double dd = 0, dg = 0, gg = 0;
+    for (int64_t v = r.begin + threadIdx.x; v < r.end; v += blockDim.x) {
+      const int64_t k0 = sample * per_sample + v * kVec;
+      const auto x = dev::load_vec<kVec>(x_adv + k0);
+      const auto g = dev::load_vec<kVec>(grad + k0);
+      const auto xn = dev::load_vec<kVec>(x_nat + k0);
+      T vdd = 0, vdg = 0, vgg = 0;  // one vector's share, in the compute type
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) {
+        const T d = T(x.v[k]) - T(xn.v[k]), gk = T(g.v[k]);
+        vdd += d * d;
+        vdg += d * gk;
+        vgg += gk * gk;
+      }
+      dd += vdd;
+      dg += vdg;
+      gg += vgg;
+    }
+    dd = dev::block_reduce(dd, dev::SumOp(), 0.0);
+    dg = dev::block_reduce(dg, dev::SumOp(), 0.0);
+    gg = dev::block_reduce(gg, dev::SumOp(), 0.0);
+    if (threadIdx.x == 0) {
+      partials[unit * 3 + 0] = dd;
+      partials[unit * 3 + 1] = dg;
+      partials[unit * 3 + 2] = gg;
+    }
+  }
+}
+
+template <typename scalar_t, int kVec>
+__global__ void __launch_bounds__(kThreads)
+l2_apply_kernel(scalar_t* x_adv, const scalar_t* grad, const scalar_t* x_nat, int64_t n_samples,
+                int64_t per_sample, int64_t chunks, const double* partials,
+                Budget<at::opmath_type<scalar_t>> budget, at::opmath_type<scalar_t> lo,
+                at::opmath_type<scalar_t> hi) {
+  using T = at::opmath_type<scalar_t>;
+  __shared__ L2Scale<T> shared_scale;
+  const int64_t n_vec = per_sample / kVec;
+  for (int64_t unit = blockIdx.x; unit < n_samples * chunks; unit += gridDim.x) {
+    const int64_t sample = unit / chunks;
+    const T alpha = budget.alpha_of(sample);
+    __syncthreads();  // everyone has read shared_scale of the previous unit
+    if (threadIdx.x == 0) {
+      double dd = 0, dg = 0, gg = 0;
+      for (int64_t c = 0; c < chunks; ++c) {
+        const double* p = partials + (sample * chunks + c) * 3;
+        dd += p[0];
+        dg += p[1];
+        gg += p[2];
+      }
+      shared_scale = l2_scale(dd, dg, gg, alpha, budget.eps_of(sample));
+    }
+    __syncthreads();
+    const L2Scale<T> sc = shared_scale;
+    const ChunkRange r = chunk_range(n_vec, chunks, unit % chunks);
+    for (int64_t v = r.begin + threadIdx.x; v < r.end; v += blockDim.x) {
+      const int64_t k0 = sample * per_sample + v * kVec;
+      auto x = dev::load_vec<kVec>(x_adv + k0);
+      const auto g = dev::load_vec<kVec>(grad + k0);
+      const auto xn = dev::load_vec<kVec>(x_nat + k0);
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) {
+        x.v[k] = static_cast<scalar_t>(
+            l2_update(T(x.v[k]), T(g.v[k]), T(xn.v[k]), alpha, sc, lo, hi));
+      }
+      dev::store_vec<kVec>(x_adv + k0, x);
+    }
+  }
+}
+
+template <typename scalar_t, int kVec>
+void launch_l2_with(at::Tensor& x, const at::Tensor& g, const at::Tensor& xn,
+                    Budget<at::opmath_type<scalar_t>> budget, at::opmath_type<scalar_t> lo,
+                    at::opmath_type<scalar_t> hi) {
+  const int64_t n = x.size(0), per_sample = x.numel() / n, n_vec = per_sample / kVec;
+  // 256 threads, or fewer (a multiple of 32) when a sample has fewer vectors than that.
+  const int threads = static_cast<int>(std::min<int64_t>(kThreads, dev::ceil_div(n_vec, 32) * 32));
+  // Split samples into chunks until about one wave of blocks is busy, keeping at least two
+  // vectors per thread in a chunk.
+  const int64_t wave = dev::blocks_per_wave(threads);
+  const int64_t max_chunks = std::max<int64_t>(1, n_vec / (2 * threads));
+  const int64_t chunks = std::clamp<int64_t>(dev::ceil_div(wave, n), 1, max_chunks);
+  const int64_t units = n * chunks;
+  const auto grid = static_cast<unsigned int>(std::min<int64_t>(units, 4 * wave));
+  at::Tensor partials = at::empty({n, chunks, 3}, x.options().dtype(at::kDouble));
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  scalar_t* xp = x.data_ptr<scalar_t>();
+  const scalar_t* gp = g.const_data_ptr<scalar_t>();
+  const scalar_t* xnp = xn.const_data_ptr<scalar_t>();
+  l2_sums_kernel<scalar_t, kVec><<<grid, threads, 0, stream>>>(
+      xp, gp, xnp, n, per_sample, chunks, partials.data_ptr<double>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  l2_apply_kernel<scalar_t, kVec><<<grid, threads, 0, stream>>>(
+      xp, gp, xnp, n, per_sample, chunks, partials.const_data_ptr<double>(), budget, lo, hi);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename scalar_t>
+void launch_l2(at::Tensor& x, const at::Tensor& g, const at::Tensor& xn,
+               Budget<at::opmath_type<scalar_t>> budget, at::opmath_type<scalar_t> lo,
+               at::opmath_type<scalar_t> hi) {
+  constexpr int kVec = dev::vec_width<scalar_t>();
+  const int64_t per_sample = x.numel() / x.size(0);
+  const bool vectorised = dev::is_aligned16(x.const_data_ptr()) &&
+                          dev::is_aligned16(g.const_data_ptr()) &&
+                          dev::is_aligned16(xn.const_data_ptr()) && per_sample % kVec == 0;
+  if (vectorised) {
+    launch_l2_with<scalar_t, kVec>(x, g, xn, budget, lo, hi);
+  } else {
+    launch_l2_with<scalar_t, 1>(x, g, xn, budget, lo, hi);
+  }
+}
+
+// ---- host side shared by both steps ---------------------------------------------------------
+
+// Runs fn(x, g, xn) on tensors in one batch-major dense layout: the arguments themselves when
+// they already share one, otherwise contiguous copies, with the result copied back into x_adv.
+template <typename Fn>
+void on_batch_major(at::Tensor& x_adv, const at::Tensor& grad, const at::Tensor& x_nat, Fn&& fn) {
+  if (same_batch_major_layout(x_adv, grad, x_nat)) {
+    fn(x_adv, grad, x_nat);
+    return;
+  }
+  at::Tensor x = x_adv.contiguous();
+  fn(x, grad.contiguous(), x_nat.contiguous());
+  if (!x.is_same(x_adv)) x_adv.copy_(x);
+}
+
+// Per-sample budget in the compute dtype: float32, or float64 for float64 images (as the reference).
+at::Tensor per_sample_compute(const std::optional<at::Tensor>& t, at::ScalarType x_dtype) {
+  if (x_dtype != at::kDouble || !t.has_value()) return per_sample_float(t);
+  return t->to(at::kDouble).contiguous();
+}
+
+template <typename T>
+Budget<T> make_budget(double alpha, double eps, const at::Tensor& alpha_ps,
+                      const at::Tensor& eps_ps) {
+  return {static_cast<T>(alpha), static_cast<T>(eps),
+          alpha_ps.defined() ? alpha_ps.const_data_ptr<T>() : nullptr,
+          eps_ps.defined() ? eps_ps.const_data_ptr<T>() : nullptr};
+}
+
+enum class Norm { kLinf, kL2 };
+
+void pgd_step_cuda(Norm norm, at::Tensor& x_adv, const at::Tensor& grad, const at::Tensor& x_nat,
+                   double alpha, double eps, double lo, double hi,
+                   const std::optional<at::Tensor>& alpha_per_sample,
+                   const std::optional<at::Tensor>& eps_per_sample) {
+  check_step_args(x_adv, grad, x_nat, alpha, eps, lo, hi, alpha_per_sample, eps_per_sample);
+  if (x_adv.numel() == 0) return;
+  const c10::cuda::CUDAGuard device_guard(x_adv.device());
+  const at::Tensor alpha_ps = per_sample_compute(alpha_per_sample, x_adv.scalar_type());
+  const at::Tensor eps_ps = per_sample_compute(eps_per_sample, x_adv.scalar_type());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_adv.scalar_type(), "pgd_step_cuda", [&] {
+    using T = at::opmath_type<scalar_t>;
+    const Budget<T> budget = make_budget<T>(alpha, eps, alpha_ps, eps_ps);
+    on_batch_major(x_adv, grad, x_nat,
+                   [&](at::Tensor& x, const at::Tensor& g, const at::Tensor& xn) {
+                     if (norm == Norm::kLinf) {
+                       launch_linf<scalar_t>(x, g, xn, budget, T(lo), T(hi));
+                     } else {
+                       launch_l2<scalar_t>(x, g, xn, budget, T(lo), T(hi));
+                     }
+                   });
+  });
+}
+
+void linf_pgd_step_cuda(at::Tensor& x_adv, const at::Tensor& grad, const at::Tensor& x_nat,
+                        double alpha, double eps, double lo, double hi,
+                        const std::optional<at::Tensor>& alpha_per_sample,
+                        const std::optional<at::Tensor>& eps_per_sample) {
+  pgd_step_cuda(Norm::kLinf, x_adv, grad, x_nat, alpha, eps, lo, hi, alpha_per_sample,
+                eps_per_sample);
+}
+
+void l2_pgd_step_cuda(at::Tensor& x_adv, const at::Tensor& grad, const at::Tensor& x_nat,
+                      double alpha, double eps, double lo, double hi,
+                      const std::optional<at::Tensor>& alpha_per_sample,
+                      const std::optional<at::Tensor>& eps_per_sample) {
+  pgd_step_cuda(Norm::kL2, x_adv, grad, x_nat, alpha, eps, lo, hi, alpha_per_sample,
+                eps_per_sample);
+}
+
+}  // namespace
+}  // namespace cwr_fast
+
+TORCH_LIBRARY_IMPL(cwr_fast, CUDA, m) {
+  m.impl("linf_pgd_step_", &cwr_fast::linf_pgd_step_cuda);
+  m.impl("l2_pgd_step_", &cwr_fast::l2_pgd_step_cuda);
+}

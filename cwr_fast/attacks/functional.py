@@ -1,0 +1,170 @@
+"""The functional core of the gradient attacks: one loop for FGSM, PGD (Linf, L2), Temperature-PGD
+and CW-Linf, untargeted or targeted, on the fused ops of `cwr_fast.ops`.
+
+Each step: forward (optionally under autocast), the fused loss forward+backward gives dL/dlogits,
+one backward gives the input gradient, the fused in-place step moves and projects x_adv. The model
+must already be in attack mode (eval, no parameter gradients; see `attack_mode`).
+
+track="final": every sample takes all steps and the last iterate counts (torchattacks semantics).
+track="any": a sample counts as fooled at the first iterate that fools the model (AutoAttack
+semantics); it then leaves the active batch, so no more compute is spent on it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import Tensor, nn
+
+from cwr_fast import ops
+from cwr_fast.attacks.result import AttackResult
+
+NORMS = ("linf", "l2")
+LOSSES = ("ce", "margin")
+TRACKS = ("final", "any")
+AMP_DTYPES = {None: None, "none": None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+_FP16_LOSS_SCALE = 1024.0  # keeps fp16 input gradients from underflowing; steps use the direction only
+
+
+def amp_dtype(amp: str | None) -> torch.dtype | None:
+    if amp not in AMP_DTYPES:
+        raise ValueError(f"amp must be one of {[k for k in AMP_DTYPES if k]}, got {amp!r}")
+    return AMP_DTYPES[amp]
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def loss_gradient(logits: Tensor, y: Tensor, target: Tensor | None, loss: str,
+                  temperature: float) -> Tensor:
+    """dL/dlogits of the loss the attack ascends: the loss on y (untargeted), or minus the loss on
+    the target class (targeted: ascending -L(target) moves toward the target)."""
+    labels = y if target is None else target
+    if loss == "ce":
+        _, dz = ops.temperature_ce_fwd_bwd(logits, labels, temperature)
+    else:
+        _, dz = ops.margin_loss_fwd_bwd(logits, labels)
+    return dz if target is None else dz.neg_()
+
+
+def random_start(x_nat: Tensor, eps: float | Tensor, norm: str) -> Tensor:
+    """A uniform point of the Linf ball (drawn exactly as torchattacks' PGD draws it, for scalar eps),
+    or a point of the L2 ball with uniform radius; clamped to [0, 1]."""
+    per_sample = isinstance(eps, Tensor)
+    shape = (-1,) + (1,) * (x_nat.dim() - 1)
+    if norm == "linf":
+        if per_sample:
+            delta = (torch.rand_like(x_nat) * 2 - 1) * eps.view(shape)
+        else:
+            delta = torch.empty_like(x_nat).uniform_(-eps, eps)
+    else:
+        delta = torch.randn_like(x_nat)
+        norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(shape)
+        radius = torch.rand(x_nat.shape[0], device=x_nat.device, dtype=x_nat.dtype).view(shape)
+        delta = delta / norms * radius * (eps.view(shape) if per_sample else eps)
+    return torch.clamp(x_nat + delta, 0.0, 1.0)
+
+
+def _take(value: float | Tensor, keep: Tensor) -> float | Tensor:
+    return value[keep] if isinstance(value, Tensor) else value
+
+
+def _run_once(model: nn.Module, x_nat: Tensor, y: Tensor, target: Tensor | None, *, norm: str,
+              eps: float | Tensor, alpha: float | Tensor, steps: int, loss: str, temperature: float,
+              use_random_start: bool, track: str, dtype: torch.dtype | None) -> AttackResult:
+    n = x_nat.shape[0]
+    out_x = x_nat.clone()
+    out_pred = y.clone()
+    out_success = torch.zeros(n, dtype=torch.bool, device=x_nat.device)
+    step_ = ops.linf_pgd_step_ if norm == "linf" else ops.l2_pgd_step_
+    scale = _FP16_LOSS_SCALE if dtype == torch.float16 else None
+
+    x = random_start(x_nat, eps, norm) if use_random_start else x_nat.clone()
+    index = None  # positions of the active samples in the batch; None while all are active
+    for step in range(steps + 1):
+        last = step == steps
+        if not last:
+            x.requires_grad_(True)
+        with torch.set_grad_enabled(not last), autocast(x.device, dtype):
+            logits = model(x)
+        pred = logits.argmax(dim=1)
+        success = pred == target if target is not None else pred != y
+        if last:
+            break
+        dz = loss_gradient(logits, y, target, loss, temperature)
+        if scale is not None:
+            dz = dz * scale
+        (grad,) = torch.autograd.grad(logits, x, dz)
+        x = x.detach()
+        del logits, dz
+        if track == "any":
+            done = success
+            if bool(done.any()):
+                at = done.nonzero().squeeze(1) if index is None else index[done]
+                out_x[at], out_pred[at], out_success[at] = x[done], pred[done], True
+                keep = ~done
+                index = keep.nonzero().squeeze(1) if index is None else index[keep]
+                if index.numel() == 0:
+                    return AttackResult(out_x, out_pred, out_success)
+                x, grad, x_nat, y = x[keep], grad[keep], x_nat[keep], y[keep]
+                target = target[keep] if target is not None else None
+                eps, alpha = _take(eps, keep), _take(alpha, keep)
+        step_(x, grad, x_nat, alpha, eps)
+        del grad
+    x = x.detach()
+    if index is None:
+        return AttackResult(x, pred, success)
+    out_x[index], out_pred[index], out_success[index] = x, pred, success
+    return AttackResult(out_x, out_pred, out_success)
+
+
+def _per_sample(value: float | Tensor, name: str, n: int, device: torch.device) -> float | Tensor:
+    if isinstance(value, Tensor):
+        if value.dim() == 0:
+            return float(value)
+        if value.shape != (n,):
+            raise ValueError(f"{name} as a tensor must have shape [N]=[{n}], got {list(value.shape)}")
+        return value.to(device=device, dtype=torch.float32)
+    return float(value)
+
+
+def perturb(model: nn.Module, x: Tensor, y: Tensor, *, norm: str = "linf", eps: float | Tensor,
+            alpha: float | Tensor, steps: int, loss: str = "ce", temperature: float = 1.0,
+            random_start: bool = True, restarts: int = 1, target: Tensor | None = None,
+            track: str = "final", amp: str | None = None) -> AttackResult:
+    """Runs the attack on (x, y); x in [0, 1], float32. eps/alpha: numbers or [N] tensors.
+
+    target: None (untargeted) or [N] target classes. restarts: later restarts run only on the
+    samples that earlier ones did not fool. Returns AttackResult (x_adv float32).
+    """
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    if track not in TRACKS:
+        raise ValueError(f"track must be one of {TRACKS}, got {track!r}")
+    n = x.shape[0]
+    eps = _per_sample(eps, "eps", n, x.device)
+    alpha = _per_sample(alpha, "alpha", n, x.device)
+    dtype = amp_dtype(amp)
+    result = None
+    todo = None  # positions not fooled yet (None: all)
+    for _ in range(restarts):
+        sub = (lambda t: t) if todo is None else (lambda t: t[todo] if isinstance(t, Tensor) else t)
+        run = _run_once(model, sub(x), sub(y), None if target is None else sub(target), norm=norm,
+                        eps=sub(eps), alpha=sub(alpha), steps=steps, loss=loss,
+                        temperature=temperature, use_random_start=random_start, track=track,
+                        dtype=dtype)
+        if todo is None:
+            result = run
+            todo = (~run.success).nonzero().squeeze(1)
+        else:
+            result.x_adv[todo], result.pred[todo], result.success[todo] = run.x_adv, run.pred, run.success
+            todo = todo[~run.success]
+        if todo.numel() == 0 or not random_start:
+            break  # without random start, a restart would repeat the same deterministic run
+    return result

@@ -1,0 +1,177 @@
+"""Attack specifications as text, for the CLI and the evaluator: "fgsm,pgd-20,tpgd-20:T=2,cw-30,aa".
+
+One attack is `name[-steps][:key=value]...`:
+  fgsm                         keys: eps, T, target
+  pgd-STEPS    (Linf, CE)      keys: eps, alpha, restarts, rs (random start 0/1), T, target
+  tpgd-STEPS   (Temperature)   same keys; T defaults to 1 (= pgd)
+  cw-STEPS     (Linf, margin)  keys: eps, alpha, restarts, rs, target
+  pgdl2-STEPS  (L2, CE)        keys: eps, alpha, restarts, rs, T, target; eps from --eps-l2 unless given
+  aa           (AutoAttack)    keys: eps, version (standard|plus|rand), norm (linf|l2), seed
+STEPS defaults to 10. Numbers may be fractions: eps=8/255. target: random, least or next.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+from torch import nn
+
+from cwr_fast.attacks.attack import Attack
+from cwr_fast.attacks.autoattack import VERSIONS, AutoAttack
+from cwr_fast.attacks.gradient import CW, FGSM, PGD, PGDL2, TARGET_MODES, TPGD
+
+_ITERATIVE_KEYS = {"eps", "alpha", "restarts", "rs", "T", "target"}
+KEYS = {
+    "fgsm": {"eps", "T", "target"},
+    "pgd": _ITERATIVE_KEYS,
+    "tpgd": _ITERATIVE_KEYS,
+    "cw": _ITERATIVE_KEYS - {"T"},
+    "pgdl2": _ITERATIVE_KEYS,
+    "aa": {"eps", "version", "norm", "seed"},
+}
+_ALIASES = {"autoattack": "aa", "pgd_l2": "pgdl2", "l2pgd": "pgdl2", "cwlinf": "cw", "cw_linf": "cw"}
+DEFAULT_STEPS = 10
+
+
+class AttackSpecError(ValueError):
+    """An attack specification that cannot be understood."""
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One parsed attack: name (fgsm, pgd, tpgd, cw, pgdl2, aa), steps, params, and its label."""
+
+    name: str
+    steps: int | None = None
+    params: dict = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        head = self.name if self.steps is None else f"{self.name}-{self.steps}"
+        return ":".join([head] + [f"{k}={_format(v)}" for k, v in self.params.items()])
+
+    def with_params(self, **params) -> "AttackSpec":
+        return dataclasses.replace(self, params={**self.params, **params})
+
+    def eps(self, eps: float, eps_l2: float | None = None) -> float:
+        """The budget this attack will use, given the global defaults."""
+        if "eps" in self.params:
+            return self.params["eps"]
+        if self.name == "pgdl2" or self.params.get("norm") == "l2":
+            if eps_l2 is None:
+                raise AttackSpecError(f"attack {self.label!r} is an L2 attack: give it eps=... or set --eps-l2")
+            return eps_l2
+        return eps
+
+    def build(self, model: nn.Module, *, eps: float, eps_l2: float | None = None,
+              track: str = "any", amp: str | None = None, num_classes: int = 10) -> Attack:
+        """The attack object; eps/eps_l2 are the defaults for a spec that gives no eps."""
+        p = self.params
+        budget = self.eps(eps, eps_l2)
+        try:
+            if self.name == "aa":
+                return AutoAttack(model, eps=budget, norm=p.get("norm", "linf"),
+                                  version=p.get("version", "standard"), num_classes=num_classes,
+                                  seed=p.get("seed", 0))
+            common = {"target": p.get("target"), "track": track, "amp": amp}
+            if self.name == "fgsm":
+                return FGSM(model, eps=budget, temperature=p.get("T", 1.0), **common)
+            cls = {"pgd": PGD, "tpgd": TPGD, "cw": CW, "pgdl2": PGDL2}[self.name]
+            kwargs = {"alpha": p.get("alpha"), "steps": self.steps, "restarts": p.get("restarts", 1),
+                      "random_start": bool(p.get("rs", 1)), **common}
+            if self.name != "cw":
+                kwargs["temperature"] = p.get("T", 1.0)
+            return cls(model, eps=budget, **kwargs)
+        except (ValueError, TypeError) as err:
+            raise AttackSpecError(f"attack {self.label!r}: {err}") from err
+
+
+def _format(value) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _parse_number(key: str, text: str, label: str) -> float:
+    try:
+        return float(Fraction(text)) if "/" in text else float(text)
+    except (ValueError, ZeroDivisionError):
+        raise AttackSpecError(f"attack {label!r}: {key}={text!r} is not a number") from None
+
+
+def _parse_value(key: str, text: str, label: str):
+    if key in ("eps", "alpha", "T"):
+        value = _parse_number(key, text, label)
+        if key == "eps" and value < 0:
+            raise AttackSpecError(f"attack {label!r}: eps must be >= 0, got {text}")
+        if key in ("alpha", "T") and not value > 0:
+            raise AttackSpecError(f"attack {label!r}: {key} must be > 0, got {text}")
+        return value
+    if key in ("restarts", "seed", "rs"):
+        if not text.isdigit():
+            raise AttackSpecError(f"attack {label!r}: {key} must be a non-negative integer, got {text!r}")
+        value = int(text)
+        if key == "restarts" and value < 1:
+            raise AttackSpecError(f"attack {label!r}: restarts must be >= 1")
+        if key == "rs" and value not in (0, 1):
+            raise AttackSpecError(f"attack {label!r}: rs must be 0 or 1")
+        return value
+    if key == "target" and text not in TARGET_MODES:
+        raise AttackSpecError(f"attack {label!r}: target must be one of {TARGET_MODES}, got {text!r}")
+    if key == "version" and text not in VERSIONS:
+        raise AttackSpecError(f"attack {label!r}: version must be one of {VERSIONS}, got {text!r}")
+    if key == "norm" and text not in ("linf", "l2"):
+        raise AttackSpecError(f"attack {label!r}: norm must be linf or l2, got {text!r}")
+    return text
+
+
+def parse_attack(text: str) -> AttackSpec:
+    """'tpgd-20:T=2' -> AttackSpec('tpgd', 20, {'T': 2.0})."""
+    label = text.strip()
+    head, *assignments = label.split(":")
+    name, _, steps_text = head.strip().lower().partition("-")
+    name = _ALIASES.get(name, name)
+    if name not in KEYS:
+        raise AttackSpecError(f"unknown attack {label!r}; known attacks: {', '.join(KEYS)} "
+                              "(e.g. fgsm,pgd-20,tpgd-20:T=2,cw-30,aa)")
+    steps = None
+    if name not in ("fgsm", "aa"):
+        if steps_text and (not steps_text.isdigit() or int(steps_text) < 1):
+            raise AttackSpecError(f"attack {label!r}: steps must be a positive integer, got {steps_text!r}")
+        steps = int(steps_text) if steps_text else DEFAULT_STEPS
+    elif steps_text:
+        raise AttackSpecError(f"attack {label!r}: {name} takes no step count")
+    params = {}
+    for assignment in assignments:
+        key, eq, value = assignment.strip().partition("=")
+        key = "T" if key.lower() in ("t", "temperature") else key.lower()
+        if not eq or not value:
+            raise AttackSpecError(f"attack {label!r}: expected key=value, got {assignment!r}")
+        if key not in KEYS[name]:
+            raise AttackSpecError(f"attack {label!r}: unknown parameter {key!r} for {name}; "
+                                  f"allowed: {', '.join(sorted(KEYS[name]))}")
+        params[key] = _parse_value(key, value.strip(), label)
+    return AttackSpec(name, steps, params)
+
+
+def parse_attacks(text: str) -> list[AttackSpec]:
+    """'fgsm,pgd-20,tpgd-20:T=2,cw-30,aa' -> [AttackSpec, ...]; labels must be distinct."""
+    parts = [p for p in (s.strip() for s in text.split(",")) if p]
+    if not parts:
+        raise AttackSpecError("no attacks given (e.g. --attacks fgsm,pgd-20,cw-30)")
+    specs = [parse_attack(p) for p in parts]
+    labels = [s.label for s in specs]
+    duplicates = sorted({lab for lab in labels if labels.count(lab) > 1})
+    if duplicates:
+        raise AttackSpecError(f"attacks listed twice: {duplicates}")
+    return specs
+
+
+def build_attacks(specs: str | list[AttackSpec], model: nn.Module, **kwargs) -> dict[str, Attack]:
+    """{label: Attack} for the evaluator; kwargs as AttackSpec.build (eps, eps_l2, track, amp,
+    num_classes)."""
+    if isinstance(specs, str):
+        specs = parse_attacks(specs)
+    return {spec.label: spec.build(model, **kwargs) for spec in specs}

@@ -1,0 +1,291 @@
+"""From counts to the class-wise robustness report (a JSON-ready dict): per-class records with
+confidence intervals, summaries, worst case over attacks, rank agreement, gain attribution,
+sweeps and sanity flags. Pure functions of `ClasswiseCounts`.
+
+Report schema, version 1 (`report["schema"] == "cwr_fast.classwise_report"`). Accuracies are
+fractions in [0, 1]; null where a class has no images. Class indices are ints, names strings.
+
+    schema, schema_version, created (ISO time), software {cwr_fast, torch, ops_backend}
+    config            what was run (dataset, split, model, eps, attacks, batch_size, amp, ...)
+    dataset           {name, split, num_classes, class_names, num_images}
+    clean             {accuracy, ci_low, ci_high, per_class: [record], summary, confusion}
+    attacks: [        one per attack, in the order given
+      {label, attack {name, params}, overall {n, robust, robust_acc, clean_acc, ci_low, ci_high},
+       per_class: [record], summary, confusion [C][C] (row: true class, column: adversarial
+       prediction; misclassified clean images keep their clean prediction), seconds, images_per_s}]
+    worst_case        {attacks, overall, per_class, summary, confusion}: robust only if every
+                      attack fails (AutoAttack's rule); column = first attack that fools
+    rank_agreement    [{a, b, spearman}] for every pair of attacks (per-class robust accuracy)
+    gains: [          for each pair weaker -> stronger (by overall robust accuracy)
+      {weaker, stronger, extra_fooled, per_class: [{class, class_name, count, share, rate}],
+       vulnerable_classes, share_from_vulnerable_half, spearman_gain_vs_robustness}]
+    sweeps            {temperature: sweep | null, eps: sweep | null}, sweep =
+                      {parameter, attack, values, overall_robust_acc [per value],
+                       per_class: [{class, class_name, robust_acc [per value], strongest}],
+                       strongest {value, robust_acc}, rank_agreement}
+    flags             [{code, severity, message, attacks}] sanity checks against gradient masking
+
+    record = {class, class_name, n, clean_correct, clean_acc, robust, robust_acc, ci_low, ci_high}
+             (the CI is the 95% Wilson interval of robust_acc; for `clean`, of clean_acc)
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from cwr_fast.classwise.counts import ClasswiseCounts
+from cwr_fast.classwise.stats import class_summary, spearman, wilson_interval
+
+SCHEMA = "cwr_fast.classwise_report"
+SCHEMA_VERSION = 1
+
+
+def _num(value) -> float | None:
+    """JSON-safe float: NaN -> None."""
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+def _records(correct_or_robust: np.ndarray, n: np.ndarray, clean_correct: np.ndarray,
+             class_names: Sequence[str]) -> list[dict]:
+    low, high = wilson_interval(correct_or_robust, n)
+    records = []
+    for c, name in enumerate(class_names):
+        has = n[c] > 0
+        records.append({
+            "class": c, "class_name": name, "n": int(n[c]),
+            "clean_correct": int(clean_correct[c]),
+            "clean_acc": _num(clean_correct[c] / n[c]) if has else None,
+            "robust": int(correct_or_robust[c]),
+            "robust_acc": _num(correct_or_robust[c] / n[c]) if has else None,
+            "ci_low": _num(low[c]), "ci_high": _num(high[c]),
+        })
+    return records
+
+
+def _overall(k: int, n: int, clean_correct: int) -> dict:
+    low, high = wilson_interval(k, n)
+    return {"n": n, "robust": k, "robust_acc": _num(k / n) if n else None,
+            "clean_acc": _num(clean_correct / n) if n else None,
+            "ci_low": _num(low), "ci_high": _num(high)}
+
+
+def _acc(k: np.ndarray, n: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, k / np.maximum(n, 1), np.nan)
+
+
+def describe_attack(attack) -> dict:
+    """{name, params} of an Attack object or of a dict already in that form."""
+    if isinstance(attack, Mapping):
+        return {"name": attack.get("name"), "params": dict(attack.get("params", {}))}
+    params = {k: (float(v) if isinstance(v, torch.Tensor) and v.dim() == 0 else v)
+              for k, v in attack.params().items()}
+    params = {k: (v.tolist() if isinstance(v, torch.Tensor) else v) for k, v in params.items()}
+    if getattr(attack, "norm", None) is not None:
+        params.setdefault("norm", attack.norm)
+    return {"name": getattr(attack, "name", type(attack).__name__), "params": params}
+
+
+def attack_sections(counts: ClasswiseCounts, class_names: Sequence[str],
+                    attacks: Mapping[str, object] | None = None) -> list[dict]:
+    n = counts.n.numpy()
+    clean_correct = counts.clean_correct.numpy()
+    sections = []
+    for k, label in enumerate(counts.attack_names):
+        robust = counts.adv_confusion[k].diagonal().numpy()
+        seconds = float(counts.seconds[k])
+        sections.append({
+            "label": label,
+            "attack": describe_attack(attacks[label]) if attacks and label in attacks else None,
+            "overall": _overall(int(robust.sum()), int(n.sum()), int(clean_correct.sum())),
+            "per_class": _records(robust, n, clean_correct, class_names),
+            "summary": class_summary(_acc(robust, n), class_names),
+            "confusion": counts.adv_confusion[k].tolist(),
+            "seconds": seconds,
+            "images_per_s": _num(n.sum() / seconds) if seconds > 0 else None,
+        })
+    return sections
+
+
+def rank_agreement(counts: ClasswiseCounts) -> list[dict]:
+    """Spearman correlation of per-class robust accuracies for every pair of attacks."""
+    acc = {a: counts.robust_accuracy(a).numpy() for a in counts.attack_names}
+    return [{"a": a, "b": b, "spearman": _num(spearman(acc[a], acc[b]))}
+            for a, b in itertools.combinations(counts.attack_names, 2)]
+
+
+def gain_attribution(counts: ClasswiseCounts, class_names: Sequence[str]) -> list[dict]:
+    """For each pair weaker -> stronger attack (strictly lower overall robust accuracy): the images
+    the weaker attack leaves robust but the stronger one fools, by class. `vulnerable_classes` are
+    the classes below the median robust accuracy under the weaker attack; the paper finds the
+    extra fooled images come mainly from them (share_from_vulnerable_half near 1), and
+    spearman_gain_vs_robustness < 0 says the same with ranks."""
+    n = counts.n.numpy()
+    robust_total = {a: int(counts.robust(a).sum()) for a in counts.attack_names}
+    out = []
+    for i, j in itertools.permutations(range(len(counts.attack_names)), 2):
+        weaker, stronger = counts.attack_names[i], counts.attack_names[j]
+        if not robust_total[weaker] > robust_total[stronger]:
+            continue
+        gain = counts.gain[i, j].numpy()
+        total = int(gain.sum())
+        weak_acc = _acc(counts.robust(weaker).numpy(), n)
+        valid = ~np.isnan(weak_acc)
+        median = float(np.median(weak_acc[valid])) if valid.any() else math.nan
+        vulnerable = [c for c in range(len(class_names)) if valid[c] and weak_acc[c] < median]
+        rate = _acc(gain, n)
+        out.append({
+            "weaker": weaker, "stronger": stronger, "extra_fooled": total,
+            "per_class": [{"class": c, "class_name": class_names[c], "count": int(gain[c]),
+                           "share": _num(gain[c] / total) if total else None,
+                           "rate": _num(rate[c])} for c in range(len(class_names))],
+            "vulnerable_classes": vulnerable,
+            "share_from_vulnerable_half": _num(gain[vulnerable].sum() / total) if total else None,
+            "spearman_gain_vs_robustness": _num(spearman(rate, weak_acc)),
+        })
+    return out
+
+
+def worst_case_section(counts: ClasswiseCounts, class_names: Sequence[str]) -> dict:
+    n = counts.n.numpy()
+    robust = counts.worst_robust.numpy()
+    return {"attacks": list(counts.attack_names),
+            "overall": _overall(int(robust.sum()), int(n.sum()), int(counts.clean_correct.sum())),
+            "per_class": _records(robust, n, counts.clean_correct.numpy(), class_names),
+            "summary": class_summary(_acc(robust, n), class_names),
+            "confusion": counts.worst_confusion.tolist()}
+
+
+def sweep_section(counts: ClasswiseCounts, parameter: str, values: Sequence[float], attack: str,
+                  class_names: Sequence[str]) -> dict:
+    """Per-class robust accuracy for each value of a swept parameter (attack k used values[k]).
+    'strongest' is the value with the lowest overall robust accuracy (first one on ties)."""
+    if len(values) != len(counts.attack_names):
+        raise ValueError("one sweep value per evaluated attack expected")
+    n = counts.n.numpy()
+    total = max(int(n.sum()), 1)
+    per_value = np.stack([counts.adv_confusion[k].diagonal().numpy() for k in range(len(values))])
+    overall = per_value.sum(axis=1) / total
+    per_class = []
+    for c, name in enumerate(class_names):
+        accs = _acc(per_value[:, c], np.full(len(values), n[c]))
+        strongest = None if n[c] == 0 else float(values[int(np.argmin(per_value[:, c]))])
+        per_class.append({"class": c, "class_name": name, "n": int(n[c]),
+                          "robust_acc": [_num(a) for a in accs], "strongest": strongest})
+    best = int(np.argmin(overall))
+    return {"parameter": parameter, "attack": attack, "values": [float(v) for v in values],
+            "labels": list(counts.attack_names),
+            "overall_robust_acc": [float(v) for v in overall], "per_class": per_class,
+            "strongest": {"value": float(values[best]), "robust_acc": float(overall[best])},
+            "rank_agreement": rank_agreement(counts)}
+
+
+def _rises(values: Sequence[float], robust: Sequence[int]) -> list[tuple[int, int]]:
+    """Index pairs (i, j), values[i] < values[j], where robust[j] > robust[i] (consecutive in order)."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    return [(i, j) for i, j in zip(order, order[1:]) if values[i] < values[j] and robust[j] > robust[i]]
+
+
+def sanity_flags(counts: ClasswiseCounts, attacks: Mapping[str, object] | None = None,
+                 eps_sweep: dict | None = None) -> list[dict]:
+    """Gradient-masking checks: robust accuracy must not exceed clean accuracy, must not rise with
+    eps or steps (attacks otherwise alike), and PGD must not be weaker than FGSM at the same eps."""
+    flags = []
+    clean = counts.clean_correct
+    n_total = max(counts.total, 1)
+    for k, label in enumerate(counts.attack_names):
+        above = (counts.adv_confusion[k].diagonal() > clean).nonzero().flatten().tolist()
+        if above:
+            flags.append({"code": "robust_above_clean", "severity": "error", "attacks": [label],
+                          "message": f"{label}: robust accuracy exceeds clean accuracy for classes {above}"})
+    described = {label: describe_attack(a) for label, a in (attacks or {}).items()}
+    robust = {label: int(counts.robust(label).sum()) for label in counts.attack_names}
+
+    def pct(label):
+        return 100.0 * robust[label] / n_total
+
+    fgsm = [lab for lab, d in described.items() if d["name"] == "fgsm" and not d["params"].get("target")]
+    pgd = [lab for lab, d in described.items() if d["name"] in ("pgd", "tpgd")
+           and d["params"].get("temperature", 1.0) == 1.0 and not d["params"].get("target")]
+    for f, p in itertools.product(fgsm, pgd):
+        if _same(described[f]["params"].get("eps"), described[p]["params"].get("eps")) and robust[p] > robust[f]:
+            flags.append({"code": "pgd_weaker_than_fgsm", "severity": "warning", "attacks": [f, p],
+                          "message": f"{p} ({pct(p):.2f}%) is weaker than {f} ({pct(f):.2f}%) at the "
+                                     "same eps: a sign of gradient masking"})
+    for varied in ("steps", "eps"):
+        groups: dict[tuple, list[str]] = {}
+        for label, d in described.items():
+            if d["name"] in ("aa", "fgsm") and varied == "steps":
+                continue
+            if isinstance(d["params"].get("eps"), list):
+                continue
+            key = (d["name"],) + tuple(sorted((k, repr(v)) for k, v in d["params"].items()
+                                              if k not in (varied, "alpha")))
+            groups.setdefault(key, []).append(label)
+        for labels in groups.values():
+            values = [described[lab]["params"].get(varied) for lab in labels]
+            if len(labels) < 2 or any(v is None for v in values):
+                continue
+            for i, j in _rises(values, [robust[lab] for lab in labels]):
+                a, b = labels[i], labels[j]
+                flags.append({"code": f"robust_rises_with_{varied}", "severity": "warning",
+                              "attacks": [a, b],
+                              "message": f"robust accuracy rises from {pct(a):.2f}% ({a}) to "
+                                         f"{pct(b):.2f}% ({b}) with more {varied}"})
+    if eps_sweep is not None:
+        values, overall = eps_sweep["values"], eps_sweep["overall_robust_acc"]
+        for i, j in _rises(values, overall):
+            flags.append({"code": "robust_rises_with_eps", "severity": "warning",
+                          "attacks": [eps_sweep["labels"][i], eps_sweep["labels"][j]],
+                          "message": f"eps sweep: robust accuracy rises from {100 * overall[i]:.2f}% "
+                                     f"at eps={values[i]:g} to {100 * overall[j]:.2f}% at eps={values[j]:g}"})
+    return flags
+
+
+def _same(a, b) -> bool:
+    return a is not None and b is not None and abs(float(a) - float(b)) <= 1e-12
+
+
+def build_report(counts: ClasswiseCounts, class_names: Sequence[str], *,
+                 attacks: Mapping[str, object] | None = None, config: Mapping | None = None,
+                 dataset: Mapping | None = None, temperature_sweep: dict | None = None,
+                 eps_sweep: dict | None = None) -> dict:
+    """The full report (schema above). attacks: {label: Attack or {name, params}} describes each
+    attack (needed for the eps/steps/FGSM sanity checks). Sweeps: outputs of `sweep_section`."""
+    from cwr_fast import __version__, ops
+
+    if len(class_names) != counts.num_classes:
+        raise ValueError(f"{len(class_names)} class names for {counts.num_classes} classes")
+    class_names = [str(name) for name in class_names]
+    n = counts.n.numpy()
+    clean_correct = counts.clean_correct.numpy()
+    clean_records = _records(clean_correct, n, clean_correct, class_names)
+    for record in clean_records:  # for the clean section, 'robust' would be misleading
+        record.pop("robust"), record.pop("robust_acc")
+    overall_clean = _overall(int(clean_correct.sum()), int(n.sum()), int(clean_correct.sum()))
+    return {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "software": {"cwr_fast": __version__, "torch": torch.__version__, "ops_backend": ops.backend()},
+        "config": dict(config or {}),
+        "dataset": {**dict(dataset or {}), "num_classes": counts.num_classes,
+                    "class_names": class_names, "num_images": counts.total},
+        "clean": {"accuracy": overall_clean["robust_acc"], "ci_low": overall_clean["ci_low"],
+                  "ci_high": overall_clean["ci_high"], "per_class": clean_records,
+                  "summary": class_summary(_acc(clean_correct, n), class_names),
+                  "confusion": counts.clean_confusion.tolist(), "seconds": counts.clean_seconds},
+        "attacks": attack_sections(counts, class_names, attacks),
+        "worst_case": worst_case_section(counts, class_names),
+        "rank_agreement": rank_agreement(counts),
+        "gains": gain_attribution(counts, class_names),
+        "sweeps": {"temperature": temperature_sweep, "eps": eps_sweep},
+        "flags": sanity_flags(counts, attacks, eps_sweep),
+    }

@@ -1,0 +1,235 @@
+"""`python -m cwr_fast.evaluate`: class-wise robustness of a model under a set of attacks.
+
+    python -m cwr_fast.evaluate --dataset mnist --arch small_cnn --checkpoint model.pt \\
+        --attacks fgsm,pgd-20,tpgd-20:T=2,cw-30 --eps 0.3 --tpgd-sweep 0.1,0.5,1,2,5,10 \\
+        --eps-sweep 0.1,0.2,0.3 --limit 1000 --out reports/mnist
+
+Writes report.json, per_class.csv, confusion CSVs, report.md and plots to --out (atomically) and
+prints a one-screen summary. Under torchrun, batches are sharded over the processes and the
+per-class counts all-reduced; the result equals a single process exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import torch
+
+from cwr_fast.attacks.spec import AttackSpecError, parse_attack, parse_attacks
+from cwr_fast.classwise.analysis import build_report, sweep_section
+from cwr_fast.classwise.engine import evaluate_classwise
+from cwr_fast.models.checkpoint import CheckpointMismatchError, load_weights
+from cwr_fast.models.registry import build_model, call_factory, canonical_name, load_factory
+from cwr_fast.report import check_output_dir, format_summary, write_report
+
+DEFAULT_EPS = {"mnist": 0.3, "imagenet": 4 / 255}  # others: 8/255
+DEFAULT_ATTACKS = "fgsm,pgd-20,cw-30"
+
+
+class CliError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+def _number(text: str) -> float:
+    try:
+        return float(Fraction(text)) if "/" in text else float(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+
+def _numbers(text: str) -> list[float]:
+    values = [_number(t) for t in text.split(",") if t.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError("expected a comma-separated list of numbers")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m cwr_fast.evaluate", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("model")
+    g.add_argument("--arch", help="zoo architecture: small_cnn, preact_resnet18, wrn34_10, resnet50")
+    g.add_argument("--model", metavar="FILE.py:FACTORY",
+                   help="any model: FACTORY(num_classes=, in_channels=, mean=, std=) -> nn.Module taking [0, 1] images")
+    g.add_argument("--checkpoint", help="weights, read with torch.load(weights_only=True)")
+    g.add_argument("--checkpoint-key", help="key of the state dict inside the checkpoint (default: found)")
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default="mnist")
+    g.add_argument("--split", default="test")
+    g.add_argument("--data-dir")
+    g.add_argument("--loader", default="auto", help="data backend: auto, gpu, ffcv, torch")
+    g.add_argument("--limit", type=int, help="class-balanced limit: LIMIT // num_classes images per class")
+    g = p.add_argument_group("attacks")
+    g.add_argument("--attacks", default=DEFAULT_ATTACKS,
+                   help="comma-separated, e.g. fgsm,pgd-20,tpgd-20:T=2,cw-30,aa (default %(default)s)")
+    g.add_argument("--eps", type=_number, help="Linf budget in [0, 1] pixel units, e.g. 8/255 "
+                   "(default: 0.3 for mnist, 4/255 for imagenet, else 8/255)")
+    g.add_argument("--eps-l2", type=_number, help="default budget of L2 attacks")
+    g.add_argument("--track", choices=("any", "final"), default="any",
+                   help="a sample is fooled if any iterate fools it (default), or only the last")
+    g.add_argument("--tpgd-sweep", type=_numbers, metavar="T,T,...",
+                   help="Temperature-PGD sweep over these temperatures")
+    g.add_argument("--eps-sweep", type=_numbers, metavar="EPS,EPS,...", help="eps sweep")
+    g.add_argument("--sweep-steps", type=int, default=20, help="PGD steps of the sweeps (default 20)")
+    g = p.add_argument_group("run")
+    g.add_argument("--batch-size", type=int, default=256)
+    g.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--out", required=True, help="output directory (written atomically)")
+    g.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    g.add_argument("--no-plots", action="store_true")
+    g.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def _check_args(args) -> None:
+    if (args.arch is None) == (args.model is None):
+        raise CliError("give exactly one of --arch NAME (with --checkpoint) or --model FILE.py:FACTORY")
+    if args.arch is not None:
+        canonical_name(args.arch)
+        if args.checkpoint is None:
+            raise CliError("--arch needs --checkpoint (a zoo model without weights is untrained)")
+    if args.checkpoint is not None and not Path(args.checkpoint).is_file():
+        raise CliError(f"checkpoint not found: {args.checkpoint}")
+    for name in ("eps", "eps_l2"):
+        value = getattr(args, name)
+        if value is not None and value < 0:
+            raise CliError(f"--{name.replace('_', '-')} must be >= 0, got {value:g}")
+    if args.eps is not None and args.eps > 1:
+        raise CliError(f"--eps {args.eps:g} exceeds 1: budgets are in [0, 1] pixel units "
+                       f"(did you mean {args.eps:g}/255?)")
+    if args.eps_sweep and any(not 0 <= e <= 1 for e in args.eps_sweep):
+        raise CliError(f"--eps-sweep values must lie in [0, 1], got {args.eps_sweep}")
+    if args.tpgd_sweep and any(t <= 0 for t in args.tpgd_sweep):
+        raise CliError(f"--tpgd-sweep temperatures must be > 0, got {args.tpgd_sweep}")
+    for name in ("batch_size", "sweep_steps", "limit"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise CliError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    check_output_dir(args.out, args.overwrite)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            local_rank = int(os.environ.get("LOCAL_RANK", 0))
+            return torch.device("cuda", local_rank)
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CliError(f"--device {name}: torch sees no CUDA device")
+    return device
+
+
+def _init_distributed(device: torch.device) -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _load_model(args, info, device: torch.device) -> torch.nn.Module:
+    in_channels = info.image_shape[0]
+    if args.arch is not None:
+        model = build_model(args.arch, info.num_classes, info.mean, info.std, in_channels)
+        label = f"architecture {canonical_name(args.arch)!r}"
+    else:
+        factory = load_factory(args.model)
+        model = call_factory(factory, num_classes=info.num_classes, in_channels=in_channels,
+                             mean=info.mean, std=info.std)
+        label = f"the model of {args.model}"
+    if args.checkpoint is not None:
+        load_weights(model, args.checkpoint, key=args.checkpoint_key, arch_name=label)
+    return model.to(device)
+
+
+def run(args) -> dict:
+    """Evaluates and returns the report dict (written to args.out on rank 0)."""
+    from cwr_fast.data import dataset_info, make_loader
+
+    _check_args(args)
+    specs = parse_attacks(args.attacks)
+    info = dataset_info(args.dataset)
+    info.check_split(args.split)
+    eps = args.eps if args.eps is not None else DEFAULT_EPS.get(info.name, 8 / 255)
+    for spec in specs:
+        spec.eps(eps, args.eps_l2)  # an L2 attack without a budget fails here, before any work
+    per_class = None
+    if args.limit is not None:
+        per_class = args.limit // info.num_classes
+        if per_class < 1:
+            raise CliError(f"--limit {args.limit} is below the number of classes ({info.num_classes})")
+    device = _device(args.device)
+    rank, world = _init_distributed(device)
+    model = _load_model(args, info, device)
+    loader = make_loader(args.dataset, args.split, args.batch_size, train=False, loader=args.loader,
+                         device=device, data_dir=args.data_dir, per_class=per_class)
+    amp = None if args.amp == "none" else args.amp
+    common = {"num_classes": info.num_classes, "amp": amp, "seed": args.seed,
+              "distributed": world > 1, "progress": not args.no_progress}
+    build = {"eps": eps, "eps_l2": args.eps_l2, "track": args.track, "amp": amp,
+             "num_classes": info.num_classes}
+
+    def evaluate(attack_specs, title):
+        attacks = {s.label: s.build(model, **build) for s in attack_specs}
+        if rank == 0 and not args.no_progress:
+            print(f"[cwr_fast.evaluate] {title}: {', '.join(attacks)}", file=sys.stderr)
+        return attacks, evaluate_classwise(model, loader, attacks=attacks, **common)
+
+    started = time.perf_counter()
+    attacks, counts = evaluate(specs, "attacks")
+    t_sweep = e_sweep = None
+    if args.tpgd_sweep:
+        base = parse_attack(f"tpgd-{args.sweep_steps}")
+        sweep_specs = [base.with_params(T=t) for t in args.tpgd_sweep]
+        _, sweep_counts = evaluate(sweep_specs, "temperature sweep")
+        t_sweep = sweep_section(sweep_counts, "T", args.tpgd_sweep, base.label, info.class_names)
+    if args.eps_sweep:
+        base = parse_attack(f"pgd-{args.sweep_steps}")
+        sweep_specs = [base.with_params(eps=e) for e in args.eps_sweep]
+        _, sweep_counts = evaluate(sweep_specs, "eps sweep")
+        e_sweep = sweep_section(sweep_counts, "eps", args.eps_sweep, base.label, info.class_names)
+    config = {"dataset": info.name, "split": args.split, "arch": args.arch, "model": args.model,
+              "checkpoint": args.checkpoint, "attacks": [s.label for s in specs], "eps": eps,
+              "eps_l2": args.eps_l2, "track": args.track, "tpgd_sweep": args.tpgd_sweep,
+              "eps_sweep": args.eps_sweep, "sweep_steps": args.sweep_steps,
+              "batch_size": args.batch_size, "amp": args.amp, "device": str(device),
+              "world_size": world, "limit": args.limit, "per_class": per_class, "seed": args.seed,
+              "seconds": round(time.perf_counter() - started, 3)}
+    report = build_report(counts, info.class_names, attacks=attacks, config=config,
+                          dataset={"name": info.name, "split": args.split},
+                          temperature_sweep=t_sweep, eps_sweep=e_sweep)
+    if rank == 0:
+        write_report(report, args.out, plots=not args.no_plots, overwrite=args.overwrite)
+        print(format_summary(report))
+        print(f"report written to {args.out}")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from cwr_fast.data import DatasetError
+
+    try:
+        run(args)
+    except (CliError, AttackSpecError, CheckpointMismatchError, DatasetError, FileNotFoundError,
+            FileExistsError, ValueError, TypeError) as err:
+        print(f"cwr_fast.evaluate: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

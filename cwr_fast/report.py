@@ -1,0 +1,347 @@
+"""Writing a class-wise robustness report (the dict of `cwr_fast.classwise.analysis.build_report`,
+whose docstring documents the report.json schema) to a directory, atomically:
+
+    report.json                 everything, versioned schema
+    per_class.csv               one row per (attack, class), plus the worst case over attacks
+    confusion_<attack>.csv      adversarial confusion matrix (rows: true class, columns: prediction);
+                                also confusion_clean.csv and confusion_worst_case.csv
+    sweep_temperature.csv, sweep_eps.csv   per-class robust accuracy per swept value (if run)
+    report.md                   readable tables
+    *.png                       per-class robust accuracy across attacks, confusion heatmaps,
+                                T-sweep and eps-sweep curves (matplotlib, Agg canvas)
+
+Files are written into a temporary sibling directory that is renamed into place at the end, so an
+error never leaves a half-written report behind.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+PER_CLASS_FIELDS = ["attack", "class", "class_name", "n", "clean_correct", "clean_acc", "robust",
+                    "robust_acc", "ci_low", "ci_high"]
+
+
+def safe_name(label: str) -> str:
+    """An attack label as a file-name part: 'tpgd-20:T=2' -> 'tpgd-20_T=2'."""
+    return re.sub(r"[^A-Za-z0-9._=-]+", "_", label).strip("_") or "attack"
+
+
+def check_output_dir(out_dir: str | Path, overwrite: bool = False) -> Path:
+    """Raises FileExistsError if out_dir holds files and overwrite is False; returns the Path."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"output path {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"output directory {out} is not empty (pass --overwrite to replace it)")
+    return out
+
+
+def _pct(value) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}"
+
+
+# ---- CSV ----------------------------------------------------------------------------------------
+
+def _csv_text(header: Sequence[str], rows: Sequence[Sequence]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def per_class_csv(report: dict) -> str:
+    rows = []
+    sections = [(a["label"], a["per_class"]) for a in report["attacks"]]
+    sections.append(("worst_case", report["worst_case"]["per_class"]))
+    for label, records in sections:
+        for r in records:
+            rows.append([label] + [("" if r[f] is None else r[f]) for f in PER_CLASS_FIELDS[1:]])
+    return _csv_text(PER_CLASS_FIELDS, rows)
+
+
+def confusion_csv(matrix: Sequence[Sequence[int]], class_names: Sequence[str]) -> str:
+    header = ["true\\pred"] + list(class_names)
+    return _csv_text(header, [[class_names[i]] + list(row) for i, row in enumerate(matrix)])
+
+
+def sweep_csv(sweep: dict) -> str:
+    header = ["class", "class_name", "n"] + [f"{sweep['parameter']}={v:g}" for v in sweep["values"]] + ["strongest"]
+    rows = [[r["class"], r["class_name"], r["n"]] + ["" if a is None else a for a in r["robust_acc"]]
+            + ["" if r["strongest"] is None else r["strongest"]] for r in sweep["per_class"]]
+    rows.append(["all", "all", sum(r["n"] for r in sweep["per_class"])] + sweep["overall_robust_acc"]
+                + [sweep["strongest"]["value"]])
+    return _csv_text(header, rows)
+
+
+# ---- text and Markdown ----------------------------------------------------------------------------
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def per_class_rows(report: dict) -> tuple[list[str], list[list[str]]]:
+    """The main table: class, n, clean accuracy, robust accuracy under each attack, worst case (%)."""
+    attacks = report["attacks"]
+    header = ["class", "n", "clean"] + [a["label"] for a in attacks] + ["worst case"]
+    rows = []
+    for c, clean in enumerate(report["clean"]["per_class"]):
+        rows.append([clean["class_name"], str(clean["n"]), _pct(clean["clean_acc"])]
+                    + [_pct(a["per_class"][c]["robust_acc"]) for a in attacks]
+                    + [_pct(report["worst_case"]["per_class"][c]["robust_acc"])])
+    rows.append(["all", str(report["dataset"]["num_images"]), _pct(report["clean"]["accuracy"])]
+                + [_pct(a["overall"]["robust_acc"]) for a in attacks]
+                + [_pct(report["worst_case"]["overall"]["robust_acc"])])
+    return header, rows
+
+
+def _summary_rows(report: dict) -> list[list[str]]:
+    rows = []
+    for label, section in [(a["label"], a) for a in report["attacks"]] + [("worst case", report["worst_case"])]:
+        s, o = section["summary"], section["overall"]
+        if s["worst"] is None:
+            continue
+        rows.append([label, _pct(o["robust_acc"]), f"[{_pct(o['ci_low'])}, {_pct(o['ci_high'])}]",
+                     _pct(s["mean"]), f"{s['worst']['class_name']} ({_pct(s['worst']['value'])})",
+                     f"{s['best']['class_name']} ({_pct(s['best']['value'])})",
+                     _pct(s["std"]), _pct(s["gap"])])
+    return rows
+
+
+_SUMMARY_HEADER = ["attack", "robust", "95% CI", "class mean", "worst class", "best class", "std", "gap"]
+
+
+def format_summary(report: dict) -> str:
+    """A one-screen plain-text summary (accuracies in %)."""
+    header, rows = per_class_rows(report)
+    table = [header] + rows
+    widths = [max(len(str(r[i])) for r in table) for i in range(len(header))]
+    fmt = lambda r: "  ".join(str(c).rjust(w) for c, w in zip(r, widths))  # noqa: E731
+    lines = [f"class-wise robustness (%), {report['dataset'].get('name', '')} "
+             f"{report['dataset'].get('split', '')}, {report['dataset']['num_images']} images"]
+    lines += [fmt(header)] + [fmt(r) for r in rows] + [""]
+    for row in _summary_rows(report):
+        lines.append(f"{row[0]}: robust {row[1]} {row[2]}, worst class {row[4]}, best {row[5]}, "
+                     f"gap {row[7]}")
+    for sweep in filter(None, report["sweeps"].values()):
+        lines.append(f"{sweep['parameter']} sweep ({sweep['attack']}): strongest "
+                     f"{sweep['parameter']}={sweep['strongest']['value']:g} "
+                     f"(robust {_pct(sweep['strongest']['robust_acc'])})")
+    for flag in report["flags"]:
+        lines.append(f"FLAG [{flag['severity']}] {flag['code']}: {flag['message']}")
+    if not report["flags"]:
+        lines.append("sanity checks: no flags")
+    return "\n".join(lines)
+
+
+def markdown(report: dict) -> str:
+    ds, cfg = report["dataset"], report["config"]
+    out = [f"# Class-wise robustness report", "",
+           f"Dataset **{ds.get('name', '?')}** ({ds.get('split', '?')}), {ds['num_images']} images, "
+           f"{ds['num_classes']} classes. Created {report['created']}; cwr_fast "
+           f"{report['software']['cwr_fast']}, ops backend {report['software']['ops_backend']}.", ""]
+    if cfg:
+        out += ["Configuration: " + ", ".join(f"`{k}={v}`" for k, v in cfg.items()), ""]
+    out += ["## Robust accuracy per class (%)", ""]
+    header, rows = per_class_rows(report)
+    out += _table(header, rows) + [""]
+    out += ["Worst case: robust only if every attack fails (AutoAttack's rule). "
+            "95% Wilson intervals per class are in report.json and per_class.csv.", ""]
+    out += ["## Summaries (%)", ""] + _table(_SUMMARY_HEADER, _summary_rows(report)) + [""]
+    if report["rank_agreement"]:
+        out += ["## Rank agreement of classes (Spearman)", ""]
+        out += _table(["attack A", "attack B", "Spearman"],
+                      [[r["a"], r["b"], "–" if r["spearman"] is None else f"{r['spearman']:.3f}"]
+                       for r in report["rank_agreement"]]) + [""]
+    if report["gains"]:
+        out += ["## Where a stronger attack gains", "",
+                "Images robust to the weaker attack but fooled by the stronger one, by class "
+                "(count). 'vulnerable share': share of these from the classes below the median "
+                "robust accuracy under the weaker attack.", ""]
+        names = [r["class_name"] for r in report["clean"]["per_class"]]
+        rows = []
+        for g in report["gains"]:
+            share = g["share_from_vulnerable_half"]
+            rows.append([g["weaker"], g["stronger"], str(g["extra_fooled"]),
+                         "–" if share is None else f"{100 * share:.0f}%"]
+                        + [str(p["count"]) for p in g["per_class"]])
+        out += _table(["weaker", "stronger", "extra fooled", "vulnerable share"] + names, rows) + [""]
+    for key, title in (("temperature", "Temperature-PGD sweep"), ("eps", "eps sweep")):
+        sweep = report["sweeps"].get(key)
+        if not sweep:
+            continue
+        out += [f"## {title} ({sweep['attack']}), robust accuracy (%)", ""]
+        header = ["class"] + [f"{sweep['parameter']}={v:g}" for v in sweep["values"]] + ["strongest"]
+        rows = [[r["class_name"]] + [_pct(a) for a in r["robust_acc"]]
+                + ["–" if r["strongest"] is None else f"{r['strongest']:g}"] for r in sweep["per_class"]]
+        rows.append(["all"] + [_pct(a) for a in sweep["overall_robust_acc"]]
+                    + [f"{sweep['strongest']['value']:g}"])
+        out += _table(header, rows) + [""]
+    out += ["## Sanity checks", ""]
+    out += [f"- **{f['severity']}** `{f['code']}`: {f['message']}" for f in report["flags"]] or ["- no flags"]
+    out += ["", "## Time", ""]
+    out += _table(["attack", "seconds", "images/s"],
+                  [[a["label"], f"{a['seconds']:.2f}",
+                    "–" if a["images_per_s"] is None else f"{a['images_per_s']:.0f}"] for a in report["attacks"]])
+    return "\n".join(out) + "\n"
+
+
+# ---- plots ----------------------------------------------------------------------------------------
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _nan(values):
+    return [math.nan if v is None else 100 * v for v in values]
+
+
+def plot_per_class(report: dict, path: Path) -> None:
+    names = [r["class_name"] for r in report["clean"]["per_class"]]
+    series = [("clean", [r["clean_acc"] for r in report["clean"]["per_class"]])]
+    series += [(a["label"], [r["robust_acc"] for r in a["per_class"]]) for a in report["attacks"]]
+    series.append(("worst case", [r["robust_acc"] for r in report["worst_case"]["per_class"]]))
+    fig = _figure(max(6.0, 0.45 * len(names) * max(1, len(series)) / 2), 4.0)
+    ax = fig.add_subplot()
+    if len(names) <= 20:
+        width = 0.8 / len(series)
+        for s, (label, values) in enumerate(series):
+            ax.bar([c + (s - (len(series) - 1) / 2) * width for c in range(len(names))], _nan(values),
+                   width=width, label=label)
+        ax.set_xticks(range(len(names)), names, rotation=45 if max(map(len, names)) > 3 else 0, ha="right")
+    else:
+        for label, values in series:
+            ax.plot(range(len(names)), _nan(values), marker=".", linewidth=1, label=label)
+        ax.set_xlabel("class")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title("Per-class robust accuracy")
+    ax.legend(fontsize="small", ncols=min(4, len(series)))
+    fig.savefig(path)
+
+
+def plot_confusion(matrix, class_names: Sequence[str], title: str, path: Path) -> None:
+    import numpy as np
+
+    m = np.asarray(matrix, dtype=np.float64)
+    rows = m.sum(axis=1, keepdims=True)
+    frac = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
+    size = min(12.0, 2.5 + 0.45 * len(class_names))
+    fig = _figure(size, size * 0.85)
+    ax = fig.add_subplot()
+    image = ax.imshow(frac, cmap="viridis", vmin=0, vmax=1)
+    ax.set_title(title)
+    ax.set_xlabel("prediction on the adversarial input")
+    ax.set_ylabel("true class")
+    if len(class_names) <= 20:
+        ax.set_xticks(range(len(class_names)), class_names, rotation=90)
+        ax.set_yticks(range(len(class_names)), class_names)
+        if len(class_names) <= 12:
+            for i in range(len(class_names)):
+                for j in range(len(class_names)):
+                    if m[i, j]:
+                        ax.text(j, i, f"{int(m[i, j])}", ha="center", va="center", fontsize=7,
+                                color="black" if frac[i, j] > 0.5 else "white")
+    fig.colorbar(image, ax=ax, label="fraction of the class")
+    fig.savefig(path)
+
+
+def plot_sweep(sweep: dict, path: Path) -> None:
+    values = sweep["values"]
+    fig = _figure(7.0, 4.2)
+    ax = fig.add_subplot()
+    for r in sweep["per_class"]:
+        ax.plot(values, _nan(r["robust_acc"]), marker=".", linewidth=1, label=r["class_name"])
+    ax.plot(values, [100 * v for v in sweep["overall_robust_acc"]], color="black", linewidth=2.5,
+            label="all")
+    if sweep["parameter"] == "T" and min(values) > 0:
+        ax.set_xscale("log")
+    ax.set_xlabel(sweep["parameter"])
+    ax.set_ylabel("robust accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"{sweep['parameter']} sweep, {sweep['attack']}")
+    if len(sweep["per_class"]) <= 20:
+        ax.legend(fontsize="x-small", ncols=2, loc="best")
+    fig.savefig(path)
+
+
+# ---- writing ------------------------------------------------------------------------------------
+
+def _json_default(value):
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def report_files(report: dict, plots: bool = True) -> dict[str, object]:
+    """{file name: text, or a callable(path) that writes the file}: everything write_report writes."""
+    names = report["dataset"]["class_names"]
+    files: dict[str, object] = {
+        "report.json": json.dumps(report, indent=1, default=_json_default, allow_nan=False) + "\n",
+        "per_class.csv": per_class_csv(report),
+        "confusion_clean.csv": confusion_csv(report["clean"]["confusion"], names),
+        "confusion_worst_case.csv": confusion_csv(report["worst_case"]["confusion"], names),
+        "report.md": markdown(report),
+    }
+    for a in report["attacks"]:
+        files[f"confusion_{safe_name(a['label'])}.csv"] = confusion_csv(a["confusion"], names)
+    for key in ("temperature", "eps"):
+        if report["sweeps"].get(key):
+            files[f"sweep_{key}.csv"] = sweep_csv(report["sweeps"][key])
+    if plots:
+        files["per_class_robust.png"] = lambda p: plot_per_class(report, p)
+        for a in report["attacks"]:
+            files[f"confusion_{safe_name(a['label'])}.png"] = (
+                lambda p, a=a: plot_confusion(a["confusion"], names, f"adversarial confusion, {a['label']}", p))
+        files["confusion_worst_case.png"] = lambda p: plot_confusion(
+            report["worst_case"]["confusion"], names, "adversarial confusion, worst case", p)
+        for key in ("temperature", "eps"):
+            if report["sweeps"].get(key):
+                files[f"sweep_{key}.png"] = lambda p, key=key: plot_sweep(report["sweeps"][key], p)
+    return files
+
+
+def write_report(report: dict, out_dir: str | Path, plots: bool = True, overwrite: bool = False) -> Path:
+    """Writes all report files to out_dir atomically (temporary sibling directory, then rename).
+
+    An existing non-empty out_dir is replaced only with overwrite=True. Returns out_dir."""
+    out = check_output_dir(out_dir, overwrite).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        for name, content in report_files(report, plots).items():
+            if callable(content):
+                content(tmp / name)
+            else:
+                (tmp / name).write_text(content, encoding="utf-8")
+        os.chmod(tmp, 0o755)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old / "previous")
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

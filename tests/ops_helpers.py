@@ -1,0 +1,233 @@
+"""Helpers shared by tests/test_ops_*.py: input makers, layouts and per-dtype tolerances.
+
+Tolerances. The ops compute in float32 (float64 stays float64) and round once to the output dtype,
+so an output may differ from the reference by one unit in the last place (ulp) of its dtype, plus
+the float32 (float64) rounding error of the computation itself (`rtol`, `atol` below), scaled by
+the magnitudes that the computation goes through.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from cwr_fast import ops, reference
+
+FLOAT_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+_MANTISSA = {torch.float16: 10, torch.bfloat16: 7, torch.float32: 23, torch.float64: 52}
+_MIN_EXP = {torch.float16: -14, torch.bfloat16: -126, torch.float32: -126, torch.float64: -1022}
+
+
+def compute_eps(dtype: torch.dtype) -> float:
+    """Unit roundoff of the computation for inputs of `dtype` (float32, or float64 for float64)."""
+    return 2.0 ** -52 if dtype == torch.float64 else 2.0 ** -23
+
+
+def ulp(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """Spacing of `dtype` at |x| (float64 tensor), subnormal spacing below the normal range."""
+    a = x.detach().to(torch.float64).abs().nan_to_num(posinf=0.0, neginf=0.0)
+    _, e = torch.frexp(a)  # a = m * 2**e, m in [0.5, 1)
+    e = torch.clamp(e.to(torch.float64) - 1, min=_MIN_EXP[dtype])
+    return torch.pow(2.0, e - _MANTISSA[dtype])
+
+
+def assert_close_ulp(actual: Tensor, expected: Tensor, *, what: str, ulps: float = 1.0,
+                     rtol: float = 0.0, atol: float = 0.0) -> None:
+    """|actual - expected| <= ulps * ulp(expected, dtype) + rtol * |expected| + atol, elementwise.
+
+    `dtype` is expected's dtype. On failure the message names the op/case (`what`), dtype, shape,
+    the max error, the worst element and the tolerance there."""
+    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
+    assert actual.device == expected.device, f"{what}: device {actual.device} != {expected.device}"
+    if expected.numel() == 0:
+        return
+    a = actual.detach().to(torch.float64).cpu()
+    e = expected.detach().to(torch.float64).cpu()
+    nan_a, nan_e = a.isnan(), e.isnan()
+    if not torch.equal(nan_a, nan_e):
+        idx = (nan_a != nan_e).nonzero()[0].tolist()
+        raise AssertionError(f"{what}: NaN mismatch ({expected.dtype}, shape {tuple(expected.shape)}) "
+                             f"at {idx}: got {a[tuple(idx)].item()}, expected {e[tuple(idx)].item()}")
+    inf_e = e.isinf()
+    if not torch.equal(a[inf_e], e[inf_e]):
+        raise AssertionError(f"{what}: infinities differ ({expected.dtype}, shape {tuple(expected.shape)})")
+    finite = ~(nan_e | inf_e)
+    a, e = a[finite], e[finite]
+    err = (a - e).abs()
+    tol = ulps * ulp(e, expected.dtype) + rtol * e.abs() + atol
+    bad = err > tol
+    if bad.any():
+        ratio = torch.where(bad, err / tol.clamp_min(1e-300), torch.zeros_like(err))
+        k = int(ratio.argmax())
+        full_idx = finite.nonzero()[k].tolist()
+        raise AssertionError(
+            f"{what}: {int(bad.sum())} of {e.numel()} elements out of tolerance "
+            f"(dtype {expected.dtype}, shape {tuple(expected.shape)}, strides {tuple(actual.stride())}); "
+            f"max abs error {err.max().item():.6g}; worst at index {full_idx}: got {a[k].item()!r}, "
+            f"expected {e[k].item()!r}, error {err[k].item():.6g} > tolerance {tol[k].item():.6g} "
+            f"({ulps} ulp + rtol {rtol:g} + atol {atol:g})")
+
+
+# ---- tolerances per op ---------------------------------------------------------------------------
+
+def step_tolerance(dtype: torch.dtype, scale: float = 1.0, l2: bool = False) -> dict:
+    """x_adv of a PGD step. `scale` bounds the magnitudes involved (|x|, |lo|, |hi|, alpha, eps)."""
+    u = compute_eps(dtype)
+    # Linf: a handful of roundings of values <= scale. L2: the norms add a relative error that
+    # grows (slowly) with the number of summed elements; 64 u is generous for any image size.
+    return dict(ulps=0.0 if dtype == torch.float64 else 1.0, rtol=0.0,
+                atol=(64 if l2 else 4) * u * scale)
+
+
+def loss_tolerance(logits: Tensor, temperature: float, weight: Tensor | None) -> dict:
+    """Per-sample loss (float32, float64 for float64 logits): lse(z/T) - z_y/T, so its absolute
+    error scales with max|z|/T + log C (and |w|)."""
+    u = compute_eps(logits.dtype)
+    zmax = logits.detach().abs().to(torch.float64).nan_to_num(posinf=0, neginf=0).max().item() \
+        if logits.numel() else 0.0
+    wmax = weight.detach().abs().max().item() if weight is not None and weight.numel() else 1.0
+    c = logits.shape[1] if logits.dim() == 2 else 1
+    scale = (zmax / temperature + math.log(max(c, 1)) + 1.0) * max(wmax, 1.0)
+    return dict(ulps=0.0, rtol=16 * u, atol=16 * u * scale)
+
+
+def grad_tolerance(logits: Tensor, temperature: float, weight: Tensor | None) -> dict:
+    """dL/dz (dtype of logits), |dz| <= |w|/T: one ulp of the dtype plus the float32 error of
+    softmax(z/T) - onehot (which cancels near p_y = 1, hence an absolute term)."""
+    u = compute_eps(logits.dtype)
+    wmax = weight.detach().abs().max().item() if weight is not None and weight.numel() else 1.0
+    return dict(ulps=0.0 if logits.dtype == torch.float64 else 1.0, rtol=16 * u,
+                atol=16 * u * max(wmax, 1.0) / temperature)
+
+
+# ---- inputs --------------------------------------------------------------------------------------
+
+def generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def rand(shape, dtype, device, gen, lo=0.0, hi=1.0) -> Tensor:
+    t = torch.rand(shape, generator=gen, dtype=torch.float64) * (hi - lo) + lo
+    return t.to(dtype=dtype, device=device)
+
+
+def randn(shape, dtype, device, gen, std=1.0) -> Tensor:
+    return (torch.randn(shape, generator=gen, dtype=torch.float64) * std).to(dtype=dtype, device=device)
+
+
+def step_inputs(shape, dtype, device, seed=0, eps=8 / 255, lo=0.0, hi=1.0):
+    """x_nat in [lo, hi]; x_adv = x_nat plus noise up to 2*eps (partly outside the ball and box);
+    grad normal with some exact zeros (sign(0) = 0)."""
+    gen = generator(seed)
+    x_nat = rand(shape, torch.float64, "cpu", gen, lo, hi)
+    x_adv = x_nat + rand(shape, torch.float64, "cpu", gen, -2 * eps, 2 * eps)
+    grad = randn(shape, torch.float64, "cpu", gen)
+    grad = torch.where(rand(shape, torch.float64, "cpu", gen) < 0.05, torch.zeros_like(grad), grad)
+    return tuple(t.to(dtype=dtype, device=device) for t in (x_adv, grad, x_nat))
+
+
+def loss_inputs(n, c, dtype, device, seed=0, std=3.0):
+    gen = generator(seed)
+    logits = randn((n, c), dtype, device, gen, std)
+    target = torch.randint(0, c, (n,), generator=gen).to(device)
+    return logits, target
+
+
+def weights(n, device, seed=0, dtype=torch.float32) -> Tensor:
+    """Per-sample weights in [-0.5, 2] (a few negative, some zero)."""
+    gen = generator(seed + 1000)
+    w = rand((n,), torch.float64, "cpu", gen, -0.5, 2.0)
+    if n > 2:
+        w[1] = 0.0
+    return w.to(dtype=dtype, device=device)
+
+
+def budgets(n, device, seed=0, lo=0.0, hi=16 / 255, dtype=torch.float32) -> Tensor:
+    """Per-sample alpha or eps >= 0, one of them 0."""
+    gen = generator(seed + 2000)
+    v = rand((n,), torch.float64, "cpu", gen, lo, hi)
+    if n > 1:
+        v[0] = 0.0
+    return v.to(dtype=dtype, device=device)
+
+
+# ---- layouts -------------------------------------------------------------------------------------
+# Each returns a tensor with the values of `t` in a different memory layout (possibly a view into
+# a larger buffer), so the ops see non-contiguous inputs with known values.
+
+def as_layout(t: Tensor, layout: str) -> Tensor:
+    if layout == "contiguous":
+        return t.contiguous()
+    if layout == "channels_last":
+        return t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t.contiguous()
+    if layout == "transposed":  # last two dims stored transposed: a permuted, dense view
+        if t.dim() < 2:
+            return t.contiguous()
+        return t.transpose(-1, -2).contiguous().transpose(-1, -2)
+    if layout == "sliced":  # every other element of the last dim of a buffer twice as wide
+        buf = torch.empty(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype, device=t.device)
+        buf.fill_(float("nan") if t.is_floating_point() else 0)
+        view = buf[..., ::2]
+        view.copy_(t)
+        return view
+    if layout == "batch_sliced":  # every other sample of a buffer with twice the batch
+        buf = torch.empty(2 * t.shape[0], *t.shape[1:], dtype=t.dtype, device=t.device)
+        buf.fill_(float("nan") if t.is_floating_point() else 0)
+        view = buf[::2]
+        view.copy_(t)
+        return view
+    raise ValueError(layout)
+
+
+# ---- op against reference -----------------------------------------------------------------------
+
+STEPS = {"linf": (ops.linf_pgd_step_, reference.linf_pgd_step_),
+         "l2": (ops.l2_pgd_step_, reference.l2_pgd_step_)}
+LOSSES = {"ce": (ops.temperature_ce_fwd_bwd, reference.temperature_ce_fwd_bwd),
+          "margin": (ops.margin_loss_fwd_bwd, reference.margin_loss_fwd_bwd)}
+
+
+def _step_scale(x_adv, x_nat, alpha, eps, lo, hi) -> float:
+    def mx(v):
+        if isinstance(v, torch.Tensor):
+            return v.detach().abs().max().item() if v.numel() else 0.0
+        return abs(float(v))
+    return max(1.0, mx(x_adv), mx(x_nat), mx(alpha), mx(eps), abs(lo), abs(hi))
+
+
+def run_step(name, x_adv, grad, x_nat, alpha, eps, lo=0.0, hi=1.0, what=""):
+    """Runs the op in place on x_adv and the reference on contiguous copies; compares."""
+    op, ref = STEPS[name]
+    expected = x_adv.detach().clone().contiguous()
+    ref(expected, grad.contiguous(), x_nat.contiguous(), alpha, eps, lo, hi)
+    grad_before, x_nat_before = grad.clone(), x_nat.clone()
+    ptr = x_adv.data_ptr()
+    out = op(x_adv, grad, x_nat, alpha, eps, lo, hi)
+    assert out is x_adv and x_adv.data_ptr() == ptr, f"{name}: must update x_adv in place and return it"
+    assert torch.equal(grad, grad_before), f"{name}: grad was modified"
+    assert torch.equal(x_nat, x_nat_before), f"{name}: x_nat was modified"
+    tol = step_tolerance(x_adv.dtype, _step_scale(expected, x_nat, alpha, eps, lo, hi), l2=name == "l2")
+    assert_close_ulp(x_adv, expected, what=f"{name}_pgd_step_ {what}", **tol)
+
+
+def run_loss(name, logits, target, temperature=1.0, weight=None, what=""):
+    op, ref = LOSSES[name]
+    args = (logits, target, temperature, weight) if name == "ce" else (logits, target, weight)
+    ref_args = (logits.contiguous(), target.contiguous(), temperature,
+                None if weight is None else weight.contiguous()) if name == "ce" else \
+        (logits.contiguous(), target.contiguous(), None if weight is None else weight.contiguous())
+    logits_before = logits.clone()
+    loss, dz = op(*args)
+    exp_loss, exp_dz = ref(*ref_args)
+    assert torch.equal(logits, logits_before), f"{name}: logits were modified"
+    t = temperature if name == "ce" else 1.0
+    what = f"{name} {what} (N, C)={tuple(logits.shape)} {logits.dtype} T={t} weight={weight is not None}"
+    assert loss.device == logits.device and dz.device == logits.device
+    assert_close_ulp(loss, exp_loss, what=what + " loss", **loss_tolerance(logits, t, weight))
+    assert_close_ulp(dz, exp_dz, what=what + " dz", **grad_tolerance(logits, t, weight))
+    return loss, dz

@@ -1,0 +1,163 @@
+"""Autograd and torch.compile: gradcheck of the differentiable losses in float64 (every reduction,
+with and without weights), the non-differentiable dz output, the errors for trained weights, and a
+torch.compile(fullgraph=True) PGD loop built on the ops that matches eager."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import devices, forced_reference_backend
+from ops_helpers import assert_close_ulp, loss_inputs, weights
+
+from cwr_fast import ops, reference
+
+pytestmark = pytest.mark.usefixtures("compiled_backend")
+
+on_devices = pytest.mark.parametrize("device", devices())
+REDUCTIONS = ["mean", "sum", "none"]
+
+
+@on_devices
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+@pytest.mark.parametrize("shape", [(4, 5), (3, 1), (2, 40)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("temperature", [1.0, 0.5, 3.0])
+def test_gradcheck_temperature_cross_entropy(temperature, shape, weighted, reduction, device):
+    logits, target = loss_inputs(*shape, torch.float64, device, seed=shape[1])
+    logits.requires_grad_(True)
+    w = weights(shape[0], device, dtype=torch.float64) if weighted else None
+    fn = lambda z: ops.temperature_cross_entropy(z, target, temperature, w, reduction)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (logits,))
+
+
+@on_devices
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+@pytest.mark.parametrize("shape", [(4, 5), (3, 1), (2, 40)], ids=lambda s: "x".join(map(str, s)))
+def test_gradcheck_margin_loss(shape, weighted, reduction, device):
+    # Random float64 logits: the arg-max competitor is unique and at least ~1e-3 ahead, far above
+    # gradcheck's finite-difference step (1e-6), so the piecewise-linear loss is smooth there.
+    logits, target = loss_inputs(*shape, torch.float64, device, seed=shape[1] + 1)
+    logits.requires_grad_(True)
+    w = weights(shape[0], device, dtype=torch.float64) if weighted else None
+    fn = lambda z: ops.margin_loss(z, target, w, reduction)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (logits,))
+
+
+@on_devices
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["f32", "bf16", "f16"])
+@pytest.mark.parametrize("name", ["ce", "margin"])
+def test_loss_grad_matches_reference(name, dtype, device):
+    """Backward through the fused loss (low precision too) equals the reference's autograd."""
+    logits, target = loss_inputs(16, 10, dtype, device, seed=5)
+    w = weights(16, device)
+    z1 = logits.clone().requires_grad_(True)
+    z2 = logits.clone().requires_grad_(True)
+    if name == "ce":
+        ops.temperature_cross_entropy(z1, target, 2.0, w).backward()
+        reference.temperature_cross_entropy(z2, target, 2.0, w).backward()
+    else:
+        ops.margin_loss(z1, target, w).backward()
+        reference.margin_loss(z2, target, w).backward()
+    assert z1.grad.dtype == dtype
+    # mean over N: |grad| <= |w| / (N T); one ulp of the dtype plus float32 rounding
+    assert_close_ulp(z1.grad, z2.grad, what=f"{name} backward", ulps=1, rtol=1e-5, atol=1e-6)
+
+
+@on_devices
+@pytest.mark.parametrize("name", ["ce", "margin"])
+def test_dz_output_is_not_differentiable(name, device):
+    logits, target = loss_inputs(5, 7, torch.float64, device, seed=6)
+    logits.requires_grad_(True)
+    if name == "ce":
+        loss, dz = ops.temperature_ce_fwd_bwd(logits, target, 1.5)
+    else:
+        loss, dz = ops.margin_loss_fwd_bwd(logits, target)
+    assert loss.requires_grad and not dz.requires_grad
+    (g,) = torch.autograd.grad(loss.sum(), logits, retain_graph=True)
+    assert torch.allclose(g, dz, rtol=1e-12, atol=1e-12)
+    # the attack's use: the upstream gradient dz flows into the logits as is
+    loss2 = (loss * torch.arange(5, dtype=loss.dtype, device=device)).sum()
+    (g2,) = torch.autograd.grad(loss2, logits)
+    assert torch.allclose(g2, dz * torch.arange(5, dtype=dz.dtype, device=device)[:, None])
+
+
+@on_devices
+@pytest.mark.parametrize("name", ["ce", "margin"])
+def test_weight_requiring_grad_is_an_error(name, device):
+    logits, target = loss_inputs(4, 3, torch.float32, device)
+    w = weights(4, device).requires_grad_(True)
+    fn = (lambda: ops.temperature_cross_entropy(logits, target, 1.0, w)) if name == "ce" else \
+        (lambda: ops.margin_loss(logits, target, w))
+    with pytest.raises(ValueError, match=r"\bweight\b"):
+        fn()
+
+
+@on_devices
+@pytest.mark.parametrize("name", ["ce", "margin"])
+def test_bad_reduction_is_an_error(name, device):
+    logits, target = loss_inputs(4, 3, torch.float32, device)
+    fn = (lambda: ops.temperature_cross_entropy(logits, target, 1.0, reduction="avg")) if name == "ce" \
+        else (lambda: ops.margin_loss(logits, target, reduction="avg"))
+    with pytest.raises(ValueError, match=r"\breduction\b"):
+        fn()
+
+
+# ---- torch.compile -------------------------------------------------------------------------------
+
+class TinyNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = torch.nn.Linear(4 * 8 * 8, 10)
+
+    def forward(self, x):
+        return self.fc(torch.tanh(self.conv(x)).flatten(1))
+
+
+def pgd_attacks(model, x_nat, y, steps: int = 5):
+    """Linf PGD on temperature CE and L2 PGD on the margin loss, both on the fused ops."""
+    x_linf, x_l2 = x_nat.clone(), x_nat.clone()
+    for _ in range(steps):
+        x = x_linf.detach().requires_grad_(True)
+        logits = model(x)
+        _, dz = ops.temperature_ce_fwd_bwd(logits, y, 2.0)
+        (g,) = torch.autograd.grad(logits, x, dz)
+        ops.linf_pgd_step_(x_linf, g, x_nat, 2 / 255, 8 / 255)
+
+        x = x_l2.detach().requires_grad_(True)
+        logits = model(x)
+        _, dz = ops.margin_loss_fwd_bwd(logits, y)
+        (g,) = torch.autograd.grad(logits, x, dz)
+        ops.l2_pgd_step_(x_l2, g, x_nat, 0.1, 0.5)
+    return x_linf, x_l2
+
+
+@on_devices
+def test_compiled_pgd_loop_matches_eager(device, monkeypatch):
+    import torch._dynamo
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    # torch.autograd.grad inside the compiled region needs Dynamo to trace autograd ops
+    monkeypatch.setattr(torch._dynamo.config, "trace_autograd_ops", True)
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = TinyNet().to(device)
+    gen = torch.Generator().manual_seed(1)
+    x_nat = torch.rand(8, 3, 8, 8, generator=gen).to(device)
+    y = torch.randint(0, 10, (8,), generator=gen).to(device)
+
+    eager = pgd_attacks(model, x_nat, y)
+    counter = CompileCounterWithBackend("inductor")
+    compiled = torch.compile(pgd_attacks, backend=counter, fullgraph=True)(model, x_nat, y)
+    torch._dynamo.reset()
+
+    assert counter.frame_count == 1, f"expected one graph, got {counter.frame_count}"
+    if not forced_reference_backend():
+        code = counter.graphs[0].code
+        for op in ("temperature_ce_fwd_bwd", "margin_loss_fwd_bwd", "linf_pgd_step_", "l2_pgd_step_"):
+            assert f"cwr_fast.{op}" in code, f"torch.ops.cwr_fast.{op} is not in the compiled graph"
+    for name, a, b in zip(("linf", "l2"), compiled, eager):
+        assert not torch.equal(b, x_nat), f"{name}: the eager attack did not move"
+        assert_close_ulp(a, b, what=f"compiled vs eager {name} PGD", ulps=0, atol=1e-5)

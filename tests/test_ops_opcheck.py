@@ -1,0 +1,82 @@
+"""torch.library.opcheck on every torch.ops.cwr_fast op: schema (mutation and aliasing), fake
+(meta) kernel against the real one, autograd registration and AOT dispatch, with and without the
+optional per-sample tensors and weights, on contiguous and non-contiguous inputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import devices
+from ops_helpers import as_layout, budgets, loss_inputs, step_inputs, weights
+
+pytestmark = pytest.mark.usefixtures("validating_backend")
+
+on_devices = pytest.mark.parametrize("device", devices())
+
+
+def step_samples(device):
+    """(x_adv, grad, x_nat, alpha, eps, lo, hi, alpha_per_sample, eps_per_sample)."""
+    x_adv, grad, x_nat = step_inputs((4, 3, 8, 8), torch.float32, device, seed=1)
+    cl = [as_layout(t, "channels_last") for t in step_inputs((3, 3, 5, 5), torch.float16, device, seed=2)]
+    empty = step_inputs((0, 3, 2, 2), torch.float32, device, seed=3)
+    return {
+        "scalars": (x_adv, grad, x_nat, 2 / 255, 8 / 255, 0.0, 1.0, None, None),
+        "per_sample": (x_adv.clone(), grad, x_nat, 0.0, 0.0, 0.0, 1.0,
+                       budgets(4, device, seed=1), budgets(4, device, seed=2)),
+        "eps_per_sample_channels_last_f16": (*cl, 0.01, 0.0, -1.0, 1.0, None, budgets(3, device, seed=3)),
+        "empty_batch": (*empty, 0.1, 0.2, 0.0, 1.0, None, None),
+    }
+
+
+def loss_samples(device, with_temperature: bool):
+    logits, target = loss_inputs(6, 10, torch.float32, device, seed=4)
+    wide, wide_target = loss_inputs(3, 1000, torch.bfloat16, device, seed=5)
+    t = (2.0,) if with_temperature else ()
+    return {
+        "plain": (logits, target, *t, None),
+        "weighted": (logits, target, *t, weights(6, device)),
+        "requires_grad": (logits.clone().requires_grad_(True), target, *t, None),
+        "requires_grad_weighted_transposed": (
+            as_layout(logits, "transposed").requires_grad_(True), target, *t, weights(6, device, seed=3)),
+        "c1000_bf16": (wide, wide_target, *t, None),
+        "empty_batch": (logits[:0], target[:0], *t, None),
+    }
+
+
+def _opcheck(op, args):
+    result = torch.library.opcheck(op, args)
+    failures = {k: v for k, v in result.items() if v != "SUCCESS"}
+    assert not failures, f"opcheck {op}: {failures}"
+
+
+@on_devices
+@pytest.mark.parametrize("sample", ["scalars", "per_sample", "eps_per_sample_channels_last_f16", "empty_batch"])
+@pytest.mark.parametrize("name", ["linf_pgd_step_", "l2_pgd_step_"])
+def test_opcheck_steps(name, sample, device):
+    args = step_samples(device)[sample]
+    _opcheck(getattr(torch.ops.cwr_fast, name).default, args)
+
+
+@on_devices
+@pytest.mark.parametrize("sample", ["plain", "weighted", "requires_grad", "requires_grad_weighted_transposed",
+                                    "c1000_bf16", "empty_batch"])
+@pytest.mark.parametrize("name", ["temperature_ce_fwd_bwd", "margin_loss_fwd_bwd"])
+def test_opcheck_losses(name, sample, device):
+    args = loss_samples(device, with_temperature=name == "temperature_ce_fwd_bwd")[sample]
+    _opcheck(getattr(torch.ops.cwr_fast, name).default, args)
+
+
+@on_devices
+def test_fake_kernels_give_output_metadata(device):
+    """Shapes and dtypes under FakeTensorMode, as torch.compile sees them."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        for dtype, loss_dtype in [(torch.float32, torch.float32), (torch.bfloat16, torch.float32),
+                                  (torch.float16, torch.float32), (torch.float64, torch.float64)]:
+            z = torch.empty(7, 13, dtype=dtype, device=device)
+            y = torch.zeros(7, dtype=torch.long, device=device)
+            for loss, dz in (torch.ops.cwr_fast.temperature_ce_fwd_bwd(z, y, 2.0, None),
+                             torch.ops.cwr_fast.margin_loss_fwd_bwd(z, y, None)):
+                assert loss.shape == (7,) and loss.dtype == loss_dtype and loss.device.type == device
+                assert dz.shape == (7, 13) and dz.dtype == dtype and dz.device.type == device
