@@ -77,11 +77,6 @@ void check_loss_args(const at::Tensor& logits, const at::Tensor& target,
     TORCH_CHECK(w.device() == logits.device(), "weight must be on ", logits.device(),
                 " like logits, got ", w.device());
   }
-  if (target.device().is_cpu() && target.numel() > 0) {
-    const int64_t lo = target.min().item<int64_t>(), hi = target.max().item<int64_t>();
-    TORCH_CHECK(lo >= 0 && hi < logits.size(1), "target must hold class indices in [0, ",
-                logits.size(1), "), got values in [", lo, ", ", hi, "]");
-  }
 }
 
 at::Tensor per_sample_float(const std::optional<at::Tensor>& t) {

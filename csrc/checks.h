@@ -13,8 +13,9 @@ void check_step_args(const at::Tensor& x_adv, const at::Tensor& grad, const at::
                      const std::optional<at::Tensor>& alpha_per_sample,
                      const std::optional<at::Tensor>& eps_per_sample);
 
-// logits [N, C] floating with C >= 1; target int64 [N] on the same device, in [0, C) (checked
-// here on the CPU; on the GPU the kernel asserts); weight floating [N]; temperature > 0.
+// logits [N, C] floating with C >= 1; target int64 [N] on the same device; weight floating [N];
+// temperature > 0. Targets outside [0, C) are caught by the kernels, which read them anyway
+// (the CPU kernels raise, the CUDA kernels assert on the device).
 void check_loss_args(const at::Tensor& logits, const at::Tensor& target,
                      const std::optional<at::Tensor>& weight, double temperature = 1.0);
 

@@ -38,6 +38,12 @@ struct LossRows {
   scalar_t* grad;
   int64_t n, c;
   opmath_t weight(int64_t i) const { return w ? static_cast<opmath_t>(w[i]) : opmath_t(1); }
+  int64_t target(int64_t i) const {
+    const int64_t yi = y[i];
+    TORCH_CHECK(yi >= 0 && yi < c, "target must hold class indices in [0, ", c, "), got ", yi,
+                " for sample ", i);
+    return yi;
+  }
 };
 
 template <typename scalar_t>
@@ -68,6 +74,7 @@ void ce_rows_in_lanes(const LossRows<scalar_t>& r, at::opmath_type<scalar_t> inv
   opmath_t m_lane[L], s_lane[L];
   for (int64_t r0 = begin; r0 < end; r0 += L) {
     const int64_t rows = std::min<int64_t>(L, end - r0);
+    for (int64_t lane = 0; lane < rows; ++lane) r.target(r0 + lane);
     for (int64_t j = 0; j < c; ++j) {
       for (int64_t lane = 0; lane < L; ++lane) {
         block[j][lane] = lane < rows ? static_cast<opmath_t>(r.z[(r0 + lane) * c + j]) : opmath_t(0);
@@ -106,7 +113,7 @@ void ce_row_by_row(const LossRows<scalar_t>& r, at::opmath_type<scalar_t> inv_t,
   for (int64_t i = begin; i < end; ++i) {
     opmath_t* row = e.data();
     at::vec::convert(r.z + i * c, row, c);
-    const int64_t yi = r.y[i];
+    const int64_t yi = r.target(i);
     const opmath_t z_true = row[yi];
     const opmath_t m = at::vec::reduce_all<opmath_t>(
         [](fVec& a, fVec& b) { return at::vec::maximum(a, b); }, row, c);
@@ -178,7 +185,7 @@ std::tuple<at::Tensor, at::Tensor> margin_loss_fwd_bwd_cpu(const at::Tensor& log
     at::parallel_for(0, r.n, std::max<int64_t>(1, kGrainElems / r.c), [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         const scalar_t* z = r.z + i * r.c;
-        const int64_t yi = r.y[i], j = best_other_class(z, r.c, yi);
+        const int64_t yi = r.target(i), j = best_other_class(z, r.c, yi);
         if (j < 0) {  // C == 1: no competing class, so margin and gradient are 0 by definition
           r.loss[i] = 0;
           continue;
