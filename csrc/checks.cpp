@@ -79,9 +79,9 @@ void check_loss_args(const at::Tensor& logits, const at::Tensor& target,
   }
 }
 
-at::Tensor per_sample_float(const std::optional<at::Tensor>& t) {
+at::Tensor per_sample_as(const std::optional<at::Tensor>& t, at::ScalarType dtype) {
   if (!t.has_value()) return at::Tensor();
-  return t->to(at::kFloat).contiguous();
+  return t->to(dtype).contiguous();
 }
 
 bool same_batch_major_layout(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c) {

@@ -19,8 +19,14 @@ void check_step_args(const at::Tensor& x_adv, const at::Tensor& grad, const at::
 void check_loss_args(const at::Tensor& logits, const at::Tensor& target,
                      const std::optional<at::Tensor>& weight, double temperature = 1.0);
 
-// A per-sample tensor as contiguous float32, or an undefined tensor when absent.
-at::Tensor per_sample_float(const std::optional<at::Tensor>& t);
+// A per-sample tensor as a contiguous tensor of `dtype`, or an undefined tensor when absent.
+at::Tensor per_sample_as(const std::optional<at::Tensor>& t, at::ScalarType dtype);
+inline at::Tensor per_sample_float(const std::optional<at::Tensor>& t) { return per_sample_as(t, at::kFloat); }
+
+// The dtype the kernels compute in for `t`: float64 for float64 tensors, float32 otherwise.
+inline at::ScalarType opmath_dtype(const at::Tensor& t) {
+  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
 
 // True when the three tensors share one dense layout in which each sample's elements are one
 // contiguous block of memory in sample order (contiguous and channels_last both qualify).

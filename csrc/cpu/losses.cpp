@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <limits>
+#include <utility>
 #include <tuple>
 #include <vector>
 
@@ -22,7 +23,7 @@ struct LossOutputs {
 };
 
 LossOutputs prepare_outputs(const at::Tensor& logits) {
-  const auto loss_dtype = logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto loss_dtype = opmath_dtype(logits);
   return {at::empty({logits.size(0)}, logits.options().dtype(loss_dtype)),
           at::empty(logits.sizes(), logits.options())};
 }
@@ -33,11 +34,11 @@ struct LossRows {
   using opmath_t = at::opmath_type<scalar_t>;
   const scalar_t* z;
   const int64_t* y;
-  const float* w;  // nullptr: every weight is 1
+  const opmath_t* w;  // nullptr: every weight is 1
   opmath_t* loss;
   scalar_t* grad;
   int64_t n, c;
-  opmath_t weight(int64_t i) const { return w ? static_cast<opmath_t>(w[i]) : opmath_t(1); }
+  opmath_t weight(int64_t i) const { return w ? w[i] : opmath_t(1); }
   int64_t target(int64_t i) const {
     const int64_t yi = y[i];
     TORCH_CHECK(yi >= 0 && yi < c, "target must hold class indices in [0, ", c, "), got ", yi,
@@ -50,7 +51,7 @@ template <typename scalar_t>
 LossRows<scalar_t> loss_rows(const at::Tensor& logits, const at::Tensor& target, const at::Tensor& weight,
                              at::Tensor& loss, at::Tensor& grad) {
   return {logits.const_data_ptr<scalar_t>(), target.const_data_ptr<int64_t>(),
-          weight.defined() ? weight.const_data_ptr<float>() : nullptr,
+          weight.defined() ? weight.const_data_ptr<at::opmath_type<scalar_t>>() : nullptr,
           loss.data_ptr<at::opmath_type<scalar_t>>(), grad.data_ptr<scalar_t>(), logits.size(0),
           logits.size(1)};
 }
@@ -143,7 +144,7 @@ std::tuple<at::Tensor, at::Tensor> temperature_ce_fwd_bwd_cpu(const at::Tensor& 
   check_loss_args(logits_in, target_in, weight_in, temperature);
   const at::Tensor logits = logits_in.contiguous();
   const at::Tensor target = target_in.contiguous();
-  const at::Tensor weight = per_sample_float(weight_in);
+  const at::Tensor weight = per_sample_as(weight_in, opmath_dtype(logits));
   auto [loss, grad] = prepare_outputs(logits);
   if (logits.size(0) == 0) return {loss, grad};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "temperature_ce_cpu", [&] {
@@ -160,14 +161,24 @@ std::tuple<at::Tensor, at::Tensor> temperature_ce_fwd_bwd_cpu(const at::Tensor& 
   return {loss, grad};
 }
 
-// First arg-max over j != y of a row (the competitor of the CW margin), or -1 when C == 1.
+// The competitor of the CW margin, as the reference computes it: the first arg-max of the row with
+// z_y replaced by -inf (NaN wins, as in torch.max). Returns its index and value.
 template <typename scalar_t>
-int64_t best_other_class(const scalar_t* z, int64_t c, int64_t y) {
-  int64_t best = -1;
-  for (int64_t j = 0; j < c; ++j) {
-    if (j != y && (best < 0 || z[j] > z[best])) best = j;
+std::pair<int64_t, at::opmath_type<scalar_t>> best_other_class(const scalar_t* z, int64_t c, int64_t y) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  auto value = [&](int64_t j) {
+    return j == y ? -std::numeric_limits<opmath_t>::infinity() : static_cast<opmath_t>(z[j]);
+  };
+  int64_t best = 0;
+  opmath_t best_value = value(0);
+  for (int64_t j = 1; j < c && !std::isnan(best_value); ++j) {
+    const opmath_t v = value(j);
+    if (v > best_value || std::isnan(v)) {
+      best = j;
+      best_value = v;
+    }
   }
-  return best;
+  return {best, best_value};
 }
 
 std::tuple<at::Tensor, at::Tensor> margin_loss_fwd_bwd_cpu(const at::Tensor& logits_in, const at::Tensor& target_in,
@@ -175,7 +186,7 @@ std::tuple<at::Tensor, at::Tensor> margin_loss_fwd_bwd_cpu(const at::Tensor& log
   check_loss_args(logits_in, target_in, weight_in);
   const at::Tensor logits = logits_in.contiguous();
   const at::Tensor target = target_in.contiguous();
-  const at::Tensor weight = per_sample_float(weight_in);
+  const at::Tensor weight = per_sample_as(weight_in, opmath_dtype(logits));
   auto [loss, grad] = prepare_outputs(logits);
   if (logits.size(0) == 0) return {loss, grad};
   grad.zero_();
@@ -185,13 +196,14 @@ std::tuple<at::Tensor, at::Tensor> margin_loss_fwd_bwd_cpu(const at::Tensor& log
     at::parallel_for(0, r.n, std::max<int64_t>(1, kGrainElems / r.c), [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         const scalar_t* z = r.z + i * r.c;
-        const int64_t yi = r.target(i), j = best_other_class(z, r.c, yi);
-        if (j < 0) {  // C == 1: no competing class, so margin and gradient are 0 by definition
-          r.loss[i] = 0;
+        const int64_t yi = r.target(i);
+        const opmath_t wi = r.weight(i);
+        if (r.c == 1) {  // no competing class: margin and gradient are 0 by definition
+          r.loss[i] = 0 * wi;
           continue;
         }
-        const opmath_t wi = r.weight(i);
-        r.loss[i] = wi * (static_cast<opmath_t>(z[j]) - static_cast<opmath_t>(z[yi]));
+        const auto [j, z_other] = best_other_class(z, r.c, yi);
+        r.loss[i] = wi * (z_other - static_cast<opmath_t>(z[yi]));
         r.grad[i * r.c + j] = static_cast<scalar_t>(wi);
         r.grad[i * r.c + yi] = static_cast<scalar_t>(-wi);
       }

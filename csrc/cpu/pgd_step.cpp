@@ -18,8 +18,8 @@ constexpr double kL2Tiny = 1e-12;          // keeps grad / ||grad|| finite for a
 
 struct StepArgs {
   double alpha, eps, lo, hi;
-  const float* alpha_ps;  // nullptr: use the scalar
-  const float* eps_ps;
+  const double* alpha_ps;  // nullptr: use the scalar
+  const double* eps_ps;
   double alpha_of(int64_t i) const { return alpha_ps ? alpha_ps[i] : alpha; }
   double eps_of(int64_t i) const { return eps_ps ? eps_ps[i] : eps; }
 };
@@ -130,10 +130,11 @@ void pgd_step_cpu(at::Tensor& x_adv, const at::Tensor& grad, const at::Tensor& x
                   const std::optional<at::Tensor>& eps_per_sample) {
   check_step_args(x_adv, grad, x_nat, alpha, eps, lo, hi, alpha_per_sample, eps_per_sample);
   if (x_adv.numel() == 0) return;
-  const at::Tensor a_ps = per_sample_float(alpha_per_sample);
-  const at::Tensor e_ps = per_sample_float(eps_per_sample);
-  const StepArgs args{alpha, eps, lo, hi, a_ps.defined() ? a_ps.data_ptr<float>() : nullptr,
-                      e_ps.defined() ? e_ps.data_ptr<float>() : nullptr};
+  // Budgets in double: per-sample values then enter the opmath computation exactly as scalars do.
+  const at::Tensor a_ps = per_sample_as(alpha_per_sample, at::kDouble);
+  const at::Tensor e_ps = per_sample_as(eps_per_sample, at::kDouble);
+  const StepArgs args{alpha, eps, lo, hi, a_ps.defined() ? a_ps.const_data_ptr<double>() : nullptr,
+                      e_ps.defined() ? e_ps.const_data_ptr<double>() : nullptr};
   const bool in_place = same_batch_major_layout(x_adv, grad, x_nat);
   at::Tensor x = in_place ? x_adv : x_adv.contiguous();
   const at::Tensor g = in_place ? grad : grad.contiguous();

@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstdint>
 #include <tuple>
+#include <type_traits>
 
 #include "checks.h"
 #include "common.cuh"
@@ -159,7 +160,7 @@ LossInputs prepare(const at::Tensor& logits, const at::Tensor& target,
   LossInputs in;
   in.n = logits.size(0);
   in.c = logits.size(1);
-  const at::ScalarType loss_dtype = logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const at::ScalarType loss_dtype = opmath_dtype(logits);
   in.loss = at::empty({in.n}, logits.options().dtype(loss_dtype));
   in.grad = at::empty({in.n, in.c}, logits.options());
   if (in.n == 0) return in;

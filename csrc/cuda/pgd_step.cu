@@ -120,8 +120,8 @@ struct L2Scale {
 template <typename T>
 __device__ L2Scale<T> l2_scale(double dd, double dg, double gg, T alpha, T eps) {
   const T g_den = static_cast<T>(sqrt(gg)) + T(1e-12);  // rounded as the reference rounds it
-  // delta = d + s*g with s = alpha / g_den, so ||delta||^2 = ||d||^2 + 2s<d,g> + s^2||g||^2.
-  // In float64: the three terms can cancel. A NaN sum gives factor 1, as in the reference.
+  // delta = d + s*g with s = alpha / g_den, so ||delta||^2 = ||d||^2 + 2s<d,g> + s^2||g||^2,
+  // in float64 because the terms can nearly cancel. A NaN gives factor 1, as in the reference.
   const double s = double(alpha) / double(g_den);
   const double delta_sq = dd + 2.0 * s * dg + s * s * gg;
   const T d_norm = static_cast<T>(sqrt(delta_sq > 0.0 ? delta_sq : 0.0));
@@ -199,6 +199,7 @@ l2_apply_kernel(scalar_t* x_adv, const scalar_t* grad, const scalar_t* x_nat, in
     __syncthreads();  // everyone has read shared_scale of the previous unit
     if (threadIdx.x == 0) {
       double dd = 0, dg = 0, gg = 0;
+#pragma unroll 1
       for (int64_t c = 0; c < chunks; ++c) {
         const double* p = partials + (sample * chunks + c) * 3;
         dd += p[0];
@@ -283,12 +284,6 @@ void on_batch_major(at::Tensor& x_adv, const at::Tensor& grad, const at::Tensor&
   if (!x.is_same(x_adv)) x_adv.copy_(x);
 }
 
-// Per-sample budget in the compute dtype: float32, or float64 for float64 images (as the reference).
-at::Tensor per_sample_compute(const std::optional<at::Tensor>& t, at::ScalarType x_dtype) {
-  if (x_dtype != at::kDouble || !t.has_value()) return per_sample_float(t);
-  return t->to(at::kDouble).contiguous();
-}
-
 template <typename T>
 Budget<T> make_budget(double alpha, double eps, const at::Tensor& alpha_ps,
                       const at::Tensor& eps_ps) {
@@ -306,8 +301,8 @@ void pgd_step_cuda(Norm norm, at::Tensor& x_adv, const at::Tensor& grad, const a
   check_step_args(x_adv, grad, x_nat, alpha, eps, lo, hi, alpha_per_sample, eps_per_sample);
   if (x_adv.numel() == 0) return;
   const c10::cuda::CUDAGuard device_guard(x_adv.device());
-  const at::Tensor alpha_ps = per_sample_compute(alpha_per_sample, x_adv.scalar_type());
-  const at::Tensor eps_ps = per_sample_compute(eps_per_sample, x_adv.scalar_type());
+  const at::Tensor alpha_ps = per_sample_as(alpha_per_sample, opmath_dtype(x_adv));
+  const at::Tensor eps_ps = per_sample_as(eps_per_sample, opmath_dtype(x_adv));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_adv.scalar_type(), "pgd_step_cuda", [&] {
     using T = at::opmath_type<scalar_t>;
     const Budget<T> budget = make_budget<T>(alpha, eps, alpha_ps, eps_ps);
