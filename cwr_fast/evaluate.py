@@ -78,7 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sweep-steps", type=int, default=20, help="PGD steps of the sweeps (default 20)")
     g = p.add_argument_group("run")
     g.add_argument("--batch-size", type=int, default=256)
-    g.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
+    g.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none",
+                   help="autocast dtype of the model during attacks (images stay float32)")
+    g.add_argument("--no-channels-last", action="store_true",
+                   help="keep the weights' layout (default: channels-last, faster convolutions)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--out", required=True, help="output directory (written atomically)")
@@ -178,7 +181,8 @@ def run(args) -> dict:
                          device=device, data_dir=args.data_dir, per_class=per_class)
     amp = None if args.amp == "none" else args.amp
     common = {"num_classes": info.num_classes, "amp": amp, "seed": args.seed,
-              "distributed": world > 1, "progress": not args.no_progress}
+              "distributed": world > 1, "progress": not args.no_progress,
+              "channels_last": not args.no_channels_last}
     build = {"eps": eps, "eps_l2": args.eps_l2, "track": args.track, "amp": amp,
              "num_classes": info.num_classes}
 
@@ -206,6 +210,7 @@ def run(args) -> dict:
               "eps_l2": args.eps_l2, "track": args.track, "tpgd_sweep": args.tpgd_sweep,
               "eps_sweep": args.eps_sweep, "sweep_steps": args.sweep_steps,
               "batch_size": args.batch_size, "amp": args.amp, "device": str(device),
+              "channels_last": not args.no_channels_last,
               "world_size": world, "limit": args.limit, "per_class": per_class, "seed": args.seed,
               "seconds": round(time.perf_counter() - started, 3)}
     report = build_report(counts, info.class_names, attacks=attacks, config=config,

@@ -76,3 +76,94 @@ def validating_backend(compiled_backend):
     if forced_reference_backend():
         pytest.skip("CWR_FAST_BACKEND=reference: the reference neither validates arguments nor "
                     "registers torch.ops.cwr_fast")
+
+
+# ---- data layer (cwr_fast.data): shared by tests/test_data*.py ----------------------------------
+
+@pytest.fixture(scope="session")
+def cifar_subset(shared_data) -> str:
+    """The real CIFAR-10 subset as an npz: source name."""
+    return f"npz:{shared_data / 'cifar10-subset' / 'cifar10_subset.npz'}"
+
+
+def _write_jpeg_folder(root: Path, classes, per_class: int, split: str = "train", seed: int = 0):
+    """root/split/<class>/<i>.JPEG of assorted small sizes, in RGB, grey and CMYK."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for c, name in enumerate(classes):
+        folder = root / split / name
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            h, w = 10 + 3 * ((c + i) % 4), 12 + 2 * (i % 8)
+            img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+            img.convert(("RGB", "L", "CMYK")[(c + i) % 3]).save(folder / f"{i}.JPEG", quality=90)
+    return root
+
+
+@pytest.fixture
+def jpeg_folder():
+    """write(root, classes, per_class, split="train"): an ImageFolder of small JPEGs."""
+    return _write_jpeg_folder
+
+
+# ---- attacks, models and class-wise evaluation (tests/test_attacks*, test_models*, test_evaluate*) --
+# One small MNIST CNN, trained once per session on real MNIST (a few seconds on a CPU), and a fixed
+# set of real test images. Read straight from the official idx files under shared_data.
+
+MNIST_TRAIN_IMAGES = 3000
+MNIST_EVAL_IMAGES = 300
+
+
+def _mnist_arrays(root: Path, split: str):
+    try:
+        from cwr_fast.data import load_arrays
+        return load_arrays("mnist", split, data_dir=root)
+    except ImportError:  # the data layer is not there: read the idx files with torchvision
+        import torchvision
+        ds = torchvision.datasets.MNIST(root=str(root), train=split == "train", download=False)
+        return ds.data[:, None].clone(), ds.targets.clone()
+
+
+def train_small_mnist_cnn(root: Path, num_images: int = MNIST_TRAIN_IMAGES, epochs: int = 2,
+                          seed: int = 0):
+    """SmallCNN (with MNIST normalisation inside) trained with Adam on the first num_images real
+    training images; eval mode on return. About 95% test accuracy."""
+    from cwr_fast.models import build_model
+
+    images, labels = _mnist_arrays(root, "train")
+    x, y = images[:num_images].float() / 255, labels[:num_images]
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = build_model("small_cnn", 10, mean=[0.1307], std=[0.3081])
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(epochs):
+        perm = torch.randperm(num_images, generator=g)
+        for i in range(0, num_images, 128):
+            idx = perm[i:i + 128]
+            loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def mnist_model(shared_data):
+    return train_small_mnist_cnn(shared_data)
+
+
+@pytest.fixture(scope="session")
+def mnist_eval(shared_data):
+    """(images float [0, 1] [N, 1, 28, 28], labels int64 [N]): the first real MNIST test images."""
+    images, labels = _mnist_arrays(shared_data, "test")
+    return images[:MNIST_EVAL_IMAGES].float() / 255, labels[:MNIST_EVAL_IMAGES].clone()
+
+
+@pytest.fixture(scope="session")
+def mnist_checkpoint(mnist_model, tmp_path_factory):
+    """The session model's state dict saved to a file."""
+    path = tmp_path_factory.mktemp("checkpoint") / "small_cnn.pt"
+    torch.save(mnist_model.state_dict(), path)
+    return path

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from cwr_fast import ops
+from cwr_fast.attacks.model_mode import is_channels_last, to_channels_last
 from cwr_fast.attacks.result import AttackResult
 
 NORMS = ("linf", "l2")
@@ -44,6 +45,7 @@ def loss_gradient(logits: Tensor, y: Tensor, target: Tensor | None, loss: str,
     """dL/dlogits of the loss the attack ascends: the loss on y (untargeted), or minus the loss on
     the target class (targeted: ascending -L(target) moves toward the target)."""
     labels = y if target is None else target
+    logits = logits.detach()  # the fused op gives dL/dz itself: no autograd node needed
     if loss == "ce":
         _, dz = ops.temperature_ce_fwd_bwd(logits, labels, temperature)
     else:
@@ -53,20 +55,23 @@ def loss_gradient(logits: Tensor, y: Tensor, target: Tensor | None, loss: str,
 
 def random_start(x_nat: Tensor, eps: float | Tensor, norm: str) -> Tensor:
     """A uniform point of the Linf ball (drawn exactly as torchattacks' PGD draws it, for scalar eps),
-    or a point of the L2 ball with uniform radius; clamped to [0, 1]."""
+    or a point of the L2 ball with uniform radius; clamped to [0, 1]. The noise is drawn in NCHW
+    order whatever the layout of x_nat, so a channels-last batch gets the same start."""
     per_sample = isinstance(eps, Tensor)
     shape = (-1,) + (1,) * (x_nat.dim() - 1)
+    plain = {"memory_format": torch.contiguous_format}
     if norm == "linf":
         if per_sample:
-            delta = (torch.rand_like(x_nat) * 2 - 1) * eps.view(shape)
+            delta = (torch.rand_like(x_nat, **plain) * 2 - 1) * eps.view(shape)
         else:
-            delta = torch.empty_like(x_nat).uniform_(-eps, eps)
+            delta = torch.empty_like(x_nat, **plain).uniform_(-eps, eps)
     else:
-        delta = torch.randn_like(x_nat)
+        delta = torch.randn_like(x_nat, **plain)
         norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(shape)
         radius = torch.rand(x_nat.shape[0], device=x_nat.device, dtype=x_nat.dtype).view(shape)
         delta = delta / norms * radius * (eps.view(shape) if per_sample else eps)
-    return torch.clamp(x_nat + delta, 0.0, 1.0)
+    x = torch.clamp(x_nat + delta, 0.0, 1.0)
+    return to_channels_last(x) if is_channels_last(x_nat) else x
 
 
 def _take(value: float | Tensor, keep: Tensor) -> float | Tensor:
@@ -83,6 +88,7 @@ def _run_once(model: nn.Module, x_nat: Tensor, y: Tensor, target: Tensor | None,
     step_ = ops.linf_pgd_step_ if norm == "linf" else ops.l2_pgd_step_
     scale = _FP16_LOSS_SCALE if dtype == torch.float16 else None
 
+    channels_last = is_channels_last(x_nat)  # keep the caller's layout through compaction
     x = random_start(x_nat, eps, norm) if use_random_start else x_nat.clone()
     index = None  # positions of the active samples in the batch; None while all are active
     for step in range(steps + 1):
@@ -110,7 +116,10 @@ def _run_once(model: nn.Module, x_nat: Tensor, y: Tensor, target: Tensor | None,
                 index = keep.nonzero().squeeze(1) if index is None else index[keep]
                 if index.numel() == 0:
                     return AttackResult(out_x, out_pred, out_success)
-                x, grad, x_nat, y = x[keep], grad[keep], x_nat[keep], y[keep]
+                x, grad, x_nat = x[keep], grad[keep], x_nat[keep]
+                if channels_last:
+                    x, grad, x_nat = to_channels_last(x), to_channels_last(grad), to_channels_last(x_nat)
+                y = y[keep]
                 target = target[keep] if target is not None else None
                 eps, alpha = _take(eps, keep), _take(alpha, keep)
         step_(x, grad, x_nat, alpha, eps)

@@ -14,14 +14,15 @@ from cwr_fast.data.base import BatchLoader
 from cwr_fast.data.ffcv_io import default_beton_path, write_beton
 from cwr_fast.data.loader import BACKENDS, make_loader
 from cwr_fast.data.order import EpochOrder
-from cwr_fast.data.registry import (DATA_ENV, DATASETS, EMBEDDED, Augment, DatasetInfo,
-                                    data_root, dataset_info)
+from cwr_fast.data.registry import (DATA_ENV, DATASETS, EMBEDDED, GENERIC_PREFIXES, Augment,
+                                    DatasetInfo, data_root, dataset_info)
 from cwr_fast.data.sources import file_samples, load_arrays
 from cwr_fast.data.subset import class_balanced_subset
 
 __all__ = [
     "Augment", "BACKENDS", "BatchLoader", "ChecksumError", "DATASETS", "DATA_ENV",
     "DatasetError", "DatasetInfo", "DatasetNotFoundError", "EMBEDDED", "EpochOrder",
+    "GENERIC_PREFIXES",
     "class_balanced_subset", "data_root", "dataset_info", "default_beton_path", "file_samples",
     "load_arrays", "make_loader", "write_beton",
 ]

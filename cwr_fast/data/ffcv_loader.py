@@ -12,6 +12,7 @@ The order is the EpochOrder (a seeded RANDOM permutation per epoch, never QUASI_
 batches hold few distinct classes), handed to FFCV as its traversal order, so FFCV batches hold
 the same samples as the other loaders' and distributed sharding is the same too. The only thing
 FFCV draws itself is the random-resized crop of RGB .betons (numba's RNG, not seeded).
+Note: FFCV sets torch's intra-op thread count to its num_workers (default here: all CPUs).
 """
 
 from __future__ import annotations
@@ -33,19 +34,27 @@ from cwr_fast.data.order import EpochOrder
 from cwr_fast.data.registry import CENTER_CROP_RATIO, DatasetInfo
 
 
-class _EpochOrderTraversal(TraversalOrder):
-    """An EpochOrder as FFCV's traversal order. (ffcv 1.0.2 takes a TraversalOrder instance and
-    calls it with the loader, hence __call__.)"""
+# The compiled pipelines of every FFCV loader made, kept for the life of the process. Freeing
+# them runs numba dispatcher finalizers that can raise (an ignored KeyError); on CPython 3.11.7
+# such an error raised by the garbage collector inside AST code (an import, pytest's assertion
+# rewriting) corrupts the AST state and later imports fail with "AST constructor recursion depth
+# mismatch". A pipeline's machine code is small; a process makes few loaders.
+_COMPILED_PIPELINES: list = []
 
-    def __init__(self, order: EpochOrder):
-        self.order = order
+
+class _EpochOrderTraversal(TraversalOrder):
+    """The FfcvLoader's current EpochOrder as FFCV's traversal order. (ffcv 1.0.2 takes a
+    TraversalOrder instance and calls it with the loader, hence __call__.)"""
+
+    def __init__(self, owner: "FfcvLoader"):
+        self.owner = owner
 
     def __call__(self, loader) -> "_EpochOrderTraversal":
         super().__init__(loader)
         return self
 
     def sample_order(self, epoch: int) -> np.ndarray:
-        return self.order.for_epoch(epoch).numpy().astype(np.uint64)
+        return self.owner.order.for_epoch(epoch).numpy().astype(np.uint64)
 
 
 def declare_pipelines(kind: str, train: bool, resolution: int, device: torch.device) -> dict:
@@ -70,9 +79,22 @@ class FfcvLoader(BatchLoader):
         self.beton, self.kind = beton, kind
         self._loader = Loader(
             str(beton), batch_size=order.batch_size, num_workers=num_workers,
-            order=_EpochOrderTraversal(order), drop_last=False,  # the EpochOrder already drops
+            order=_EpochOrderTraversal(self), drop_last=False,  # the EpochOrder already drops
             pipelines=declare_pipelines(kind, train, info.image_shape[-1], device),
             os_cache=True, seed=order.seed)
+        _COMPILED_PIPELINES.append(self._loader.code)
+
+    @property
+    def order(self) -> EpochOrder:
+        return self._order
+
+    @order.setter
+    def order(self, order: EpochOrder) -> None:  # replaceable between epochs, as in every loader
+        self._order = order
+        if hasattr(self, "_loader"):  # FFCV sizes its epochs by its first order
+            if order.batch_size != self._loader.batch_size:
+                raise ValueError("a new order must keep the loader's batch size")
+            self._loader.first_traversal_order = order.for_epoch(0).numpy()
 
     def _uint8_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self._loader.next_epoch = epoch

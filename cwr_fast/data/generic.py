@@ -87,6 +87,19 @@ def npz_arrays(name: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
             torch.from_numpy(labels.astype(np.int64)))
 
 
+def _channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[list, list]:
+    """Per-channel mean and std of uint8 images in [0, 1] units, in bounded memory."""
+    total = torch.zeros(images.shape[1], dtype=torch.float64)
+    squares = torch.zeros_like(total)
+    for part in images.split(chunk):
+        part = part.double() / 255
+        total += part.sum((0, 2, 3))
+        squares += part.square().sum((0, 2, 3))
+    n = max(1, images.numel() // images.shape[1])
+    mean = total / n
+    return mean.tolist(), (squares / n - mean.square()).clamp(min=0).sqrt().tolist()
+
+
 def npz_info(name: str) -> DatasetInfo:
     path = source_path(name)
     stat = path.stat()
@@ -113,9 +126,7 @@ def _npz_info(name: str, mtime_ns: int, size: int) -> DatasetInfo:  # cached whi
     if "mean" in files.files and "std" in files.files:
         mean, std = files["mean"], files["std"]
     else:
-        x = arrays["train" if "train" in arrays else splits[0]][0]
-        pixels = x.transpose(0, 1).reshape(shape[0], -1).double() / 255
-        mean, std = pixels.mean(1).numpy(), pixels.std(1).numpy()
+        mean, std = _channel_stats(arrays["train" if "train" in arrays else splits[0]][0])
     return DatasetInfo(name=name, num_classes=len(class_names), class_names=class_names,
                        image_shape=shape, mean=tuple(float(m) for m in mean),
                        std=tuple(float(s) for s in std), splits=splits,

@@ -32,7 +32,7 @@ from cwr_fast.data.ffcv_io import (beton_contents, default_beton_path, ffcv_inst
                                    import_ffcv)
 from cwr_fast.data.gpu_loader import GpuLoader
 from cwr_fast.data.order import EpochOrder
-from cwr_fast.data.registry import DEFAULT_RESOLUTION, Augment, dataset_info
+from cwr_fast.data.registry import DEFAULT_RESOLUTION, Augment, DatasetInfo, dataset_info
 from cwr_fast.data.sources import file_samples, load_arrays
 from cwr_fast.data.subset import class_balanced_subset
 from cwr_fast.data.torch_loader import ArrayDataset, TorchLoader
@@ -47,7 +47,7 @@ def make_loader(dataset: str, split: str, batch_size: int, train: bool, loader: 
                 drop_last: bool | None = None, num_workers: int | None = None, *,
                 beton: str | os.PathLike | None = None, shuffle: bool | None = None,
                 augment: Augment | None = None, resolution: int | None = None,
-                subset_seed: int | None = None, download: bool = True,
+                subset_seed: int | None = None, exclude=None, download: bool = True,
                 rank: int | None = None, world_size: int | None = None) -> BatchLoader:
     """A loader of (images float32 [0, 1] NCHW, labels int64) on `device`.
 
@@ -55,7 +55,8 @@ def make_loader(dataset: str, split: str, batch_size: int, train: bool, loader: 
       info.train_augment on the device, or `augment`); eval: dataset order, every sample once.
       shuffle/drop_last override the first two.
     per_class=k: only the first k images of each class (a seeded draw with subset_seed), chosen
-      before sharding. distributed: shard by torch.distributed's rank and world size (or the
+      before sharding. exclude: dataset indices never visited (e.g. a held-out validation
+      subset), removed after the per_class choice. distributed: shard by torch.distributed's rank and world size (or the
       rank/world_size given). seed: the shuffle and augmentation seed (the same on every rank).
     num_workers: DataLoader workers (torch) or decoding threads (ffcv); default: the CPU count
       for decoded files, 0 for in-memory arrays (torch).
@@ -74,53 +75,90 @@ def make_loader(dataset: str, split: str, batch_size: int, train: bool, loader: 
                          "images; resolution= is for ImageNet and folder: sources")
     device = _device(device)
     rank, world_size = _shard(distributed, rank, world_size)
-    transform = DeviceTransform(info.train_augment if augment is None else augment, train,
-                                device, seed, rank)
-    drop_last = train if drop_last is None else drop_last
-    shuffle = train if shuffle is None else shuffle
+    request = _Request(
+        dataset=dataset, split=split, info=info, train=train, device=device,
+        data_dir=data_dir, download=download, num_workers=num_workers,
+        beton=Path(beton) if beton is not None else default_beton_path(dataset, split, data_dir),
+        transform=DeviceTransform(info.train_augment if augment is None else augment, train,
+                                  device, seed, rank),
+        order_args=dict(batch_size=batch_size, shuffle=train if shuffle is None else shuffle,
+                        drop_last=train if drop_last is None else drop_last, seed=seed,
+                        rank=rank, world_size=world_size),
+        per_class=per_class, subset_seed=subset_seed,
+        exclude=None if exclude is None else torch.as_tensor(exclude, dtype=torch.long))
+    backend = _auto_backend(request) if loader == "auto" else loader
+    return _BUILDERS[backend](request)
 
-    def order_for(labels) -> EpochOrder:
+
+@dataclasses.dataclass
+class _Request:
+    """Everything make_loader was asked, resolved; the builders below turn it into a loader."""
+    dataset: str
+    split: str
+    info: DatasetInfo
+    train: bool
+    device: torch.device
+    data_dir: str | os.PathLike | None
+    download: bool
+    num_workers: int | None
+    beton: Path | None
+    transform: DeviceTransform
+    order_args: dict
+    per_class: int | None
+    subset_seed: int | None
+    exclude: torch.Tensor | None
+    _arrays: tuple | None = None
+
+    def order_for(self, labels) -> EpochOrder:
         labels = torch.as_tensor(labels)
-        indices = (torch.arange(len(labels)) if per_class is None
-                   else class_balanced_subset(labels, per_class, subset_seed))
-        return EpochOrder(indices, batch_size, shuffle, drop_last, seed, rank, world_size)
+        indices = (torch.arange(len(labels)) if self.per_class is None
+                   else class_balanced_subset(labels, self.per_class, self.subset_seed))
+        if self.exclude is not None:
+            indices = indices[~torch.isin(indices, self.exclude)]
+        return EpochOrder(indices, **self.order_args)
 
-    beton = Path(beton) if beton is not None else default_beton_path(dataset, split, data_dir)
-    backend = loader
-    if backend == "gpu" and not info.fixed_size and train:
-        raise DatasetError(f"loader='gpu' holds fixed-size images; {dataset} is decoded per image "
-                           "for training (random-resized crops): use loader='ffcv' or 'torch'")
-    if backend == "auto" and not info.fixed_size:
-        backend = "ffcv" if _ffcv_usable(beton) else "torch"
-
-    if backend == "ffcv":
-        return _ffcv_loader(info, dataset, split, beton, order_for, transform, device, train,
-                            num_workers)
-    if info.fixed_size or backend == "gpu":
-        images, labels = load_arrays(dataset, split, data_dir, download=download,
-                                     resolution=info.image_shape[-1])
-        if backend == "auto":
-            if _fits(images, device):
-                backend = "gpu"
-            elif _ffcv_usable(beton):
-                return _ffcv_loader(info, dataset, split, beton, order_for, transform, device,
-                                    train, num_workers)
-            else:
-                backend = "torch"
-        if backend == "gpu":
-            return GpuLoader(info, images, labels, order_for(labels), transform, device)
-        return TorchLoader(info, ArrayDataset(images, labels), order_for(labels), transform,
-                           device, num_workers or 0)
-    samples = file_samples(dataset, split, data_dir)
-    files = DecodedFiles(samples, "train" if train else "eval", info.image_shape[-1], seed)
-    return TorchLoader(info, files, order_for([label for _, label in samples]), transform,
-                       device, (os.cpu_count() or 1) if num_workers is None else num_workers)
+    def arrays(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._arrays is None:
+            self._arrays = load_arrays(self.dataset, self.split, self.data_dir,
+                                       download=self.download,
+                                       resolution=self.info.image_shape[-1])
+        return self._arrays
 
 
-def _ffcv_loader(info, dataset, split, beton, order_for, transform, device, train, num_workers):
+def _auto_backend(req: _Request) -> str:
+    if req.info.fixed_size and _fits(req.arrays()[0], req.device):
+        return "gpu"
+    return "ffcv" if _ffcv_usable(req.beton) else "torch"
+
+
+def _gpu_loader(req: _Request) -> BatchLoader:
+    if req.train and not req.info.fixed_size:
+        raise DatasetError(f"loader='gpu' holds fixed-size images; {req.dataset} is decoded per "
+                           "image for training (random-resized crops): use loader='ffcv' or "
+                           "'torch'")
+    images, labels = req.arrays()
+    return GpuLoader(req.info, images, labels, req.order_for(labels), req.transform, req.device)
+
+
+def _torch_loader(req: _Request) -> BatchLoader:
+    if req.info.fixed_size:
+        images, labels = req.arrays()
+        dataset, workers = ArrayDataset(images, labels), req.num_workers or 0
+    else:
+        samples = file_samples(req.dataset, req.split, req.data_dir)
+        dataset = DecodedFiles(samples, "train" if req.train else "eval",
+                               req.info.image_shape[-1], req.order_args["seed"])
+        labels = [label for _, label in samples]
+        workers = (os.cpu_count() or 1) if req.num_workers is None else req.num_workers
+    return TorchLoader(req.info, dataset, req.order_for(labels), req.transform, req.device,
+                       workers)
+
+
+def _ffcv_loader(req: _Request) -> BatchLoader:
     import_ffcv()
     from cwr_fast.data.ffcv_loader import FfcvLoader
 
+    dataset, split, beton, info = req.dataset, req.split, req.beton, req.info
     if beton is None:
         raise ValueError(f"loader='ffcv' for {dataset} needs beton=PATH (a generic source has no "
                          "default .beton location)")
@@ -136,8 +174,11 @@ def _ffcv_loader(info, dataset, split, beton, order_for, transform, device, trai
     if len(labels) and int(labels.max()) >= info.num_classes:
         raise DatasetError(f"{beton} has label {int(labels.max())} but {dataset} has "
                            f"{info.num_classes} classes; was it written for another dataset?")
-    return FfcvLoader(info, beton, kind, order_for(labels), transform, device, train,
-                      num_workers or os.cpu_count() or 1)
+    return FfcvLoader(info, beton, kind, req.order_for(labels), req.transform, req.device,
+                      req.train, req.num_workers or os.cpu_count() or 1)
+
+
+_BUILDERS = {"gpu": _gpu_loader, "torch": _torch_loader, "ffcv": _ffcv_loader}
 
 
 def _device(device) -> torch.device:

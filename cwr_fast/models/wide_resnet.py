@@ -1,5 +1,6 @@
 """Wide ResNet (Zagoruyko & Komodakis, 2016); WRN-34-10 is the model of Madry et al., TRADES and
-the class-wise robustness paper on CIFAR-10."""
+the class-wise robustness paper on CIFAR-10. Parameter names follow TRADES' implementation
+(block1.layer.0.convShortcut, ...), so its published checkpoints load as they are."""
 
 from __future__ import annotations
 
@@ -15,14 +16,25 @@ class WideBasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(out_planes)
         self.conv2 = nn.Conv2d(out_planes, out_planes, 3, stride=1, padding=1, bias=False)
         self.equal_in_out = in_planes == out_planes
-        self.shortcut = None if self.equal_in_out else nn.Conv2d(in_planes, out_planes, 1,
-                                                                 stride=stride, bias=False)
+        self.convShortcut = None if self.equal_in_out else nn.Conv2d(in_planes, out_planes, 1,
+                                                                     stride=stride, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(x))
-        shortcut = x if self.equal_in_out else self.shortcut(out)
+        shortcut = x if self.equal_in_out else self.convShortcut(out)
         out = self.conv2(F.relu(self.bn2(self.conv1(out))))
         return out + shortcut
+
+
+class NetworkBlock(nn.Module):
+    """A group of blocks (a module with `.layer`, as in TRADES, for checkpoint compatibility)."""
+
+    def __init__(self, blocks: list[nn.Module]):
+        super().__init__()
+        self.layer = nn.Sequential(*blocks)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layer(x)
 
 
 class WideResNet(nn.Module):
@@ -49,9 +61,9 @@ class WideResNet(nn.Module):
                 nn.init.zeros_(m.bias)
 
     @staticmethod
-    def _make_group(in_planes: int, out_planes: int, n: int, stride: int) -> nn.Sequential:
-        return nn.Sequential(*[WideBasicBlock(in_planes if i == 0 else out_planes, out_planes,
-                                              stride if i == 0 else 1) for i in range(n)])
+    def _make_group(in_planes: int, out_planes: int, n: int, stride: int) -> "NetworkBlock":
+        return NetworkBlock([WideBasicBlock(in_planes if i == 0 else out_planes, out_planes,
+                                            stride if i == 0 else 1) for i in range(n)])
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.block3(self.block2(self.block1(self.conv1(x))))

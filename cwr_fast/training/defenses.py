@@ -1,0 +1,124 @@
+"""The extension point for class-wise defenses (issue 6: the paper's reweighting/re-margining,
+FRL, CFA, WAT, ...). Nothing here changes training by itself: the default policy "none" is
+plain training with the method's uniform budget and weights.
+
+A defense is a `ClasswisePolicy` subclass registered under a name; `--defense NAME` picks it and
+`--defense-opt KEY=VALUE` (repeatable) passes keyword arguments to its constructor. The trainer
+calls, in this order:
+
+    policy = cls(num_classes=C, eps=eps, alpha=alpha, beta=beta, **options)
+    model = policy.modify_model(model)      # once, before the optimiser and before a resume loads
+                                            # weights: e.g. add a per-class logit bias or scale of
+                                            # the final layer (it is then part of the model)
+    every step:  batch = policy.batch_policy(y, eps_t, alpha_t, beta)   # per-sample knobs
+    every epoch: log = policy.update(epoch, val_counts, train_counts)   # re-estimate from the
+                                            # held-out validation counts (ClasswiseCounts of the
+                                            # per-epoch PGD check) and the epoch's training counts
+    checkpoints: policy.state_dict() / policy.load_state_dict(state)
+
+The per-class state lives in three [C] tensors that `batch_policy` indexes by label:
+class_weight (loss weight), class_eps_scale (eps_y = scale_y * eps, alpha scaled alike) and
+class_beta (TRADES/MART regulariser weight). Subclasses set them in `update`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from cwr_fast.training.methods import BatchPolicy
+
+
+class ClasswisePolicy:
+    """The identity policy ("none"): uniform weights, budget and beta."""
+
+    name = "none"
+
+    def __init__(self, num_classes: int, eps: float, alpha: float, beta: float | None, **options):
+        if options:
+            raise ValueError(f"defense {self.name!r} takes no options, got {sorted(options)}")
+        self.num_classes = num_classes
+        self.eps, self.alpha, self.beta = eps, alpha, beta
+        self.class_weight: Tensor | None = None      # [C] or None (uniform)
+        self.class_eps_scale: Tensor | None = None   # [C] or None (uniform)
+        self.class_beta: Tensor | None = None        # [C] or None (the method's beta)
+
+    def modify_model(self, model: nn.Module) -> nn.Module:
+        """Hook to change the model (e.g. the final layer) before training starts."""
+        return model
+
+    def batch_policy(self, y: Tensor, eps: float, alpha: float, beta: float | None) -> BatchPolicy:
+        weight = None if self.class_weight is None else self.class_weight.to(y.device)[y]
+        if self.class_eps_scale is not None:
+            scale = self.class_eps_scale.to(y.device, torch.float32)[y]
+            eps_b, alpha_b = scale * eps, scale * alpha
+        else:
+            eps_b, alpha_b = eps, alpha
+        beta_b = beta if self.class_beta is None else self.class_beta.to(y.device)[y]
+        return BatchPolicy(eps=eps_b, alpha=alpha_b, weight=weight, beta=beta_b)
+
+    def update(self, epoch: int, val_counts, train_counts: dict) -> dict:
+        """Re-estimate the per-class state after epoch `epoch`. val_counts: ClasswiseCounts of the
+        validation check (None on epochs without one); train_counts: {'n': [C], 'correct': [C]}
+        int64 tensors of the epoch's training inputs. Returns what to log in metrics.jsonl."""
+        return {}
+
+    def state_dict(self) -> dict:
+        return {"name": self.name, "class_weight": self.class_weight,
+                "class_eps_scale": self.class_eps_scale, "class_beta": self.class_beta}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("name") != self.name:
+            raise ValueError(f"checkpoint was trained with defense {state.get('name')!r}, "
+                             f"this run uses {self.name!r}")
+        self.class_weight = state.get("class_weight")
+        self.class_eps_scale = state.get("class_eps_scale")
+        self.class_beta = state.get("class_beta")
+
+    def describe(self) -> dict:
+        return {"name": self.name}
+
+
+DEFENSES: dict[str, type[ClasswisePolicy]] = {"none": ClasswisePolicy}
+
+
+def register_defense(cls: type[ClasswisePolicy]) -> type[ClasswisePolicy]:
+    """Class decorator: makes `--defense cls.name` available."""
+    if not (isinstance(cls, type) and issubclass(cls, ClasswisePolicy)):
+        raise TypeError("register_defense expects a ClasswisePolicy subclass")
+    DEFENSES[cls.name] = cls
+    return cls
+
+
+def build_defense(name: str, options: dict, **kwargs) -> ClasswisePolicy:
+    if name not in DEFENSES:
+        raise ValueError(f"unknown defense {name!r}; available: {', '.join(sorted(DEFENSES))}")
+    try:
+        return DEFENSES[name](**kwargs, **options)
+    except TypeError as err:
+        raise ValueError(f"defense {name!r}: {err}") from None
+
+
+def parse_options(items: list[str] | None) -> dict:
+    """['lr=0.1', 'mode=weights'] -> {'lr': 0.1, 'mode': 'weights'}."""
+    out = {}
+    for item in items or []:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise ValueError(f"--defense-opt expects KEY=VALUE, got {item!r}")
+        out[key.strip().replace("-", "_")] = _value(value.strip())
+    return out
+
+
+def _value(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+PolicyFactory = Callable[..., ClasswisePolicy]

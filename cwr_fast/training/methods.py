@@ -1,0 +1,283 @@
+"""Training methods: standard, PGD-AT, TRADES, MART and FGSM-RS, on the fused ops.
+
+Each method turns a batch into a loss in two timed parts:
+
+    x_train = method.perturb(attack_model, x, y, batch)      # inner maximisation, no param grads
+    out = method.loss(train_model, x, x_train, y, batch)      # outer minimisation, differentiable
+
+`batch` is a `BatchPolicy`: the budget and loss weights of this batch, as numbers or as per-sample
+[N] tensors. This is the extension point of the class-wise defenses (`training.defenses`): a
+defense sets per-sample loss weights, per-sample eps (alpha scales with it) and per-sample
+TRADES/MART beta, and the methods honour them.
+
+Attack-time model mode, from each method's reference code (`attack_bn="auto"`):
+  pgd-at   train mode (BatchNorm batch statistics), as Madry et al.'s cifar10_challenge and
+           Rice et al. (2020); uniform random start in the eps-ball.
+  fgsm-rs  train mode, as Wong et al. (2020); uniform random start, one step of alpha = 1.25 eps.
+  trades   eval mode, as Zhang et al.'s code; start x + 0.001 N(0, 1), ascent on KL(f(x) || f(x')).
+  mart     eval mode, as Wang et al.'s code; start x + 0.001 N(0, 1), ascent on CE.
+Parameters never get gradients during the attack; the model's modes are restored afterwards.
+
+`ops="fused"` (default) uses cwr_fast.ops: the fused CE forward+backward gives dL/dlogits, the
+fused in-place PGD step moves and projects x_adv; the training CE is ops.temperature_cross_entropy.
+`ops="eager"` is the same loop written with plain PyTorch ops (F.cross_entropy, autograd,
+sign/clamp chains), kept as the baseline of bench/bench_train.py and as a cross-check in tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cwr_fast import ops
+from cwr_fast.attacks.functional import amp_dtype, autocast, perturb
+from cwr_fast.attacks.model_mode import attack_mode
+
+METHODS = ("standard", "pgd-at", "trades", "mart", "fgsm-rs")
+ATTACK_BN = {"standard": None, "pgd-at": "train", "fgsm-rs": "train", "trades": "eval", "mart": "eval"}
+DEFAULT_BETA = {"trades": 6.0, "mart": 6.0}
+_FP16_SCALE = 1024.0  # keeps fp16 input gradients from underflowing; steps use only the sign
+_TRADES_MART_INIT = 0.001
+
+
+@dataclass
+class BatchPolicy:
+    """Per-batch knobs. eps, alpha, beta: numbers or [N] float tensors (per-sample);
+    weight: None or [N] per-sample loss weights (the loss is mean_i w_i * loss_i)."""
+
+    eps: float | Tensor
+    alpha: float | Tensor
+    weight: Tensor | None = None
+    beta: float | Tensor | None = None
+
+
+@dataclass
+class StepOutput:
+    loss: Tensor                 # scalar, to backpropagate
+    logits: Tensor               # detached logits of the training inputs (adversarial if any)
+    clean_logits: Tensor | None = None  # detached clean logits, when the method computes them
+
+
+class Method:
+    """Base class; see the module docstring."""
+
+    name = "method"
+    adversarial = True
+
+    def __init__(self, steps: int = 10, beta: float | None = None, amp: str | None = None,
+                 attack_bn: str = "auto", ops_impl: str = "fused"):
+        if attack_bn not in ("auto", "train", "eval"):
+            raise ValueError(f"attack_bn must be auto, train or eval, got {attack_bn!r}")
+        if ops_impl not in ("fused", "eager"):
+            raise ValueError(f"ops must be fused or eager, got {ops_impl!r}")
+        if not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"attack steps must be an int >= 1, got {steps!r}")
+        self.steps, self.amp, self.ops_impl = steps, amp, ops_impl
+        self.dtype = amp_dtype(amp)
+        self.beta = DEFAULT_BETA.get(self.name) if beta is None else float(beta)
+        self.attack_bn = ATTACK_BN[self.name] if attack_bn == "auto" else attack_bn
+
+    # ---- inner maximisation ----
+    @contextlib.contextmanager
+    def attack_context(self, model: nn.Module):
+        """No parameter gradients; the method's train/eval mode; everything restored on exit."""
+        with attack_mode(model):
+            if self.attack_bn == "train":
+                model.train()
+            yield model
+
+    def perturb(self, model: nn.Module, x: Tensor, y: Tensor, batch: BatchPolicy) -> Tensor:
+        if not self.adversarial:
+            return x
+        with self.attack_context(model):
+            return self._perturb(model, x, y, batch).detach()
+
+    def _perturb(self, model, x, y, batch) -> Tensor:
+        raise NotImplementedError
+
+    # ---- outer minimisation ----
+    def loss(self, model: nn.Module, x: Tensor, x_train: Tensor, y: Tensor,
+             batch: BatchPolicy) -> StepOutput:
+        with autocast(x.device, self.dtype):
+            logits = model(x_train)
+        return StepOutput(self._ce(logits, y, batch.weight), logits.detach())
+
+    def _beta(self, batch: BatchPolicy):
+        return self.beta if batch.beta is None else batch.beta
+
+    def _ce(self, logits: Tensor, y: Tensor, weight: Tensor | None) -> Tensor:
+        if self.ops_impl == "fused":
+            return ops.temperature_cross_entropy(logits, y, 1.0, weight=weight, reduction="mean")
+        loss = F.cross_entropy(logits.float(), y, reduction="none")
+        return (loss * weight).mean() if weight is not None else loss.mean()
+
+    def _ce_per_sample(self, logits: Tensor, y: Tensor) -> Tensor:
+        if self.ops_impl == "fused":
+            return ops.temperature_cross_entropy(logits, y, 1.0, reduction="none")
+        return F.cross_entropy(logits.float(), y, reduction="none")
+
+    # ---- the ascent loop for custom starts and losses (TRADES, MART, and the eager baseline) ----
+    def _ascent(self, model: nn.Module, x_nat: Tensor, x_start: Tensor, dloss_dlogits,
+                eps, alpha) -> Tensor:
+        """`steps` signed-gradient steps from x_start, each projected onto the Linf eps-ball of
+        x_nat and [0, 1]. dloss_dlogits(logits) -> dL/dlogits of the loss to ascend."""
+        scale = _FP16_SCALE if self.dtype == torch.float16 else None
+        x = x_start.detach().clone()
+        shape = (-1,) + (1,) * (x.dim() - 1)
+        for _ in range(self.steps):
+            x.requires_grad_(True)
+            with autocast(x.device, self.dtype):
+                logits = model(x)
+            if self.ops_impl == "eager":
+                loss = dloss_dlogits(logits, eager=True)
+                (grad,) = torch.autograd.grad(loss * (scale or 1.0), x)
+            else:
+                dz = dloss_dlogits(logits, eager=False)
+                if scale is not None:
+                    dz = dz * scale
+                (grad,) = torch.autograd.grad(logits, x, dz.to(logits.dtype))
+            x = x.detach()
+            if self.ops_impl == "fused":
+                ops.linf_pgd_step_(x, grad, x_nat, alpha, eps)
+            else:
+                a = alpha.view(shape) if isinstance(alpha, Tensor) else alpha
+                e = eps.view(shape) if isinstance(eps, Tensor) else eps
+                x = x + a * grad.sign()
+                x = torch.min(torch.max(x, x_nat - e), x_nat + e).clamp_(0.0, 1.0)
+        return x
+
+    def _ce_ascent_grad(self, y: Tensor):
+        def grad_fn(logits: Tensor, eager: bool):
+            if eager:
+                return F.cross_entropy(logits.float(), y, reduction="sum")
+            return ops.temperature_ce_fwd_bwd(logits, y, 1.0)[1]
+        return grad_fn
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(steps={self.steps}, beta={self.beta}, amp={self.amp}, "
+                f"attack_bn={self.attack_bn}, ops={self.ops_impl})")
+
+
+class Standard(Method):
+    """Plain empirical risk minimisation on clean images."""
+
+    name = "standard"
+    adversarial = False
+
+
+class PGDAT(Method):
+    """PGD adversarial training (Madry et al., ICLR 2018): min_theta E max_{||d||<=eps} CE(f(x+d), y),
+    the inner max by `steps` PGD steps of size alpha from a uniform random start."""
+
+    name = "pgd-at"
+
+    def _perturb(self, model, x, y, batch):
+        if self.ops_impl == "fused":
+            return perturb(model, x, y, norm="linf", eps=batch.eps, alpha=batch.alpha,
+                           steps=self.steps, loss="ce", random_start=True, track="final",
+                           amp=self.amp).x_adv
+        return self._ascent(model, x, _uniform_start(x, batch.eps), self._ce_ascent_grad(y),
+                            batch.eps, batch.alpha)
+
+
+class FGSMRS(PGDAT):
+    """FGSM with random start ("fast is better than free", Wong et al., ICLR 2020): uniform start
+    in the eps-ball, one signed step of alpha = 1.25 eps, projection. `steps` is 1."""
+
+    name = "fgsm-rs"
+
+    def __init__(self, steps: int = 1, **kwargs):
+        super().__init__(steps=1, **kwargs)
+
+
+class TRADES(Method):
+    """TRADES (Zhang et al., ICML 2019):
+        L = CE(f(x), y) + beta * KL(softmax f(x) || softmax f(x')),
+        x' = argmax_{||x'-x||<=eps} KL(softmax f(x) || softmax f(x')), from x + 0.001 N(0, I).
+    With per-sample weights w and beta_i: mean_i w_i (CE_i + beta_i KL_i)."""
+
+    name = "trades"
+
+    def _perturb(self, model, x, y, batch):
+        with torch.no_grad(), autocast(x.device, self.dtype):
+            p_nat = torch.softmax(model(x).float(), dim=1)
+
+        def grad_fn(logits: Tensor, eager: bool):
+            if eager:
+                return F.kl_div(F.log_softmax(logits.float(), dim=1), p_nat, reduction="sum")
+            # d/dz sum_i KL(p_i || softmax(z_i)) = softmax(z_i) - p_i: closed form, no autograd
+            return torch.softmax(logits.float(), dim=1) - p_nat
+
+        start = x + _TRADES_MART_INIT * torch.randn_like(x)
+        return self._ascent(model, x, start, grad_fn, batch.eps, batch.alpha)
+
+    def loss(self, model, x, x_train, y, batch):
+        # two forwards, as the reference code (separate BatchNorm batch statistics)
+        with autocast(x.device, self.dtype):
+            logits_nat, logits_adv = model(x), model(x_train)
+        ce = self._ce_per_sample(logits_nat, y)
+        kl = F.kl_div(F.log_softmax(logits_adv.float(), dim=1), F.softmax(logits_nat.float(), dim=1),
+                      reduction="none").sum(dim=1)
+        per_sample = ce + _per_sample_value(self._beta(batch), kl) * kl
+        if batch.weight is not None:
+            per_sample = per_sample * batch.weight
+        return StepOutput(per_sample.mean(), logits_adv.detach(), logits_nat.detach())
+
+
+class MART(Method):
+    """MART (Wang et al., ICLR 2020), as in the authors' code:
+        L = BCE(f(x'), y) + beta * KL(softmax f(x) || softmax f(x')) * (1 - p_y(x)),
+        BCE = CE(f(x'), y) - log(1 - max_{k != y} p_k(x')),
+        x' = PGD on CE from x + 0.001 N(0, I)."""
+
+    name = "mart"
+
+    def _perturb(self, model, x, y, batch):
+        start = x + _TRADES_MART_INIT * torch.randn_like(x)
+        return self._ascent(model, x, start, self._ce_ascent_grad(y), batch.eps, batch.alpha)
+
+    def loss(self, model, x, x_train, y, batch):
+        n = x.shape[0]
+        with autocast(x.device, self.dtype):
+            logits_nat, logits_adv = model(x), model(x_train)
+        adv_probs = F.softmax(logits_adv.float(), dim=1)
+        top2 = torch.argsort(adv_probs, dim=1)[:, -2:]
+        new_y = torch.where(top2[:, -1] == y, top2[:, -2], top2[:, -1])
+        bce = (self._ce_per_sample(logits_adv, y)
+               - torch.log(1.0001 - adv_probs.gather(1, new_y[:, None]).squeeze(1) + 1e-12))
+        nat_probs = F.softmax(logits_nat.float(), dim=1)
+        true_probs = nat_probs.gather(1, y[:, None]).squeeze(1)
+        kl = (nat_probs * (torch.log(nat_probs + 1e-12) - torch.log(adv_probs + 1e-12))).sum(dim=1)
+        robust = kl * (1.0000001 - true_probs)
+        per_sample = bce + _per_sample_value(self._beta(batch), robust) * robust
+        if batch.weight is not None:
+            per_sample = per_sample * batch.weight
+        return StepOutput(per_sample.sum() / n, logits_adv.detach(), logits_nat.detach())
+
+
+_CLASSES = {cls.name: cls for cls in (Standard, PGDAT, TRADES, MART, FGSMRS)}
+
+
+def build_method(name: str, **kwargs) -> Method:
+    if name not in _CLASSES:
+        raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
+    return _CLASSES[name](**kwargs)
+
+
+def _uniform_start(x: Tensor, eps) -> Tensor:
+    if isinstance(eps, Tensor):
+        delta = (torch.rand_like(x) * 2 - 1) * eps.view((-1,) + (1,) * (x.dim() - 1))
+    else:
+        delta = torch.empty_like(x).uniform_(-eps, eps)
+    return torch.clamp(x + delta, 0.0, 1.0)
+
+
+def _per_sample_value(value, like: Tensor):
+    if isinstance(value, Tensor):
+        return value.to(like.dtype)
+    return float(value)
+

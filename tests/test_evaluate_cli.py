@@ -1,0 +1,158 @@
+"""`python -m cwr_fast.evaluate` end to end on real MNIST, its report files, and its errors."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from cwr_fast import report as report_module
+from cwr_fast.evaluate import main
+from cwr_fast.models import build_model
+
+ATTACKS = ["fgsm", "pgd-3", "tpgd-3:T=2", "cw-3"]
+RECORD_KEYS = {"class", "class_name", "n", "clean_correct", "clean_acc", "robust", "robust_acc",
+               "ci_low", "ci_high"}
+
+
+def cli_args(checkpoint_path, data_root, out_dir, *flags, **options):
+    """CLI arguments as --key=value (so that negative numbers pass); options override defaults."""
+    defaults = {"arch": "small_cnn", "checkpoint": checkpoint_path, "data_dir": data_root,
+                "attacks": ",".join(ATTACKS), "eps": 0.1, "limit": 60, "batch_size": 30, "out": out_dir}
+    merged = {**defaults, **options}
+    return [f"--{k.replace('_', '-')}={v}" for k, v in merged.items() if v is not None] + ["--no-progress", *flags]
+
+
+@pytest.fixture(scope="module")
+def full_run(mnist_checkpoint, shared_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "report"
+    rc = main(cli_args(mnist_checkpoint, shared_data, out, tpgd_sweep="0.5,2", eps_sweep="0,0.1",
+                       sweep_steps=2))
+    assert rc == 0
+    return out
+
+
+def test_cli_writes_every_file(full_run):
+    names = {p.name for p in full_run.iterdir()}
+    expected = {"report.json", "per_class.csv", "report.md", "confusion_clean.csv",
+                "confusion_worst_case.csv", "confusion_worst_case.png", "per_class_robust.png",
+                "sweep_temperature.csv", "sweep_temperature.png", "sweep_eps.csv", "sweep_eps.png",
+                "confusion_fgsm.csv", "confusion_pgd-3.csv", "confusion_tpgd-3_T=2.csv", "confusion_cw-3.csv",
+                "confusion_fgsm.png", "confusion_pgd-3.png", "confusion_tpgd-3_T=2.png", "confusion_cw-3.png"}
+    assert expected == names
+    for png in full_run.glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(full_run.parent.glob(".report.*")), "temporary directories left behind"
+
+
+def test_report_json_follows_the_schema(full_run):
+    report = json.loads((full_run / "report.json").read_text())
+    assert report["schema"] == "cwr_fast.classwise_report" and report["schema_version"] == 1
+    assert report["dataset"]["class_names"] == [str(c) for c in range(10)]
+    assert report["dataset"]["num_images"] == 60 and report["config"]["per_class"] == 6
+    assert [a["label"] for a in report["attacks"]] == ATTACKS
+    for section in report["attacks"]:
+        assert len(section["per_class"]) == 10
+        assert all(RECORD_KEYS <= set(r) for r in section["per_class"])
+        assert all(r["n"] == 6 for r in section["per_class"])
+        confusion = section["confusion"]
+        assert [sum(row) for row in confusion] == [6] * 10
+        assert [confusion[c][c] for c in range(10)] == [r["robust"] for r in section["per_class"]]
+        assert set(section["summary"]) == {"mean", "std", "gap", "worst", "best"}
+        assert section["attack"]["name"] in ("fgsm", "pgd", "tpgd", "cw")
+    assert report["attacks"][2]["attack"]["params"]["temperature"] == 2.0
+    assert len(report["rank_agreement"]) == len(ATTACKS) * (len(ATTACKS) - 1) // 2
+    assert isinstance(report["gains"], list) and isinstance(report["flags"], list)
+    assert report["worst_case"]["overall"]["robust"] <= min(a["overall"]["robust"] for a in report["attacks"])
+    t_sweep, e_sweep = report["sweeps"]["temperature"], report["sweeps"]["eps"]
+    assert t_sweep["values"] == [0.5, 2.0] and t_sweep["strongest"]["value"] in (0.5, 2.0)
+    assert e_sweep["overall_robust_acc"][0] == report["clean"]["accuracy"]   # eps = 0
+    assert e_sweep["overall_robust_acc"][1] <= e_sweep["overall_robust_acc"][0]
+
+
+def test_per_class_csv_and_confusion_csv(full_run):
+    rows = list(csv.DictReader((full_run / "per_class.csv").open()))
+    assert len(rows) == 10 * (len(ATTACKS) + 1)
+    assert {r["attack"] for r in rows} == set(ATTACKS) | {"worst_case"}
+    report = json.loads((full_run / "report.json").read_text())
+    pgd = [r for r in rows if r["attack"] == "pgd-3"]
+    assert [int(r["robust"]) for r in pgd] == [r["robust"] for r in report["attacks"][1]["per_class"]]
+    confusion = list(csv.reader((full_run / "confusion_pgd-3.csv").open()))
+    assert confusion[0] == ["true\\pred"] + [str(c) for c in range(10)]
+    assert [[int(v) for v in row[1:]] for row in confusion[1:]] == report["attacks"][1]["confusion"]
+    markdown = (full_run / "report.md").read_text()
+    assert "| class | n | clean | fgsm | pgd-3 | tpgd-3:T=2 | cw-3 | worst case |" in markdown
+
+
+def test_cli_with_a_model_factory(mnist_checkpoint, shared_data, tmp_path):
+    factory = tmp_path / "user_model.py"
+    factory.write_text("from cwr_fast.models import build_model\n"
+                       "def make(num_classes, mean, std):\n"
+                       "    return build_model('small_cnn', num_classes, mean, std)\n")
+    out = tmp_path / "out"
+    args = ["--model", f"{factory}:make", "--checkpoint", str(mnist_checkpoint), "--data-dir",
+            str(shared_data), "--attacks", "fgsm", "--limit", "20", "--no-plots", "--no-progress",
+            "--out", str(out)]
+    assert main(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["eps"] == 0.3          # the MNIST default
+    assert not list(out.glob("*.png"))
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"attacks": "pgd-3,deepfool"}, "unknown attack 'deepfool'"),
+    ({"attacks": "pgd-3:gamma=1"}, "unknown parameter 'gamma'"),
+    ({"attacks": "pgdl2-3"}, "--eps-l2"),
+    ({"eps": "-0.1"}, "--eps must be >= 0"),
+    ({"eps": "8"}, "did you mean 8/255"),
+    ({"checkpoint": "MISSING"}, "checkpoint not found"),
+    ({"checkpoint": "RESNET"}, "does not match architecture 'small_cnn'"),
+    ({"arch": "vgg"}, "unknown architecture 'vgg'"),
+    ({"dataset": "nodata"}, "nodata"),
+    ({"limit": "5"}, "below the number of classes"),
+    ({"split": "validation"}, "validation"),
+    ({"arch": None, "model": "MISSING_PY"}, "model file not found"),
+    ({"model": "x.py:f"}, "exactly one of --arch"),
+])
+def test_bad_input_is_a_clear_error_and_writes_nothing(change, message, mnist_checkpoint, shared_data,
+                                                       tmp_path, capsys):
+    resnet = tmp_path / "resnet.pt"
+    torch.save(build_model("preact_resnet18", 10).state_dict(), resnet)
+    files = {"MISSING": tmp_path / "missing.pt", "RESNET": resnet, "MISSING_PY": f"{tmp_path / 'no.py'}:make"}
+    change = {k: files.get(v, v) for k, v in change.items()}
+    assert main(cli_args(mnist_checkpoint, shared_data, tmp_path / "out", **change)) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.startswith("cwr_fast.evaluate: error:")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["resnet.pt"], "nothing may be written"
+
+
+def test_existing_output_needs_overwrite(mnist_checkpoint, shared_data, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    args = cli_args(mnist_checkpoint, shared_data, out, "--no-plots", attacks="fgsm")
+    assert main(args) == 2
+    assert "not empty" in capsys.readouterr().err and (out / "keep.txt").exists()
+    assert main(args + ["--overwrite"]) == 0
+    assert (out / "report.json").exists() and not (out / "keep.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_failure_while_writing_leaves_nothing(full_run, tmp_path, monkeypatch):
+    report = json.loads((full_run / "report.json").read_text())
+
+    def broken_plot(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(report_module, "plot_confusion", broken_plot)
+    with pytest.raises(RuntimeError, match="disk full"):
+        report_module.write_report(report, tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_module_entry_point_help():
+    result = subprocess.run([sys.executable, "-m", "cwr_fast.evaluate", "--help"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0 and "--tpgd-sweep" in result.stdout
