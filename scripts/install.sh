@@ -10,6 +10,7 @@ with_ffcv=0
 [[ "${1:-}" == "--with-ffcv" ]] && with_ffcv=1
 
 "$PYTHON" -m pip install --quiet --disable-pip-version-check -r requirements/test.txt
+"$PYTHON" -m pip install --quiet --disable-pip-version-check --no-deps -r requirements/embedded.txt
 
 if (( with_ffcv )); then
   # FFCV compiles against libturbojpeg and OpenCV (Debian packages).
