@@ -80,6 +80,8 @@ def measure(benchmark, capsys, make, label: str, rounds: int):
         pass
     first_epoch = time.perf_counter() - start
     benchmark.pedantic(consume, args=(loader,), rounds=rounds, iterations=1)
+    if benchmark.disabled:  # --benchmark-disable: the code ran once, there is nothing to report
+        return
     epoch = benchmark.stats.stats.mean
     rate = loader.num_samples / epoch
     benchmark.extra_info.update(images_per_s=rate, first_batch_s=first_batch,

@@ -5,6 +5,8 @@
   CWR_FAST_BENCH_THREADS=N sets it (e.g. 1 on a machine that other jobs keep busy, where
   multi-threaded barriers wait on descheduled threads and time the scheduler, not the code).
 - Records the torch version, the cwr_fast backend, threads and the GPU in the JSON machine info.
+- Drops the per-round timings from --benchmark-json output (the stats stay), so result files stay
+  small enough to keep under bench/results/; CWR_FAST_BENCH_KEEP_DATA=1 keeps them.
 - Prints the ratio table of the op benchmarks (bench/ratios.py) at the end of a timed run.
 """
 
@@ -58,6 +60,13 @@ def pytest_benchmark_update_machine_info(config, machine_info):
         "cuda": torch.version.cuda,
         "CWR_FAST_BACKEND": os.environ.get("CWR_FAST_BACKEND"),
     }
+
+
+def pytest_benchmark_update_json(config, benchmarks, output_json):
+    if os.environ.get("CWR_FAST_BENCH_KEEP_DATA") == "1":
+        return
+    for b in output_json.get("benchmarks", []):
+        (b.get("stats") or {}).pop("data", None)
 
 
 def pytest_terminal_summary(terminalreporter, config):

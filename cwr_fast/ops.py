@@ -152,21 +152,32 @@ def _loss_backward(ctx, grad_loss: Tensor, _grad_dz):
     return (grad_logits,) + (None,) * (ctx.n_inputs - 1)
 
 
+def _check_same_device(first_name: str, first: Tensor, **others: Tensor | None) -> None:
+    """The device check of the C++ kernels, for fake tensors (a mix of meta and real tensors
+    dispatches to the fake kernel, which would otherwise accept it)."""
+    for name, t in others.items():
+        if t is not None:
+            torch._check(t.device == first.device,
+                         lambda: f"{name} must be on {first.device} like {first_name}, got {t.device}")
+
+
 def _register_python_side() -> None:
-    @torch.library.register_fake("cwr_fast::linf_pgd_step_")
-    def _(x_adv, grad, x_nat, alpha, eps, lo, hi, alpha_per_sample=None, eps_per_sample=None):
+    def step_fake(x_adv, grad, x_nat, alpha, eps, lo, hi, alpha_per_sample=None, eps_per_sample=None):
+        _check_same_device("x_adv", x_adv, grad=grad, x_nat=x_nat, alpha_per_sample=alpha_per_sample,
+                           eps_per_sample=eps_per_sample)
         return None
 
-    @torch.library.register_fake("cwr_fast::l2_pgd_step_")
-    def _(x_adv, grad, x_nat, alpha, eps, lo, hi, alpha_per_sample=None, eps_per_sample=None):
-        return None
+    torch.library.register_fake("cwr_fast::linf_pgd_step_", step_fake)
+    torch.library.register_fake("cwr_fast::l2_pgd_step_", step_fake)
 
     @torch.library.register_fake("cwr_fast::temperature_ce_fwd_bwd")
     def _(logits, target, temperature, weight=None):
+        _check_same_device("logits", logits, target=target, weight=weight)
         return _loss_fake(logits)
 
     @torch.library.register_fake("cwr_fast::margin_loss_fwd_bwd")
     def _(logits, target, weight=None):
+        _check_same_device("logits", logits, target=target, weight=weight)
         return _loss_fake(logits)
 
     def setup_ce(ctx, inputs, output):

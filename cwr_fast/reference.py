@@ -32,15 +32,22 @@ def linf_pgd_step_(x_adv: Tensor, grad: Tensor, x_nat: Tensor, alpha, eps, lo: f
     return x_adv.copy_(torch.clamp(xn + delta, lo, hi))
 
 
+def _norm_per_sample(t: Tensor) -> Tensor:
+    """||t_i||_2 per sample, accumulated in float64 (squares of float32 overflow above ~1e19),
+    returned in t's dtype, shaped to broadcast."""
+    dims = tuple(range(1, t.dim()))
+    norm = torch.linalg.vector_norm(t.double(), dim=dims, keepdim=True) if dims else t.double().abs()
+    return norm.to(t.dtype)
+
+
 def l2_pgd_step_(x_adv: Tensor, grad: Tensor, x_nat: Tensor, alpha, eps, lo: float = 0.0,
                  hi: float = 1.0) -> Tensor:
     dt = _compute_dtype(x_adv)
     x, g, xn = x_adv.to(dt), grad.to(dt), x_nat.to(dt)
     a, e = _per_sample(alpha, x), _per_sample(eps, x)
-    dims = tuple(range(1, x.dim()))
-    g_norm = torch.linalg.vector_norm(g, dim=dims, keepdim=True) if dims else g.abs()
+    g_norm = _norm_per_sample(g)
     delta = x + a * g / (g_norm + _L2_TINY) - xn
-    d_norm = torch.linalg.vector_norm(delta, dim=dims, keepdim=True) if dims else delta.abs()
+    d_norm = _norm_per_sample(delta)
     factor = torch.where(d_norm > e, e / d_norm.clamp_min(_L2_TINY), torch.ones_like(d_norm))
     return x_adv.copy_(torch.clamp(xn + delta * factor, lo, hi))
 
@@ -58,7 +65,8 @@ def temperature_ce_fwd_bwd(logits: Tensor, target: Tensor, temperature: float = 
     z = logits.to(_compute_dtype(logits)) / temperature
     log_p = torch.log_softmax(z, dim=1)
     loss = -log_p.gather(1, target[:, None]).squeeze(1)
-    dz = (log_p.exp() - torch.nn.functional.one_hot(target, logits.shape[1]).to(z.dtype)) / temperature
+    with torch.no_grad():  # dz is a result, not a differentiable output (as in the fused op)
+        dz = (log_p.exp() - torch.nn.functional.one_hot(target, logits.shape[1]).to(z.dtype)) / temperature
     loss, dz = _weighted(loss, dz, weight)
     return loss.to(torch.float64 if logits.dtype == torch.float64 else torch.float32), dz.to(logits.dtype)
 

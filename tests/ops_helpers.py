@@ -16,7 +16,6 @@ from torch import Tensor
 from cwr_fast import ops, reference
 
 FLOAT_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
-LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 _MANTISSA = {torch.float16: 10, torch.bfloat16: 7, torch.float32: 23, torch.float64: 52}
 _MIN_EXP = {torch.float16: -14, torch.bfloat16: -126, torch.float32: -126, torch.float64: -1022}

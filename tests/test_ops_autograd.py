@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from conftest import devices, forced_reference_backend
 from ops_helpers import assert_close_ulp, loss_inputs, weights
 

@@ -95,6 +95,26 @@ void l2_sums(const scalar_t* x, const scalar_t* g, const scalar_t* xn, int64_t l
   }
 }
 
+// The same sums with float64 products, one element at a time: the fallback when the fast sums
+// overflowed (|g| > ~1e19) or when ||delta||^2 = dd + 2s*dg + s^2*gg nearly cancels.
+template <typename scalar_t>
+void l2_sums_exact(const scalar_t* x, const scalar_t* g, const scalar_t* xn, int64_t len, double out[3]) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  out[0] = out[1] = out[2] = 0.0;
+  for (int64_t j = 0; j < len; ++j) {
+    const double d = static_cast<opmath_t>(x[j]) - static_cast<opmath_t>(xn[j]);
+    const double gj = static_cast<opmath_t>(g[j]);
+    out[0] += d * d;
+    out[1] += d * gj;
+    out[2] += gj * gj;
+  }
+}
+
+// ||delta||^2 for delta = d + step*g, expanded so that no pass over the sample is needed.
+inline double l2_delta_sq(const double s[3], double step) {
+  return s[0] + 2.0 * step * s[1] + step * step * s[2];
+}
+
 template <typename scalar_t>
 void l2_step(scalar_t* x, const scalar_t* g, const scalar_t* xn, int64_t numel, int64_t n,
              const StepArgs& args) {
@@ -106,10 +126,17 @@ void l2_step(scalar_t* x, const scalar_t* g, const scalar_t* xn, int64_t numel, 
       const int64_t off = i * per_sample;
       double s[3];
       l2_sums(x + off, g + off, xn + off, per_sample, s);
-      // delta = d + step*g with step = alpha/(||g|| + tiny); ||delta||^2 expands without a pass.
+      // delta = d + step*g with step = alpha/(||g|| + tiny).
       const double a = args.alpha_of(i), e = args.eps_of(i);
-      const double step = a / (std::sqrt(s[2]) + kL2Tiny);
-      const double delta_sq = std::max(0.0, s[0] + 2.0 * step * s[1] + step * step * s[2]);
+      double step = a / (std::sqrt(s[2]) + kL2Tiny);
+      double delta_sq = l2_delta_sq(s, step);
+      const double magnitude = s[0] + step * step * s[2];
+      if (!std::isfinite(magnitude) || !std::isfinite(delta_sq) || delta_sq < 1e-3 * magnitude) {
+        l2_sums_exact(x + off, g + off, xn + off, per_sample, s);
+        step = a / (std::sqrt(s[2]) + kL2Tiny);
+        delta_sq = l2_delta_sq(s, step);
+      }
+      delta_sq = std::max(0.0, delta_sq);
       const double delta_norm = std::sqrt(delta_sq);
       const double factor = delta_norm > e ? e / delta_norm : 1.0;
       const auto st = static_cast<opmath_t>(step), f = static_cast<opmath_t>(factor);

@@ -161,10 +161,13 @@ l2_sums_kernel(const scalar_t* x_adv, const scalar_t* grad, const scalar_t* x_na
       const auto x = dev::load_vec<kVec>(x_adv + k0);
       const auto g = dev::load_vec<kVec>(grad + k0);
       const auto xn = dev::load_vec<kVec>(x_nat + k0);
-      T vdd = 0, vdg = 0, vgg = 0;  // one vector's share, in the compute type
+      // Products in float64: float32 squares overflow for |g| > 1.8e19 and lose the precision
+      // that the expansion of ||delta||^2 needs when its terms nearly cancel.
+      double vdd = 0, vdg = 0, vgg = 0;
 #pragma unroll
       for (int k = 0; k < kVec; ++k) {
-        const T d = T(x.v[k]) - T(xn.v[k]), gk = T(g.v[k]);
+        const double d = static_cast<double>(T(x.v[k]) - T(xn.v[k]));
+        const double gk = static_cast<double>(g.v[k]);
         vdd += d * d;
         vdg += d * gk;
         vgg += gk * gk;
