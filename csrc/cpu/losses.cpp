@@ -8,6 +8,7 @@
 #include <limits>
 #include <utility>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "checks.h"
@@ -102,40 +103,49 @@ void ce_rows_in_lanes(const LossRows<scalar_t>& r, at::opmath_type<scalar_t> inv
   }
 }
 
-// Many classes: one row at a time, three vector passes over a row that stays in L1
-// (max; exp and sum; scale and store).
+// Many classes: one row at a time, three vector passes over a row that stays in L1 (max; exp
+// and sum; scale). float32 rows are read from the logits and built in the gradient itself;
+// 16-bit rows are widened into a buffer first and narrowed on the way out.
 template <typename scalar_t>
 void ce_row_by_row(const LossRows<scalar_t>& r, at::opmath_type<scalar_t> inv_t, int64_t begin, int64_t end) {
   using opmath_t = at::opmath_type<scalar_t>;
   using fVec = Vectorized<opmath_t>;
   constexpr int64_t L = fVec::size();
+  constexpr bool kWiden = !std::is_same_v<scalar_t, opmath_t>;
   const int64_t c = r.c;
-  std::vector<opmath_t> e(c);
+  std::vector<opmath_t> buffer(kWiden ? c : 0);
   for (int64_t i = begin; i < end; ++i) {
-    opmath_t* row = e.data();
-    at::vec::convert(r.z + i * c, row, c);
+    const opmath_t* z;
+    opmath_t* e;  // receives exp((z - max) / T), then the gradient
+    if constexpr (kWiden) {
+      at::vec::convert(r.z + i * c, buffer.data(), c);
+      z = e = buffer.data();
+    } else {
+      z = r.z + i * c;
+      e = r.grad + i * c;
+    }
     const int64_t yi = r.target(i);
-    const opmath_t z_true = row[yi];
+    const opmath_t z_true = z[yi];
     const opmath_t m = at::vec::reduce_all<opmath_t>(
-        [](fVec& a, fVec& b) { return at::vec::maximum(a, b); }, row, c);
+        [](fVec& a, fVec& b) { return at::vec::maximum(a, b); }, z, c);
     fVec s_vec(0);
     int64_t j = 0;
     for (; j + L <= c; j += L) {
-      const fVec v = fast_exp((fVec::loadu(row + j) - fVec(m)) * fVec(inv_t));
-      v.store(row + j);
+      const fVec v = fast_exp((fVec::loadu(z + j) - fVec(m)) * fVec(inv_t));
+      v.store(e + j);
       s_vec = s_vec + v;
     }
     opmath_t s = at::vec::vec_reduce_all<opmath_t>(std::plus<fVec>(), s_vec);
     for (; j < c; ++j) {
-      row[j] = std::exp((row[j] - m) * inv_t);
-      s += row[j];
+      e[j] = std::exp((z[j] - m) * inv_t);
+      s += e[j];
     }
     const opmath_t wi = r.weight(i), scale = wi * inv_t / s;
     r.loss[i] = wi * (std::log(s) - (z_true - m) * inv_t);
-    const opmath_t grad_true = row[yi] * scale - wi * inv_t;
-    at::vec::map([=](fVec v) { return v * fVec(scale); }, row, row, c);
-    row[yi] = grad_true;
-    at::vec::convert(row, r.grad + i * c, c);
+    const opmath_t grad_true = e[yi] * scale - wi * inv_t;
+    at::vec::map([=](fVec v) { return v * fVec(scale); }, e, e, c);
+    e[yi] = grad_true;
+    if constexpr (kWiden) at::vec::convert(e, r.grad + i * c, c);
   }
 }
 
@@ -162,23 +172,28 @@ std::tuple<at::Tensor, at::Tensor> temperature_ce_fwd_bwd_cpu(const at::Tensor& 
 }
 
 // The competitor of the CW margin, as the reference computes it: the first arg-max of the row with
-// z_y replaced by -inf (NaN wins, as in torch.max). Returns its index and value.
+// z_y replaced by -inf (NaN wins, as in torch.max). A vectorised max over the two ranges beside y,
+// then a scan for its first position. Returns the index and value.
 template <typename scalar_t>
-std::pair<int64_t, at::opmath_type<scalar_t>> best_other_class(const scalar_t* z, int64_t c, int64_t y) {
+std::pair<int64_t, at::opmath_type<scalar_t>> best_other_class(const scalar_t* z, int64_t c, int64_t y,
+                                                               at::opmath_type<scalar_t>* row) {
   using opmath_t = at::opmath_type<scalar_t>;
-  auto value = [&](int64_t j) {
-    return j == y ? -std::numeric_limits<opmath_t>::infinity() : static_cast<opmath_t>(z[j]);
+  using fVec = Vectorized<opmath_t>;
+  at::vec::convert(z, row, c);
+  auto range_max = [](const opmath_t* v, int64_t len) {
+    return at::vec::reduce_all<opmath_t>([](fVec& a, fVec& b) { return at::vec::maximum(a, b); }, v, len);
   };
-  int64_t best = 0;
-  opmath_t best_value = value(0);
-  for (int64_t j = 1; j < c && !std::isnan(best_value); ++j) {
-    const opmath_t v = value(j);
-    if (v > best_value || std::isnan(v)) {
-      best = j;
-      best_value = v;
-    }
+  opmath_t m = -std::numeric_limits<opmath_t>::infinity();
+  if (y > 0) m = range_max(row, y);
+  if (y + 1 < c) {
+    const opmath_t right = range_max(row + y + 1, c - y - 1);
+    m = std::isnan(m) || std::isnan(right) ? std::numeric_limits<opmath_t>::quiet_NaN() : std::max(m, right);
   }
-  return {best, best_value};
+  for (int64_t j = 0; j < c; ++j) {
+    const opmath_t v = j == y ? -std::numeric_limits<opmath_t>::infinity() : row[j];
+    if (v == m || (std::isnan(m) && std::isnan(v))) return {j, m};
+  }
+  return {0, m};  // unreachable: m is one of the values scanned
 }
 
 std::tuple<at::Tensor, at::Tensor> margin_loss_fwd_bwd_cpu(const at::Tensor& logits_in, const at::Tensor& target_in,
@@ -189,23 +204,24 @@ std::tuple<at::Tensor, at::Tensor> margin_loss_fwd_bwd_cpu(const at::Tensor& log
   const at::Tensor weight = per_sample_as(weight_in, opmath_dtype(logits));
   auto [loss, grad] = prepare_outputs(logits);
   if (logits.size(0) == 0) return {loss, grad};
-  grad.zero_();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "margin_loss_cpu", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     const auto r = loss_rows<scalar_t>(logits, target, weight, loss, grad);
     at::parallel_for(0, r.n, std::max<int64_t>(1, kGrainElems / r.c), [&](int64_t begin, int64_t end) {
+      std::vector<opmath_t> row(r.c);
       for (int64_t i = begin; i < end; ++i) {
-        const scalar_t* z = r.z + i * r.c;
+        scalar_t* g = r.grad + i * r.c;
+        std::fill(g, g + r.c, scalar_t(0));
         const int64_t yi = r.target(i);
         const opmath_t wi = r.weight(i);
         if (r.c == 1) {  // no competing class: margin and gradient are 0 by definition
           r.loss[i] = 0 * wi;
           continue;
         }
-        const auto [j, z_other] = best_other_class(z, r.c, yi);
-        r.loss[i] = wi * (z_other - static_cast<opmath_t>(z[yi]));
-        r.grad[i * r.c + j] = static_cast<scalar_t>(wi);
-        r.grad[i * r.c + yi] = static_cast<scalar_t>(-wi);
+        const auto [j, z_other] = best_other_class(r.z + i * r.c, r.c, yi, row.data());
+        r.loss[i] = wi * (z_other - row[yi]);
+        g[j] = static_cast<scalar_t>(wi);
+        g[yi] = static_cast<scalar_t>(-wi);
       }
     });
   });
