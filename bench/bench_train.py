@@ -89,11 +89,12 @@ def _cycle(loader):
         epoch += 1
 
 
-def measure(trainer: Trainer, steps: int) -> dict:
+def measure(trainer: Trainer, steps: int, warmup: bool = True) -> dict:
     """Runs 1 warm-up step, then `steps` timed steps; images/s and the time split."""
     batches = _cycle(trainer.loaders.train)
-    x, y = next(batches)
-    trainer.train_step(x, y)
+    if warmup:
+        x, y = next(batches)
+        trainer.train_step(x, y)
     trainer._reset_sums()
     if CUDA:
         torch.cuda.synchronize()
@@ -123,10 +124,10 @@ def test_pgd_at_training_throughput(benchmark, model, ops, amp):
     benchmark.group = f"train pgd-at {model} {DEVICE.type}"
     result = {}
 
-    steps = 1 if getattr(benchmark, "disabled", False) else TIMED_STEPS
+    smoke = getattr(benchmark, "disabled", False)  # --benchmark-disable: one untimed step
 
     def run():
-        result.update(measure(trainer, steps))
+        result.update(measure(trainer, 1 if smoke else TIMED_STEPS, warmup=not smoke))
 
     benchmark.pedantic(run, rounds=int(os.environ.get("CWR_FAST_BENCH_ROUNDS", 1)), iterations=1)
     RESULTS[(model, ops, amp)] = result

@@ -19,6 +19,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from cwr_fast.attacks.spec import AttackSpecError, parse_attack, parse_attacks
 from cwr_fast.classwise.analysis import build_report, sweep_section
@@ -131,11 +132,11 @@ def _device(name: str) -> torch.device:
 
 
 def _init_distributed(device: torch.device) -> tuple[int, int]:
+    """(rank, world size); under torchrun (WORLD_SIZE > 1) joins the process group (nccl on
+    CUDA, gloo on the CPU)."""
     world = int(os.environ.get("WORLD_SIZE", 1))
     if world <= 1:
         return 0, 1
-    import torch.distributed as dist
-
     if not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
@@ -227,12 +228,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from cwr_fast.data import DatasetError
 
+    started_group = not (dist.is_available() and dist.is_initialized())
     try:
         run(args)
     except (CliError, AttackSpecError, CheckpointMismatchError, DatasetError, FileNotFoundError,
             FileExistsError, ValueError, TypeError) as err:
         print(f"cwr_fast.evaluate: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        if started_group and dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
     return 0
 
 

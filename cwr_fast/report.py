@@ -136,9 +136,11 @@ def format_summary(report: dict) -> str:
         lines.append(f"{row[0]}: robust {row[1]} {row[2]}, worst class {row[4]}, best {row[5]}, "
                      f"gap {row[7]}")
     for sweep in filter(None, report["sweeps"].values()):
-        lines.append(f"{sweep['parameter']} sweep ({sweep['attack']}): strongest "
-                     f"{sweep['parameter']}={sweep['strongest']['value']:g} "
-                     f"(robust {_pct(sweep['strongest']['robust_acc'])})")
+        curve = ", ".join(f"{v:g}: {_pct(a)}" for v, a in zip(sweep["values"], sweep["overall_robust_acc"]))
+        line = f"{sweep['parameter']} sweep ({sweep['attack']}), robust: {curve}"
+        if sweep["parameter"] != "eps":  # the largest eps is trivially the strongest
+            line += f"; strongest {sweep['parameter']}={sweep['strongest']['value']:g}"
+        lines.append(line)
     for flag in report["flags"]:
         lines.append(f"FLAG [{flag['severity']}] {flag['code']}: {flag['message']}")
     if not report["flags"]:
@@ -183,11 +185,13 @@ def markdown(report: dict) -> str:
         if not sweep:
             continue
         out += [f"## {title} ({sweep['attack']}), robust accuracy (%)", ""]
-        header = ["class"] + [f"{sweep['parameter']}={v:g}" for v in sweep["values"]] + ["strongest"]
+        strongest = key != "eps"  # for eps, the largest is trivially the strongest
+        header = ["class"] + [f"{sweep['parameter']}={v:g}" for v in sweep["values"]] + ["strongest"] * strongest
         rows = [[r["class_name"]] + [_pct(a) for a in r["robust_acc"]]
-                + ["–" if r["strongest"] is None else f"{r['strongest']:g}"] for r in sweep["per_class"]]
+                + ["–" if r["strongest"] is None else f"{r['strongest']:g}"] * strongest
+                for r in sweep["per_class"]]
         rows.append(["all"] + [_pct(a) for a in sweep["overall_robust_acc"]]
-                    + [f"{sweep['strongest']['value']:g}"])
+                    + [f"{sweep['strongest']['value']:g}"] * strongest)
         out += _table(header, rows) + [""]
     out += ["## Sanity checks", ""]
     out += [f"- **{f['severity']}** `{f['code']}`: {f['message']}" for f in report["flags"]] or ["- no flags"]
@@ -218,7 +222,7 @@ def plot_per_class(report: dict, path: Path) -> None:
     series = [("clean", [r["clean_acc"] for r in report["clean"]["per_class"]])]
     series += [(a["label"], [r["robust_acc"] for r in a["per_class"]]) for a in report["attacks"]]
     series.append(("worst case", [r["robust_acc"] for r in report["worst_case"]["per_class"]]))
-    fig = _figure(max(6.0, 0.45 * len(names) * max(1, len(series)) / 2), 4.0)
+    fig = _figure(min(14.0, max(6.0, 0.2 * len(names) * len(series))), 4.4)
     ax = fig.add_subplot()
     if len(names) <= 20:
         width = 0.8 / len(series)
@@ -233,7 +237,8 @@ def plot_per_class(report: dict, path: Path) -> None:
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)
     ax.set_title("Per-class robust accuracy")
-    ax.legend(fontsize="small", ncols=min(4, len(series)))
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", fontsize="small",
+               ncols=min(7, len(series)))
     fig.savefig(path)
 
 
@@ -273,6 +278,8 @@ def plot_sweep(sweep: dict, path: Path) -> None:
             label="all")
     if sweep["parameter"] == "T" and min(values) > 0:
         ax.set_xscale("log")
+        ax.set_xticks(values, [f"{v:g}" for v in values])
+        ax.minorticks_off()
     ax.set_xlabel(sweep["parameter"])
     ax.set_ylabel("robust accuracy (%)")
     ax.set_ylim(0, 100)

@@ -81,9 +81,36 @@ def _prepare_run_dir(cfg: TrainConfig, run_dir: Path, overwrite: bool, resuming:
     return None
 
 
+def fmt_budget(value: float) -> str:
+    """0.0313725... -> '8/255'; 0.3 -> '0.3'."""
+    k = value * 255
+    if 0 < value < 0.1 and abs(k - round(k)) < 1e-6:
+        return f"{round(k)}/255"
+    return f"{value:.4g}"
+
+
 def _fmt_time(seconds: float) -> str:
     m, s = divmod(int(round(seconds)), 60)
     return f"{m}m{s:02d}s" if m else f"{seconds:.1f}s"
+
+
+def _short_report(report: dict, max_rows: int = 12) -> tuple[dict, str]:
+    """For many classes, a copy of the report whose per-class lists keep only the worst and best
+    classes by worst-case robust accuracy (the summary must fit one screen)."""
+    records = report["worst_case"]["per_class"]
+    if len(records) <= 20:
+        return report, ""
+    scored = sorted((r["robust_acc"] if r["robust_acc"] is not None else 2.0, r["class"]) for r in records)
+    half = max_rows // 2
+    keep = sorted({c for _, c in scored[:half]} | {c for _, c in scored[-half:]})
+
+    def cut(section: dict) -> dict:
+        return {**section, "per_class": [section["per_class"][c] for c in keep]}
+
+    short = {**report, "clean": cut(report["clean"]), "worst_case": cut(report["worst_case"]),
+             "attacks": [cut(a) for a in report["attacks"]]}
+    return short, (f"(the {half} worst and {half} best of {len(records)} classes by worst-case "
+                   "robust accuracy; every class is in the report)")
 
 
 def summary_text(trainer, report: dict | None, wall: float) -> str:
@@ -97,8 +124,8 @@ def summary_text(trainer, report: dict | None, wall: float) -> str:
              f"data: {L.num_train} training images, {L.num_val} validation images "
              f"({'held out of the training split' if cfg.val_split == 'holdout' else cfg.val_split})",
              f"training: {cfg.epochs} epochs x {trainer.steps_per_epoch} steps of {cfg.batch_size}; "
-             f"eps {cfg.eps:g}"
-             + (f", {cfg.steps} steps of {cfg.alpha:g}" if cfg.method != "standard" else "")
+             f"eps {fmt_budget(cfg.eps)}"
+             + (f", {cfg.steps} steps of {fmt_budget(cfg.alpha)}" if cfg.method != "standard" else "")
              + (f", eps ramp {cfg.eps_warmup_epochs:g} epochs" if cfg.eps_warmup_epochs else "")
              + f"; lr {cfg.lr:g} {cfg.schedule}; amp {cfg.amp}"
              + (f"; EMA {cfg.ema:g}" if cfg.ema else "")]
@@ -107,7 +134,7 @@ def summary_text(trainer, report: dict | None, wall: float) -> str:
     last = next((r for r in reversed(trainer.history) if r.get("val")), None)
     if last is not None:
         v = last["val"]
-        lines.append(f"last validation ({v['attack']}, eps {cfg.eps:g}): clean {100 * v['clean_mean']:.1f}%, "
+        lines.append(f"last validation ({v['attack']}, eps {fmt_budget(cfg.eps)}): clean {100 * v['clean_mean']:.1f}%, "
                      f"robust mean {100 * v['robust_mean']:.1f}%, worst class {v['worst_class_name']} "
                      f"{100 * v['robust_worst']:.1f}%")
         b = trainer.best
@@ -118,7 +145,8 @@ def summary_text(trainer, report: dict | None, wall: float) -> str:
     lines.append(f"per-epoch metrics: {trainer.run_dir / 'metrics.jsonl'}; plot: "
                  f"{trainer.run_dir / 'per_class_robust_acc.png'}")
     if report is not None:
-        lines += ["", format_summary(report), "",
+        short, note = _short_report(report)
+        lines += ["", format_summary(short)] + ([note] if note else []) + ["",
                   f"class-wise report: {trainer.run_dir / 'report' / 'report.md'} "
                   f"(report.json, per_class.csv, confusion matrices, plots)"]
     return "\n".join(lines)
@@ -141,7 +169,7 @@ def run(args, explicit: set[str]) -> int:
         cfg = resolve(args)
         run_dir = None
     dist = dist_utils.init(cfg.device)
-    threads = args.threads
+    threads, threads_before = args.threads, torch.get_num_threads()
     if threads is None and cfg.arch == "small_cnn" and dist.device.type == "cpu":
         threads = 1
     if threads is not None:
@@ -171,7 +199,7 @@ def run(args, explicit: set[str]) -> int:
         else:
             trainer.log(f"cwr_fast.train: {cfg.method} on {cfg.dataset} ({trainer.loaders.num_train} "
                         f"train / {trainer.loaders.num_val} val images), {cfg.arch}, {cfg.epochs} epochs "
-                        f"x {trainer.steps_per_epoch} steps, eps {cfg.eps:g}, device {trainer.device}"
+                        f"x {trainer.steps_per_epoch} steps, eps {fmt_budget(cfg.eps)}, device {trainer.device}"
                         f", {dist.world_size} process(es) -> {run_dir}")
         trainer.train()
         report = trainer.final_report() if not args.no_final_eval else None
@@ -181,6 +209,7 @@ def run(args, explicit: set[str]) -> int:
             print(text, flush=True)
     finally:
         dist_utils.cleanup()
+        torch.set_num_threads(threads_before)  # main() may be called from Python, several times
     return 0
 
 

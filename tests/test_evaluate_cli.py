@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import subprocess
 import sys
 
@@ -156,3 +157,22 @@ def test_module_entry_point_help():
     result = subprocess.run([sys.executable, "-m", "cwr_fast.evaluate", "--help"], capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0 and "--tpgd-sweep" in result.stdout
+
+
+def test_torchrun_two_processes_write_the_single_process_report(full_run, mnist_checkpoint, shared_data,
+                                                                tmp_path):
+    """`torchrun --nproc_per_node 2 -m cwr_fast.evaluate` (gloo on the CPU) gives the same report."""
+    out = tmp_path / "torchrun"
+    args = cli_args(mnist_checkpoint, shared_data, out, "--no-plots")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "cwr_fast.evaluate", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    sharded = json.loads((out / "report.json").read_text())
+    single = json.loads((full_run / "report.json").read_text())
+    assert sharded["config"]["world_size"] == 2
+    for key in ("clean", "worst_case"):
+        assert sharded[key]["confusion"] == single[key]["confusion"]
+    assert [a["confusion"] for a in sharded["attacks"]] == [a["confusion"] for a in single["attacks"]]
+    assert sharded["gains"] == single["gains"]

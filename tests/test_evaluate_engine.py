@@ -1,7 +1,6 @@
 """The class-wise evaluation engine on real MNIST: counts, their consistency, determinism and
 all-reduction over processes (gloo, 2 CPU processes)."""
 
-import os
 
 import numpy as np
 import pytest

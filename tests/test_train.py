@@ -24,6 +24,13 @@ from train_helpers import TINY, assert_state_dicts_identical, load_ckpt
 EPS = 0.3
 
 
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def digits():
     """1,000 real training digits (100 per class), shuffled."""
@@ -239,6 +246,22 @@ def test_rng_state_roundtrip():
     assert torch.equal(a[0], b[0]) and a[1] == b[1] and a[2] == b[2]
 
 
+def test_validation_is_held_out_and_class_balanced():
+    from cwr_fast.training.config import TrainConfig
+    from cwr_fast.training.data import build_loaders
+    cfg = TrainConfig(dataset="mnist-embedded", val_per_class=7, train_per_class=20, batch_size=16)
+    loaders = build_loaders(cfg, torch.device("cpu"))
+    val, train = loaders.val.order.indices, loaders.train.order.indices
+    assert loaders.num_val == 70 and loaders.num_train == 200
+    assert not set(val.tolist()) & set(train.tolist())
+    labels = torch.cat([y for _, y in loaders.val])
+    assert torch.bincount(labels).tolist() == [7] * 10
+    loaders.train.set_epoch(3)
+    first = [y.clone() for _, y in loaders.train]
+    loaders.train.set_epoch(3)
+    assert all(torch.equal(a, b) for a, b in zip(first, [y for _, y in loaders.train]))
+
+
 # ---- the CLI --------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("argv, message", [
@@ -277,6 +300,19 @@ def test_help_shows_every_default(capsys):
         assert needle in text, needle
 
 
+def test_summary_fits_one_screen_for_many_classes():
+    def section(accs):
+        return {"per_class": [{"class": c, "class_name": str(c), "n": 10, "clean_acc": 1.0,
+                               "robust_acc": a} for c, a in enumerate(accs)]}
+    accs = [c / 100 for c in range(100)]
+    report = {"clean": section(accs), "worst_case": section(accs), "attacks": [section(accs)]}
+    short, note = train_cli._short_report(report, max_rows=12)
+    assert [r["class"] for r in short["worst_case"]["per_class"]] == list(range(6)) + list(range(94, 100))
+    assert [r["class"] for r in short["attacks"][0]["per_class"]] == list(range(6)) + list(range(94, 100))
+    assert "6 worst and 6 best of 100" in note
+    assert train_cli._short_report(section(accs[:10]) | {"worst_case": section(accs[:10])})[1] == ""
+
+
 def test_non_empty_out_needs_resume_or_overwrite(tmp_path, capsys):
     (tmp_path / "x.txt").write_text("x")
     assert train_cli.main(["--out", str(tmp_path), "--progress", "off"]) == 2
@@ -313,9 +349,12 @@ def test_end_to_end_run_writes_everything(tmp_path, capsys):
         assert best["epoch"] in (1, 2)
         model = build_model("small_cnn", 10, (0.1309,), (0.3080,), 1)
         load_weights(model, out / "checkpoints" / name)
-    # resuming a finished run only redoes the final report
-    assert train_cli.main(["--resume", str(out), "--progress", "off", "--threads", "1"]) == 0
+    # resuming a finished run only redoes the final report (here: of the best worst-class weights)
+    assert train_cli.main(["--resume", str(out), "--progress", "off", "--threads", "1",
+                           "--final-model", "best-worst"]) == 0
     assert "resuming" in capsys.readouterr().out
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert report["config"]["weights"] == "best-worst (EMA)"
     assert_state_dicts_identical(last["model"], load_ckpt(out / "checkpoints" / "last.pt")["model"])
 
 
@@ -340,11 +379,16 @@ def test_resume_rejects_changed_settings_and_mismatched_checkpoints(tmp_path, ca
     assert "cannot read checkpoint" in capsys.readouterr().err
 
 
-def test_bf16_autocast_step_runs(tmp_path, capsys):
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_runs_and_checkpoints_the_scaler(amp, tmp_path, capsys):
     out = tmp_path / "run"
-    code = train_cli.main(TINY + ["--epochs", "1", "--amp", "bf16", "--method", "trades",
+    code = train_cli.main(TINY + ["--epochs", "1", "--amp", amp, "--method", "trades",
                                   "--out", str(out), "--no-final-eval", "--no-plots",
                                   "--channels-last"])
     assert code == 0, capsys.readouterr().err
     rec = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert math.isfinite(rec["train"]["loss"]) and rec["train"]["clean_acc"] is not None
+    state = load_ckpt(out / "checkpoints" / "last.pt")
+    assert (state["scaler"] is not None) == (amp == "fp16")
+    if amp == "fp16":
+        assert state["scaler"]["scale"] > 0

@@ -81,6 +81,9 @@ def _take(value: float | Tensor, keep: Tensor) -> float | Tensor:
 def _run_once(model: nn.Module, x_nat: Tensor, y: Tensor, target: Tensor | None, *, norm: str,
               eps: float | Tensor, alpha: float | Tensor, steps: int, loss: str, temperature: float,
               use_random_start: bool, track: str, dtype: torch.dtype | None) -> AttackResult:
+    """One run (one restart): `steps` gradient steps plus a final forward pass that scores the
+    last iterate. With track="any", samples are recorded at the first iterate that fools the model
+    and dropped from the batch (x, grad, x_nat, y, target, eps, alpha are compacted together)."""
     n = x_nat.shape[0]
     out_x = x_nat.clone()
     out_pred = y.clone()

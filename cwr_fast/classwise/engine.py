@@ -12,7 +12,6 @@ processes, on which other attacks run, or on the caller's RNG state (which is le
 
 from __future__ import annotations
 
-import contextlib
 import time
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
@@ -130,7 +129,7 @@ def evaluate_classwise(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]
                 x_attack, y_attack = x[correct], y[correct]
                 for k, (label, atk) in enumerate(named.items()):
                     if bar is not None:
-                        bar.set_postfix_str(f"{label} | {_rate(bar, started):.0f} img/s")
+                        bar.set_postfix_str(label, refresh=False)
                     torch.manual_seed(batch_seed(seed, batch_index, label))
                     t0 = time.perf_counter()
                     adv_pred = clean_pred.clone()
@@ -151,7 +150,6 @@ def evaluate_classwise(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]
                     acc["gain"] += torch.einsum("ib,jb,bc->ijc", r, 1 - r, onehot)
                 if bar is not None:
                     bar.update(x.shape[0] * world)
-                    bar.set_postfix_str(f"{_rate(bar, started):.0f} img/s")
     finally:
         if bar is not None:
             bar.close()
@@ -164,10 +162,6 @@ def evaluate_classwise(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]
     if distributed:
         counts.all_reduce()
     return counts
-
-
-def _rate(bar, started: float) -> float:
-    return bar.n / max(time.perf_counter() - started, 1e-9)
 
 
 def _len_or_none(batches) -> int | None:

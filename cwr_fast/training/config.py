@@ -247,7 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--attack-bn", default="auto", choices=("auto", "train", "eval"),
                    help="model mode while generating training attacks (default auto: train "
                         "for pgd-at and fgsm-rs, eval for trades and mart, as their papers' code)")
-    g.add_argument("--eps-warmup-epochs", type=_number, help=f"linear eps ramp-up {P}")
+    g.add_argument("--eps-warmup-epochs", type=_number,
+                   help="linear eps ramp-up (default: dataset preset, at most half of --epochs)")
     g.add_argument("--ops", default="fused", choices=("fused", "eager"),
                    help="fused cwr_fast ops, or the same loop in eager PyTorch (for comparison) "
                         "(default %(default)s)")
@@ -347,8 +348,10 @@ def resolve(args: argparse.Namespace) -> TrainConfig:
         alpha, steps = 1.25 * eps, 1
     if args.method == "standard":
         eps_warmup = 0.0
-    else:
-        eps_warmup = take("eps_warmup_epochs")
+    elif args.eps_warmup_epochs is not None:
+        eps_warmup = args.eps_warmup_epochs
+    else:  # the preset's ramp, at most half of a shortened run
+        eps_warmup = min(preset["eps_warmup_epochs"], epochs / 2)
     amp = args.amp
     if amp == "auto":
         amp = "bf16" if (args.device.startswith("cuda") or
@@ -444,9 +447,6 @@ def check(cfg: TrainConfig, info) -> None:
     if cfg.val_split == info.train_split:
         raise ConfigError(f"--val-split {cfg.val_split} is the training split; use 'holdout' to "
                           "validate on held-out training images")
-    if cfg.amp == "fp16" and cfg.device == "cpu":
-        raise ConfigError("--amp fp16 needs a GPU (fp16 autocast on the CPU is not supported); "
-                          "use --amp bf16 or off")
     try:
         parse_attacks(cfg.final_attacks)
     except AttackSpecError as err:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cwr_fast.data import BatchLoader, DatasetInfo, EpochOrder, make_loader
+from cwr_fast.data import BatchLoader, DatasetInfo, make_loader
 
 
 @dataclass
@@ -51,22 +51,14 @@ def build_loaders(cfg, device: torch.device, rank: int = 0, world_size: int = 1)
     train_per_class = None
     if cfg.train_per_class is not None:
         train_per_class = cfg.train_per_class + (cfg.val_per_class if cfg.val_split == "holdout" else 0)
+    # class_balanced_subset with one seed is nested in k: with per_class = train + val, excluding
+    # the held-out images leaves exactly train_per_class of each class.
     train = make_loader(cfg.dataset, train_split, per_rank, train=True, seed=cfg.seed,
                         per_class=train_per_class, subset_seed=sseed,
+                        exclude=val_idx if len(val_idx) else None,
                         distributed=world_size > 1, rank=rank if world_size > 1 else None,
                         world_size=world_size if world_size > 1 else None, **common)
-    idx = train.order.indices
-    if len(val_idx):
-        # class_balanced_subset with one seed is nested in k, so the held-out images are exactly
-        # the first val_per_class of each class; the rest is the training set.
-        keep = ~torch.isin(idx, val_idx)
-        idx = idx[keep]
-    # The data layer has no "exclude these indices" option: restrict the training loader's
-    # EpochOrder (which every backend takes its batches from) to the remaining indices.
-    old = train.order
-    train.order = EpochOrder(idx, old.batch_size, old.shuffle, old.drop_last, old.seed, old.rank,
-                             old.world_size)
-    return Loaders(train=train, val=val, info=train.info, num_train=len(idx),
+    return Loaders(train=train, val=val, info=train.info, num_train=len(train.order.indices),
                    num_val=len(val.order.indices))
 
 
@@ -77,3 +69,4 @@ def build_test_loader(cfg, device: torch.device, batch_size: int, split: str | N
     return make_loader(cfg.dataset, split or info.eval_split, batch_size, train=False,
                        loader=cfg.loader, device=device, data_dir=cfg.data_dir,
                        num_workers=cfg.num_workers, per_class=per_class)
+

@@ -85,10 +85,3 @@ def epoch_line(record: dict, epochs: int) -> str:
                   f"worst {_pct(v['robust_worst']).strip()}% (class {v['worst_class_name']})"]
     return " | ".join(parts)
 
-
-def val_table(record: dict, class_names: list[str]) -> str:
-    v = record["val"]
-    lines = [f"{'class':>12} {'clean':>6} {v['attack']:>8}"]
-    for c, name in enumerate(class_names):
-        lines.append(f"{name:>12} {_pct(v['clean_acc'][c])} {_pct(v['robust_acc'][c]):>8}")
-    return "\n".join(lines)

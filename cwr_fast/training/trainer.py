@@ -11,7 +11,6 @@ on the CPU (same thread count; on GPUs with --deterministic up to non-determinis
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import sys
@@ -249,7 +248,7 @@ class Trainer:
             s["clean_correct"] += torch.bincount(y[out.clean_logits.argmax(1) == y], minlength=c)
         s["time"]["attack"] += t1 - t0
         s["time"]["fwd_bwd"] += t2 - t1
-        self.last_loss = out.loss
+        self.last_loss = out.loss.detach()
 
     # ---- epochs ----
     def _epoch_batches(self):
@@ -314,6 +313,10 @@ class Trainer:
         loss_sum = float(dist_utils.all_reduce_sum(s["loss"]))
         total = int(n.sum())
         epoch = self.epoch + 1
+        if not math.isfinite(loss_sum):
+            raise TrainError(f"training diverged in epoch {epoch}: the loss is {loss_sum / max(total, 1)} "
+                             f"(lower --lr, raise --eps-warmup-epochs, or use --amp off / fp16 with "
+                             f"its GradScaler)")
         record = {
             "epoch": epoch, "global_step": self.global_step,
             "lr": self.schedule(self.global_step - 1),
@@ -389,8 +392,9 @@ class Trainer:
             return self.eval_model
         import copy
         path = self.run_dir / "checkpoints" / f"best_{which.split('-')[1]}.pt"
-        dist_utils.barrier()
-        state = ckpt.load(path, expect=ckpt.BEST_FORMAT)
+        # rank 0 reads and sends: other nodes need not share the run directory's file system
+        state = ckpt.load(path, expect=ckpt.BEST_FORMAT) if self.dist.is_main else None
+        state = dist_utils.broadcast_object(state)
         model = copy.deepcopy(self.eval_model)
         _load_model_state(model, state["model"], path.name)
         return model
