@@ -80,9 +80,10 @@ def _take(value: float | Tensor, keep: Tensor) -> float | Tensor:
 
 def _run_once(model: nn.Module, x_nat: Tensor, y: Tensor, target: Tensor | None, *, norm: str,
               eps: float | Tensor, alpha: float | Tensor, steps: int, loss: str, temperature: float,
-              use_random_start: bool, track: str, dtype: torch.dtype | None) -> AttackResult:
+              use_random_start: bool, track: str, dtype: torch.dtype | None,
+              score: bool = True) -> AttackResult:
     """One run (one restart): `steps` gradient steps plus a final forward pass that scores the
-    last iterate. With track="any", samples are recorded at the first iterate that fools the model
+    last iterate (skipped when score=False: pred and success are then None). With track="any", samples are recorded at the first iterate that fools the model
     and dropped from the batch (x, grad, x_nat, y, target, eps, alpha are compacted together)."""
     n = x_nat.shape[0]
     out_x = x_nat.clone()
@@ -96,6 +97,8 @@ def _run_once(model: nn.Module, x_nat: Tensor, y: Tensor, target: Tensor | None,
     index = None  # positions of the active samples in the batch; None while all are active
     for step in range(steps + 1):
         last = step == steps
+        if last and not score:
+            return AttackResult(x.detach(), None, None)
         if not last:
             x.requires_grad_(True)
         with torch.set_grad_enabled(not last), autocast(x.device, dtype):
@@ -147,8 +150,11 @@ def _per_sample(value: float | Tensor, name: str, n: int, device: torch.device) 
 def perturb(model: nn.Module, x: Tensor, y: Tensor, *, norm: str = "linf", eps: float | Tensor,
             alpha: float | Tensor, steps: int, loss: str = "ce", temperature: float = 1.0,
             random_start: bool = True, restarts: int = 1, target: Tensor | None = None,
-            track: str = "final", amp: str | None = None) -> AttackResult:
+            track: str = "final", amp: str | None = None, score: bool = True) -> AttackResult:
     """Runs the attack on (x, y); x in [0, 1], float32. eps/alpha: numbers or [N] tensors.
+
+    score=False skips the forward pass that scores the last iterate (training needs only x_adv):
+    the result's pred and success are None. It needs track="final" and one restart.
 
     target: None (untargeted) or [N] target classes. restarts: later restarts run only on the
     samples that earlier ones did not fool. Returns AttackResult (x_adv float32).
@@ -159,6 +165,8 @@ def perturb(model: nn.Module, x: Tensor, y: Tensor, *, norm: str = "linf", eps: 
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     if track not in TRACKS:
         raise ValueError(f"track must be one of {TRACKS}, got {track!r}")
+    if not score and (track != "final" or restarts != 1):
+        raise ValueError("score=False needs track='final' and restarts=1 (both need the scores)")
     n = x.shape[0]
     eps = _per_sample(eps, "eps", n, x.device)
     alpha = _per_sample(alpha, "alpha", n, x.device)
@@ -170,7 +178,9 @@ def perturb(model: nn.Module, x: Tensor, y: Tensor, *, norm: str = "linf", eps: 
         run = _run_once(model, sub(x), sub(y), None if target is None else sub(target), norm=norm,
                         eps=sub(eps), alpha=sub(alpha), steps=steps, loss=loss,
                         temperature=temperature, use_random_start=random_start, track=track,
-                        dtype=dtype)
+                        dtype=dtype, score=score)
+        if not score:
+            return run
         if todo is None:
             result = run
             todo = (~run.success).nonzero().squeeze(1)

@@ -179,7 +179,7 @@ class PGDAT(Method):
         if self.ops_impl == "fused":
             return perturb(model, x, y, norm="linf", eps=batch.eps, alpha=batch.alpha,
                            steps=self.steps, loss="ce", random_start=True, track="final",
-                           amp=self.amp).x_adv
+                           amp=self.amp, score=False).x_adv
         return self._ascent(model, x, _uniform_start(x, batch.eps), self._ce_ascent_grad(y),
                             batch.eps, batch.alpha)
 
