@@ -5,7 +5,7 @@ CPU kernels always. CUDA kernels when torch was built with CUDA and nvcc is foun
 Environment variables:
   CWR_FAST_CUDA=0|1        0: CPU only. 1: CUDA required (error if it cannot be built). Unset: auto.
   TORCH_CUDA_ARCH_LIST     CUDA archs, default "8.0;9.0+PTX" (A100, H100/H200, PTX for newer).
-  CWR_FAST_CPU_ISA=avx2|none   vector ISA of the CPU kernels; default avx2 when this CPU has it.
+  CWR_FAST_CPU_ISA=avx512|avx2|none   vector ISA of the CPU kernels; default: the best this CPU has.
   CUDA_HOME                toolkit root; found from nvcc when unset (also behind wrapper scripts).
   MAX_JOBS                 parallel compile jobs (ninja).
 """
@@ -51,16 +51,21 @@ def cpu_isa_flags():
         try:
             with open("/proc/cpuinfo") as f:
                 flags = f.read()
-            isa = "avx2" if (" avx2" in flags and " fma" in flags and " f16c" in flags) else "none"
+            has = lambda *names: all(f" {n}" in flags for n in names)  # noqa: E731
+            isa = ("avx512" if has("avx512f", "avx512bw", "avx512vl", "avx512dq", "fma", "f16c") else
+                   "avx2" if has("avx2", "fma", "f16c") else "none")
         except OSError:
             isa = "none"
+    if isa == "avx512":
+        return ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c",
+                "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"]
     if isa == "avx2":
         # ATen's Vectorized<T> picks its implementation from CPU_CAPABILITY; its code lives in an
         # inline namespace per capability, so this does not clash with libtorch's own copies.
         return ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
     if isa == "none":
         return []
-    raise ValueError(f"CWR_FAST_CPU_ISA must be avx2 or none, got {isa!r}")
+    raise ValueError(f"CWR_FAST_CPU_ISA must be avx512, avx2 or none, got {isa!r}")
 
 
 want_cuda = os.environ.get("CWR_FAST_CUDA", "auto")
@@ -82,7 +87,9 @@ if want_cuda == "1" and not with_cuda:
 
 here = os.path.dirname(os.path.abspath(__file__))
 sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
-cxx_flags = ["-O3", "-fdiagnostics-color=always"] + cpu_isa_flags()
+# -fopenmp: at::parallel_for is header code and runs serially unless the extension itself is
+# compiled with OpenMP (libtorch's libgomp is the one loaded at run time).
+cxx_flags = ["-O3", "-fopenmp", "-fdiagnostics-color=always"] + cpu_isa_flags()
 extra = {"cxx": cxx_flags}
 include_dirs = [os.path.join(here, "csrc")]
 if with_cuda:
@@ -113,6 +120,7 @@ setup(
             sources,
             include_dirs=include_dirs,
             extra_compile_args=extra,
+            extra_link_args=["-fopenmp"],
             py_limited_api=False,
         )
     ],

@@ -180,17 +180,30 @@ std::pair<int64_t, at::opmath_type<scalar_t>> best_other_class(const scalar_t* z
   using opmath_t = at::opmath_type<scalar_t>;
   using fVec = Vectorized<opmath_t>;
   at::vec::convert(z, row, c);
+  const opmath_t minus_inf = -std::numeric_limits<opmath_t>::infinity();
+  if (c <= kFewClasses) {  // shorter than a vector: a scalar scan beats partial vector loads
+    int64_t best = 0;
+    opmath_t best_value = y == 0 ? minus_inf : row[0];
+    for (int64_t j = 1; j < c && !std::isnan(best_value); ++j) {
+      const opmath_t v = j == y ? minus_inf : row[j];
+      if (v > best_value || std::isnan(v)) {
+        best = j;
+        best_value = v;
+      }
+    }
+    return {best, best_value};
+  }
   auto range_max = [](const opmath_t* v, int64_t len) {
     return at::vec::reduce_all<opmath_t>([](fVec& a, fVec& b) { return at::vec::maximum(a, b); }, v, len);
   };
-  opmath_t m = -std::numeric_limits<opmath_t>::infinity();
+  opmath_t m = minus_inf;
   if (y > 0) m = range_max(row, y);
   if (y + 1 < c) {
     const opmath_t right = range_max(row + y + 1, c - y - 1);
     m = std::isnan(m) || std::isnan(right) ? std::numeric_limits<opmath_t>::quiet_NaN() : std::max(m, right);
   }
   for (int64_t j = 0; j < c; ++j) {
-    const opmath_t v = j == y ? -std::numeric_limits<opmath_t>::infinity() : row[j];
+    const opmath_t v = j == y ? minus_inf : row[j];
     if (v == m || (std::isnan(m) && std::isnan(v))) return {j, m};
   }
   return {0, m};  // unreachable: m is one of the values scanned
