@@ -15,12 +15,12 @@ import argparse
 import os
 import sys
 import time
-from fractions import Fraction
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
+from cwr_fast.cli_types import number
 from cwr_fast.attacks.spec import AttackSpecError, parse_attack, parse_attacks
 from cwr_fast.classwise.analysis import build_report, sweep_section
 from cwr_fast.classwise.engine import evaluate_classwise
@@ -36,15 +36,8 @@ class CliError(Exception):
     """A user error: printed as one line, exit status 2."""
 
 
-def _number(text: str) -> float:
-    try:
-        return float(Fraction(text)) if "/" in text else float(text)
-    except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-
-
 def _numbers(text: str) -> list[float]:
-    values = [_number(t) for t in text.split(",") if t.strip()]
+    values = [number(t) for t in text.split(",") if t.strip()]
     if not values:
         raise argparse.ArgumentTypeError("expected a comma-separated list of numbers")
     return values
@@ -68,9 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("attacks")
     g.add_argument("--attacks", default=DEFAULT_ATTACKS,
                    help="comma-separated, e.g. fgsm,pgd-20,tpgd-20:T=2,cw-30,aa (default %(default)s)")
-    g.add_argument("--eps", type=_number, help="Linf budget in [0, 1] pixel units, e.g. 8/255 "
+    g.add_argument("--eps", type=number, help="Linf budget in [0, 1] pixel units, e.g. 8/255 "
                    "(default: 0.3 for mnist, 4/255 for imagenet, else 8/255)")
-    g.add_argument("--eps-l2", type=_number, help="default budget of L2 attacks")
+    g.add_argument("--eps-l2", type=number, help="default budget of L2 attacks")
     g.add_argument("--track", choices=("any", "final"), default="any",
                    help="a sample is fooled if any iterate fools it (default), or only the last")
     g.add_argument("--tpgd-sweep", type=_numbers, metavar="T,T,...",

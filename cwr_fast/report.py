@@ -150,7 +150,7 @@ def format_summary(report: dict) -> str:
 
 def markdown(report: dict) -> str:
     ds, cfg = report["dataset"], report["config"]
-    out = [f"# Class-wise robustness report", "",
+    out = ["# Class-wise robustness report", "",
            f"Dataset **{ds.get('name', '?')}** ({ds.get('split', '?')}), {ds['num_images']} images, "
            f"{ds['num_classes']} classes. Created {report['created']}; cwr_fast "
            f"{report['software']['cwr_fast']}, ops backend {report['software']['ops_backend']}.", ""]

@@ -43,7 +43,7 @@ def extract_state_dict(checkpoint: object, key: str | None = None) -> dict[str, 
     return state
 
 
-def _mismatch(model: nn.Module, state: Mapping[str, torch.Tensor]) -> list[str]:
+def state_dict_mismatch(model: nn.Module, state: Mapping[str, torch.Tensor]) -> list[str]:
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -78,7 +78,7 @@ def load_weights(model: nn.Module, path: str | Path, key: str | None = None,
     targets = [model] + ([model.net] if isinstance(getattr(model, "net", None), nn.Module) else [])
     problems = {}
     for target in targets:
-        problems[target] = _mismatch(target, state)
+        problems[target] = state_dict_mismatch(target, state)
         if not problems[target]:
             target.load_state_dict(state, strict=True)
             return model

@@ -40,15 +40,15 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read, or that does not fit this run."""
 
 
-def save_atomic(obj, path: str | os.PathLike) -> Path:
-    """torch.save to a temporary file in the same directory, fsync, rename over `path`, fsync the
-    directory: a crash at any moment leaves either the old or the new file, never a torn one."""
+def _write_atomic(path: str | os.PathLike, mode: str, write) -> Path:
+    """Writes through write(file) to a temporary file in the same directory, fsyncs it, renames it
+    over `path` and fsyncs the directory."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
+        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -59,20 +59,14 @@ def save_atomic(obj, path: str | os.PathLike) -> Path:
     return path
 
 
+def save_atomic(obj, path: str | os.PathLike) -> Path:
+    """torch.save to a temporary file in the same directory, fsync, rename over `path`, fsync the
+    directory: a crash at any moment leaves either the old or the new file, never a torn one."""
+    return _write_atomic(path, "wb", lambda f: torch.save(obj, f))
+
+
 def write_text_atomic(text: str, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return _write_atomic(path, "w", lambda f: f.write(text))
 
 
 def fsync_dir(directory: Path) -> None:

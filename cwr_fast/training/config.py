@@ -12,9 +12,9 @@ import dataclasses
 import datetime
 import os
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 
+from cwr_fast.cli_types import number
 from cwr_fast.training.methods import METHODS
 from cwr_fast.training.schedules import SCHEDULES
 
@@ -142,16 +142,9 @@ TRAJECTORY_KEYS = ("dataset", "val_split", "val_per_class", "train_per_class", "
 
 # ---- parsing -------------------------------------------------------------------------------------
 
-def _number(text: str) -> float:
-    try:
-        return float(Fraction(text)) if "/" in text else float(text)
-    except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-
-
 def _numbers(text: str) -> list[float]:
     try:
-        return [_number(t) for t in text.split(",") if t.strip()]
+        return [number(t) for t in text.split(",") if t.strip()]
     except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
@@ -239,15 +232,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g = p.add_argument_group("method")
     g.add_argument("--method", default="pgd-at", choices=METHODS, help="(default %(default)s)")
-    g.add_argument("--eps", type=_number, help=f"Linf budget in [0, 1] pixel units, e.g. 8/255 {P}")
-    g.add_argument("--alpha", type=_number,
+    g.add_argument("--eps", type=number, help=f"Linf budget in [0, 1] pixel units, e.g. 8/255 {P}")
+    g.add_argument("--alpha", type=number,
                    help=f"attack step size {P}; fgsm-rs always uses 1.25 eps")
     g.add_argument("--steps", type=_int, help=f"attack steps {P}; fgsm-rs: 1")
-    g.add_argument("--beta", type=_number, help="TRADES / MART regulariser weight (default 6)")
+    g.add_argument("--beta", type=number, help="TRADES / MART regulariser weight (default 6)")
     g.add_argument("--attack-bn", default="auto", choices=("auto", "train", "eval"),
                    help="model mode while generating training attacks (default auto: train "
                         "for pgd-at and fgsm-rs, eval for trades and mart, as their papers' code)")
-    g.add_argument("--eps-warmup-epochs", type=_number,
+    g.add_argument("--eps-warmup-epochs", type=number,
                    help="linear eps ramp-up (default: dataset preset, at most half of --epochs)")
     g.add_argument("--ops", default="fused", choices=("fused", "eager"),
                    help="fused cwr_fast ops, or the same loop in eager PyTorch (for comparison) "
@@ -259,17 +252,17 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("optimisation (SGD)")
     g.add_argument("--epochs", type=_int, help=P)
     g.add_argument("--batch-size", type=_int, help=f"global batch size {P}")
-    g.add_argument("--lr", type=_number, help=f"peak learning rate {P}")
-    g.add_argument("--momentum", type=_number, help="(default 0.9)")
+    g.add_argument("--lr", type=number, help=f"peak learning rate {P}")
+    g.add_argument("--momentum", type=number, help="(default 0.9)")
     g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None,
                    help="Nesterov momentum (default off)")
-    g.add_argument("--weight-decay", type=_number, help=P)
+    g.add_argument("--weight-decay", type=number, help=P)
     g.add_argument("--schedule", choices=SCHEDULES, help=P)
     g.add_argument("--milestones", type=_numbers,
                    help="piecewise decay epochs, e.g. 75,90 (default: the preset's fractions of --epochs)")
-    g.add_argument("--gamma", type=_number, default=0.1, help="piecewise decay factor (default %(default)s)")
-    g.add_argument("--warmup-epochs", type=_number, help="linear learning-rate warm-up (default 0)")
-    g.add_argument("--ema", type=_number,
+    g.add_argument("--gamma", type=number, default=0.1, help="piecewise decay factor (default %(default)s)")
+    g.add_argument("--warmup-epochs", type=number, help="linear learning-rate warm-up (default 0)")
+    g.add_argument("--ema", type=number,
                    help="EMA decay of the weights, e.g. 0.999; 0 = off (default 0). With EMA, the "
                         "EMA weights are validated, kept as best and reported")
     g.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"),

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from cwr_fast.models.checkpoint import state_dict_mismatch
 from cwr_fast.attacks.spec import build_attacks
 from cwr_fast.classwise.engine import evaluate_classwise
 from cwr_fast.data.order import derive_seed
@@ -432,19 +433,8 @@ class Trainer:
 
 
 def _load_model_state(model: nn.Module, state: dict, what: str) -> None:
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-              for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
-    if missing or unexpected or shapes:
-        problems = []
-        if missing:
-            problems.append(f"{len(missing)} missing keys (e.g. {missing[:3]})")
-        if unexpected:
-            problems.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})")
-        if shapes:
-            problems.append(f"{len(shapes)} shape mismatches (e.g. {shapes[:2]})")
+    problems = state_dict_mismatch(model, state)
+    if problems:
         raise ckpt.CheckpointError(f"the {what} weights in the checkpoint do not fit the model: "
                                    + "; ".join(problems))
     model.load_state_dict(state, strict=True)
