@@ -19,13 +19,16 @@ namespace {
 
 constexpr int64_t kGrainElems = 1 << 14;
 
-struct LossOutputs {
-  at::Tensor loss, grad;
+// Contiguous inputs (weights in the compute dtype) and freshly allocated outputs of a loss op.
+struct LossTensors {
+  at::Tensor logits, target, weight, loss, grad;
 };
 
-LossOutputs prepare_outputs(const at::Tensor& logits) {
-  const auto loss_dtype = opmath_dtype(logits);
-  return {at::empty({logits.size(0)}, logits.options().dtype(loss_dtype)),
+LossTensors prepare_loss(const at::Tensor& logits_in, const at::Tensor& target_in,
+                         const std::optional<at::Tensor>& weight_in) {
+  const at::Tensor logits = logits_in.contiguous();
+  return {logits, target_in.contiguous(), per_sample_as(weight_in, opmath_dtype(logits)),
+          at::empty({logits.size(0)}, logits.options().dtype(opmath_dtype(logits))),
           at::empty(logits.sizes(), logits.options())};
 }
 
@@ -152,10 +155,7 @@ void ce_row_by_row(const LossRows<scalar_t>& r, at::opmath_type<scalar_t> inv_t,
 std::tuple<at::Tensor, at::Tensor> temperature_ce_fwd_bwd_cpu(const at::Tensor& logits_in, const at::Tensor& target_in,
                                                    double temperature, const std::optional<at::Tensor>& weight_in) {
   check_loss_args(logits_in, target_in, weight_in, temperature);
-  const at::Tensor logits = logits_in.contiguous();
-  const at::Tensor target = target_in.contiguous();
-  const at::Tensor weight = per_sample_as(weight_in, opmath_dtype(logits));
-  auto [loss, grad] = prepare_outputs(logits);
+  auto [logits, target, weight, loss, grad] = prepare_loss(logits_in, target_in, weight_in);
   if (logits.size(0) == 0) return {loss, grad};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "temperature_ce_cpu", [&] {
     const auto r = loss_rows<scalar_t>(logits, target, weight, loss, grad);
@@ -212,10 +212,7 @@ std::pair<int64_t, at::opmath_type<scalar_t>> best_other_class(const scalar_t* z
 std::tuple<at::Tensor, at::Tensor> margin_loss_fwd_bwd_cpu(const at::Tensor& logits_in, const at::Tensor& target_in,
                                                 const std::optional<at::Tensor>& weight_in) {
   check_loss_args(logits_in, target_in, weight_in);
-  const at::Tensor logits = logits_in.contiguous();
-  const at::Tensor target = target_in.contiguous();
-  const at::Tensor weight = per_sample_as(weight_in, opmath_dtype(logits));
-  auto [loss, grad] = prepare_outputs(logits);
+  auto [logits, target, weight, loss, grad] = prepare_loss(logits_in, target_in, weight_in);
   if (logits.size(0) == 0) return {loss, grad};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "margin_loss_cpu", [&] {
     using opmath_t = at::opmath_type<scalar_t>;

@@ -40,6 +40,21 @@ __device__ __forceinline__ void store_vec(T* p, const Vec<T, kVec>& v) {
   *reinterpret_cast<Vec<T, kVec>*>(p) = v;
 }
 
+// x[k0, k0 + kVec) <- f(x, g, xn) elementwise in the compute type T: one vector load of each
+// tensor, one vector store (kVec == 1 is the scalar case).
+template <int kVec, typename T, typename scalar_t, typename F>
+__device__ __forceinline__ void update_vec(scalar_t* x_adv, const scalar_t* grad,
+                                           const scalar_t* x_nat, int64_t k0, const F& f) {
+  auto x = load_vec<kVec>(x_adv + k0);
+  const auto g = load_vec<kVec>(grad + k0);
+  const auto xn = load_vec<kVec>(x_nat + k0);
+#pragma unroll
+  for (int k = 0; k < kVec; ++k) {
+    x.v[k] = static_cast<scalar_t>(f(T(x.v[k]), T(g.v[k]), T(xn.v[k])));
+  }
+  store_vec<kVec>(x_adv + k0, x);
+}
+
 inline bool is_aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 // ---- reductions -----------------------------------------------------------------------------

@@ -60,24 +60,19 @@ linf_step_kernel(scalar_t* x_adv, const scalar_t* grad, const scalar_t* x_nat, i
     const int64_t k0 = v * kVec;
     const int64_t sample = budget.per_sample() ? k0 / per_sample : 0;
     const T alpha = budget.alpha_of(sample), eps = budget.eps_of(sample);
-    auto x = dev::load_vec<kVec>(x_adv + k0);
-    const auto g = dev::load_vec<kVec>(grad + k0);
-    const auto xn = dev::load_vec<kVec>(x_nat + k0);
-#pragma unroll
-    for (int k = 0; k < kVec; ++k) {
-      x.v[k] = static_cast<scalar_t>(
-          linf_update(T(x.v[k]), T(g.v[k]), T(xn.v[k]), alpha, eps, lo, hi));
-    }
-    dev::store_vec<kVec>(x_adv + k0, x);
+    dev::update_vec<kVec, T>(x_adv, grad, x_nat, k0, [&](T x, T g, T xn) {
+      return linf_update(x, g, xn, alpha, eps, lo, hi);
+    });
   }
   // The numel % kVec < kVec elements after the last whole vector (none when kVec == 1): one
   // element for each of the first threads of the grid.
   const int64_t k = n_vec * kVec + first;
   if (k < numel) {
     const int64_t sample = budget.per_sample() ? k / per_sample : 0;
-    x_adv[k] = static_cast<scalar_t>(linf_update(T(x_adv[k]), T(grad[k]), T(x_nat[k]),
-                                                 budget.alpha_of(sample), budget.eps_of(sample),
-                                                 lo, hi));
+    const T alpha = budget.alpha_of(sample), eps = budget.eps_of(sample);
+    dev::update_vec<1, T>(x_adv, grad, x_nat, k, [&](T x, T g, T xn) {
+      return linf_update(x, g, xn, alpha, eps, lo, hi);
+    });
   }
 }
 
@@ -215,16 +210,8 @@ l2_apply_kernel(scalar_t* x_adv, const scalar_t* grad, const scalar_t* x_nat, in
     const L2Scale<T> sc = shared_scale;
     const ChunkRange r = chunk_range(n_vec, chunks, unit % chunks);
     for (int64_t v = r.begin + threadIdx.x; v < r.end; v += blockDim.x) {
-      const int64_t k0 = sample * per_sample + v * kVec;
-      auto x = dev::load_vec<kVec>(x_adv + k0);
-      const auto g = dev::load_vec<kVec>(grad + k0);
-      const auto xn = dev::load_vec<kVec>(x_nat + k0);
-#pragma unroll
-      for (int k = 0; k < kVec; ++k) {
-        x.v[k] = static_cast<scalar_t>(
-            l2_update(T(x.v[k]), T(g.v[k]), T(xn.v[k]), alpha, sc, lo, hi));
-      }
-      dev::store_vec<kVec>(x_adv + k0, x);
+      dev::update_vec<kVec, T>(x_adv, grad, x_nat, sample * per_sample + v * kVec,
+                               [&](T x, T g, T xn) { return l2_update(x, g, xn, alpha, sc, lo, hi); });
     }
   }
 }
