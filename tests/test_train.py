@@ -14,7 +14,7 @@ from cwr_fast import train as train_cli
 from cwr_fast.data import make_loader
 from cwr_fast.models import build_model, load_weights
 from cwr_fast.training import checkpoint as ckpt
-from cwr_fast.training.defenses import ClasswisePolicy
+from cwr_fast.defenses import ClasswisePolicy
 from cwr_fast.training.ema import EMA
 from cwr_fast.training.methods import METHODS, BatchPolicy, build_method
 from cwr_fast.training.schedules import LRSchedule, eps_at

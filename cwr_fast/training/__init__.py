@@ -1,9 +1,8 @@
-"""The parts of `python -m cwr_fast.train`:
+"""The parts of `python -m cwr_fast.train` (the class-wise defenses it takes are in cwr_fast.defenses):
 
     config       presets per dataset, the CLI parser, checks before any work (ConfigError)
     methods      standard, PGD-AT, TRADES, MART, FGSM-RS on the fused ops (BatchPolicy: the
                  per-sample weights / eps / beta of a batch)
-    defenses     the extension point of class-wise defenses (ClasswisePolicy, register_defense)
     schedules    learning-rate schedules (piecewise, cosine, one-cycle) and the eps ramp
     ema          exponential moving average of the weights
     checkpoint   atomic checkpoints, weights_only loading, RNG states (CheckpointError)
@@ -15,8 +14,7 @@
 
 from cwr_fast.training.checkpoint import CheckpointError
 from cwr_fast.training.config import PRESETS, ConfigError, TrainConfig
-from cwr_fast.training.defenses import DEFENSES, ClasswisePolicy, register_defense
 from cwr_fast.training.methods import METHODS, BatchPolicy, Method, build_method
 
-__all__ = ["CheckpointError", "ClasswisePolicy", "ConfigError", "DEFENSES", "METHODS", "PRESETS",
-           "BatchPolicy", "Method", "TrainConfig", "build_method", "register_defense"]
+__all__ = ["CheckpointError", "ConfigError", "METHODS", "PRESETS", "BatchPolicy", "Method",
+           "TrainConfig", "build_method"]

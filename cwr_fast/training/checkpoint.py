@@ -11,7 +11,7 @@ A training checkpoint (`checkpoints/last.pt`) is a dict of tensors and plain Pyt
     progress                    {epoch, batch, global_step}: the next batch to train is batch
                                 `batch` of epoch `epoch` (data order is a function of seed, epoch)
     epoch_sums                  running train loss/accuracy sums of the current epoch
-    defense                     state of the class-wise policy (training.defenses)
+    defense                     state of the class-wise policy (cwr_fast.defenses)
     best                        best mean / worst-class validation robust accuracy so far
     history                     every metrics.jsonl record so far (re-written on resume)
     rng                         torch CPU/CUDA, Python `random` and NumPy global states

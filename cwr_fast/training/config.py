@@ -246,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fused cwr_fast ops, or the same loop in eager PyTorch (for comparison) "
                         "(default %(default)s)")
     g.add_argument("--defense", default="none",
-                   help="class-wise defense policy (default %(default)s; see cwr_fast.training.defenses)")
+                   help="class-wise defense policy (default %(default)s; see cwr_fast.defenses)")
     g.add_argument("--defense-opt", action="append", metavar="KEY=VALUE",
                    help="option of the defense (repeatable)")
     g = p.add_argument_group("optimisation (SGD)")
@@ -378,7 +378,7 @@ def _cuda_available() -> bool:
 
 
 def _defense_options(items) -> dict:
-    from cwr_fast.training.defenses import parse_options
+    from cwr_fast.defenses import parse_options
     try:
         return parse_options(items)
     except ValueError as err:
@@ -388,7 +388,7 @@ def _defense_options(items) -> dict:
 def check(cfg: TrainConfig, info) -> None:
     """Clear errors for settings that cannot work, before any data is read or model built."""
     from cwr_fast.attacks.spec import AttackSpecError, parse_attacks
-    from cwr_fast.training.defenses import DEFENSES
+    from cwr_fast.defenses import DEFENSES
 
     def positive(name, value, allow_zero=False):
         if value is None:

@@ -6,7 +6,7 @@ Each method turns a batch into a loss in two timed parts:
     out = method.loss(train_model, x, x_train, y, batch)      # outer minimisation, differentiable
 
 `batch` is a `BatchPolicy`: the budget and loss weights of this batch, as numbers or as per-sample
-[N] tensors. This is the extension point of the class-wise defenses (`training.defenses`): a
+[N] tensors. This is the extension point of the class-wise defenses (`cwr_fast.defenses`): a
 defense sets per-sample loss weights, per-sample eps (alpha scales with it) and per-sample
 TRADES/MART beta, and the methods honour them.
 

@@ -29,7 +29,7 @@ from cwr_fast.training import checkpoint as ckpt
 from cwr_fast.training import distributed as dist_utils
 from cwr_fast.training.config import TrainConfig
 from cwr_fast.training.data import build_loaders, build_test_loader
-from cwr_fast.training.defenses import build_defense
+from cwr_fast.defenses import build_defense
 from cwr_fast.training.ema import EMA
 from cwr_fast.training.methods import build_method
 from cwr_fast.training.metrics import epoch_line, plot_dynamics, write_history
@@ -338,7 +338,8 @@ class Trainer:
             val_counts, record["val"] = self.validate()
             self._track_best(record["val"], epoch)
         record["best"] = {k: dict(v) for k, v in self.best.items()}
-        record["defense"] = self.policy.update(epoch - 1, val_counts, {"n": n, "correct": correct}) or {}
+        record["defense"] = self.policy.update(epoch - 1, val_counts, {"n": n, "correct": correct},
+                                                trainer=self) or {}
         self.history.append(record)
         self.epoch, self.batch = epoch, 0
         self._reset_sums()

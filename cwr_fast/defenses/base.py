@@ -1,4 +1,4 @@
-"""The extension point for class-wise defenses (issue 6: the paper's reweighting/re-margining,
+"""The extension point for class-wise defenses (the paper's reweighting/re-margining,
 FRL, CFA, WAT, ...). Nothing here changes training by itself: the default policy "none" is
 plain training with the method's uniform budget and weights.
 
@@ -11,9 +11,11 @@ calls, in this order:
                                             # weights: e.g. add a per-class logit bias or scale of
                                             # the final layer (it is then part of the model)
     every step:  batch = policy.batch_policy(y, eps_t, alpha_t, beta)   # per-sample knobs
-    every epoch: log = policy.update(epoch, val_counts, train_counts)   # re-estimate from the
-                                            # held-out validation counts (ClasswiseCounts of the
-                                            # per-epoch PGD check) and the epoch's training counts
+    every epoch: log = policy.update(epoch, val_counts, train_counts, trainer)  # re-estimate from
+                                            # the held-out validation counts (ClasswiseCounts of the
+                                            # per-epoch PGD check) and the epoch's training counts;
+                                            # `trainer` gives access to anything else (eval_model,
+                                            # loaders.val, cfg, device) a defense needs
     checkpoints: policy.state_dict() / policy.load_state_dict(state)
 
 The per-class state lives in three [C] tensors that `batch_policy` indexes by label:
@@ -59,7 +61,7 @@ class ClasswisePolicy:
         beta_b = beta if self.class_beta is None else self.class_beta.to(y.device)[y]
         return BatchPolicy(eps=eps_b, alpha=alpha_b, weight=weight, beta=beta_b)
 
-    def update(self, epoch: int, val_counts, train_counts: dict) -> dict:
+    def update(self, epoch: int, val_counts, train_counts: dict, trainer=None) -> dict:
         """Re-estimate the per-class state after epoch `epoch`. val_counts: ClasswiseCounts of the
         validation check (None on epochs without one); train_counts: {'n': [C], 'correct': [C]}
         int64 tensors of the epoch's training inputs. Returns what to log in metrics.jsonl."""
