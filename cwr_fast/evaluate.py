@@ -20,11 +20,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from cwr_fast.cli_types import number
+from cwr_fast.cli_types import comma_list, number
 from cwr_fast.attacks.spec import AttackSpecError, parse_attack, parse_attacks
 from cwr_fast.classwise.analysis import build_report, sweep_section
 from cwr_fast.classwise.engine import evaluate_classwise
-from cwr_fast.models.checkpoint import CheckpointMismatchError, load_weights
+from cwr_fast.models.checkpoint import CheckpointMismatchError, load_weights, read_state_dict
 from cwr_fast.models.registry import build_model, call_factory, canonical_name, load_factory
 from cwr_fast.report import check_output_dir, format_summary, write_report
 
@@ -36,11 +36,7 @@ class CliError(Exception):
     """A user error: printed as one line, exit status 2."""
 
 
-def _numbers(text: str) -> list[float]:
-    values = [number(t) for t in text.split(",") if t.strip()]
-    if not values:
-        raise argparse.ArgumentTypeError("expected a comma-separated list of numbers")
-    return values
+_numbers = comma_list(number, "numbers")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,6 +66,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Temperature-PGD sweep over these temperatures")
     g.add_argument("--eps-sweep", type=_numbers, metavar="EPS,EPS,...", help="eps sweep")
     g.add_argument("--sweep-steps", type=int, default=20, help="PGD steps of the sweeps (default 20)")
+    g = p.add_argument_group("class-wise calibration (logits' = s*z + b, see cwr_fast.defenses.calibration)",
+                             "A checkpoint of a calibrated model (checkpoints/calibrated.pt of "
+                             "`cwr_fast.train --calibrate`, the recommended source for such runs: "
+                             "fitted on held-out images) is detected and evaluated as it is. "
+                             "--calibrate-split fits one here first, on a split that is not the "
+                             "evaluated one (class-balanced; the train split was usually trained on, "
+                             "so its robust accuracy is optimistic)")
+    g.add_argument("--calibrate-split", metavar="SPLIT",
+                   help="fit a class-wise calibration on this split before the evaluation")
+    g.add_argument("--calibrate-per-class", type=int, default=100,
+                   help="calibration images per class (default %(default)s)")
+    g.add_argument("--calibrate-steps", type=int, default=10,
+                   help="PGD steps of the calibration's attacks (default %(default)s)")
+    g.add_argument("--calibrate-rounds", type=int, default=3,
+                   help="attack / fit rounds (default %(default)s)")
+    g.add_argument("--calibrate-max-drop", type=number, default=0.01,
+                   help="largest drop of the mean robust and of the mean clean accuracy on the "
+                        "calibration split, as a fraction (default %(default)s = 1 point)")
+    g.add_argument("--calibrate-params", choices=("bias", "both"), default="bias",
+                   help="fit the logit biases only, or scales too (default %(default)s)")
     g = p.add_argument_group("run")
     g.add_argument("--batch-size", type=int, default=256)
     g.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none",
@@ -105,6 +121,15 @@ def _check_args(args) -> None:
         raise CliError(f"--eps-sweep values must lie in [0, 1], got {args.eps_sweep}")
     if args.tpgd_sweep and any(t <= 0 for t in args.tpgd_sweep):
         raise CliError(f"--tpgd-sweep temperatures must be > 0, got {args.tpgd_sweep}")
+    if args.calibrate_split is not None and args.calibrate_split == args.split:
+        raise CliError(f"--calibrate-split {args.calibrate_split} is the evaluated split: fit the "
+                       "calibration on other images (e.g. --calibrate-split train)")
+    if not 0 <= args.calibrate_max_drop <= 1:
+        raise CliError(f"--calibrate-max-drop must be a fraction in [0, 1] (0.01 = 1 point), got "
+                       f"{args.calibrate_max_drop:g}")
+    for name in ("calibrate_per_class", "calibrate_steps", "calibrate_rounds"):
+        if getattr(args, name) < 1:
+            raise CliError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     for name in ("batch_size", "sweep_steps", "limit"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -137,7 +162,11 @@ def _init_distributed(device: torch.device) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def _load_model(args, info, device: torch.device) -> torch.nn.Module:
+def _load_model(args, info, device: torch.device) -> tuple[torch.nn.Module, bool]:
+    """(model, whether the checkpoint held a class-wise calibrated model, now wrapped)."""
+    from cwr_fast.defenses.calibration import (ClasswiseCalibration, calibrated_num_classes,
+                                               is_calibrated_state)
+
     in_channels = info.image_shape[0]
     if args.arch is not None:
         model = build_model(args.arch, info.num_classes, info.mean, info.std, in_channels)
@@ -147,9 +176,48 @@ def _load_model(args, info, device: torch.device) -> torch.nn.Module:
         model = call_factory(factory, num_classes=info.num_classes, in_channels=in_channels,
                              mean=info.mean, std=info.std)
         label = f"the model of {args.model}"
+    calibrated = False
     if args.checkpoint is not None:
-        load_weights(model, args.checkpoint, key=args.checkpoint_key, arch_name=label)
-    return model.to(device)
+        state = read_state_dict(args.checkpoint, args.checkpoint_key)
+        if is_calibrated_state(state):
+            if calibrated_num_classes(state) != info.num_classes:
+                raise CliError(f"the calibrated checkpoint has {calibrated_num_classes(state)} "
+                               f"classes, {info.name} has {info.num_classes}")
+            if args.calibrate_split is not None:
+                raise CliError(f"{args.checkpoint} is already calibrated: drop --calibrate-split, "
+                               "or fit on the uncalibrated weights")
+            model, calibrated = ClasswiseCalibration(model, info.num_classes), True
+        load_weights(model, args.checkpoint, key=args.checkpoint_key, arch_name=label, state=state)
+    return model.to(device), calibrated
+
+
+def _fit_calibration(args, info, model, eps: float, amp, device, rank: int, world: int):
+    """Fits a calibration on --calibrate-split (class-balanced, seeded) and returns (the calibrated
+    model, the report config's calibration entries)."""
+    from cwr_fast.data import make_loader
+    from cwr_fast.defenses.calibration import fit_calibration
+
+    loader = make_loader(args.dataset, args.calibrate_split, args.batch_size, train=False,
+                         loader=args.loader, device=device, data_dir=args.data_dir,
+                         per_class=args.calibrate_per_class, subset_seed=args.seed)
+    progress = rank == 0 and not args.no_progress
+    if progress:
+        print(f"[cwr_fast.evaluate] fitting a class-wise calibration on {args.calibrate_split} "
+              f"({args.calibrate_per_class} per class, PGD-{args.calibrate_steps} at eps {eps:g})",
+              file=sys.stderr)
+    model, fit = fit_calibration(model, loader, info.num_classes, eps, steps=args.calibrate_steps,
+                                 max_mean_drop=args.calibrate_max_drop, rounds=args.calibrate_rounds,
+                                 amp=amp, seed=args.seed, device=device, progress=progress,
+                                 params=args.calibrate_params)
+    if world > 1:  # every rank fitted the same data; rank 0's result is the one reported
+        for buf in (model.scale, model.bias):
+            dist.broadcast(buf, 0)
+    return model, {"calibrated": True, "calibration": {
+        "fitted_on": args.calibrate_split, "per_class": args.calibrate_per_class,
+        **{k: fit[k] for k in ("params", "eps", "steps", "rounds", "max_mean_drop", "num_images",
+                               "chosen_round", "scale", "bias", "seconds")},
+        "before": {k: fit["before"][k] for k in ("clean_mean", "robust_mean", "robust_worst", "worst_class")},
+        "after": {k: fit["after"][k] for k in ("clean_mean", "robust_mean", "robust_worst", "worst_class")}}}
 
 
 def run(args) -> dict:
@@ -160,6 +228,8 @@ def run(args) -> dict:
     specs = parse_attacks(args.attacks)
     info = dataset_info(args.dataset)
     info.check_split(args.split)
+    if args.calibrate_split is not None:
+        info.check_split(args.calibrate_split)
     eps = args.eps if args.eps is not None else DEFAULT_EPS.get(info.name, 8 / 255)
     for spec in specs:
         spec.eps(eps, args.eps_l2)  # an L2 attack without a budget fails here, before any work
@@ -170,10 +240,14 @@ def run(args) -> dict:
             raise CliError(f"--limit {args.limit} is below the number of classes ({info.num_classes})")
     device = _device(args.device)
     rank, world = _init_distributed(device)
-    model = _load_model(args, info, device)
+    model, from_checkpoint = _load_model(args, info, device)
+    amp = None if args.amp == "none" else args.amp
+    calibration = {"calibrated": from_checkpoint,
+                   "calibration": "from the checkpoint" if from_checkpoint else None}
+    if args.calibrate_split is not None:
+        model, calibration = _fit_calibration(args, info, model, eps, amp, device, rank, world)
     loader = make_loader(args.dataset, args.split, args.batch_size, train=False, loader=args.loader,
                          device=device, data_dir=args.data_dir, per_class=per_class)
-    amp = None if args.amp == "none" else args.amp
     common = {"num_classes": info.num_classes, "amp": amp, "seed": args.seed,
               "distributed": world > 1, "progress": not args.no_progress,
               "channels_last": not args.no_channels_last}
@@ -206,6 +280,7 @@ def run(args) -> dict:
               "batch_size": args.batch_size, "amp": args.amp, "device": str(device),
               "channels_last": not args.no_channels_last,
               "world_size": world, "limit": args.limit, "per_class": per_class, "seed": args.seed,
+              **calibration,
               "seconds": round(time.perf_counter() - started, 3)}
     report = build_report(counts, info.class_names, attacks=attacks, config=config,
                           dataset={"name": info.name, "split": args.split},

@@ -46,13 +46,14 @@ def check_output_dir(out_dir: str | Path, overwrite: bool = False) -> Path:
     return out
 
 
-def _pct(value) -> str:
+def pct(value) -> str:
+    """A fraction as a percentage with one decimal; '–' for None or NaN."""
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}"
 
 
 # ---- CSV ----------------------------------------------------------------------------------------
 
-def _csv_text(header: Sequence[str], rows: Sequence[Sequence]) -> str:
+def csv_text(header: Sequence[str], rows: Sequence[Sequence]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(header)
@@ -67,12 +68,12 @@ def per_class_csv(report: dict) -> str:
     for label, records in sections:
         for r in records:
             rows.append([label] + [("" if r[f] is None else r[f]) for f in PER_CLASS_FIELDS[1:]])
-    return _csv_text(PER_CLASS_FIELDS, rows)
+    return csv_text(PER_CLASS_FIELDS, rows)
 
 
 def confusion_csv(matrix: Sequence[Sequence[int]], class_names: Sequence[str]) -> str:
     header = ["true\\pred"] + list(class_names)
-    return _csv_text(header, [[class_names[i]] + list(row) for i, row in enumerate(matrix)])
+    return csv_text(header, [[class_names[i]] + list(row) for i, row in enumerate(matrix)])
 
 
 def sweep_csv(sweep: dict) -> str:
@@ -81,12 +82,13 @@ def sweep_csv(sweep: dict) -> str:
             + ["" if r["strongest"] is None else r["strongest"]] for r in sweep["per_class"]]
     rows.append(["all", "all", sum(r["n"] for r in sweep["per_class"])] + sweep["overall_robust_acc"]
                 + [sweep["strongest"]["value"]])
-    return _csv_text(header, rows)
+    return csv_text(header, rows)
 
 
 # ---- text and Markdown ----------------------------------------------------------------------------
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """The lines of a Markdown table."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return lines
@@ -98,12 +100,12 @@ def per_class_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     header = ["class", "n", "clean"] + [a["label"] for a in attacks] + ["worst case"]
     rows = []
     for c, clean in enumerate(report["clean"]["per_class"]):
-        rows.append([clean["class_name"], str(clean["n"]), _pct(clean["clean_acc"])]
-                    + [_pct(a["per_class"][c]["robust_acc"]) for a in attacks]
-                    + [_pct(report["worst_case"]["per_class"][c]["robust_acc"])])
-    rows.append(["all", str(report["dataset"]["num_images"]), _pct(report["clean"]["accuracy"])]
-                + [_pct(a["overall"]["robust_acc"]) for a in attacks]
-                + [_pct(report["worst_case"]["overall"]["robust_acc"])])
+        rows.append([clean["class_name"], str(clean["n"]), pct(clean["clean_acc"])]
+                    + [pct(a["per_class"][c]["robust_acc"]) for a in attacks]
+                    + [pct(report["worst_case"]["per_class"][c]["robust_acc"])])
+    rows.append(["all", str(report["dataset"]["num_images"]), pct(report["clean"]["accuracy"])]
+                + [pct(a["overall"]["robust_acc"]) for a in attacks]
+                + [pct(report["worst_case"]["overall"]["robust_acc"])])
     return header, rows
 
 
@@ -113,10 +115,10 @@ def _summary_rows(report: dict) -> list[list[str]]:
         s, o = section["summary"], section["overall"]
         if s["worst"] is None:
             continue
-        rows.append([label, _pct(o["robust_acc"]), f"[{_pct(o['ci_low'])}, {_pct(o['ci_high'])}]",
-                     _pct(s["mean"]), f"{s['worst']['class_name']} ({_pct(s['worst']['value'])})",
-                     f"{s['best']['class_name']} ({_pct(s['best']['value'])})",
-                     _pct(s["std"]), _pct(s["gap"])])
+        rows.append([label, pct(o["robust_acc"]), f"[{pct(o['ci_low'])}, {pct(o['ci_high'])}]",
+                     pct(s["mean"]), f"{s['worst']['class_name']} ({pct(s['worst']['value'])})",
+                     f"{s['best']['class_name']} ({pct(s['best']['value'])})",
+                     pct(s["std"]), pct(s["gap"])])
     return rows
 
 
@@ -136,7 +138,7 @@ def format_summary(report: dict) -> str:
         lines.append(f"{row[0]}: robust {row[1]} {row[2]}, worst class {row[4]}, best {row[5]}, "
                      f"gap {row[7]}")
     for sweep in filter(None, report["sweeps"].values()):
-        curve = ", ".join(f"{v:g}: {_pct(a)}" for v, a in zip(sweep["values"], sweep["overall_robust_acc"]))
+        curve = ", ".join(f"{v:g}: {pct(a)}" for v, a in zip(sweep["values"], sweep["overall_robust_acc"]))
         line = f"{sweep['parameter']} sweep ({sweep['attack']}), robust: {curve}"
         if sweep["parameter"] != "eps":  # the largest eps is trivially the strongest
             line += f"; strongest {sweep['parameter']}={sweep['strongest']['value']:g}"
@@ -158,13 +160,13 @@ def markdown(report: dict) -> str:
         out += ["Configuration: " + ", ".join(f"`{k}={v}`" for k, v in cfg.items()), ""]
     out += ["## Robust accuracy per class (%)", ""]
     header, rows = per_class_rows(report)
-    out += _table(header, rows) + [""]
+    out += table(header, rows) + [""]
     out += ["Worst case: robust only if every attack fails (AutoAttack's rule). "
             "95% Wilson intervals per class are in report.json and per_class.csv.", ""]
-    out += ["## Summaries (%)", ""] + _table(_SUMMARY_HEADER, _summary_rows(report)) + [""]
+    out += ["## Summaries (%)", ""] + table(_SUMMARY_HEADER, _summary_rows(report)) + [""]
     if report["rank_agreement"]:
         out += ["## Rank agreement of classes (Spearman)", ""]
-        out += _table(["attack A", "attack B", "Spearman"],
+        out += table(["attack A", "attack B", "Spearman"],
                       [[r["a"], r["b"], "–" if r["spearman"] is None else f"{r['spearman']:.3f}"]
                        for r in report["rank_agreement"]]) + [""]
     if report["gains"]:
@@ -179,7 +181,7 @@ def markdown(report: dict) -> str:
             rows.append([g["weaker"], g["stronger"], str(g["extra_fooled"]),
                          "–" if share is None else f"{100 * share:.0f}%"]
                         + [str(p["count"]) for p in g["per_class"]])
-        out += _table(["weaker", "stronger", "extra fooled", "vulnerable share"] + names, rows) + [""]
+        out += table(["weaker", "stronger", "extra fooled", "vulnerable share"] + names, rows) + [""]
     for key, title in (("temperature", "Temperature-PGD sweep"), ("eps", "eps sweep")):
         sweep = report["sweeps"].get(key)
         if not sweep:
@@ -187,16 +189,16 @@ def markdown(report: dict) -> str:
         out += [f"## {title} ({sweep['attack']}), robust accuracy (%)", ""]
         strongest = key != "eps"  # for eps, the largest is trivially the strongest
         header = ["class"] + [f"{sweep['parameter']}={v:g}" for v in sweep["values"]] + ["strongest"] * strongest
-        rows = [[r["class_name"]] + [_pct(a) for a in r["robust_acc"]]
+        rows = [[r["class_name"]] + [pct(a) for a in r["robust_acc"]]
                 + ["–" if r["strongest"] is None else f"{r['strongest']:g}"] * strongest
                 for r in sweep["per_class"]]
-        rows.append(["all"] + [_pct(a) for a in sweep["overall_robust_acc"]]
+        rows.append(["all"] + [pct(a) for a in sweep["overall_robust_acc"]]
                     + [f"{sweep['strongest']['value']:g}"] * strongest)
-        out += _table(header, rows) + [""]
+        out += table(header, rows) + [""]
     out += ["## Sanity checks", ""]
     out += [f"- **{f['severity']}** `{f['code']}`: {f['message']}" for f in report["flags"]] or ["- no flags"]
     out += ["", "## Time", ""]
-    out += _table(["attack", "seconds", "images/s"],
+    out += table(["attack", "seconds", "images/s"],
                   [[a["label"], f"{a['seconds']:.2f}",
                     "–" if a["images_per_s"] is None else f"{a['images_per_s']:.0f}"] for a in report["attacks"]])
     return "\n".join(out) + "\n"
@@ -204,7 +206,8 @@ def markdown(report: dict) -> str:
 
 # ---- plots ----------------------------------------------------------------------------------------
 
-def _figure(width: float, height: float):
+def figure(width: float, height: float):
+    """A matplotlib Figure on an Agg canvas (no pyplot, no global state)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -222,7 +225,7 @@ def plot_per_class(report: dict, path: Path) -> None:
     series = [("clean", [r["clean_acc"] for r in report["clean"]["per_class"]])]
     series += [(a["label"], [r["robust_acc"] for r in a["per_class"]]) for a in report["attacks"]]
     series.append(("worst case", [r["robust_acc"] for r in report["worst_case"]["per_class"]]))
-    fig = _figure(min(14.0, max(6.0, 0.2 * len(names) * len(series))), 4.4)
+    fig = figure(min(14.0, max(6.0, 0.2 * len(names) * len(series))), 4.4)
     ax = fig.add_subplot()
     if len(names) <= 20:
         width = 0.8 / len(series)
@@ -249,7 +252,7 @@ def plot_confusion(matrix, class_names: Sequence[str], title: str, path: Path) -
     rows = m.sum(axis=1, keepdims=True)
     frac = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
     size = min(12.0, 2.5 + 0.45 * len(class_names))
-    fig = _figure(size, size * 0.85)
+    fig = figure(size, size * 0.85)
     ax = fig.add_subplot()
     image = ax.imshow(frac, cmap="viridis", vmin=0, vmax=1)
     ax.set_title(title)
@@ -270,7 +273,7 @@ def plot_confusion(matrix, class_names: Sequence[str], title: str, path: Path) -
 
 def plot_sweep(sweep: dict, path: Path) -> None:
     values = sweep["values"]
-    fig = _figure(7.0, 4.2)
+    fig = figure(7.0, 4.2)
     ax = fig.add_subplot()
     for r in sweep["per_class"]:
         ax.plot(values, _nan(r["robust_acc"]), marker=".", linewidth=1, label=r["class_name"])

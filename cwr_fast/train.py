@@ -27,7 +27,8 @@ from cwr_fast.training.config import (TRAJECTORY_KEYS, ConfigError, TrainConfig,
 
 OVERRIDABLE_ON_RESUME = ("device", "data_dir", "loader", "num_workers", "out", "ckpt_every",
                          "final_attacks", "final_limit", "final_model", "time_split",
-                         "deterministic", "val_batch_size", "compile")
+                         "deterministic", "val_batch_size", "compile", "calibrate",
+                         "calibrate_max_drop", "calibrate_steps", "calibrate_rounds", "calibrate_params")
 REDUCED_NOTE = ("note: the default mnist-embedded preset is a REDUCED CPU budget (10 PGD steps of "
                 "0.04, eps ramped to 0.3 over 3 epochs, 8 epochs on 3,800 digits), not Madry et "
                 "al.'s 40 steps x ~100k iterations; expect lower robust accuracy than published.")

@@ -25,11 +25,13 @@ class_beta (TRADES/MART regulariser weight). Subclasses set them in `update`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
+from cwr_fast.training.config import ConfigError
 from cwr_fast.training.methods import BatchPolicy
 
 
@@ -81,6 +83,33 @@ class ClasswisePolicy:
 
     def describe(self) -> dict:
         return {"name": self.name}
+
+
+# ---- option checks shared by the defenses (a bad option is a ConfigError: one line, exit 2) ----
+
+def float_option(name: str, value, *, low=None, high=None, low_open=False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"defense option {name} must be a finite number, got {value!r}")
+    value = float(value)
+    if low is not None and (value <= low if low_open else value < low):
+        raise ConfigError(f"defense option {name} must be {'>' if low_open else '>='} {low:g}, "
+                          f"got {value:g}")
+    if high is not None and value > high:
+        raise ConfigError(f"defense option {name} must be <= {high:g}, got {value:g}")
+    return value
+
+
+def check_options(name: str, options: dict, allowed) -> None:
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ConfigError(f"defense {name!r} has no option(s) {', '.join(unknown)}; "
+                          f"options: {', '.join(sorted(allowed))}")
+
+
+def choice_option(name: str, value, choices) -> str:
+    if value not in choices:
+        raise ConfigError(f"defense option {name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
 
 
 DEFENSES: dict[str, type[ClasswisePolicy]] = {"none": ClasswisePolicy}

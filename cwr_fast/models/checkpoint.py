@@ -59,14 +59,9 @@ def state_dict_mismatch(model: nn.Module, state: Mapping[str, torch.Tensor]) -> 
     return problems
 
 
-def load_weights(model: nn.Module, path: str | Path, key: str | None = None,
-                 arch_name: str = "the model") -> nn.Module:
-    """Loads a checkpoint into model (in place) and returns it.
-
-    The checkpoint may hold the state dict of the model itself or, for a NormalizedModel, of the
-    bare network inside it (`model.net`; the normalisation buffers then keep their values).
-    Raises FileNotFoundError or CheckpointMismatchError with what does not fit.
-    """
+def read_state_dict(path: str | Path, key: str | None = None) -> dict[str, torch.Tensor]:
+    """The model's state dict in a checkpoint file (see extract_state_dict); FileNotFoundError or
+    CheckpointMismatchError."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -74,7 +69,30 @@ def load_weights(model: nn.Module, path: str | Path, key: str | None = None,
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle errors, truncated files, non-tensor objects
         raise CheckpointMismatchError(f"cannot read checkpoint {path} with weights_only=True: {err}") from err
-    state = extract_state_dict(checkpoint, key)
+    return extract_state_dict(checkpoint, key)
+
+
+def load_weights(model: nn.Module, path: str | Path, key: str | None = None,
+                 arch_name: str = "the model", state: Mapping[str, torch.Tensor] | None = None) -> nn.Module:
+    """Loads a checkpoint into model (in place) and returns it.
+
+    The checkpoint may hold the state dict of the model itself or, for a NormalizedModel, of the
+    bare network inside it (`model.net`; the normalisation buffers then keep their values).
+    A class-wise calibrated checkpoint (keys `scale`, `bias`, `model.*`) needs the model wrapped in
+    cwr_fast.defenses.ClasswiseCalibration first (`python -m cwr_fast.evaluate` does it itself).
+    state: the state dict already read from path (read_state_dict), to avoid reading it twice.
+    Raises FileNotFoundError or CheckpointMismatchError with what does not fit.
+    """
+    from cwr_fast.defenses.calibration import ClasswiseCalibration, is_calibrated_state
+
+    path = Path(path)
+    if state is None:
+        state = read_state_dict(path, key)
+    if is_calibrated_state(state) and not isinstance(model, ClasswiseCalibration):
+        raise CheckpointMismatchError(
+            f"checkpoint {path} holds a class-wise calibrated model (keys scale, bias, model.*): "
+            "wrap the model first, ClasswiseCalibration(model, num_classes), then load it "
+            "(python -m cwr_fast.evaluate detects it by itself)")
     targets = [model] + ([model.net] if isinstance(getattr(model, "net", None), nn.Module) else [])
     problems = {}
     for target in targets:

@@ -120,6 +120,11 @@ class TrainConfig:
     out: str | None = None
     ckpt_every: int = 0
     time_split: bool = False
+    calibrate: bool = False           # fit a class-wise final-layer calibration after training
+    calibrate_max_drop: float = 0.01
+    calibrate_steps: int = 10
+    calibrate_rounds: int = 3
+    calibrate_params: str = "bias"
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -278,6 +283,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--final-model", default="last", choices=("last", "best-mean", "best-worst"),
                    help="weights of the final report (default %(default)s)")
     g.add_argument("--no-final-eval", action="store_true", help="skip the final report")
+    g.add_argument("--calibrate", action="store_true",
+                   help="before the final report, fit a class-wise calibration of the final "
+                        "layer (logits' = s*z + b, part of the model, so attacks attack it) on the "
+                        "held-out validation images against PGD, to raise the worst class; saved "
+                        "as checkpoints/calibrated.pt + calibration.json, and reported (see "
+                        "cwr_fast.defenses.calibration; runs with the final report)")
+    g.add_argument("--calibrate-max-drop", type=number, default=0.01,
+                   help="largest drop of the mean robust and of the mean clean validation "
+                        "accuracy the calibration may cost, a fraction (default %(default)s)")
+    g.add_argument("--calibrate-steps", type=_int, help="PGD steps of the calibration's attacks "
+                   "(default: --val-steps)")
+    g.add_argument("--calibrate-rounds", type=_int, default=3,
+                   help="attack / fit rounds of the calibration (default %(default)s)")
+    g.add_argument("--calibrate-params", default="bias", choices=("bias", "both"),
+                   help="fit the logit biases only, or the per-class scales too (default %(default)s)")
     g = p.add_argument_group("run")
     g.add_argument("--out", help="run directory (default runs/<time>-<dataset>-<arch>-<method>)")
     g.add_argument("--overwrite", action="store_true", help="allow a non-empty --out")
@@ -367,7 +387,10 @@ def resolve(args: argparse.Namespace) -> TrainConfig:
         val_batch_size=args.val_batch_size, final_attacks=take("final_attacks"),
         final_limit=take("final_limit"), final_model=args.final_model, seed=args.seed,
         deterministic=args.deterministic, device=args.device, out=args.out,
-        ckpt_every=args.ckpt_every, time_split=args.time_split)
+        ckpt_every=args.ckpt_every, time_split=args.time_split, calibrate=args.calibrate,
+        calibrate_max_drop=args.calibrate_max_drop,
+        calibrate_steps=args.calibrate_steps if args.calibrate_steps is not None else take("val_steps"),
+        calibrate_rounds=args.calibrate_rounds, calibrate_params=args.calibrate_params)
     check(cfg, info)
     return cfg
 
@@ -424,6 +447,15 @@ def check(cfg: TrainConfig, info) -> None:
     positive("gamma", cfg.gamma)
     if cfg.beta is not None and cfg.beta < 0:
         raise ConfigError(f"--beta must be >= 0, got {cfg.beta:g}")
+    if not 0 <= cfg.calibrate_max_drop <= 1:
+        raise ConfigError(f"--calibrate-max-drop must be a fraction in [0, 1] (0.01 = 1 point of "
+                          f"mean accuracy), got {cfg.calibrate_max_drop:g}")
+    for name in ("calibrate_steps", "calibrate_rounds"):
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be an integer >= 1, got {v}")
+    if cfg.calibrate_params not in ("bias", "both"):
+        raise ConfigError(f"--calibrate-params must be bias or both, got {cfg.calibrate_params!r}")
     if not 0 <= cfg.momentum < 1:
         raise ConfigError(f"--momentum must lie in [0, 1), got {cfg.momentum:g}")
     if cfg.nesterov and cfg.momentum == 0:

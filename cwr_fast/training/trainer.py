@@ -90,8 +90,11 @@ class Trainer:
         # model, class-wise policy, method
         c, h, w = self.info.image_shape
         model = build_model(cfg.arch, self.num_classes, self.info.mean, self.info.std, c)
-        self.policy = build_defense(cfg.defense, cfg.defense_opt, num_classes=self.num_classes,
-                                    eps=cfg.eps, alpha=cfg.alpha, beta=cfg.beta)
+        try:
+            self.policy = build_defense(cfg.defense, cfg.defense_opt, num_classes=self.num_classes,
+                                        eps=cfg.eps, alpha=cfg.alpha, beta=cfg.beta)
+        except ValueError as err:  # a bad --defense-opt: a clear error (exit code 2), no traceback
+            raise TrainError(str(err)) from None
         model = self.policy.modify_model(model)
         model = model.to(self.device)
         if cfg.channels_last:
@@ -105,6 +108,12 @@ class Trainer:
                                    cfg.milestones, cfg.gamma, cfg.warmup_epochs)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
         self.ema = EMA(model, cfg.ema) if cfg.ema > 0 else None
+        # a defense may keep its own average of the weights (CFA's FAWA): policy.averaged_model(model)
+        # returns a module that is then validated, saved as best and reported instead of the
+        # training/EMA weights; the policy updates it (hook policy.before_validation) and keeps its
+        # weights in policy.state_dict()
+        make_avg = getattr(self.policy, "averaged_model", None)
+        self.policy_model = make_avg(model) if make_avg is not None else None
 
         # state
         self.epoch, self.batch, self.global_step = 0, 0, 0
@@ -121,7 +130,8 @@ class Trainer:
         if dist.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
             self.train_model = DDP(run_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.eval_model = self.ema.module if self.ema is not None else self.model
+        self.eval_model = (self.policy_model if self.policy_model is not None
+                           else self.ema.module if self.ema is not None else self.model)
         self.val_attacks = build_attacks(f"pgd-{cfg.val_steps}", self.eval_model, eps=cfg.eps,
                                          track="any", amp=_amp(cfg), num_classes=self.num_classes)
         self.val_label = next(iter(self.val_attacks))
@@ -334,6 +344,9 @@ class Trainer:
             "val": None,
         }
         val_counts = None
+        before_validation = getattr(self.policy, "before_validation", None)
+        if before_validation is not None:  # e.g. FAWA: validate and maybe absorb the new weights
+            before_validation(epoch - 1, trainer=self)
         if epoch % cfg.val_every == 0 or epoch == cfg.epochs:
             val_counts, record["val"] = self.validate()
             self._track_best(record["val"], epoch)
@@ -350,20 +363,26 @@ class Trainer:
                 plot_dynamics(self.history, self.class_names, self.run_dir / "per_class_robust_acc.png")
         self.log(epoch_line(record, cfg.epochs))
 
-    def validate(self):
+    def validate(self, model: nn.Module | None = None):
+        """The per-epoch PGD check of `model` (default: the evaluated model) on the validation set."""
         start = time.perf_counter()
+        model = self.eval_model if model is None else model
         dist_utils.broadcast_buffers(self.model)
         if self.ema is not None:
             dist_utils.broadcast_buffers(self.ema.module)
-        counts = evaluate_classwise(self.eval_model, self.loaders.val, self.num_classes,
-                                    self.val_attacks, amp=_amp(self.cfg), seed=self.cfg.seed,
+        attacks = self.val_attacks if model is self.eval_model else build_attacks(
+            f"pgd-{self.cfg.val_steps}", model, eps=self.cfg.eps, track="any", amp=_amp(self.cfg),
+            num_classes=self.num_classes)
+        counts = evaluate_classwise(model, self.loaders.val, self.num_classes,
+                                    attacks, amp=_amp(self.cfg), seed=self.cfg.seed,
                                     distributed=self.dist.enabled, progress=False, device=self.device)
         clean = counts.clean_accuracy()
         robust = counts.robust_accuracy(self.val_label)
         worst = int(torch.nan_to_num(robust, nan=math.inf).argmin())
         val = {
             "attack": self.val_label, "eps": self.cfg.eps,
-            "model": "ema" if self.ema is not None else "model",
+            "model": ("model" if model is self.model else "ema" if model is not self.policy_model
+                      else f"{self.policy.name} average"),
             "n": counts.n.tolist(), "clean_correct": counts.clean_correct.tolist(),
             "robust": counts.robust(self.val_label).tolist(),
             "clean_acc": [_num(v) for v in clean.tolist()],
@@ -408,13 +427,16 @@ class Trainer:
         cfg = self.cfg
         model = self.final_model()
         dist_utils.broadcast_buffers(model)
+        if cfg.calibrate:
+            model = self.calibrate(model)
         loader = build_test_loader(cfg, self.device, cfg.val_batch_size)
         attacks = build_attacks(cfg.final_attacks, model, eps=cfg.eps, track="any", amp=_amp(cfg),
                                 num_classes=self.num_classes)
         split = self.info.eval_split
         self.log(f"final report: {', '.join(attacks)} at eps {cfg.eps:g} on {loader.num_samples} "
                  f"{cfg.dataset} {split} images ({cfg.final_model} weights"
-                 f"{', EMA' if self.ema is not None else ''})")
+                 f"{', EMA' if self.ema is not None else ''}"
+                 f"{', class-wise calibrated' if cfg.calibrate else ''})")
         start = time.perf_counter()
         counts = evaluate_classwise(model, loader, self.num_classes, attacks, amp=_amp(cfg),
                                     seed=cfg.seed, distributed=self.dist.enabled,
@@ -425,12 +447,53 @@ class Trainer:
                   "weights": cfg.final_model + (" (EMA)" if self.ema is not None else ""),
                   "epochs": cfg.epochs, "limit": cfg.final_limit, "seed": cfg.seed,
                   "world_size": self.dist.world_size,
+                  "calibrated": cfg.calibrate,
+                  "calibration": "checkpoints/calibrated.pt" if cfg.calibrate else None,
                   "seconds": round(time.perf_counter() - start, 3)}
         report = build_report(counts, self.class_names, attacks=attacks, config=config,
                               dataset={"name": cfg.dataset, "split": split})
         if self.dist.is_main:
             write_report(report, self.run_dir / "report", plots=self.plots, overwrite=True)
         return report
+
+
+    def calibrate(self, model: nn.Module) -> nn.Module:
+        """--calibrate: fits a class-wise calibration of the final model on the held-out validation
+        images (never trained on), saves checkpoints/calibrated.pt (BEST_FORMAT, criterion
+        'calibrated') and calibration.json, and returns the calibrated model."""
+        import json
+
+        from cwr_fast.defenses.calibration import fit_calibration
+
+        cfg = self.cfg
+        self.log(f"calibration: fitting logits' = s*z + b ({cfg.calibrate_params}) of the "
+                 f"{cfg.final_model} weights on {self.loaders.num_val} held-out validation images "
+                 f"against PGD-{cfg.calibrate_steps} at eps {cfg.eps:g}, mean drop <= "
+                 f"{cfg.calibrate_max_drop:g}")
+        cal, info = fit_calibration(model, self.loaders.val, self.num_classes, cfg.eps,
+                                    steps=cfg.calibrate_steps, max_mean_drop=cfg.calibrate_max_drop,
+                                    rounds=cfg.calibrate_rounds, amp=_amp(cfg), seed=cfg.seed,
+                                    device=self.device, progress=True, log=self.log,
+                                    params=cfg.calibrate_params)
+        dist_utils.broadcast_buffers(cal)  # rank 0's calibration everywhere
+        info["scale"], info["bias"] = cal.scale.tolist(), cal.bias.tolist()
+        info.update({"weights": cfg.final_model + (" (EMA)" if self.ema is not None else ""),
+                     "data": f"held-out validation ({cfg.val_split}, {self.loaders.num_val} images)",
+                     "checkpoint": "checkpoints/calibrated.pt"})
+        b, a = info["before"], info["after"]
+        self.log(f"calibration: validation worst-class robust {100 * b['robust_worst']:.1f}% -> "
+                 f"{100 * a['robust_worst']:.1f}%, mean robust {100 * b['robust_mean']:.1f}% -> "
+                 f"{100 * a['robust_mean']:.1f}%, clean {100 * b['clean_mean']:.1f}% -> "
+                 f"{100 * a['clean_mean']:.1f}% (round {info['chosen_round']} kept)")
+        if self.dist.is_main:
+            ckpt.save_atomic({
+                "format": ckpt.BEST_FORMAT, "format_version": ckpt.FORMAT_VERSION,
+                "model": {k: v.detach().cpu() for k, v in cal.state_dict().items()},
+                "epoch": self.epoch, "criterion": "calibrated", "calibrated": True,
+                "value": a["robust_worst"], "calibration": info, "config": cfg.to_dict()},
+                self.run_dir / "checkpoints" / "calibrated.pt")
+            ckpt.write_text_atomic(json.dumps(info, indent=1) + "\n", self.run_dir / "calibration.json")
+        return cal
 
 
 def _load_model_state(model: nn.Module, state: dict, what: str) -> None:

@@ -1,0 +1,386 @@
+"""`python -m cwr_fast.compare`: class-wise robustness of several runs side by side.
+
+    python -m cwr_fast.compare runs/pgd-at runs/trades reports/mnist --attacks pgd-20,aa \\
+        --names pgd-at,trades,baseline --out reports/compare
+
+Each argument is a training run directory (`python -m cwr_fast.train`: reads report/report.json
+and config.json), an evaluation output directory (`python -m cwr_fast.evaluate --out DIR`:
+DIR/report.json) or a report.json. For each run and for clean accuracy, each requested attack and
+the worst case over the run's attacks it shows the class mean, the worst and the best class with
+95% Wilson intervals. Prints the Markdown table; with --out, also writes compare.md, compare.csv,
+compare.json and compare.png (mean vs worst-class robust accuracy per run) there, each file
+atomically. Runs on different datasets, splits or class sets are refused unless --allow-mismatch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from cwr_fast.classwise.analysis import SCHEMA
+from cwr_fast.cli_types import comma_list
+from cwr_fast.classwise.stats import wilson_interval
+from cwr_fast.report import csv_text, figure, pct, table
+from cwr_fast.training.checkpoint import write_text_atomic
+
+COMPARE_SCHEMA = "cwr_fast.compare"
+WORST_CASE = "worst case"
+MISSING = "-"
+ROW_FIELDS = ["run", "method", "defense", "dataset", "split", "images", "accuracy", "kind", "present",
+              "attacks", "overall", "mean", "mean_ci_low", "mean_ci_high", "worst_class",
+              "worst_acc", "worst_ci_low", "worst_ci_high", "best_class", "best_acc",
+              "best_ci_low", "best_ci_high", "std", "gap"]
+CAPTION = ("Accuracies in %. *mean*: mean of the per-class accuracies; its 95% CI is the Wilson "
+           "interval of the pooled accuracy over all images, as in the report's `overall` (the "
+           "same number as the class mean on class-balanced sets). *worst / best class*: the class "
+           "with the lowest / highest accuracy, with that class's 95% Wilson interval. "
+           "*worst case*: robust only if every attack of the run fails (AutoAttack's rule)")
+
+
+class CompareError(ValueError):
+    """Bad input to the comparison: printed as one line, exit status 2."""
+
+
+# ---- reading ------------------------------------------------------------------------------------
+
+def _report_path(path: Path) -> tuple[Path, Path]:
+    """(report.json, the run's directory) for a run dir, an evaluation dir or a report.json."""
+    if path.is_file():
+        report, folder = path, path.parent
+    elif (path / "report" / "report.json").is_file():
+        report, folder = path / "report" / "report.json", path
+    elif (path / "report.json").is_file():
+        report, folder = path / "report.json", path
+    elif path.is_dir():
+        raise CompareError(f"no report in {path}: expected report/report.json (a training run "
+                           "directory with its final evaluation) or report.json (an evaluation "
+                           "output directory)")
+    else:
+        raise CompareError(f"{path} does not exist")
+    if folder.name == "report" and (folder.parent / "config.json").is_file():
+        folder = folder.parent  # report.json of a training run, given directly
+    return report, folder
+
+
+def load_run(path: str | os.PathLike, name: str | None = None) -> dict:
+    """{name, path, report_path, report, config} of a run: config is the training configuration
+    (config.json) for a training run, else the report's own config. name defaults to the run's
+    directory name."""
+    report_path, folder = _report_path(Path(path))
+    try:
+        report = json.loads(report_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CompareError(f"cannot read {report_path}: {err}") from None
+    if not isinstance(report, dict) or report.get("schema") != SCHEMA:
+        raise CompareError(f"{report_path} is not a cwr_fast class-wise report (schema "
+                           f"{report.get('schema') if isinstance(report, dict) else None!r})")
+    config = dict(report.get("config") or {})
+    if (folder / "config.json").is_file():
+        try:
+            config = {**config, **json.loads((folder / "config.json").read_text(encoding="utf-8"))}
+        except (OSError, json.JSONDecodeError) as err:
+            raise CompareError(f"cannot read {folder / 'config.json'}: {err}") from None
+    return {"name": name or folder.resolve().name, "path": str(folder),
+            "report_path": str(report_path), "report": report, "config": config}
+
+
+def check_compatible(runs: Sequence[dict], allow_mismatch: bool = False) -> list[str]:
+    """Differences between the runs' datasets, splits and class sets: raises CompareError unless
+    allow_mismatch, then returns them as warnings. Also warns when the eps differ."""
+    if not runs:
+        raise CompareError("no runs to compare")
+    names = [r["name"] for r in runs]
+    if len(set(names)) != len(names):
+        raise CompareError(f"run names are not unique ({', '.join(names)}): pass --names")
+    first = runs[0]
+    problems, warnings = [], []
+    for run in runs[1:]:
+        for key, label in (("name", "dataset"), ("split", "split"), ("class_names", "classes")):
+            a, b = first["report"]["dataset"].get(key), run["report"]["dataset"].get(key)
+            if a != b:
+                shown = (lambda v: f"{len(v)} classes") if key == "class_names" else repr
+                problems.append(f"{label} differs: {first['name']} has {shown(a)}, "
+                                f"{run['name']} has {shown(b)}")
+        eps_a, eps_b = first["report"]["config"].get("eps"), run["report"]["config"].get("eps")
+        if eps_a is not None and eps_b is not None and eps_a != eps_b:
+            warnings.append(f"eps differs: {first['name']} was attacked at eps {eps_a:g}, "
+                            f"{run['name']} at {eps_b:g}")
+    if problems and not allow_mismatch:
+        raise CompareError("; ".join(problems) + " (pass --allow-mismatch to compare anyway)")
+    return problems + warnings
+
+
+# ---- rows ---------------------------------------------------------------------------------------
+
+def attack_labels(runs: Sequence[dict], attacks: Sequence[str] | None = None) -> list[str]:
+    """The requested attack labels, or every label of any run in order of first appearance;
+    CompareError for a requested label that no run has."""
+    present = list(dict.fromkeys(a["label"] for r in runs for a in r["report"]["attacks"]))
+    if attacks is None:
+        return present
+    unknown = [a for a in attacks if a not in present]
+    if unknown:
+        raise CompareError(f"attack {', '.join(unknown)} is in no run's report (available: "
+                           f"{', '.join(present) or 'none'})")
+    return list(dict.fromkeys(attacks))
+
+
+def missing_attacks(runs: Sequence[dict], attacks: Sequence[str] | None = None) -> list[dict]:
+    """[{run, attack}] for each requested attack that a run's report lacks."""
+    return [{"run": r["name"], "attack": label} for label in attack_labels(runs, attacks)
+            for r in runs if label not in {a["label"] for a in r["report"]["attacks"]}]
+
+
+def _ci(record: dict, field: str) -> tuple[float | None, float | None]:
+    """A per-class record's Wilson CI, recomputed with wilson_interval if the report lacks it."""
+    if "ci_low" in record and "ci_high" in record:
+        return record["ci_low"], record["ci_high"]
+    low, high = wilson_interval(record[field], record["n"])
+    return (None if math.isnan(low) else float(low)), (None if math.isnan(high) else float(high))
+
+
+def _stats(section: dict, acc_field: str, count_field: str, overall: dict) -> dict:
+    """mean, worst, best (with CIs), std and gap of one section (clean, an attack, worst case)."""
+    s, by_class = section["summary"], {r["class"]: r for r in section["per_class"]}
+    out = {"overall": overall.get("acc"), "mean": s["mean"], "mean_ci_low": overall.get("ci_low"),
+           "mean_ci_high": overall.get("ci_high"), "std": s["std"], "gap": s["gap"]}
+    for which in ("worst", "best"):
+        pick = s[which]
+        record = by_class.get(pick["class"]) if pick else None
+        low, high = _ci(record, count_field) if record else (None, None)
+        out.update({f"{which}_class": pick["class_name"] if pick else None,
+                    f"{which}_acc": record[acc_field] if record else None,
+                    f"{which}_ci_low": low, f"{which}_ci_high": high})
+    return out
+
+
+def comparison_rows(runs: Sequence[dict], attacks: Sequence[str] | None = None) -> list[dict]:
+    """One row per (run, accuracy): clean, each attack (all of any run's if attacks is None) and
+    the worst case over the run's attacks, with fields ROW_FIELDS. Accuracies are fractions; an
+    attack a run lacks gives present=False and None values."""
+    labels = attack_labels(runs, attacks)
+    rows = []
+    for run in runs:
+        report, cfg = run["report"], run["config"]
+        base = {"run": run["name"], "method": cfg.get("method"), "defense": cfg.get("defense"),
+                "dataset": report["dataset"].get("name"), "split": report["dataset"].get("split"),
+                "images": report["dataset"]["num_images"]}
+        clean = report["clean"]
+        rows.append({**base, "accuracy": "clean", "kind": "clean", "present": True, "attacks": None,
+                     **_stats(clean, "clean_acc", "clean_correct",
+                              {"acc": clean["accuracy"], "ci_low": clean["ci_low"],
+                               "ci_high": clean["ci_high"]})})
+        sections = {a["label"]: a for a in report["attacks"]}
+        for label in labels:
+            row = {**base, "accuracy": label, "kind": "attack", "present": label in sections,
+                   "attacks": None}
+            if label in sections:
+                a = sections[label]
+                row.update(_stats(a, "robust_acc", "robust", {"acc": a["overall"]["robust_acc"], **a["overall"]}))
+            rows.append({f: row.get(f) for f in ROW_FIELDS})
+        worst = report["worst_case"]
+        rows.append({**base, "accuracy": WORST_CASE, "kind": "worst_case", "present": True,
+                     "attacks": "+".join(worst["attacks"]),
+                     **_stats(worst, "robust_acc", "robust",
+                              {"acc": worst["overall"]["robust_acc"], **worst["overall"]})})
+    return [{f: row.get(f) for f in ROW_FIELDS} for row in rows]
+
+
+# ---- Markdown, CSV, plot --------------------------------------------------------------------------
+
+def _interval(low, high) -> str:
+    return f"[{pct(low)}, {pct(high)}]"
+
+
+def _class_cell(row: dict, which: str) -> str:
+    if row[f"{which}_class"] is None:
+        return pct(None)
+    return (f"{row[f'{which}_class']}: {pct(row[f'{which}_acc'])} "
+            f"{_interval(row[f'{which}_ci_low'], row[f'{which}_ci_high'])}")
+
+
+def markdown_table(rows: Sequence[dict]) -> str:
+    """The rows of comparison_rows as a Markdown table (accuracies in %) with its caption."""
+    header = ["run", "method", "defense", "images", "accuracy", "mean [95% CI]",
+              "worst class [95% CI]", "best class [95% CI]"]
+    cells = []
+    for r in rows:
+        head = [r["run"], r["method"] or MISSING, r["defense"] or MISSING, str(r["images"]), r["accuracy"]]
+        if not r["present"]:
+            cells.append(head + [MISSING] * 3)
+            continue
+        cells.append(head + [f"{pct(r['mean'])} {_interval(r['mean_ci_low'], r['mean_ci_high'])}",
+                             _class_cell(r, "worst"), _class_cell(r, "best")])
+    caption = CAPTION
+    worst_sets = {r["run"]: r["attacks"] for r in rows if r["kind"] == "worst_case"}
+    if len(set(worst_sets.values())) > 1:
+        caption += " over: " + "; ".join(f"{run}: {a}" for run, a in worst_sets.items())
+    elif worst_sets:
+        caption += f" over {next(iter(worst_sets.values()))}"
+    caption += "."
+    missing = [f"{r['accuracy']} ({r['run']})" for r in rows if not r["present"]]
+    if missing:
+        caption += f" {MISSING}: the attack is not in that run's report: " + ", ".join(missing) + "."
+    return "\n".join(table(header, cells) + ["", caption]) + "\n"
+
+
+def comparison_csv(rows: Sequence[dict]) -> str:
+    return csv_text(ROW_FIELDS, [["" if r[f] is None else r[f] for f in ROW_FIELDS] for r in rows])
+
+
+def _percent(value) -> float:
+    return math.nan if value is None else 100 * value
+
+
+def _errors(value, low, high) -> list[float]:
+    if value is None or low is None or high is None:
+        return [0.0, 0.0]
+    return [100 * (value - low), 100 * (high - value)]
+
+
+def plot_comparison(rows: Sequence[dict], path: str | os.PathLike, runs: Sequence[dict] | None = None,
+                    accuracy: str = WORST_CASE) -> None:
+    """compare.png: per run, class-mean against worst-class robust accuracy (`accuracy`: the worst
+    case by default, or an attack label) with 95% CI error bars; with `runs` (load_run dicts), a
+    second panel of per-class robust accuracy, one line per run. Written atomically."""
+    chosen = [r for r in rows if r["accuracy"] == accuracy and r["present"]]
+    fig = figure(12.0 if runs else 6.5, 4.6)
+    ax = fig.add_subplot(1, 2 if runs else 1, 1)
+    for r in chosen:
+        err_x = [[e] for e in _errors(r["mean"], r["mean_ci_low"], r["mean_ci_high"])]
+        err_y = [[e] for e in _errors(r["worst_acc"], r["worst_ci_low"], r["worst_ci_high"])]
+        ax.errorbar([_percent(r["mean"])], [_percent(r["worst_acc"])], xerr=err_x, yerr=err_y,
+                    fmt="o", capsize=3, label=r["run"])
+    ax.plot([0, 100], [0, 100], color="grey", linewidth=0.8, linestyle=":")
+    ax.set_xlim(0, 100)
+    ax.set_ylim(0, 100)
+    ax.set_xlabel(f"class-mean robust accuracy, {accuracy} (%)")
+    ax.set_ylabel(f"worst-class robust accuracy, {accuracy} (%)")
+    ax.set_title("Mean vs worst class (95% CIs)")
+    ax.legend(fontsize="small", loc="upper left")
+    if runs:
+        ax2 = fig.add_subplot(1, 2, 2)
+        for run in runs:
+            report = run["report"]
+            section = (report["worst_case"] if accuracy == WORST_CASE else
+                       next((a for a in report["attacks"] if a["label"] == accuracy), None))
+            if section is None:
+                continue
+            ax2.plot(range(len(section["per_class"])), [_percent(r["robust_acc"]) for r in section["per_class"]],
+                     marker=".", linewidth=1, label=run["name"])
+        names = runs[0]["report"]["dataset"]["class_names"]
+        if len(names) <= 20:
+            ax2.set_xticks(range(len(names)), names, rotation=45 if max(map(len, names)) > 3 else 0)
+        ax2.set_ylim(0, 100)
+        ax2.set_xlabel("class")
+        ax2.set_ylabel(f"robust accuracy, {accuracy} (%)")
+        ax2.set_title("Per class")
+        ax2.legend(fontsize="small")
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+# ---- writing ------------------------------------------------------------------------------------
+
+def comparison(runs: Sequence[dict], attacks: Sequence[str] | None = None,
+               warnings: Sequence[str] = ()) -> dict:
+    """The content of compare.json: the runs, attack labels, missing attacks, warnings and rows."""
+    return {
+        "schema": COMPARE_SCHEMA, "schema_version": 1,
+        "runs": [{"name": r["name"], "path": r["path"], "report": r["report_path"],
+                  "method": r["config"].get("method"), "defense": r["config"].get("defense"),
+                  "arch": r["config"].get("arch"), "dataset": r["report"]["dataset"],
+                  "eps": r["report"]["config"].get("eps"),
+                  "attacks": [a["label"] for a in r["report"]["attacks"]]} for r in runs],
+        "attacks": attack_labels(runs, attacks),
+        "missing": missing_attacks(runs, attacks),
+        "warnings": list(warnings),
+        "ci": "mean: Wilson interval of the pooled accuracy; worst/best class: per-class Wilson interval",
+        "rows": comparison_rows(runs, attacks),
+    }
+
+
+def comparison_markdown(result: dict) -> str:
+    ds = result["runs"][0]["dataset"]
+    lines = [f"# Comparison of {len(result['runs'])} runs", "",
+             f"Dataset **{ds.get('name', '?')}** ({ds.get('split', '?')}), {ds['num_classes']} classes.", ""]
+    lines += [f"- warning: {w}" for w in result["warnings"]] + ([""] if result["warnings"] else [])
+    return "\n".join(lines) + "\n" + markdown_table(result["rows"])
+
+
+def write_comparison(runs: Sequence[dict], out_dir: str | os.PathLike | None,
+                     attacks: Sequence[str] | None = None, allow_mismatch: bool = False,
+                     per_class: bool = True) -> dict:
+    """Checks the runs fit together and, if out_dir is given, writes compare.md, compare.csv,
+    compare.json and compare.png there (each atomically, other files left alone). Returns the
+    compare.json content plus its Markdown under "markdown"."""
+    warnings = check_compatible(runs, allow_mismatch)
+    result = comparison(runs, attacks, warnings)
+    text = comparison_markdown(result)
+    if out_dir is not None:
+        out = Path(out_dir)
+        if out.exists() and not out.is_dir():
+            raise CompareError(f"output path {out} exists and is not a directory")
+        out.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(text, out / "compare.md")
+        write_text_atomic(comparison_csv(result["rows"]), out / "compare.csv")
+        write_text_atomic(json.dumps(result, indent=1, allow_nan=False) + "\n", out / "compare.json")
+        plot_comparison(result["rows"], out / "compare.png", runs if per_class else None)
+    return {**result, "markdown": text}
+
+
+# ---- command line -------------------------------------------------------------------------------
+
+_labels = comma_list(str, "names")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m cwr_fast.compare", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", metavar="RUN",
+                   help="training run directory, evaluation output directory or report.json")
+    p.add_argument("--out", help="write compare.md, compare.csv, compare.json and compare.png here")
+    p.add_argument("--attacks", type=_labels, help="attack labels to show, e.g. pgd-20,aa (default: all)")
+    p.add_argument("--names", type=_labels, help="run names, one per RUN (default: directory names)")
+    p.add_argument("--allow-mismatch", action="store_true",
+                   help="compare runs on different datasets, splits or class sets (with a warning)")
+    p.add_argument("--no-per-class", action="store_true", help="leave the per-class panel out of the plot")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.names is not None and len(args.names) != len(args.runs):
+            raise CompareError(f"--names has {len(args.names)} names for {len(args.runs)} runs")
+        names = args.names or [None] * len(args.runs)
+        runs = [load_run(path, name) for path, name in zip(args.runs, names)]
+        result = write_comparison(runs, args.out, args.attacks, args.allow_mismatch,
+                                  per_class=not args.no_per_class)
+    except (CompareError, OSError) as err:
+        print(f"cwr_fast.compare: error: {err}", file=sys.stderr)
+        return 2
+    for w in result["warnings"]:
+        print(f"cwr_fast.compare: warning: {w}", file=sys.stderr)
+    for m in result["missing"]:
+        print(f"cwr_fast.compare: note: {m['attack']} is not in {m['run']}'s report (shown as "
+              f"'{MISSING}')", file=sys.stderr)
+    print(result["markdown"], end="")
+    if args.out:
+        print(f"comparison written to {args.out} (compare.md, compare.csv, compare.json, compare.png)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,295 @@
+"""`python -m cwr_fast.reproduce`: the paper's findings, measured end to end by this tool.
+
+    python -m cwr_fast.reproduce --dataset mnist --data-dir ../shared/data      # CPU, < 30 min
+    python -m cwr_fast.reproduce --dataset cifar10 --full                       # paper scale, GPU
+
+Trains PGD-AT, TRADES and every class-wise defense (`python -m cwr_fast.train`, each in its own
+process, `--jobs` at a time), evaluates each final model with FGSM, PGD, CW and AutoAttack on
+the same class-balanced test images, runs the Temperature-PGD sweep on the two baselines, then
+writes OUT/FINDINGS.md, its plots and findings.json (cwr_fast.findings computes every number and
+verdict; cwr_fast.compare makes the defense table).
+
+Interrupt it at any time and run the same command again: finished runs are kept, an unfinished
+training resumes from its last checkpoint, and the evaluations that are missing are redone.
+
+Budgets. The default (CPU) mode trains on a class-balanced subset with short PGD and fewer
+epochs than the papers, so that MNIST finishes in under 30 minutes on 2 cores; FINDINGS.md says
+so. `--full` uses the dataset presets of cwr_fast.train (paper-scale PGD-AT settings) and the whole
+test set; `--tiny` is a seconds-long smoke test (the numbers mean nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cwr_fast.cli_types import number
+from cwr_fast.findings_report import BASELINES
+
+# name, training method, extra training arguments. BASELINES (pgd-at, trades) are the runs the
+# defenses are compared with, each defense with the baseline of its method.
+RUNS: list[tuple[str, str, list[str]]] = [
+    ("pgd-at", "pgd-at", []),
+    ("trades", "trades", []),
+    ("pgd-at+calibration", "pgd-at", ["--calibrate"]),
+    ("cwr", "pgd-at", ["--defense", "cwr"]),
+    ("cwr+calibration", "pgd-at", ["--defense", "cwr", "--calibrate"]),
+    ("frl", "trades", ["--defense", "frl"]),
+    ("cfa", "trades", ["--defense", "cfa"]),
+    ("wat", "trades", ["--defense", "wat"]),
+]
+
+# Budgets per mode. None = the dataset preset of cwr_fast.train / the whole split.
+MODES = {
+    "cpu": dict(train_per_class=300, val_per_class=50, epochs=10, steps=10, alpha=0.04,
+                batch_size=50, eps_warmup_epochs=3.0, test_per_class=50, attack_steps=20,
+                temperatures=(0.5, 1.0, 2.0, 5.0, 10.0)),
+    "full": dict(train_per_class=None, val_per_class=None, epochs=None, steps=None, alpha=None,
+                 batch_size=None, eps_warmup_epochs=None, test_per_class=None, attack_steps=40,
+                 temperatures=(0.1, 0.5, 1.0, 2.0, 5.0, 10.0)),
+    "tiny": dict(train_per_class=20, val_per_class=5, epochs=1, steps=2, alpha=0.1,
+                 batch_size=25, eps_warmup_epochs=0.0, test_per_class=3, attack_steps=2,
+                 temperatures=(1.0, 2.0)),
+}
+
+
+class ReproduceError(RuntimeError):
+    """A step failed; the message names its log."""
+
+
+@dataclass
+class Job:
+    name: str
+    argv: list[str]
+    log: Path
+    done: Path                       # the job is finished when this file exists
+    after: tuple[str, ...] = ()
+    env: dict = field(default_factory=dict)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m cwr_fast.reproduce", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 2)[2])
+    p.add_argument("--dataset", default="mnist", help="a dataset of cwr_fast.train (default mnist)")
+    p.add_argument("--data-dir", help="dataset root (default: $CWR_FAST_DATA, else ~/.cache/cwr_fast/data)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--full", action="store_true", help="paper-scale settings (GPU)")
+    mode.add_argument("--tiny", action="store_true", help="a smoke test in seconds (CI)")
+    p.add_argument("--arch", help="model (default: the dataset preset)")
+    p.add_argument("--eps", type=number, help="Linf budget (default: the dataset preset)")
+    p.add_argument("--runs", help=f"comma-separated subset of {','.join(n for n, _, _ in RUNS)} "
+                   "(default all; the baselines are always included)")
+    p.add_argument("--jobs", type=int, help="runs trained at once (default: 2 on a CPU with >= 2 "
+                   "cores, each with one thread; 1 on a GPU)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default="runs/reproduce", help="output directory (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def selected_runs(text: str | None) -> list[tuple[str, str, list[str]]]:
+    if not text:
+        return list(RUNS)
+    names = {n.strip() for n in text.split(",") if n.strip()}
+    unknown = names - {n for n, _, _ in RUNS}
+    if unknown:
+        raise ValueError(f"unknown run(s) {sorted(unknown)}; choose from {[n for n, _, _ in RUNS]}")
+    return [r for r in RUNS if r[0] in names or r[0] in BASELINES]
+
+
+def _optional(flag: str, value) -> list[str]:
+    """['--flag', 'value'] for a set option, [] for None."""
+    if value is None:
+        return []
+    if isinstance(value, (tuple, list)):
+        return [flag, ",".join(f"{v:g}" for v in value)]
+    return [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+
+
+def _scaled_options(name: str, epochs: int | None) -> list[str]:
+    """CFA's class-wise margins start at epoch 10 (the authors' default, for runs of 100+ epochs);
+    a shortened run starts them after its first tenth, our choice."""
+    if name == "cfa" and epochs is not None:
+        return ["--defense-opt", f"begin={max(1, epochs // 10)}"]
+    return []
+
+
+def plan(args, mode: str, num_classes: int, cpu: bool) -> tuple[list[Job], dict]:
+    """The training and evaluation jobs, and the settings FINDINGS.md reports."""
+    from cwr_fast.training.config import preset_for
+
+    m = MODES[mode]
+    out = Path(args.out)
+    arch = args.arch or preset_for(args.dataset)["arch"]
+    steps = m["attack_steps"]
+    limit = None if m["test_per_class"] is None else m["test_per_class"] * num_classes
+    attacks = f"fgsm,pgd-{steps},cw-{steps},aa"
+    common = ["--dataset", args.dataset, "--progress", "off", "--seed", str(args.seed),
+              "--device", args.device, "--final-attacks", attacks]
+    common += _optional("--data-dir", args.data_dir) + ["--arch", arch]
+    common += _optional("--eps", args.eps) + _optional("--final-limit", limit)
+    for key in ("train_per_class", "val_per_class", "epochs", "steps", "alpha", "batch_size",
+                "eps_warmup_epochs"):
+        common += _optional("--" + key.replace("_", "-"), m[key])
+    env = {"OMP_NUM_THREADS": "1"} if cpu and (args.jobs or 1) > 1 else {}
+    if env:
+        common += ["--threads", "1"]
+    jobs = []
+    runs = [(name, method, extra + _scaled_options(name, m["epochs"])) for name, method, extra
+            in selected_runs(args.runs)]
+    for name, method, extra in runs:
+        run_dir = out / "runs" / name
+        argv = [sys.executable, "-m", "cwr_fast.train", "--method", method, *extra, *common,
+                "--out", str(run_dir)]
+        jobs.append(Job(f"train {name}", argv, out / "logs" / f"train-{name}.log",
+                        run_dir / "summary.txt", env=env))
+    for name in BASELINES:
+        run_dir = out / "runs" / name
+        argv = [sys.executable, "-m", "cwr_fast.evaluate", "--dataset", args.dataset,
+                "--checkpoint", str(run_dir / "checkpoints" / "last.pt"), "--checkpoint-key", "model",
+                "--attacks", f"pgd-{steps}", "--tpgd-sweep", ",".join(f"{t:g}" for t in m["temperatures"]),
+                "--sweep-steps", str(steps), "--device", args.device, "--seed", str(args.seed),
+                "--out", str(out / "sweeps" / name), "--overwrite", "--no-progress"]
+        argv += _optional("--data-dir", args.data_dir) + _optional("--eps", args.eps)
+        argv += _optional("--limit", limit) + ["--arch", arch]
+        jobs.append(Job(f"sweep {name}", argv, out / "logs" / f"sweep-{name}.log",
+                        out / "sweeps" / name / "report.json", after=(f"train {name}",), env=env))
+    settings = {"mode": mode, "dataset": args.dataset, "arch": arch, "attacks": attacks, "attack_steps": steps,
+                "temperatures": list(m["temperatures"]), "test_per_class": m["test_per_class"],
+                **{k: m[k] for k in ("train_per_class", "val_per_class", "epochs", "steps", "alpha",
+                                      "batch_size", "eps_warmup_epochs")},
+                "runs": [{"name": n, "method": meth, "extra": extra} for n, meth, extra in runs],
+                "seed": args.seed}
+    return jobs, settings
+
+
+_KEPT_ON_RESUME = ("--data-dir", "--device", "--final-attacks", "--final-limit", "--threads")
+
+
+def _resume_args(job: Job) -> list[str]:
+    """An interrupted training continues from its last checkpoint (with this call's evaluation
+    settings, which cwr_fast.train lets a resume change)."""
+    if not job.name.startswith("train "):
+        return job.argv
+    run_dir = Path(job.argv[job.argv.index("--out") + 1])
+    if (run_dir / "checkpoints" / "last.pt").is_file():
+        kept = [a for flag in _KEPT_ON_RESUME if flag in job.argv
+                for a in (flag, job.argv[job.argv.index(flag) + 1])]
+        return [job.argv[0], "-m", "cwr_fast.train", "--resume", str(run_dir), "--progress", "off", *kept]
+    return job.argv + (["--overwrite"] if run_dir.exists() else [])
+
+
+def run_jobs(jobs: list[Job], parallel: int, log=print) -> dict[str, float]:
+    """Runs the jobs `parallel` at a time, respecting `after`; skips finished ones. Returns the
+    seconds each job took."""
+    pending = [j for j in jobs if not j.done.is_file()]
+    finished = {j.name for j in jobs if j.done.is_file()}
+    for j in jobs:
+        if j.done.is_file():
+            log(f"  {j.name}: already done ({j.done})")
+    running: dict[str, tuple[Job, subprocess.Popen, float, object]] = {}
+    seconds: dict[str, float] = {}
+    total, started_all = len(pending), time.perf_counter()
+    try:
+        while pending or running:
+            for j in list(pending):
+                if len(running) >= parallel:
+                    break
+                if all(a in finished for a in j.after):
+                    pending.remove(j)
+                    j.log.parent.mkdir(parents=True, exist_ok=True)
+                    f = open(j.log, "a", encoding="utf-8")
+                    argv = _resume_args(j)
+                    f.write("$ " + " ".join(argv) + "\n")
+                    f.flush()
+                    proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT,
+                                            env={**os.environ, **j.env})
+                    running[j.name] = (j, proc, time.perf_counter(), f)
+            if not running:
+                missing = [j.name for j in pending]
+                raise ReproduceError(f"jobs {missing} wait on jobs that did not finish")
+            time.sleep(0.5)
+            for name, (j, proc, t0, f) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                f.close()
+                del running[name]
+                if proc.returncode != 0 or not j.done.is_file():
+                    raise ReproduceError(f"{name} failed (exit {proc.returncode}); its log: {j.log}\n"
+                                         + _tail(j.log))
+                seconds[name] = time.perf_counter() - t0
+                finished.add(name)
+                log(f"  [{len(seconds)}/{total}] {name}: {seconds[name]:.0f} s "
+                    f"(elapsed {time.perf_counter() - started_all:.0f} s)")
+    finally:
+        for j, proc, _, f in running.values():
+            proc.terminate()
+            proc.wait()
+            f.close()
+    return seconds
+
+
+def record_time(path: Path, seconds: dict[str, float], wall: float) -> dict:
+    """Adds this call's job times and wall time to OUT/timings.json (a study finished over several
+    calls reports the time of all of them) and returns the totals."""
+    from cwr_fast.training.checkpoint import write_text_atomic
+
+    times = json.loads(path.read_text()) if path.is_file() else {"jobs": {}, "calls": []}
+    times["jobs"].update({k: round(v, 1) for k, v in seconds.items()})
+    if seconds:  # a call that only rewrites FINDINGS.md does not count
+        times["calls"].append(round(wall, 1))
+    write_text_atomic(json.dumps(times, indent=1) + "\n", path)
+    return {"jobs": times["jobs"], "wall": sum(times["calls"]), "calls": len(times["calls"])}
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from cwr_fast.data import DatasetError, dataset_info
+
+    mode = "full" if args.full else "tiny" if args.tiny else "cpu"
+    try:
+        if args.jobs is not None and args.jobs < 1:
+            raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+        info = dataset_info(args.dataset)
+        import torch
+        cpu = args.device == "cpu" or (args.device == "auto" and not torch.cuda.is_available())
+        if args.jobs is None:
+            args.jobs = min(2, os.cpu_count() or 1) if cpu else 1
+        jobs, settings = plan(args, mode, info.num_classes, cpu)
+        settings["device"] = (f"CPU, {os.cpu_count()} cores" if cpu
+                              else torch.cuda.get_device_name(torch.device(args.device if args.device != "auto" else "cuda")))
+    except (ValueError, DatasetError) as err:
+        print(f"cwr_fast.reproduce: error: {err}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"cwr_fast.reproduce: {mode} mode, {args.dataset}, {len(settings['runs'])} trainings and "
+          f"{len(BASELINES)} sweeps, {args.jobs} at a time -> {out}", flush=True)
+    started = time.perf_counter()
+    try:
+        seconds = run_jobs(jobs, args.jobs, log=lambda m: print(m, flush=True))
+    except ReproduceError as err:
+        print(f"cwr_fast.reproduce: error: {err}", file=sys.stderr)
+        return 1
+    from cwr_fast.findings_report import write_findings
+    settings["seconds"] = record_time(out / "timings.json", seconds, time.perf_counter() - started)
+    path = write_findings(out, settings)
+    print(f"findings written to {path} ({time.perf_counter() - started:.0f} s)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

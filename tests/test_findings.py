@@ -1,0 +1,105 @@
+"""cwr_fast.findings: the numbers and verdicts of FINDINGS.md, on hand-made reports whose
+answers are known."""
+
+import math
+
+import pytest
+import torch
+
+from cwr_fast import findings as F
+
+NAMES = [str(c) for c in range(4)]
+
+
+def record(c, acc, low=None, high=None):
+    return {"class": c, "class_name": NAMES[c], "n": 50, "robust_acc": acc,
+            "ci_low": acc - 0.1 if low is None else low, "ci_high": acc + 0.1 if high is None else high}
+
+
+def attack(label, accs, confusion=None, overall=None):
+    return {"label": label, "per_class": [record(c, a) for c, a in enumerate(accs)],
+            "confusion": confusion or [[0] * 4 for _ in range(4)],
+            "overall": {"robust_acc": sum(accs) / 4 if overall is None else overall}}
+
+
+def report(*attacks, sweep=None, gains=None):
+    return {"dataset": {"class_names": NAMES, "num_classes": 4}, "attacks": list(attacks),
+            "sweeps": {"temperature": sweep}, "gains": gains or []}
+
+
+def test_disparity_needs_a_gap_and_disjoint_intervals():
+    d = F.disparity(report(attack("pgd", [0.9, 0.5, 0.8, 0.7])), "pgd")
+    assert d["worst"]["class"] == 1 and d["best"]["class"] == 0
+    assert d["gap"] == pytest.approx(0.4) and d["ci_disjoint"] and d["reproduced"]
+    close = F.disparity(report(attack("pgd", [0.9, 0.85, 0.88, 0.87])), "pgd")
+    assert not close["ci_disjoint"] and not close["reproduced"]
+
+
+def test_target_concentration_shares():
+    confusion = [[40, 6, 2, 2],   # class 0: 10 errors, 6 to class 1, then 2 and 2
+                 [0, 50, 0, 0],   # class 1: none
+                 [3, 3, 40, 4],   # class 2: 10 errors spread 3/3/4
+                 [0, 0, 0, 50]]
+    c = F.target_concentration(report(attack("pgd", [0.8, 1.0, 0.8, 1.0], confusion)), "pgd")
+    rows = c["per_class"]
+    assert rows[0]["target"] == 1 and rows[0]["top1_share"] == pytest.approx(0.6)
+    assert rows[0]["top2_share"] == pytest.approx(0.8)
+    assert rows[1]["fooled"] == 0 and rows[1]["target"] is None and rows[1]["top1_share"] is None
+    assert rows[2]["target"] == 3 and rows[2]["top2_share"] == pytest.approx(0.7)
+    assert c["fooled"] == 20
+    assert c["top1_share"] == pytest.approx((6 + 4) / 20) and c["top2_share"] == pytest.approx(15 / 20)
+    assert c["uniform_top2_share"] == pytest.approx(2 / 3) and c["reproduced"]
+
+
+def test_classifier_weight_norms_takes_the_last_layer_with_one_row_per_class():
+    state = {"net.fc1.weight": torch.ones(4, 8),           # 4 rows too, but not the last layer
+             "net.fc2.weight": torch.tensor([[3.0, 4.0], [0.0, 1.0], [1.0, 0.0], [6.0, 8.0]]),
+             "net.fc2.bias": torch.zeros(4)}
+    assert F.classifier_weight_norms(state, 4) == pytest.approx([5.0, 1.0, 1.0, 10.0])
+    with pytest.raises(ValueError, match="no 2-D layer with 10 outputs"):
+        F.classifier_weight_norms(state, 10)
+
+
+def test_norm_correlation_sign_and_permutation_p_value():
+    norms = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]
+    up = F.norm_correlation(norms, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
+    assert up["spearman"] == pytest.approx(1.0) and up["p_value"] < 0.001 and up["reproduced"]
+    down = F.norm_correlation(norms, [0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1])
+    assert down["spearman"] == pytest.approx(-1.0) and down["p_value"] > 0.99 and not down["reproduced"]
+    flat = F.norm_correlation(norms, [0.5] * 8)
+    assert math.isnan(flat["spearman"]) and math.isnan(flat["pearson"]) and not flat["reproduced"]
+
+
+def test_rank_agreement():
+    a = F.rank_agreement({"fgsm": [0.9, 0.5, 0.7, 0.6], "pgd": [0.8, 0.4, 0.6, 0.5],
+                          "aa": [0.5, 0.8, 0.6, 0.7]})
+    by_pair = {(p["a"], p["b"]): p["spearman"] for p in a["pairs"]}
+    assert by_pair[("fgsm", "pgd")] == pytest.approx(1.0)
+    assert by_pair[("fgsm", "aa")] == pytest.approx(-1.0)
+    assert a["mean"] == pytest.approx(-1 / 3) and a["min"] == pytest.approx(-1.0) and not a["reproduced"]
+
+
+def test_temperature_effect_finds_the_strongest_t():
+    sweep = {"values": [0.5, 1.0, 2.0], "overall_robust_acc": [0.7, 0.65, 0.6],
+             "strongest": {"value": 2.0, "robust_acc": 0.6},
+             "per_class": [{"robust_acc": [0.8, 0.7, 0.7], "strongest": 1.0},
+                           {"robust_acc": [0.6, 0.6, 0.5], "strongest": 2.0}]}
+    r = report(attack("pgd-20", [0.7, 0.6, 0.65, 0.65]), sweep=sweep)
+    t = F.temperature_effect(r, "pgd-20")
+    assert t["strongest"]["value"] == 2.0 and t["at_one"] == 0.65 and t["reproduced"]
+    assert t["worst_class"] == [0.6, 0.6, 0.5] and t["pgd"] == pytest.approx(0.65)
+    within_noise = dict(sweep, overall_robust_acc=[0.7, 0.65, 0.648],
+                        strongest={"value": 2.0, "robust_acc": 0.648})
+    assert not F.temperature_effect(report(attack("pgd-20", [0.7] * 4), sweep=within_noise), "pgd-20")["reproduced"]
+    sweep_one = dict(sweep, strongest={"value": 1.0, "robust_acc": 0.65})
+    assert not F.temperature_effect(report(attack("pgd-20", [0.7] * 4), sweep=sweep_one), "pgd-20")["reproduced"]
+
+
+def test_strongest_gain_is_the_weakest_to_strongest_pair():
+    gains = [{"weaker": "fgsm", "stronger": "pgd", "share_from_vulnerable_half": 0.3},
+             {"weaker": "fgsm", "stronger": "aa", "share_from_vulnerable_half": 0.8},
+             {"weaker": "pgd", "stronger": "aa", "share_from_vulnerable_half": 0.4}]
+    r = report(attack("fgsm", [0.9] * 4), attack("pgd", [0.8] * 4), attack("aa", [0.7] * 4), gains=gains)
+    g = F.strongest_gain(r)
+    assert (g["weaker"], g["stronger"]) == ("fgsm", "aa") and g["reproduced"]
+    assert F.strongest_gain(report(attack("fgsm", [0.9] * 4))) is None
