@@ -283,7 +283,9 @@ def document(result: dict, reports: dict, sweeps: dict) -> str:
         add(markdown_table(["T", "robust accuracy (%)", "worst class (%)"], rows))
         per_class = ", ".join(f"{names[c]}: {v:g}" for c, v in enumerate(t["per_class_strongest"]) if v is not None)
         add(f"\nStrongest T = {t['strongest']['value']:g} ({pct(t['strongest']['robust_acc'])}% vs "
-            f"{pct(t['at_one'])}% at T = 1). Strongest T per class: {per_class}. {F.verdict(t['reproduced'])}\n")
+            f"{pct(t['at_one'])}% at T = 1). Strongest T per class: {per_class}. {F.verdict(t['reproduced'])} "
+            f"Each T has its own random start: {pgd} itself (T = 1, another start) gives {pct(t['pgd'])}%, so "
+            f"differences up to {100 * abs(t['pgd'] - t['at_one']):.1f} points are random-start noise.\n")
     add("![temperature sweep](plots/temperature_sweep.png)\n")
 
     # 5. defenses
