@@ -158,9 +158,19 @@ def temperature_effect(report: dict, pgd_label: str) -> dict | None:
     pgd = attack_section(report, pgd_label)["overall"]["robust_acc"]
     lowers = (at_one is not None and strongest["value"] != 1.0
               and at_one - strongest["robust_acc"] >= THRESHOLDS["temperature_gain"] - 1e-12)
+    stronger_classes = []  # classes for which some T != 1 fools strictly more than T = 1
+    if 1.0 in values:
+        one = values.index(1.0)
+        for r in sweep["per_class"]:
+            accs = r["robust_acc"]
+            others = [(accs[k], values[k]) for k in range(len(values)) if k != one and accs[k] is not None]
+            if accs[one] is not None and others and min(others)[0] < accs[one]:
+                acc, value = min(others)
+                stronger_classes.append({"class": r["class"], "class_name": r["class_name"], "T": value,
+                                         "robust_acc": acc, "at_one": accs[one]})
     return {"values": values, "overall": overall, "worst_class": worst_class, "at_one": at_one,
             "pgd": pgd, "strongest": strongest, "reproduced": lowers,
-            "per_class_strongest": [r["strongest"] for r in sweep["per_class"]]}
+            "stronger_classes": stronger_classes}
 
 
 def class_record_summary(report: dict, label: str) -> dict:

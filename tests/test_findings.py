@@ -82,12 +82,14 @@ def test_rank_agreement():
 def test_temperature_effect_finds_the_strongest_t():
     sweep = {"values": [0.5, 1.0, 2.0], "overall_robust_acc": [0.7, 0.65, 0.6],
              "strongest": {"value": 2.0, "robust_acc": 0.6},
-             "per_class": [{"robust_acc": [0.8, 0.7, 0.7], "strongest": 1.0},
-                           {"robust_acc": [0.6, 0.6, 0.5], "strongest": 2.0}]}
+             "per_class": [{"class": 0, "class_name": "0", "robust_acc": [0.8, 0.7, 0.7], "strongest": 1.0},
+                           {"class": 1, "class_name": "1", "robust_acc": [0.6, 0.6, 0.5], "strongest": 2.0}]}
     r = report(attack("pgd-20", [0.7, 0.6, 0.65, 0.65]), sweep=sweep)
     t = F.temperature_effect(r, "pgd-20")
     assert t["strongest"]["value"] == 2.0 and t["at_one"] == 0.65 and t["reproduced"]
     assert t["worst_class"] == [0.6, 0.6, 0.5] and t["pgd"] == pytest.approx(0.65)
+    # class 0 is tied at T = 1 and 2 (not stronger), class 1 is fooled more at T = 2
+    assert [(r["class"], r["T"]) for r in t["stronger_classes"]] == [(1, 2.0)]
     within_noise = dict(sweep, overall_robust_acc=[0.7, 0.65, 0.648],
                         strongest={"value": 2.0, "robust_acc": 0.648})
     assert not F.temperature_effect(report(attack("pgd-20", [0.7] * 4), sweep=within_noise), "pgd-20")["reproduced"]
