@@ -47,8 +47,8 @@ def collect(out: Path, settings: dict, reports: dict, sweeps: dict) -> dict:
         norms = F.classifier_weight_norms(state, num_classes)
         labels = [a["label"] for a in report["attacks"]]
         per_attack = {label: F.robust_acc(report, label) for label in labels}
-        per_attack[f"tpgd (T={F.temperature_effect(sweeps[name], pgd)['strongest']['value']:g})"] = \
-            _strongest_tpgd(sweeps[name])
+        temperature = F.temperature_effect(sweeps[name], pgd)
+        per_attack[f"tpgd (T={temperature['strongest']['value']:g})"] = _strongest_tpgd(sweeps[name])
         result["baselines"][name] = {
             "clean": {"mean": report["clean"]["accuracy"]},
             "disparity": {label: F.disparity(report, label) for label in (pgd, aa)},
@@ -59,7 +59,7 @@ def collect(out: Path, settings: dict, reports: dict, sweeps: dict) -> dict:
                                  for label in (pgd, aa)},
             "attack_agreement": F.rank_agreement(per_attack),
             "gain": F.strongest_gain(report),
-            "temperature": F.temperature_effect(sweeps[name], pgd),
+            "temperature": temperature,
         }
     result["defense_agreement"] = F.rank_agreement({n: F.robust_acc(r, aa) for n, r in reports.items()})
     rows = []

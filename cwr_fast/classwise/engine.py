@@ -42,7 +42,8 @@ def _named_attacks(attacks: Mapping[str, Attack] | Sequence[Attack]) -> dict[str
     return named
 
 
-def _model_device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (or buffer); the CPU for a stateless model."""
     for tensor in model.parameters():
         return tensor.device
     for tensor in model.buffers():
@@ -94,7 +95,7 @@ def evaluate_classwise(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]
     named = _named_attacks(attacks)
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = torch.device(device) if device is not None else model_device(model)
     rank, world = 0, 1
     if distributed:
         if not (dist.is_available() and dist.is_initialized()):

@@ -87,29 +87,44 @@ class ClasswisePolicy:
 
 # ---- option checks shared by the defenses (a bad option is a ConfigError: one line, exit 2) ----
 
-def float_option(name: str, value, *, low=None, high=None, low_open=False) -> float:
+def float_option(defense: str, name: str, value, *, low=None, high=None, low_open=False,
+                 high_open=False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"defense option {name} must be a finite number, got {value!r}")
+        raise ConfigError(f"defense {defense!r}: option {name} must be a finite number, got {value!r}")
     value = float(value)
     if low is not None and (value <= low if low_open else value < low):
-        raise ConfigError(f"defense option {name} must be {'>' if low_open else '>='} {low:g}, "
-                          f"got {value:g}")
-    if high is not None and value > high:
-        raise ConfigError(f"defense option {name} must be <= {high:g}, got {value:g}")
+        raise ConfigError(f"defense {defense!r}: option {name} must be {'>' if low_open else '>='} "
+                          f"{low:g}, got {value:g}")
+    if high is not None and (value >= high if high_open else value > high):
+        raise ConfigError(f"defense {defense!r}: option {name} must be {'<' if high_open else '<='} "
+                          f"{high:g}, got {value:g}")
     return value
 
 
-def check_options(name: str, options: dict, allowed) -> None:
+def int_option(defense: str, name: str, value, *, low: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"defense {defense!r}: option {name} must be an int >= {low}, got {value!r}")
+    return value
+
+
+def bool_option(defense: str, name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"defense {defense!r}: option {name} must be true or false, got {value!r}")
+    return value
+
+
+def choice_option(defense: str, name: str, value, choices) -> str:
+    if value not in choices:
+        raise ConfigError(f"defense {defense!r}: option {name} must be one of {', '.join(choices)}, "
+                          f"got {value!r}")
+    return value
+
+
+def check_options(defense: str, options: dict, allowed) -> None:
     unknown = sorted(set(options) - set(allowed))
     if unknown:
-        raise ConfigError(f"defense {name!r} has no option(s) {', '.join(unknown)}; "
+        raise ConfigError(f"defense {defense!r} has no option(s) {', '.join(unknown)}; "
                           f"options: {', '.join(sorted(allowed))}")
-
-
-def choice_option(name: str, value, choices) -> str:
-    if value not in choices:
-        raise ConfigError(f"defense option {name} must be one of {', '.join(choices)}, got {value!r}")
-    return value
 
 
 DEFENSES: dict[str, type[ClasswisePolicy]] = {"none": ClasswisePolicy}

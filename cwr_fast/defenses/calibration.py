@@ -49,6 +49,7 @@ from torch import Tensor, nn
 
 from cwr_fast.attacks.functional import autocast, amp_dtype, perturb
 from cwr_fast.attacks.model_mode import attack_mode
+from cwr_fast.classwise.engine import model_device
 
 PARAMS = ("bias", "both")
 CALIBRATION_KEYS = ("scale", "bias")
@@ -68,7 +69,7 @@ class ClasswiseCalibration(nn.Module):
             raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
         self.model = model
         self.num_classes = num_classes
-        device = next((t.device for t in model.parameters()), torch.device("cpu"))
+        device = model_device(model)
         self.register_buffer("scale", torch.ones(num_classes, device=device))
         self.register_buffer("bias", torch.zeros(num_classes, device=device))
 
@@ -116,14 +117,6 @@ def calibrated_num_classes(state) -> int:
 def _seed(seed: int, round_index: int, batch_index: int) -> int:
     return (seed * 1_000_003 + round_index * 7_919 + batch_index * 104_729
             + zlib.crc32(b"calibration")) % (2 ** 63)
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")
 
 
 def _attack_round(cal: ClasswiseCalibration, loader, num_classes: int, *, eps: float, steps: int,
@@ -183,6 +176,12 @@ def _stats(clean_acc: Tensor, robust_acc: Tensor) -> dict:
             "n_at_worst": int(((robust_acc - worst).abs() < 1e-12).sum())}
 
 
+def _feasible(st: dict, ref: dict, max_mean_drop: float) -> bool:
+    """Mean robust and mean clean accuracy at most max_mean_drop below the reference's."""
+    return (st["robust_mean"] >= ref["robust_mean"] - max_mean_drop - 1e-9
+            and st["clean_mean"] >= ref["clean_mean"] - max_mean_drop - 1e-9)
+
+
 def _key(st: dict, feasible: bool) -> tuple:
     return (feasible, round(st["robust_worst"], 12), -st["n_at_worst"], round(st["robust_mean"], 12))
 
@@ -194,11 +193,9 @@ class _Fitter:
                  max_moves: int = 200):
         self.pool, self.ref, self.drop = pool, ref, max_mean_drop
         self.params, self.unit, self.max_moves = params, unit, max_moves
-        self.tol = 1e-9
 
     def feasible(self, st: dict) -> bool:
-        return (st["robust_mean"] >= self.ref["robust_mean"] - self.drop - self.tol
-                and st["clean_mean"] >= self.ref["clean_mean"] - self.drop - self.tol)
+        return _feasible(st, self.ref, self.drop)
 
     def evaluate(self, z: Tensor, s: Tensor, b: Tensor) -> dict:
         pred = (z * s + b).argmax(-1)                      # [P, N]
@@ -288,7 +285,7 @@ def fit_calibration(model: nn.Module, loader, num_classes: int, eps: float, step
         raise ValueError(f"eps must lie in [0, 1], got {eps!r}")
     if params not in PARAMS:
         raise ValueError(f"params must be one of {PARAMS}, got {params!r}")
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = torch.device(device) if device is not None else model_device(model)
     alpha = alpha if alpha is not None else 2.5 * eps / steps
     if not progress:
         say = lambda _msg: None  # noqa: E731
@@ -321,8 +318,7 @@ def fit_calibration(model: nn.Module, loader, num_classes: int, eps: float, step
             m = margin[margin > 0]
             unit = float(m.median()) if m.numel() else 1.0
             unit = unit if unit > 0 and unit == unit else 1.0
-        feasible = (measured["robust_mean"] >= ref["robust_mean"] - max_mean_drop - 1e-9
-                    and measured["clean_mean"] >= ref["clean_mean"] - max_mean_drop - 1e-9)
+        feasible = _feasible(measured, ref, max_mean_drop)
         history.append({"round": r, "feasible": feasible, "robust_worst": measured["robust_worst"],
                         "robust_mean": measured["robust_mean"], "clean_mean": measured["clean_mean"],
                         "worst_class": measured["worst_class"],

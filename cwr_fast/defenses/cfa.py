@@ -56,22 +56,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-from cwr_fast.defenses.base import ClasswisePolicy, register_defense
+from cwr_fast.defenses.base import (ClasswisePolicy, bool_option, float_option, int_option,
+                                    register_defense)
 from cwr_fast.training.methods import BatchPolicy
-
-
-def _flag(name: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"defense 'cfa': option {name} must be true or false, got {value!r}")
-    return value
-
-
-def _number(name: str, value, lo: float, hi: float = math.inf, hi_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or value < lo or value > hi or (hi_open and value == hi):
-        bound = f"[{lo:g}, {hi:g}{')' if hi_open else ']'}" if math.isfinite(hi) else f">= {lo:g}"
-        raise ValueError(f"defense 'cfa': option {name} must be a number in {bound}, got {value!r}")
-    return float(value)
 
 
 @register_defense
@@ -85,16 +72,15 @@ class CFA(ClasswisePolicy):
                  lambda2: float = 0.5, begin: int = 10, momentum: float = 0.0, decay: float = 0.88,
                  threshold: float = 0.24, scale_alpha: bool = False):
         super().__init__(num_classes, eps, alpha, beta)
-        self.ccm, self.ccr, self.fawa = _flag("ccm", ccm), _flag("ccr", ccr), _flag("fawa", fawa)
-        self.scale_alpha = _flag("scale_alpha", scale_alpha)
-        self.lambda1 = _number("lambda1", lambda1, 0.0)
-        self.lambda2 = _number("lambda2", lambda2, 0.0)
-        if isinstance(begin, bool) or not isinstance(begin, int) or begin < 0:
-            raise ValueError(f"defense 'cfa': option begin must be an int >= 0, got {begin!r}")
-        self.begin = begin
-        self.momentum = _number("momentum", momentum, 0.0, 1.0, hi_open=True)
-        self.decay = _number("decay", decay, 0.0, 1.0, hi_open=True)
-        self.threshold = _number("threshold", threshold, 0.0, 1.0)
+        flag = lambda name, value: bool_option(self.name, name, value)  # noqa: E731
+        self.ccm, self.ccr, self.fawa = flag("ccm", ccm), flag("ccr", ccr), flag("fawa", fawa)
+        self.scale_alpha = flag("scale_alpha", scale_alpha)
+        self.lambda1 = float_option(self.name, "lambda1", lambda1, low=0.0)
+        self.lambda2 = float_option(self.name, "lambda2", lambda2, low=0.0)
+        self.begin = int_option(self.name, "begin", begin)
+        self.momentum = float_option(self.name, "momentum", momentum, low=0.0, high=1.0, high_open=True)
+        self.decay = float_option(self.name, "decay", decay, low=0.0, high=1.0, high_open=True)
+        self.threshold = float_option(self.name, "threshold", threshold, low=0.0, high=1.0)
         self.train_robust: Tensor | None = None   # t_k, [C] float64
         self.avg_model: nn.Module | None = None   # the FAWA average (created by averaged_model)
         self.fawa_count = 0                       # epochs absorbed into the average

@@ -97,23 +97,23 @@ class FairRobustLearning(ClasswisePolicy):
                  **options):
         check_options(self.name, options, self.OPTIONS)
         super().__init__(num_classes, eps, alpha, beta)
-        self.mode = choice_option("mode", options.get("mode", "both"), _MODES)
+        self.mode = choice_option(self.name, "mode", options.get("mode", "both"), _MODES)
         if "tau" in options and ("tau1" in options or "tau2" in options):
             raise ConfigError("defense options: give tau (both tolerances) or tau1/tau2, not both")
         tau = options.get("tau", 0.1)
-        self.tau1 = float_option("tau1", options.get("tau1", tau), low=0.0)
-        self.tau2 = float_option("tau2", options.get("tau2", tau), low=0.0)
-        self.alpha1 = float_option("alpha1", options.get("alpha1", 0.05), low=0.0)
-        self.alpha_bndy = float_option("alpha_bndy", options.get("alpha_bndy", 2 * self.alpha1),
+        self.tau1 = float_option(self.name, "tau1", options.get("tau1", tau), low=0.0)
+        self.tau2 = float_option(self.name, "tau2", options.get("tau2", tau), low=0.0)
+        self.alpha1 = float_option(self.name, "alpha1", options.get("alpha1", 0.05), low=0.0)
+        self.alpha_bndy = float_option(self.name, "alpha_bndy", options.get("alpha_bndy", 2 * self.alpha1),
                                         low=0.0)
-        self.alpha2 = float_option("alpha2", options.get("alpha2", 0.1), low=0.0)
-        self.lim = float_option("lim", options.get("lim", 0.5), low=0.0, low_open=True)
+        self.alpha2 = float_option(self.name, "alpha2", options.get("alpha2", 0.1), low=0.0)
+        self.lim = float_option(self.name, "lim", options.get("lim", 0.5), low=0.0, low_open=True)
         if self.lim >= 1.0:
             raise ConfigError(f"defense option lim must be < 1 (it keeps every class's loss weight "
                               f"positive), got {self.lim:g}")
-        self.eps_scale_min = float_option("eps_scale_min", options.get("eps_scale_min", 0.98),
+        self.eps_scale_min = float_option(self.name, "eps_scale_min", options.get("eps_scale_min", 0.98),
                                            low=0.0, high=1.0, low_open=True)
-        self.eps_scale_max = float_option("eps_scale_max", options.get("eps_scale_max", 3.0),
+        self.eps_scale_max = float_option(self.name, "eps_scale_max", options.get("eps_scale_max", 3.0),
                                            low=1.0)
         if beta is not None and beta <= 0:
             raise ConfigError(f"defense 'frl' needs a TRADES --beta > 0, got {beta:g}")

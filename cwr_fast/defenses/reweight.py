@@ -78,17 +78,17 @@ class ClasswiseReweight(ClasswisePolicy):
                  **options):
         check_options(self.name, options, self.OPTIONS)
         super().__init__(num_classes, eps, alpha, beta)
-        self.mode = choice_option("mode", options.get("mode", "both"), _MODES)
-        self.gamma = float_option("gamma", options.get("gamma", 1.0), low=0.0, low_open=True)
-        self.delta = float_option("delta", options.get("delta", 0.1), low=0.0, low_open=True)
-        self.max_weight = float_option("max_weight", options.get("max_weight", 3.0), low=1.0)
-        self.rho = float_option("rho", options.get("rho", 0.5), low=0.0, high=1.0)
+        self.mode = choice_option(self.name, "mode", options.get("mode", "both"), _MODES)
+        self.gamma = float_option(self.name, "gamma", options.get("gamma", 1.0), low=0.0, low_open=True)
+        self.delta = float_option(self.name, "delta", options.get("delta", 0.1), low=0.0, low_open=True)
+        self.max_weight = float_option(self.name, "max_weight", options.get("max_weight", 3.0), low=1.0)
+        self.rho = float_option(self.name, "rho", options.get("rho", 0.5), low=0.0, high=1.0)
         if self.rho == 1.0:
             raise ConfigError("defense option rho must be < 1 (rho = 1 never updates the estimate)")
-        self.kappa = float_option("kappa", options.get("kappa", 0.2), low=0.0)
-        self.min_eps_scale = float_option("min_eps_scale", options.get("min_eps_scale", 0.8),
+        self.kappa = float_option(self.name, "kappa", options.get("kappa", 0.2), low=0.0)
+        self.min_eps_scale = float_option(self.name, "min_eps_scale", options.get("min_eps_scale", 0.8),
                                            low=0.0, high=1.0, low_open=True)
-        self.max_eps_scale = float_option("max_eps_scale", options.get("max_eps_scale", 1.25),
+        self.max_eps_scale = float_option(self.name, "max_eps_scale", options.get("max_eps_scale", 1.25),
                                            low=1.0)
         self.robust_smoothed: torch.Tensor | None = None  # [C] float64, r_k
         self.num_updates = 0

@@ -35,13 +35,12 @@ With several processes every process measures the whole validation set (same res
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cwr_fast.defenses.base import ClasswisePolicy, register_defense
+from cwr_fast.defenses.base import ClasswisePolicy, float_option, register_defense
 
 _VAL_PURPOSE = 0x3A7
 
@@ -55,10 +54,7 @@ class WAT(ClasswisePolicy):
     def __init__(self, num_classes: int, eps: float, alpha: float, beta: float | None, *,
                  eta: float = 0.1):
         super().__init__(num_classes, eps, alpha, beta)
-        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta) \
-                or eta <= 0:
-            raise ValueError(f"defense 'wat': option eta must be a number > 0, got {eta!r}")
-        self.eta = float(eta)
+        self.eta = float_option(self.name, "eta", eta, low=0.0, low_open=True)
         c = num_classes
         self.cum_loss = torch.zeros(c + 1, dtype=torch.float64)   # sum over epochs of L_k
         self.probs = torch.full((c + 1,), 1.0 / (c + 1), dtype=torch.float64)
