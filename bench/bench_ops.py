@@ -30,6 +30,7 @@ from cwr_fast import ops
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 STEP_SIZES = {"512x3x32x32": (512, 3, 32, 32), "256x3x224x224": (256, 3, 224, 224)}
 LOSS_SIZES = {"512x10": (512, 10), "256x1000": (256, 1000)}
+PROJECTION_SIZES = {"500x784": (500, 784), "500x3072": (500, 3072)}  # FAB on MNIST / CIFAR batches
 VARIANTS = ["fused", "eager", "compile", "copy"]
 DTYPE = torch.float32
 ALPHA, EPS = 2 / 255, 8 / 255          # Linf budgets
@@ -90,8 +91,54 @@ def margin_manual(logits, target):
     return z_other - z_true, dz.to(logits.dtype)
 
 
+def dlr_eager(logits, target):
+    """The reference AutoAttack's DLR loss (sort, then autograd through it)."""
+    z = logits.detach().requires_grad_(True)
+    top = z.sort(dim=1, descending=True).values
+    z_y = z.gather(1, target[:, None]).squeeze(1)
+    y_first = z.argmax(dim=1) == target
+    z_other = torch.where(y_first, top[:, 1], top[:, 0])
+    loss = (-(z_y - z_other) / (top[:, 0] - top[:, 2] + 1e-12)).sum()
+    (dz,) = torch.autograd.grad(loss, z)
+    return loss, dz
+
+
+def dlr_manual(logits, target):
+    """Per-sample DLR loss and its gradient by hand (top-3 with topk, scatter of the 4 terms)."""
+    z = logits.float()
+    values, index = z.topk(3, dim=1)
+    rows = torch.arange(z.shape[0], device=z.device)
+    y_first = index[:, 0] == target
+    other = torch.where(y_first, index[:, 1], index[:, 0])
+    n = z[rows, target] - z[rows, other]
+    d = values[:, 0] - values[:, 2] + 1e-12
+    a, b = 1 / d, n / d / d
+    dz = torch.zeros_like(z)
+    dz.scatter_add_(1, torch.stack([target, other, index[:, 0], index[:, 2]], 1),
+                    torch.stack([-a, a, b, -b], 1))
+    return -n / d, dz.to(logits.dtype)
+
+
+def projection_eager(points, w, b):
+    """The reference AutoAttack's Linf projection (fab_projections.projection_linf), restated."""
+    from cwr_fast import reference
+    return reference.hyperplane_projection_linf(points, w, b)
+
+
+def ce_autograd_eager(logits, target, temperature: float):
+    """What training otherwise runs: F.cross_entropy forward and an autograd backward."""
+    return F.cross_entropy(logits / temperature, target)
+
+
+def margin_autograd_eager(logits, target):
+    z_true = logits.gather(1, target[:, None]).squeeze(1)
+    z_other = logits.scatter(1, target[:, None], float("-inf")).max(dim=1).values
+    return (z_other - z_true).mean()
+
+
 _COMPILED = {fn.__name__: torch.compile(fn, dynamic=False)
-             for fn in (linf_step_eager, l2_step_eager, ce_manual, margin_manual)}
+             for fn in (linf_step_eager, l2_step_eager, ce_manual, margin_manual, dlr_manual,
+                        projection_eager, ce_autograd_eager, margin_autograd_eager)}
 
 
 # ---- inputs (kept between the variants of one group) ----------------------------------------------
@@ -216,3 +263,80 @@ def test_temperature_ce_fwd_bwd(benchmark, device, size, variant):
 @_param_grid(LOSS_SIZES)
 def test_margin_loss_fwd_bwd(benchmark, device, size, variant):
     _bench_loss(benchmark, device, size, variant, "margin_loss_fwd_bwd")
+
+
+@_param_grid(LOSS_SIZES)
+def test_dlr_loss_fwd_bwd(benchmark, device, size, variant):
+    logits, target = loss_inputs(LOSS_SIZES[size], device)
+    nbytes = 2 * logits.numel() * logits.element_size()
+    fn = {"fused": lambda: ops.dlr_loss_fwd_bwd(logits, target),
+          "eager": lambda: dlr_eager(logits, target),
+          "compile": lambda: _COMPILED["dlr_manual"](logits, target)}.get(variant)
+    if variant == "fused":
+        require_fused_backend(device)
+    if fn is None:
+        src, dst = copy_buffers(logits.numel(), device)
+        fn = lambda: dst.copy_(src)  # noqa: E731
+    run(benchmark, fn, device=device, op="dlr_loss_fwd_bwd", size=size, variant=variant, nbytes=nbytes)
+
+
+@functools.lru_cache(maxsize=1)
+def projection_inputs(shape, device):
+    gen = torch.Generator(device=device).manual_seed(0)
+    points = torch.rand(shape, generator=gen, device=device, dtype=DTYPE)
+    w = torch.randn(shape, generator=gen, device=device, dtype=DTYPE)
+    b = (w * points).sum(dim=1) + torch.randn(shape[0], generator=gen, device=device, dtype=DTYPE) * 5
+    return points, w, b
+
+
+@_param_grid(PROJECTION_SIZES)
+def test_hyperplane_projection_linf(benchmark, device, size, variant):
+    points, w, b = projection_inputs(PROJECTION_SIZES[size], device)
+    nbytes = 3 * points.numel() * points.element_size()  # read points and w, write d
+    fn = {"fused": lambda: ops.hyperplane_projection_linf(points, w, b),
+          "eager": lambda: projection_eager(points, w, b),
+          "compile": lambda: _COMPILED["projection_eager"](points, w, b)}.get(variant)
+    if variant == "fused":
+        require_fused_backend(device)
+    if fn is None:
+        src, dst = copy_buffers(points.numel() * 3 // 2, device)
+        fn = lambda: dst.copy_(src)  # noqa: E731
+    run(benchmark, fn, device=device, op="hyperplane_projection_linf", size=size, variant=variant,
+        nbytes=nbytes)
+
+
+def _bench_autograd_loss(benchmark, device, size, variant, op_name):
+    """loss(z).backward() as training calls it: the differentiable fused loss against eager
+    F.cross_entropy (or the margin) and torch.compile of it, the gradient accumulated into z.grad."""
+    logits, target = loss_inputs(LOSS_SIZES[size], device)
+    z = logits.clone().requires_grad_(True)
+    nbytes = 2 * logits.numel() * logits.element_size()
+    ce = op_name == "temperature_cross_entropy"
+    forward = {
+        "fused": (lambda: ops.temperature_cross_entropy(z, target, TEMPERATURE)) if ce else
+                 (lambda: ops.margin_loss(z, target)),
+        "eager": (lambda: ce_autograd_eager(z, target, TEMPERATURE)) if ce else
+                 (lambda: margin_autograd_eager(z, target)),
+        "compile": (lambda: _COMPILED["ce_autograd_eager"](z, target, TEMPERATURE)) if ce else
+                   (lambda: _COMPILED["margin_autograd_eager"](z, target)),
+    }.get(variant)
+    if variant == "fused":
+        require_fused_backend(device)
+    if forward is None:
+        src, dst = copy_buffers(logits.numel(), device)
+        fn = lambda: dst.copy_(src)  # noqa: E731
+    else:
+        def fn():
+            z.grad = None
+            forward().backward()
+    run(benchmark, fn, device=device, op=op_name, size=size, variant=variant, nbytes=nbytes)
+
+
+@_param_grid(LOSS_SIZES)
+def test_temperature_cross_entropy_backward(benchmark, device, size, variant):
+    _bench_autograd_loss(benchmark, device, size, variant, "temperature_cross_entropy")
+
+
+@_param_grid(LOSS_SIZES)
+def test_margin_loss_backward(benchmark, device, size, variant):
+    _bench_autograd_loss(benchmark, device, size, variant, "margin_loss")

@@ -28,6 +28,11 @@ TARGETS = {
     "l2_pgd_step_": (None, 1.0, 70.0),
     "temperature_ce_fwd_bwd": (3.0, 1.5, None),
     "margin_loss_fwd_bwd": (None, None, None),
+    "dlr_loss_fwd_bwd": (None, None, None),
+    "hyperplane_projection_linf": (None, None, None),
+    # the differentiable losses, loss.backward() (the AutoAttack issue: >= 2x eager)
+    "temperature_cross_entropy": (2.0, None, None),
+    "margin_loss": (2.0, None, None),
 }
 
 

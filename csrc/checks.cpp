@@ -79,6 +79,44 @@ void check_loss_args(const at::Tensor& logits, const at::Tensor& target,
   }
 }
 
+void check_dlr_args(const at::Tensor& logits, const at::Tensor& target,
+                    const std::optional<at::Tensor>& attack_target,
+                    const std::optional<at::Tensor>& weight) {
+  check_loss_args(logits, target, weight);
+  const int64_t min_classes = attack_target.has_value() ? 4 : 3;
+  TORCH_CHECK(logits.size(1) >= min_classes, "logits must have at least ", min_classes,
+              " classes for the ", attack_target.has_value() ? "targeted" : "untargeted",
+              " DLR loss (its denominator uses the ", min_classes == 4 ? "4th" : "3rd",
+              " largest logit), got ", logits.sizes());
+  if (attack_target.has_value()) {
+    const at::Tensor& t = *attack_target;
+    TORCH_CHECK(t.scalar_type() == at::kLong, "attack_target must be int64 class indices, got ",
+                t.scalar_type());
+    TORCH_CHECK(t.dim() == 1 && t.size(0) == logits.size(0), "attack_target must have shape [N] = [",
+                logits.size(0), "], got ", t.sizes());
+    TORCH_CHECK(t.device() == logits.device(), "attack_target must be on ", logits.device(),
+                " like logits, got ", t.device());
+  }
+}
+
+void check_projection_args(const at::Tensor& points, const at::Tensor& w, const at::Tensor& b) {
+  TORCH_CHECK(points.scalar_type() == at::kFloat || points.scalar_type() == at::kDouble,
+              "points must be float32 or float64, got ", points.scalar_type());
+  TORCH_CHECK(points.dim() == 2, "points must have shape [M, D], got ", points.sizes());
+  TORCH_CHECK(w.sizes() == points.sizes(), "w must have the shape of points ", points.sizes(),
+              ", got ", w.sizes());
+  TORCH_CHECK(w.scalar_type() == points.scalar_type(), "w must have the dtype of points (",
+              points.scalar_type(), "), got ", w.scalar_type());
+  TORCH_CHECK(b.dim() == 1 && b.size(0) == points.size(0), "b must have shape [M] = [",
+              points.size(0), "], got ", b.sizes());
+  TORCH_CHECK(b.scalar_type() == points.scalar_type(), "b must have the dtype of points (",
+              points.scalar_type(), "), got ", b.scalar_type());
+  TORCH_CHECK(w.device() == points.device(), "w must be on ", points.device(), " like points, got ",
+              w.device());
+  TORCH_CHECK(b.device() == points.device(), "b must be on ", points.device(), " like points, got ",
+              b.device());
+}
+
 at::Tensor per_sample_as(const std::optional<at::Tensor>& t, at::ScalarType dtype) {
   if (!t.has_value()) return at::Tensor();
   return t->to(dtype).contiguous();

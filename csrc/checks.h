@@ -19,6 +19,15 @@ void check_step_args(const at::Tensor& x_adv, const at::Tensor& grad, const at::
 void check_loss_args(const at::Tensor& logits, const at::Tensor& target,
                      const std::optional<at::Tensor>& weight, double temperature = 1.0);
 
+// The checks of check_loss_args, plus C >= 3 (C >= 4 with an attack target) and the attack
+// target int64 [N] on the device of the logits (its values are checked by the kernels).
+void check_dlr_args(const at::Tensor& logits, const at::Tensor& target,
+                    const std::optional<at::Tensor>& attack_target,
+                    const std::optional<at::Tensor>& weight);
+
+// points and w: [M, D], float32 or float64, one dtype and device; b: [M] of that dtype and device.
+void check_projection_args(const at::Tensor& points, const at::Tensor& w, const at::Tensor& b);
+
 // A per-sample tensor as a contiguous tensor of `dtype`, or an undefined tensor when absent.
 at::Tensor per_sample_as(const std::optional<at::Tensor>& t, at::ScalarType dtype);
 inline at::Tensor per_sample_float(const std::optional<at::Tensor>& t) { return per_sample_as(t, at::kFloat); }

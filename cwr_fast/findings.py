@@ -180,6 +180,28 @@ def class_record_summary(report: dict, label: str) -> dict:
     return {"mean": float(np.mean(values)), "worst": min(values), "best": max(values)}
 
 
+def autoattack_variants(report: dict, faithful: str = "aa", torchattacks: str = "aa-ta") -> dict | None:
+    """How far torchattacks' AutoAttack (10 iterations) is from the reference protocol on one model:
+    overall and worst-class robust accuracy under each, and the differences (positive: the
+    torchattacks variant overstates robustness). None when the report lacks one of them."""
+    labels = {a["label"] for a in report["attacks"]}
+    if faithful not in labels or torchattacks not in labels:
+        return None
+    out = {}
+    for key, label in (("aa", faithful), ("aa_ta", torchattacks)):
+        section = attack_section(report, label)
+        worst = min((r for r in section["per_class"] if r["robust_acc"] is not None), key=lambda r: r["robust_acc"])
+        out[key] = {"overall": section["overall"]["robust_acc"], "worst": worst["robust_acc"],
+                    "worst_class": worst["class_name"]}
+    aa_acc, ta_acc = robust_acc(report, faithful), robust_acc(report, torchattacks)
+    out["overall_gap"] = out["aa_ta"]["overall"] - out["aa"]["overall"]
+    out["worst_gap"] = out["aa_ta"]["worst"] - out["aa"]["worst"]
+    out["classes_overstated"] = [r["class_name"] for r, a, t in zip(attack_section(report, faithful)["per_class"],
+                                                                    aa_acc, ta_acc)
+                                 if a is not None and t is not None and t > a]
+    return out
+
+
 # ---- writing --------------------------------------------------------------------------------
 
 def num(value, digits: int = 2) -> str:

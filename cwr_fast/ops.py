@@ -6,8 +6,10 @@
     ops.linf_pgd_step_(x_adv, x_adv.grad, x_nat, alpha=2/255, eps=8/255) # in place
 
 The kernels live in the compiled extension `cwr_fast._C` and are also reachable as
-`torch.ops.cwr_fast.*`. Each op has a fake (meta) kernel, so `torch.compile(fullgraph=True)` traces
-it, and the losses have autograd formulas. Without the extension, every function here falls back
+`torch.ops.cwr_fast.*`: the Linf and L2 PGD steps; temperature CE, margin and DLR losses
+(forward+backward in one pass, and as differentiable training losses whose autograd is C++);
+FAB's hyperplane projections. Each op has a fake (meta) kernel, so `torch.compile(fullgraph=True)`
+traces it, and the *_fwd_bwd losses also have autograd formulas here. Without the extension, every function here falls back
 to `cwr_fast.reference` (with one warning); `backend()` says which is in use. Set
 `CWR_FAST_BACKEND=reference` to force the fallback.
 """
@@ -104,10 +106,46 @@ def margin_loss_fwd_bwd(logits: Tensor, target: Tensor,
     return torch.ops.cwr_fast.margin_loss_fwd_bwd(logits, target, weight)
 
 
+def dlr_loss_fwd_bwd(logits: Tensor, target: Tensor, attack_target: Tensor | None = None,
+                     weight: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """One pass: per-sample DLR loss (Croce & Hein, 2020) and dL/dz. Untargeted (C >= 3):
+    -(z_y - max_{j!=y} z_j) / (z_pi1 - z_pi3 + 1e-12); with attack_target t ([N] int64, C >= 4):
+    -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12); pi sorts z in descending order."""
+    if not _COMPILED:
+        return reference.dlr_loss_fwd_bwd(logits, target, attack_target, weight)
+    return torch.ops.cwr_fast.dlr_loss_fwd_bwd(logits, target, attack_target, weight)
+
+
+def hyperplane_projection_linf(points: Tensor, w: Tensor, b: Tensor) -> Tensor:
+    """FAB's projection, per row: the smallest Linf perturbation d with w . (points + d) = b and
+    points + d in [0, 1] (the closest box corner where the plane is out of reach). points, w:
+    [M, D] float32/float64; b: [M]."""
+    if not _COMPILED:
+        return reference.hyperplane_projection_linf(points, w, b)
+    return torch.ops.cwr_fast.hyperplane_projection_linf(points, w, b)
+
+
+def hyperplane_projection_l2(points: Tensor, w: Tensor, b: Tensor) -> Tensor:
+    """As hyperplane_projection_linf, smallest in the L2 norm (|w_j| <= 1e-8 counts as 0)."""
+    if not _COMPILED:
+        return reference.hyperplane_projection_l2(points, w, b)
+    return torch.ops.cwr_fast.hyperplane_projection_l2(points, w, b)
+
+
 def _check_weight_not_trained(weight: Tensor | None) -> None:
     if weight is not None and weight.requires_grad:
         raise ValueError("weight must not require grad: the fused losses give no gradient for the "
                          "per-sample weights (detach them)")
+
+
+_REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}  # the int argument of the differentiable ops
+
+
+def _reduction_code(reduction: str, weight: Tensor | None) -> int:
+    _check_weight_not_trained(weight)
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    return _REDUCTIONS[reduction]
 
 
 def temperature_cross_entropy(logits: Tensor, target: Tensor, temperature: float = 1.0,
@@ -116,21 +154,28 @@ def temperature_cross_entropy(logits: Tensor, target: Tensor, temperature: float
 
     reduction: 'mean' (weighted sum / N), 'sum' or 'none'. The weights get no gradient.
     """
-    _check_weight_not_trained(weight)
+    code = _reduction_code(reduction, weight)
     if not _COMPILED:
         return reference.temperature_cross_entropy(logits, target, temperature, weight, reduction)
-    loss, _ = torch.ops.cwr_fast.temperature_ce_fwd_bwd(logits, target, float(temperature), weight)
-    return reference._reduce(loss, reduction)
+    return torch.ops.cwr_fast.temperature_cross_entropy(logits, target, float(temperature), weight, code)
 
 
 def margin_loss(logits: Tensor, target: Tensor, weight: Tensor | None = None,
                 reduction: str = "mean") -> Tensor:
     """Differentiable CW margin w*(max_{j!=y} z_j - z_y) on the fused kernels."""
-    _check_weight_not_trained(weight)
+    code = _reduction_code(reduction, weight)
     if not _COMPILED:
         return reference.margin_loss(logits, target, weight, reduction)
-    loss, _ = torch.ops.cwr_fast.margin_loss_fwd_bwd(logits, target, weight)
-    return reference._reduce(loss, reduction)
+    return torch.ops.cwr_fast.margin_loss(logits, target, weight, code)
+
+
+def dlr_loss(logits: Tensor, target: Tensor, attack_target: Tensor | None = None,
+             weight: Tensor | None = None, reduction: str = "mean") -> Tensor:
+    """Differentiable DLR loss (untargeted, or targeted toward attack_target) on the fused kernels."""
+    code = _reduction_code(reduction, weight)
+    if not _COMPILED:
+        return reference.dlr_loss(logits, target, attack_target, weight, reduction)
+    return torch.ops.cwr_fast.dlr_loss(logits, target, attack_target, weight, code)
 
 
 # ---- fake kernels (shapes for torch.compile / meta tensors) and autograd formulas ----------------
@@ -180,6 +225,40 @@ def _register_python_side() -> None:
         _check_same_device("logits", logits, target=target, weight=weight)
         return _loss_fake(logits)
 
+    @torch.library.register_fake("cwr_fast::dlr_loss_fwd_bwd")
+    def _(logits, target, attack_target=None, weight=None):
+        _check_same_device("logits", logits, target=target, attack_target=attack_target, weight=weight)
+        torch._check(logits.shape[1] >= (3 if attack_target is None else 4),
+                     lambda: "logits must have at least 3 classes (4 with attack_target) for the DLR loss")
+        return _loss_fake(logits)
+
+    def projection_fake(points, w, b):
+        _check_same_device("points", points, w=w, b=b)
+        return points.new_empty(points.shape)  # contiguous, as the kernels return it
+
+    torch.library.register_fake("cwr_fast::hyperplane_projection_linf", projection_fake)
+    torch.library.register_fake("cwr_fast::hyperplane_projection_l2", projection_fake)
+
+    def reduced_fake(logits, reduction):
+        loss_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+        shape = (logits.shape[0],) if reduction == _REDUCTIONS["none"] else ()
+        return logits.new_empty(shape, dtype=loss_dtype)
+
+    @torch.library.register_fake("cwr_fast::temperature_cross_entropy")
+    def _(logits, target, temperature, weight, reduction):
+        _check_same_device("logits", logits, target=target, weight=weight)
+        return reduced_fake(logits, reduction)
+
+    @torch.library.register_fake("cwr_fast::margin_loss")
+    def _(logits, target, weight, reduction):
+        _check_same_device("logits", logits, target=target, weight=weight)
+        return reduced_fake(logits, reduction)
+
+    @torch.library.register_fake("cwr_fast::dlr_loss")
+    def _(logits, target, attack_target, weight, reduction):
+        _check_same_device("logits", logits, target=target, attack_target=attack_target, weight=weight)
+        return reduced_fake(logits, reduction)
+
     def setup_ce(ctx, inputs, output):
         ctx.n_inputs = 4
         _loss_setup_context(ctx, inputs, output)
@@ -188,6 +267,12 @@ def _register_python_side() -> None:
         ctx.n_inputs = 3
         _loss_setup_context(ctx, inputs, output)
 
+    def setup_dlr(ctx, inputs, output):
+        ctx.n_inputs = 4
+        _loss_setup_context(ctx, inputs, output)
+
+    torch.library.register_autograd("cwr_fast::dlr_loss_fwd_bwd", _loss_backward,
+                                    setup_context=setup_dlr)
     torch.library.register_autograd("cwr_fast::temperature_ce_fwd_bwd", _loss_backward,
                                     setup_context=setup_ce)
     torch.library.register_autograd("cwr_fast::margin_loss_fwd_bwd", _loss_backward,

@@ -91,6 +91,46 @@ def margin_loss_fwd_bwd(logits: Tensor, target: Tensor,
     return loss.to(torch.float64 if logits.dtype == torch.float64 else torch.float32), dz.to(logits.dtype)
 
 
+def check_dlr_classes(num_classes: int, targeted: bool) -> None:
+    """The DLR denominator needs the 3rd (targeted: 4th) largest logit."""
+    need = 4 if targeted else 3
+    if num_classes < need:
+        raise ValueError(f"logits must have at least {need} classes for the "
+                         f"{'targeted' if targeted else 'untargeted'} DLR loss, got {num_classes}")
+
+
+def dlr_loss_fwd_bwd(logits: Tensor, target: Tensor, attack_target: Tensor | None = None,
+                     weight: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Per-sample DLR loss (Croce & Hein, 2020) and its gradient, pi the descending stable order:
+    untargeted -(z_y - max_{j != y} z_j) / (z_pi1 - z_pi3 + 1e-12), targeted toward t
+    -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12). The gradient collects its terms in the
+    order y, competitor (or t), pi1, pi3, pi4, as the kernels do."""
+    check_dlr_classes(logits.shape[1], attack_target is not None)
+    z = logits.to(_compute_dtype(logits))
+    order = torch.sort(z, dim=1, descending=True, stable=True).indices[:, :4]
+    top = z.gather(1, order)
+    if attack_target is None:
+        other = torch.where(order[:, 0] != target, order[:, 0], order[:, 1])
+        denominator = top[:, 0] - top[:, 2] + 1e-12
+    else:
+        other = attack_target
+        denominator = top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + 1e-12
+    numerator = z.gather(1, target[:, None]).squeeze(1) - z.gather(1, other[:, None]).squeeze(1)
+    ratio = numerator / denominator
+    d_num, d_den = 1 / denominator, ratio / denominator
+    if attack_target is None:
+        where = torch.stack([target, other, order[:, 0], order[:, 2]], dim=1)
+        terms = torch.stack([-d_num, d_num, d_den, -d_den], dim=1)
+    else:
+        where = torch.stack([target, other, order[:, 0], order[:, 2], order[:, 3]], dim=1)
+        terms = torch.stack([-d_num, d_num, d_den, -0.5 * d_den, -0.5 * d_den], dim=1)
+    dz = torch.zeros_like(z)
+    for k in range(where.shape[1]):  # one term at a time: the kernels' order of summation
+        dz.scatter_add_(1, where[:, k:k + 1], terms[:, k:k + 1])
+    loss, dz = _weighted(-ratio, dz, weight)
+    return loss, dz.to(logits.dtype)
+
+
 def _reduce(loss: Tensor, reduction: str) -> Tensor:
     if reduction == "mean":
         return loss.mean()
@@ -109,6 +149,23 @@ def temperature_cross_entropy(logits: Tensor, target: Tensor, temperature: float
     return _reduce(loss if weight is None else loss * weight.to(loss.dtype), reduction)
 
 
+def dlr_loss(logits: Tensor, target: Tensor, attack_target: Tensor | None = None,
+             weight: Tensor | None = None, reduction: str = "mean") -> Tensor:
+    """Differentiable DLR loss (untargeted, or targeted toward attack_target)."""
+    check_dlr_classes(logits.shape[1], attack_target is not None)
+    z = logits.to(_compute_dtype(logits))
+    top = torch.sort(z, dim=1, descending=True, stable=True)
+    values, order = top.values, top.indices
+    if attack_target is None:
+        z_other = torch.where(order[:, 0] != target, values[:, 0], values[:, 1])
+        denominator = values[:, 0] - values[:, 2] + 1e-12
+    else:
+        z_other = z.gather(1, attack_target[:, None]).squeeze(1)
+        denominator = values[:, 0] - 0.5 * (values[:, 2] + values[:, 3]) + 1e-12
+    loss = -(z.gather(1, target[:, None]).squeeze(1) - z_other) / denominator
+    return _reduce(loss if weight is None else loss * weight.to(loss.dtype), reduction)
+
+
 def margin_loss(logits: Tensor, target: Tensor, weight: Tensor | None = None,
                 reduction: str = "mean") -> Tensor:
     z = logits.to(_compute_dtype(logits))
@@ -119,3 +176,77 @@ def margin_loss(logits: Tensor, target: Tensor, weight: Tensor | None = None,
         z_other = z.scatter(1, target[:, None], float("-inf")).max(dim=1).values
         loss = z_other - z_true
     return _reduce(loss if weight is None else loss * weight.to(loss.dtype), reduction)
+
+
+# ---- hyperplane projections (FAB) ----------------------------------------------------------------
+# Projection of points onto a hyperplane within the box [0, 1]^d, in the Linf or L2 norm: the
+# step of FAB (Croce & Hein, 2020). For each row: the smallest perturbation d (in that norm) with
+# w . (t + d) = b and 0 <= t + d <= 1; where the hyperplane cannot be reached inside the box, the
+# box corner that gets closest to it.
+#
+# Both have a closed form after one sort. Orient w so that c = w . t - b >= 0; then reaching the
+# hyperplane means lowering w . (t + d) by c, and the optimal d moves each coordinate against w
+# until its box bound stops it: d_i = -sign(w_i) min(s_i, cap_i), cap_i = t_i (w_i > 0) or 1 - t_i
+# (w_i < 0), with s_i = lam for Linf and s_i = lam |w_i| for L2. The decrease
+# F(lam) = sum_i |w_i| min(s_i, cap_i) is piecewise linear and increasing in lam, with breakpoints
+# where coordinates reach their bounds: sorted once, F at every breakpoint is a cumulative sum, and
+# lam solves F(lam) = c on the first segment where F reaches c.
+
+_PROJECTION_L2_ZERO_W = 1e-8  # L2: |w_i| at or below this counts as 0, as the reference AutoAttack does
+
+
+def _orient_plane(t: Tensor, w: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """(w oriented so that c >= 0, c = w . t - b >= 0)."""
+    c = (w * t).sum(dim=1) - b
+    sign = torch.where(c >= 0, 1.0, -1.0).to(w.dtype)
+    return w * sign[:, None], c * sign
+
+
+def _solve_plane(breakpoints: Tensor, slope_weights: Tensor, full_drop: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    """lam with F(lam) = c, for F(lam) = sum_i min(lam * slope_weights_i, full_drop_i) whose
+    coordinate i saturates at lam = breakpoints_i; and whether c is reachable (F(inf) >= c)."""
+    order = breakpoints.argsort(dim=1)
+    r = breakpoints.gather(1, order)
+    k = slope_weights.gather(1, order)
+    f = full_drop.gather(1, order)
+    saturated = torch.cumsum(f, dim=1) - f         # drop of the coordinates saturated before r_j
+    slope = k.flip(1).cumsum(dim=1).flip(1)        # slope of F on the segment ending at r_j
+    at_break = saturated + r * slope               # F(r_j)
+    reachable = f.sum(dim=1) >= c
+    segment = (at_break >= c[:, None]).to(torch.int8).argmax(dim=1, keepdim=True)
+    lam = (c[:, None] - saturated.gather(1, segment)) / slope.gather(1, segment)
+    lam = torch.nan_to_num(lam.squeeze(1).clamp_min(0.0), nan=0.0)
+    return lam, reachable
+
+
+def hyperplane_projection_linf(points: Tensor, w: Tensor, b: Tensor) -> Tensor:
+    """[M, D] points, normals w, offsets b [M] -> perturbations d [M, D], smallest in Linf."""
+    if points.shape[1] == 0:
+        return torch.zeros_like(points)
+    t = points
+    w, c = _orient_plane(t, w, b)
+    active = w != 0
+    cap = torch.where(w > 0, t, 1 - t)
+    box = torch.where(w > 0, -t, 1 - t)            # the move to the box bound against w
+    cap_active = torch.where(active, cap, 0.0)
+    lam, reachable = _solve_plane(cap_active, w.abs(), w.abs() * cap_active, c)
+    d = -torch.sign(w) * torch.minimum(lam[:, None], cap)
+    d = torch.where(reachable[:, None], d, box)
+    return torch.where(active, d, 0.0)
+
+
+def hyperplane_projection_l2(points: Tensor, w: Tensor, b: Tensor) -> Tensor:
+    """[M, D] points, normals w, offsets b [M] -> perturbations d [M, D], smallest in L2."""
+    if points.shape[1] == 0:
+        return torch.zeros_like(points)
+    t = points
+    w, c = _orient_plane(t, w, b)
+    active = w.abs() > _PROJECTION_L2_ZERO_W
+    w = torch.where(active, w, 0.0)
+    cap = torch.where(w > 0, t, 1 - t)
+    box = torch.where(w > 0, -t, 1 - t)
+    breakpoints = torch.where(active, cap / w.abs().clamp_min(_PROJECTION_L2_ZERO_W), 0.0)
+    lam, reachable = _solve_plane(breakpoints, w * w, w.abs() * torch.where(active, cap, 0.0), c)
+    d = -torch.sign(w) * torch.minimum(lam[:, None] * w.abs(), cap)
+    d = torch.where(reachable[:, None], d, box)
+    return torch.where(active, d, 0.0)

@@ -6,9 +6,11 @@ whose docstring documents the report.json schema) to a directory, atomically:
     confusion_<attack>.csv      adversarial confusion matrix (rows: true class, columns: prediction);
                                 also confusion_clean.csv and confusion_worst_case.csv
     sweep_temperature.csv, sweep_eps.csv   per-class robust accuracy per swept value (if run)
+    autoattack_<attack>.csv     per class: images each AutoAttack member fooled first, robust ones
     report.md                   readable tables
     *.png                       per-class robust accuracy across attacks, confusion heatmaps,
-                                T-sweep and eps-sweep curves (matplotlib, Agg canvas)
+                                T-sweep and eps-sweep curves, AutoAttack breakdown (stacked bars)
+                                (matplotlib, Agg canvas)
 
 Files are written into a temporary sibling directory that is renamed into place at the end, so an
 error never leaves a half-written report behind.
@@ -85,6 +87,35 @@ def sweep_csv(sweep: dict) -> str:
     return csv_text(header, rows)
 
 
+def autoattack_rows(section: dict) -> tuple[list[str], list[list]]:
+    """Per class: images, clean errors, images each member fooled first, robust images, robust
+    accuracy (%) and the last member that was needed."""
+    members = section["members"]
+    header = ["class", "n", "clean wrong"] + members + ["robust", "robust %", "last needed"]
+    rows = [[r["class_name"], r["n"], r["clean_wrong"]] + [r["broken_first_by"][m] for m in members]
+            + [r["robust"], pct(r["robust_acc"]), r["last_needed"] or "–"] for r in section["per_class"]]
+    total = sum(r["n"] for r in section["per_class"])
+    o = section["overall"]
+    rows.append(["all", total, o["clean_wrong"]] + [o[m] for m in members]
+                + [o["robust"], pct(o["robust"] / total if total else None), ""])
+    return header, rows
+
+
+def autoattack_csv(section: dict) -> str:
+    return csv_text(*autoattack_rows(section))
+
+
+def autoattack_summary(section: dict) -> str:
+    """One line: images each member fooled first, and what the worst class needed."""
+    o = section["overall"]
+    line = f"{section['label']}: fooled first by " + ", ".join(f"{m} {o[m]}" for m in section["members"])
+    worst = section["worst_class"]
+    if worst is not None:
+        line += (f"; worst class {worst['class_name']} ({pct(worst['robust_acc'])}%) needed "
+                 f"{worst['last_needed'] or 'no member (clean errors only)'}")
+    return line
+
+
 # ---- text and Markdown ----------------------------------------------------------------------------
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -143,6 +174,8 @@ def format_summary(report: dict) -> str:
         if sweep["parameter"] != "eps":  # the largest eps is trivially the strongest
             line += f"; strongest {sweep['parameter']}={sweep['strongest']['value']:g}"
         lines.append(line)
+    for section in report.get("autoattack", []):
+        lines.append(autoattack_summary(section))
     for flag in report["flags"]:
         lines.append(f"FLAG [{flag['severity']}] {flag['code']}: {flag['message']}")
     if not report["flags"]:
@@ -195,6 +228,16 @@ def markdown(report: dict) -> str:
         rows.append(["all"] + [pct(a) for a in sweep["overall_robust_acc"]]
                     + [f"{sweep['strongest']['value']:g}"] * strongest)
         out += table(header, rows) + [""]
+    for section in report.get("autoattack", []):
+        out += [f"## AutoAttack breakdown ({section['label']})", "",
+                "Images of each class that each member fooled first (members run in this order, each "
+                "only on the images every earlier one failed on), the images left robust, and the last "
+                "member that fooled an image of the class: without it the class would look more robust.",
+                ""]
+        out += table(*autoattack_rows(section)) + ["", autoattack_summary(section), ""]
+        if section.get("member_seconds"):
+            out += ["Time per member: " + ", ".join(f"{m} {t:.1f} s" for m, t in section["member_seconds"].items()),
+                    ""]
     out += ["## Sanity checks", ""]
     out += [f"- **{f['severity']}** `{f['code']}`: {f['message']}" for f in report["flags"]] or ["- no flags"]
     out += ["", "## Time", ""]
@@ -271,6 +314,30 @@ def plot_confusion(matrix, class_names: Sequence[str], title: str, path: Path) -
     fig.savefig(path)
 
 
+def plot_autoattack(section: dict, path: Path) -> None:
+    """Stacked bars per class: clean errors, images each member fooled first, robust (% of class)."""
+    records = section["per_class"]
+    names = [r["class_name"] for r in records]
+    share = lambda k, r: 100 * k / r["n"] if r["n"] else 0.0  # noqa: E731
+    layers = [("clean error", [share(r["clean_wrong"], r) for r in records], "#bbbbbb")]
+    layers += [(m, [share(r["broken_first_by"][m], r) for r in records], None) for m in section["members"]]
+    layers.append(("robust", [share(r["robust"], r) for r in records], "#2ca02c"))
+    fig = figure(min(14.0, max(6.0, 0.45 * len(names) + 2)), 4.4)
+    ax = fig.add_subplot()
+    bottom = [0.0] * len(names)
+    for label, values, color in layers:
+        ax.bar(range(len(names)), values, bottom=bottom, label=label, color=color, width=0.8)
+        bottom = [b + v for b, v in zip(bottom, values)]
+    if len(names) <= 20:
+        ax.set_xticks(range(len(names)), names, rotation=45 if max(map(len, names)) > 3 else 0, ha="right")
+    ax.set_ylabel("images of the class (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"AutoAttack ({section['label']}): the member that fooled each image first")
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", fontsize="small",
+               ncols=min(7, len(layers)))
+    fig.savefig(path)
+
+
 def plot_sweep(sweep: dict, path: Path) -> None:
     values = sweep["values"]
     fig = figure(7.0, 4.2)
@@ -317,6 +384,8 @@ def report_files(report: dict, plots: bool = True) -> dict[str, object]:
     for key in ("temperature", "eps"):
         if report["sweeps"].get(key):
             files[f"sweep_{key}.csv"] = sweep_csv(report["sweeps"][key])
+    for section in report.get("autoattack", []):
+        files[f"autoattack_{safe_name(section['label'])}.csv"] = autoattack_csv(section)
     if plots:
         files["per_class_robust.png"] = lambda p: plot_per_class(report, p)
         for a in report["attacks"]:
@@ -327,6 +396,9 @@ def report_files(report: dict, plots: bool = True) -> dict[str, object]:
         for key in ("temperature", "eps"):
             if report["sweeps"].get(key):
                 files[f"sweep_{key}.png"] = lambda p, key=key: plot_sweep(report["sweeps"][key], p)
+        for section in report.get("autoattack", []):
+            files[f"autoattack_{safe_name(section['label'])}.png"] = (
+                lambda p, section=section: plot_autoattack(section, p))
     return files
 
 

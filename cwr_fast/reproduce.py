@@ -48,7 +48,7 @@ RUNS: list[tuple[str, str, list[str]]] = [
 # Budgets per mode. None = the dataset preset of cwr_fast.train / the whole split.
 MODES = {
     "cpu": dict(train_per_class=300, val_per_class=50, epochs=10, steps=10, alpha=0.04,
-                batch_size=50, eps_warmup_epochs=3.0, test_per_class=50, attack_steps=20,
+                batch_size=50, eps_warmup_epochs=3.0, test_per_class=15, attack_steps=20,
                 temperatures=(0.5, 1.0, 2.0, 5.0, 10.0)),
     "full": dict(train_per_class=None, val_per_class=None, epochs=None, steps=None, alpha=None,
                  batch_size=None, eps_warmup_epochs=None, test_per_class=None, attack_steps=40,
@@ -131,7 +131,7 @@ def plan(args, mode: str, num_classes: int, cpu: bool) -> tuple[list[Job], dict]
     limit = None if m["test_per_class"] is None else m["test_per_class"] * num_classes
     attacks = f"fgsm,pgd-{steps},cw-{steps},aa"
     common = ["--dataset", args.dataset, "--progress", "off", "--seed", str(args.seed),
-              "--device", args.device, "--final-attacks", attacks]
+              "--device", args.device]
     common += _optional("--data-dir", args.data_dir) + ["--arch", arch]
     common += _optional("--eps", args.eps) + _optional("--final-limit", limit)
     for key in ("train_per_class", "val_per_class", "epochs", "steps", "alpha", "batch_size",
@@ -145,7 +145,9 @@ def plan(args, mode: str, num_classes: int, cpu: bool) -> tuple[list[Job], dict]
             in selected_runs(args.runs)]
     for name, method, extra in runs:
         run_dir = out / "runs" / name
-        argv = [sys.executable, "-m", "cwr_fast.train", "--method", method, *extra, *common,
+        # the baselines are also attacked with torchattacks' AutoAttack, for FINDINGS.md's comparison
+        final = ["--final-attacks", attacks + (",aa-ta" if name in BASELINES else "")]
+        argv = [sys.executable, "-m", "cwr_fast.train", "--method", method, *extra, *common, *final,
                 "--out", str(run_dir)]
         jobs.append(Job(f"train {name}", argv, out / "logs" / f"train-{name}.log",
                         run_dir / "summary.txt", env=env))

@@ -167,3 +167,60 @@ def mnist_checkpoint(mnist_model, tmp_path_factory):
     path = tmp_path_factory.mktemp("checkpoint") / "small_cnn.pt"
     torch.save(mnist_model.state_dict(), path)
     return path
+
+
+# ---- adversarially trained models (tests/test_autoattack*.py) -------------------------------------
+# Trained once per session by the tool's own training CLI on real data, seeded: a small CNN on MNIST
+# (PGD-AT at eps 0.2, attacked at 0.25; about a minute) and a short run on the CIFAR-10 subset (eps 8/255).
+
+class RobustFixture:
+    """(model in eval mode, class-balanced test images in [0, 1], labels, eps, name)."""
+
+    def __init__(self, model, x, y, eps, name):
+        self.model, self.x, self.y, self.eps, self.name = model, x, y, eps, name
+
+
+def _train_robust(out: Path, dataset: str, *args: str) -> Path:
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [sys.executable, "-m", "cwr_fast.train", "--dataset", dataset, "--val-per-class", "5",
+           "--no-final-eval", "--progress", "off", "--seed", "0", "--out", str(out), *args]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, f"training the fixture model failed:\n{proc.stderr[-3000:]}"
+    return out / "checkpoints" / "last.pt"
+
+
+def _robust_fixture(checkpoint: Path, source: str, data_kwargs: dict, per_class: int, eps: float,
+                    name: str) -> RobustFixture:
+    from cwr_fast.data import dataset_info, load_arrays
+    from cwr_fast.models import build_model
+    from cwr_fast.models.checkpoint import load_weights
+
+    info = dataset_info(source)
+    model = build_model("small_cnn", info.num_classes, info.mean, info.std, info.image_shape[0])
+    load_weights(model, checkpoint)
+    images, labels = load_arrays(source, "test", **data_kwargs)
+    keep = torch.cat([torch.nonzero(labels == c).flatten()[:per_class] for c in range(info.num_classes)])
+    keep = keep.sort().values
+    return RobustFixture(model.eval(), images[keep].float() / 255, labels[keep].clone(), eps, name)
+
+
+@pytest.fixture(scope="session")
+def mnist_robust(shared_data, tmp_path_factory) -> RobustFixture:
+    ckpt = _train_robust(tmp_path_factory.mktemp("mnist_robust") / "run", "mnist", "--data-dir",
+                         str(shared_data), "--train-per-class", "300", "--epochs", "8", "--steps", "5",
+                         "--alpha", "0.06", "--eps", "0.2", "--eps-warmup-epochs", "3",
+                         "--batch-size", "50")
+    return _robust_fixture(ckpt, "mnist", {"data_dir": shared_data}, 20, 0.25, "mnist")
+
+
+@pytest.fixture(scope="session")
+def cifar_robust(shared_data, tmp_path_factory) -> RobustFixture:
+    source = f"npz:{shared_data / 'cifar10-subset' / 'cifar10_subset.npz'}"
+    ckpt = _train_robust(tmp_path_factory.mktemp("cifar_robust") / "run", source, "--arch", "small_cnn",
+                         "--epochs", "6", "--steps", "4", "--alpha", "3/255", "--batch-size", "50",
+                         "--lr", "0.02", "--schedule", "cosine", "--eps-warmup-epochs", "2",
+                         "--weight-decay", "0")
+    return _robust_fixture(ckpt, source, {}, 20, 8 / 255, "cifar10-subset")

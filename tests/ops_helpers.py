@@ -35,8 +35,9 @@ def ulp(x: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 def assert_close_ulp(actual: Tensor, expected: Tensor, *, what: str, ulps: float = 1.0,
-                     rtol: float = 0.0, atol: float = 0.0) -> None:
-    """|actual - expected| <= ulps * ulp(expected, dtype) + rtol * |expected| + atol, elementwise.
+                     rtol: float = 0.0, atol: float | Tensor = 0.0) -> None:
+    """|actual - expected| <= ulps * ulp(expected, dtype) + rtol * |expected| + atol, elementwise
+    (atol: a number, or a tensor that broadcasts to expected's shape).
 
     `dtype` is expected's dtype. On failure the message names the op/case (`what`), dtype, shape,
     the max error, the worst element and the tolerance there."""
@@ -57,6 +58,8 @@ def assert_close_ulp(actual: Tensor, expected: Tensor, *, what: str, ulps: float
         raise AssertionError(f"{what}: infinities differ ({expected.dtype}, shape {tuple(expected.shape)})")
     finite = ~(nan_e | inf_e)
     a, e = a[finite], e[finite]
+    if isinstance(atol, Tensor):
+        atol = atol.detach().to(torch.float64).cpu().expand(finite.shape)[finite]
     err = (a - e).abs()
     tol = ulps * ulp(e, expected.dtype) + rtol * e.abs() + atol
     bad = err > tol
@@ -102,6 +105,40 @@ def grad_tolerance(logits: Tensor, temperature: float, weight: Tensor | None) ->
     wmax = weight.detach().abs().max().item() if weight is not None and weight.numel() else 1.0
     return dict(ulps=0.0 if logits.dtype == torch.float64 else 1.0, rtol=16 * u,
                 atol=16 * u * max(wmax, 1.0) / temperature)
+
+
+def dlr_tolerances(logits: Tensor, target: Tensor, attack_target: Tensor | None,
+                   weight: Tensor | None) -> tuple[dict, dict]:
+    """(loss, dz) tolerances of the DLR loss -N/D: the ops do the reference's float32 operations
+    (up to fused multiply-adds), so the error is a few roundings of the terms 1/D and N/D^2 of
+    each row, |w| (1/|D| + |N|/D^2); dz adds one ulp of its dtype."""
+    u = compute_eps(logits.dtype)
+    z = logits.detach().to(torch.float64).cpu()
+    y = target.cpu()
+    if z.shape[0] == 0:
+        return dict(ulps=0.0), dict(ulps=0.0)
+    top = torch.sort(z, dim=1, descending=True, stable=True)
+    v, order = top.values, top.indices
+    if attack_target is None:
+        other = torch.where(order[:, 0] != y, v[:, 0], v[:, 1])
+        d = v[:, 0] - v[:, 2] + 1e-12
+    else:
+        other = z.gather(1, attack_target.cpu()[:, None]).squeeze(1)
+        d = v[:, 0] - 0.5 * (v[:, 2] + v[:, 3]) + 1e-12
+    n = z.gather(1, y[:, None]).squeeze(1) - other
+    w = weight.detach().to(torch.float64).cpu().abs() if weight is not None else torch.ones_like(d)
+    d = d.abs().clamp_min(1e-12)
+    scale = w * (1 / d + n.abs() / d ** 2)
+    loss_tol = dict(ulps=0.0, rtol=8 * u, atol=8 * u * w * n.abs() / d)
+    grad_tol = dict(ulps=0.0 if logits.dtype == torch.float64 else 1.0, rtol=8 * u,
+                    atol=8 * u * scale[:, None])
+    return loss_tol, grad_tol
+
+
+def dlr_attack_targets(target: Tensor, num_classes: int) -> Tensor:
+    """A deterministic target class != y for every sample (for the targeted DLR tests)."""
+    shift = 1 + torch.arange(target.shape[0], device=target.device) % max(num_classes - 1, 1)
+    return (target + shift) % num_classes
 
 
 # ---- inputs --------------------------------------------------------------------------------------
@@ -188,7 +225,9 @@ def as_layout(t: Tensor, layout: str) -> Tensor:
 STEPS = {"linf": (ops.linf_pgd_step_, reference.linf_pgd_step_),
          "l2": (ops.l2_pgd_step_, reference.l2_pgd_step_)}
 LOSSES = {"ce": (ops.temperature_ce_fwd_bwd, reference.temperature_ce_fwd_bwd),
-          "margin": (ops.margin_loss_fwd_bwd, reference.margin_loss_fwd_bwd)}
+          "margin": (ops.margin_loss_fwd_bwd, reference.margin_loss_fwd_bwd),
+          "dlr": (ops.dlr_loss_fwd_bwd, reference.dlr_loss_fwd_bwd),
+          "dlr_t": (ops.dlr_loss_fwd_bwd, reference.dlr_loss_fwd_bwd)}
 
 
 def unchanged(t: Tensor, before: Tensor) -> bool:
@@ -219,12 +258,19 @@ def run_step(name, x_adv, grad, x_nat, alpha, eps, lo=0.0, hi=1.0, what=""):
     assert_close_ulp(x_adv, expected, what=f"{name}_pgd_step_ {what}", **tol)
 
 
-def run_loss(name, logits, target, temperature=1.0, weight=None, what=""):
+def run_loss(name, logits, target, temperature=1.0, weight=None, what="", attack_target=None):
+    """Runs loss `name` (ce, margin, dlr, dlr_t: targeted DLR, toward `attack_target` or
+    dlr_attack_targets) and the reference on contiguous copies; compares."""
     op, ref = LOSSES[name]
-    args = (logits, target, temperature, weight) if name == "ce" else (logits, target, weight)
-    ref_args = (logits.contiguous(), target.contiguous(), temperature,
-                None if weight is None else weight.contiguous()) if name == "ce" else \
-        (logits.contiguous(), target.contiguous(), None if weight is None else weight.contiguous())
+    if name == "ce":
+        args = (logits, target, temperature, weight)
+    elif name == "margin":
+        args = (logits, target, weight)
+    else:
+        if name == "dlr_t" and attack_target is None:
+            attack_target = dlr_attack_targets(target, logits.shape[1])
+        args = (logits, target, attack_target if name == "dlr_t" else None, weight)
+    ref_args = tuple(a.contiguous() if isinstance(a, Tensor) else a for a in args)
     logits_before = logits.clone()
     loss, dz = op(*args)
     exp_loss, exp_dz = ref(*ref_args)
@@ -232,6 +278,48 @@ def run_loss(name, logits, target, temperature=1.0, weight=None, what=""):
     t = temperature if name == "ce" else 1.0
     what = f"{name} {what} (N, C)={tuple(logits.shape)} {logits.dtype} T={t} weight={weight is not None}"
     assert loss.device == logits.device and dz.device == logits.device
-    assert_close_ulp(loss, exp_loss, what=what + " loss", **loss_tolerance(logits, t, weight))
-    assert_close_ulp(dz, exp_dz, what=what + " dz", **grad_tolerance(logits, t, weight))
+    if name.startswith("dlr"):
+        loss_tol, grad_tol = dlr_tolerances(*ref_args[:2], ref_args[2], weight)
+    else:
+        loss_tol, grad_tol = loss_tolerance(logits, t, weight), grad_tolerance(logits, t, weight)
+    assert_close_ulp(loss, exp_loss, what=what + " loss", **loss_tol)
+    assert_close_ulp(dz, exp_dz, what=what + " dz", **grad_tol)
     return loss, dz
+
+
+# ---- hyperplane projections (FAB) ----------------------------------------------------------------
+
+PROJECTIONS = {"linf": (ops.hyperplane_projection_linf, reference.hyperplane_projection_linf),
+               "l2": (ops.hyperplane_projection_l2, reference.hyperplane_projection_l2)}
+
+
+def projection_inputs(m, d, dtype, device, seed=0, scale=1.0):
+    """points in [0, 1], normals with some exact zeros (and some below the L2 threshold), offsets
+    b = w . t + scale * noise: from rows on the plane (c = 0) to rows whose plane is out of reach."""
+    gen = generator(seed)
+    t = rand((m, d), torch.float64, "cpu", gen)
+    w = randn((m, d), torch.float64, "cpu", gen)
+    zero = rand((m, d), torch.float64, "cpu", gen)
+    w = torch.where(zero < 0.1, torch.zeros_like(w), w)
+    w = torch.where((zero > 0.1) & (zero < 0.12), w * 1e-9, w)
+    b = (w * t).sum(dim=1) + scale * randn((m,), torch.float64, "cpu", gen) * (d ** 0.5)
+    if m > 1:
+        b[0] = (w[0] * t[0]).sum()  # on the plane already
+    return tuple(v.to(dtype=dtype, device=device) for v in (t, w, b))
+
+
+def projection_tolerance(dtype) -> dict:
+    """The ops sum in float64 and the reference in the input dtype: lam, and so d, differ by a few
+    roundings of sums over the row."""
+    return dict(ulps=0.0, rtol=0.0, atol=1e-10 if dtype == torch.float64 else 5e-5)
+
+
+def run_projection(name, t, w, b, what=""):
+    op, ref = PROJECTIONS[name]
+    before = [v.clone() for v in (t, w, b)]
+    d = op(t, w, b)
+    assert all(unchanged(v, v0) for v, v0 in zip((t, w, b), before)), f"{name}: an input was modified"
+    expected = ref(t.contiguous(), w.contiguous(), b.contiguous())
+    assert_close_ulp(d, expected, what=f"{name} projection {what} {tuple(t.shape)} {t.dtype}",
+                     **projection_tolerance(t.dtype))
+    return d

@@ -7,7 +7,7 @@ import torch
 import torchattacks
 from torch import nn
 
-from cwr_fast.attacks import (CW, FGSM, PGD, PGDL2, TPGD, AttackSpecError, AutoAttack,
+from cwr_fast.attacks import (CW, FGSM, PGD, PGDL2, TPGD, AttackSpecError, TorchattacksAutoAttack,
                               choose_targets, parse_attack, parse_attacks)
 
 EPS = 0.15
@@ -250,20 +250,20 @@ def test_spec_build_errors(mnist_model):
     assert (attack.alpha, attack.random_start, attack.track, attack.eps) == (0.01, False, "final", 0.3)
 
 
-def test_autoattack_runs_torchattacks(mnist_model, batch):
+def test_aa_ta_runs_torchattacks(mnist_model, batch):
     x, y = batch
-    atk = parse_attack("aa").build(mnist_model, eps=0.2, num_classes=10)
-    assert isinstance(atk, AutoAttack)
+    atk = parse_attack("aa-ta").build(mnist_model, eps=0.2, num_classes=10)
+    assert isinstance(atk, TorchattacksAutoAttack) and atk.name == "aa-ta"
     result = atk.run(x[:6], y[:6])
     assert result.x_adv.shape == (6, 1, 28, 28)
     assert ((result.x_adv - x[:6]).abs().amax() <= 0.2 + 1e-5)
     torch.testing.assert_close(result.pred, predict(mnist_model, result.x_adv), rtol=0, atol=0)
 
 
-def test_autoattack_without_torchattacks_says_so(mnist_model, monkeypatch):
+def test_aa_ta_without_torchattacks_says_so(mnist_model, monkeypatch):
     monkeypatch.setitem(sys.modules, "torchattacks", None)
     with pytest.raises(RuntimeError, match="pip install torchattacks"):
-        AutoAttack(mnist_model, eps=0.3)
+        TorchattacksAutoAttack(mnist_model, eps=0.3)
 
 
 def test_channels_last_inputs_keep_their_layout_and_results(mnist_model, batch):

@@ -50,7 +50,7 @@ def test_cli_writes_every_file(full_run):
 
 def test_report_json_follows_the_schema(full_run):
     report = json.loads((full_run / "report.json").read_text())
-    assert report["schema"] == "cwr_fast.classwise_report" and report["schema_version"] == 1
+    assert report["schema"] == "cwr_fast.classwise_report" and report["schema_version"] == 2
     assert report["dataset"]["class_names"] == [str(c) for c in range(10)]
     assert report["dataset"]["num_images"] == 60 and report["config"]["per_class"] == 6
     assert [a["label"] for a in report["attacks"]] == ATTACKS
@@ -176,3 +176,29 @@ def test_torchrun_two_processes_write_the_single_process_report(full_run, mnist_
         assert sharded[key]["confusion"] == single[key]["confusion"]
     assert [a["confusion"] for a in sharded["attacks"]] == [a["confusion"] for a in single["attacks"]]
     assert sharded["gains"] == single["gains"]
+
+
+def test_autoattack_breakdown_in_every_report_file(mnist_robust, shared_data, tmp_path):
+    """--attacks with aa: report.json, report.md, the CSV and the stacked-bar PNG carry the
+    per-class, per-member breakdown, and its counts add up to the classes' images."""
+    checkpoint = tmp_path / "model.pt"
+    torch.save(mnist_robust.model.state_dict(), checkpoint)
+    out = tmp_path / "report"
+    assert main(cli_args(checkpoint, shared_data, out, attacks="pgd-5,aa:seed=0", eps=0.3, limit=40,
+                         batch_size=40)) == 0
+    report = json.loads((out / "report.json").read_text())
+    (section,) = report["autoattack"]
+    assert section["label"] == "aa:seed=0" and section["members"] == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    aa = next(a for a in report["attacks"] if a["label"] == "aa:seed=0")
+    for r, record in zip(section["per_class"], aa["per_class"]):
+        assert r["clean_wrong"] + sum(r["broken_first_by"].values()) + r["robust"] == r["n"] == 4
+        assert r["robust"] == record["robust"]
+        fooled = [m for m, k in r["broken_first_by"].items() if k]
+        assert r["last_needed"] == (fooled[-1] if fooled else None)
+    assert set(section["member_seconds"]) == set(section["members"])
+    assert sum(section["overall"][m] for m in section["members"]) > 0
+    rows = list(csv.reader((out / "autoattack_aa_seed=0.csv").open()))
+    assert rows[0][:3] == ["class", "n", "clean wrong"] and len(rows) == 12
+    assert (out / "autoattack_aa_seed=0.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (out / "report.md").read_text()
+    assert "## AutoAttack breakdown (aa:seed=0)" in md and "Time per member" in md

@@ -45,34 +45,63 @@ def test_gradcheck_margin_loss(shape, weighted, reduction, device):
 
 
 @on_devices
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+@pytest.mark.parametrize("shape", [(4, 5), (3, 4), (2, 40)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("targeted", [False, True], ids=["untargeted", "targeted"])
+def test_gradcheck_dlr_loss(targeted, shape, weighted, reduction, device):
+    # Random float64 logits: the order of the top logits is stable under gradcheck's 1e-6 steps.
+    logits, target = loss_inputs(*shape, torch.float64, device, seed=shape[1] + 2)
+    logits.requires_grad_(True)
+    w = weights(shape[0], device, dtype=torch.float64) if weighted else None
+    toward = (target + 1) % shape[1] if targeted else None
+    fn = lambda z: ops.dlr_loss(z, target, toward, w, reduction)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (logits,))
+
+
+def differentiable_losses(name, target, w):
+    """(fused, reference) differentiable versions of loss `name` on logits z."""
+    toward = (target + 3) % 10
+    return {
+        "ce": (lambda z: ops.temperature_cross_entropy(z, target, 2.0, w),
+               lambda z: reference.temperature_cross_entropy(z, target, 2.0, w)),
+        "margin": (lambda z: ops.margin_loss(z, target, w), lambda z: reference.margin_loss(z, target, w)),
+        "dlr": (lambda z: ops.dlr_loss(z, target, None, w), lambda z: reference.dlr_loss(z, target, None, w)),
+        "dlr_t": (lambda z: ops.dlr_loss(z, target, toward, w),
+                  lambda z: reference.dlr_loss(z, target, toward, w)),
+    }[name]
+
+
+@on_devices
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["f32", "bf16", "f16"])
-@pytest.mark.parametrize("name", ["ce", "margin"])
+@pytest.mark.parametrize("name", ["ce", "margin", "dlr", "dlr_t"])
 def test_loss_grad_matches_reference(name, dtype, device):
     """Backward through the fused loss (low precision too) equals the reference's autograd."""
     logits, target = loss_inputs(16, 10, dtype, device, seed=5)
     w = weights(16, device)
     z1 = logits.clone().requires_grad_(True)
     z2 = logits.clone().requires_grad_(True)
-    if name == "ce":
-        ops.temperature_cross_entropy(z1, target, 2.0, w).backward()
-        reference.temperature_cross_entropy(z2, target, 2.0, w).backward()
-    else:
-        ops.margin_loss(z1, target, w).backward()
-        reference.margin_loss(z2, target, w).backward()
+    fused, ref = differentiable_losses(name, target, w)
+    fused(z1).backward()
+    ref(z2).backward()
     assert z1.grad.dtype == dtype
-    # mean over N: |grad| <= |w| / (N T); one ulp of the dtype plus float32 rounding
-    assert_close_ulp(z1.grad, z2.grad, what=f"{name} backward", ulps=1, rtol=1e-5, atol=1e-6)
+    # mean over N: |grad| <= |w| / (N T); one ulp of the dtype plus float32 rounding (DLR: of its
+    # terms 1/D and N/D^2, which exceed 1 where the denominator D is small)
+    scale = 1.0 if name in ("ce", "margin") else z2.grad.abs().max().item()
+    assert_close_ulp(z1.grad, z2.grad, what=f"{name} backward", ulps=1, rtol=1e-5, atol=1e-6 * scale)
 
 
 @on_devices
-@pytest.mark.parametrize("name", ["ce", "margin"])
+@pytest.mark.parametrize("name", ["ce", "margin", "dlr", "dlr_t"])
 def test_dz_output_is_not_differentiable(name, device):
     logits, target = loss_inputs(5, 7, torch.float64, device, seed=6)
     logits.requires_grad_(True)
     if name == "ce":
         loss, dz = ops.temperature_ce_fwd_bwd(logits, target, 1.5)
-    else:
+    elif name == "margin":
         loss, dz = ops.margin_loss_fwd_bwd(logits, target)
+    else:
+        loss, dz = ops.dlr_loss_fwd_bwd(logits, target, (target + 1) % 7 if name == "dlr_t" else None)
     assert loss.requires_grad and not dz.requires_grad
     (g,) = torch.autograd.grad(loss.sum(), logits, retain_graph=True)
     assert torch.allclose(g, dz, rtol=1e-12, atol=1e-12)
@@ -82,25 +111,29 @@ def test_dz_output_is_not_differentiable(name, device):
     assert torch.allclose(g2, dz * torch.arange(5, dtype=dz.dtype, device=device)[:, None])
 
 
+def _loss_call(name, logits, target, **kwargs):
+    if name == "ce":
+        return lambda: ops.temperature_cross_entropy(logits, target, 1.0, **kwargs)
+    if name == "margin":
+        return lambda: ops.margin_loss(logits, target, **kwargs)
+    return lambda: ops.dlr_loss(logits, target, None, **kwargs)
+
+
 @on_devices
-@pytest.mark.parametrize("name", ["ce", "margin"])
+@pytest.mark.parametrize("name", ["ce", "margin", "dlr"])
 def test_weight_requiring_grad_is_an_error(name, device):
     logits, target = loss_inputs(4, 3, torch.float32, device)
     w = weights(4, device).requires_grad_(True)
-    fn = (lambda: ops.temperature_cross_entropy(logits, target, 1.0, w)) if name == "ce" else \
-        (lambda: ops.margin_loss(logits, target, w))
     with pytest.raises(ValueError, match=r"\bweight\b"):
-        fn()
+        _loss_call(name, logits, target, weight=w)()
 
 
 @on_devices
-@pytest.mark.parametrize("name", ["ce", "margin"])
+@pytest.mark.parametrize("name", ["ce", "margin", "dlr"])
 def test_bad_reduction_is_an_error(name, device):
     logits, target = loss_inputs(4, 3, torch.float32, device)
-    fn = (lambda: ops.temperature_cross_entropy(logits, target, 1.0, reduction="avg")) if name == "ce" \
-        else (lambda: ops.margin_loss(logits, target, reduction="avg"))
     with pytest.raises(ValueError, match=r"\breduction\b"):
-        fn()
+        _loss_call(name, logits, target, reduction="avg")()
 
 
 # ---- torch.compile -------------------------------------------------------------------------------
@@ -160,3 +193,47 @@ def test_compiled_pgd_loop_matches_eager(device, monkeypatch):
     for name, a, b in zip(("linf", "l2"), compiled, eager):
         assert not torch.equal(b, x_nat), f"{name}: the eager attack did not move"
         assert_close_ulp(a, b, what=f"compiled vs eager {name} PGD", ulps=0, atol=1e-5)
+
+
+@on_devices
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("name", ["ce", "margin", "dlr", "dlr_t"])
+def test_repeated_and_scaled_backward(name, reduction, device):
+    """The backward that hands dz over untouched (upstream gradient 1) stays right when the graph
+    is kept and run again, and when the upstream gradient is not 1."""
+    logits, target = loss_inputs(12, 10, torch.float32, device, seed=8)
+    w = weights(12, device)
+    toward = (target + 3) % 10
+    fused = {
+        "ce": lambda z: ops.temperature_cross_entropy(z, target, 2.0, w, reduction),
+        "margin": lambda z: ops.margin_loss(z, target, w, reduction),
+        "dlr": lambda z: ops.dlr_loss(z, target, None, w, reduction),
+        "dlr_t": lambda z: ops.dlr_loss(z, target, toward, w, reduction),
+    }[name]
+    z = logits.clone().requires_grad_(True)
+    (once,) = torch.autograd.grad(fused(z), z)
+    loss = fused(z)
+    loss.backward(retain_graph=True)
+    loss.backward(retain_graph=True)
+    loss.backward()
+    torch.testing.assert_close(z.grad, 3 * once)
+    (scaled,) = torch.autograd.grad(fused(z) * 2.5, z)
+    torch.testing.assert_close(scaled, 2.5 * once)
+    assert not torch.equal(once, torch.zeros_like(once))
+
+
+@on_devices
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("name", ["ce", "margin", "dlr", "dlr_t"])
+def test_empty_batch(name, reduction, device):
+    """No samples: an empty 'none', a 0 'sum' and a NaN 'mean', as the reference (torch) gives."""
+    logits, target = loss_inputs(0, 10, torch.float32, device)
+    z1, z2 = logits.clone().requires_grad_(True), logits.clone().requires_grad_(True)
+    kwargs = {"ce": (2.0,), "margin": (), "dlr": (None,), "dlr_t": ((target + 3) % 10,)}[name]
+    op = {"ce": ops.temperature_cross_entropy, "margin": ops.margin_loss, "dlr": ops.dlr_loss,
+          "dlr_t": ops.dlr_loss}[name]
+    rop = {"ce": reference.temperature_cross_entropy, "margin": reference.margin_loss,
+           "dlr": reference.dlr_loss, "dlr_t": reference.dlr_loss}[name]
+    a = op(z1, target, *kwargs, None, reduction)
+    b = rop(z2, target, *kwargs, None, reduction)
+    torch.testing.assert_close(a, b, equal_nan=True)

@@ -104,18 +104,55 @@ def call_loss(name, args, temperature=1.0):
     w = w[0] if w else None
     if name == "ce":
         return ops.temperature_ce_fwd_bwd(z, y, temperature, w)
-    return ops.margin_loss_fwd_bwd(z, y, w)
+    if name == "margin":
+        return ops.margin_loss_fwd_bwd(z, y, w)
+    toward = (y + 1) % z.shape[1] if name == "dlr_t" and z.dim() == 2 and z.shape[1] else None
+    if name == "dlr_t" and toward is None:
+        toward = torch.zeros_like(y)
+    return ops.dlr_loss_fwd_bwd(z, y, toward, w)
+
+
+LOSS_NAMES = ["ce", "margin", "dlr", "dlr_t"]
 
 
 @on_devices
 @pytest.mark.parametrize("case", list(LOSS_CASES) + list(CPU_ONLY_LOSS_CASES))
-@pytest.mark.parametrize("name", ["ce", "margin"])
+@pytest.mark.parametrize("name", LOSS_NAMES)
 def test_loss_bad_input(name, case, device):
     if case in CPU_ONLY_LOSS_CASES and device != "cpu":
         pytest.skip("target values are validated on the CPU only")
     arg, make = {**LOSS_CASES, **CPU_ONLY_LOSS_CASES}[case]
     with pytest.raises(ERRORS, match=names(arg)):
         call_loss(name, make(*loss_args(device)))
+
+
+DLR_CASES = {
+    # case: (argument named in the message, targeted, function of (logits [4, 5], target) -> args)
+    "two_classes": ("logits", False, lambda z, y: (z[:, :2], y % 2, None)),
+    "three_classes_targeted": ("logits", True, lambda z, y: (z[:, :3], y % 3, (y + 1) % 3)),
+    "attack_target_int32": ("attack_target", True, lambda z, y: (z, y, y.int())),
+    "attack_target_float": ("attack_target", True, lambda z, y: (z, y, y.float())),
+    "attack_target_wrong_length": ("attack_target", True, lambda z, y: (z, y, y[:3])),
+    "attack_target_2d": ("attack_target", True, lambda z, y: (z, y, y[:, None])),
+}
+CPU_ONLY_DLR_CASES = {
+    "attack_target_negative": ("attack_target", True, lambda z, y: (z, y, torch.tensor([0, 1, -1, 2]))),
+    "attack_target_equal_to_C": ("attack_target", True, lambda z, y: (z, y, torch.tensor([5, 1, 0, 2]))),
+}
+
+
+@on_devices
+@pytest.mark.parametrize("case", list(DLR_CASES) + list(CPU_ONLY_DLR_CASES))
+def test_dlr_bad_input(case, device):
+    if case in CPU_ONLY_DLR_CASES and device != "cpu":
+        pytest.skip("target values are validated on the CPU only")
+    arg, _, make = {**DLR_CASES, **CPU_ONLY_DLR_CASES}[case]
+    z, y = loss_args(device)
+    with pytest.raises(ERRORS, match=names(arg)):
+        ops.dlr_loss_fwd_bwd(*make(z, y))
+    if arg == "logits":  # the differentiable loss and the reference say the same
+        with pytest.raises(ERRORS, match=names(arg)):
+            ops.dlr_loss(*make(z, y))
 
 
 @on_devices
@@ -153,7 +190,7 @@ def test_step_tensors_on_different_devices(name, arg, devs):
 
 @pytest.mark.parametrize("devs", OTHER_DEVICES, ids=lambda d: "-".join(d) if isinstance(d, tuple) else d)
 @pytest.mark.parametrize("arg", ["target", "weight"])
-@pytest.mark.parametrize("name", ["ce", "margin"])
+@pytest.mark.parametrize("name", LOSS_NAMES)
 def test_loss_tensors_on_different_devices(name, arg, devs):
     home, other = devs
     z, y = loss_args(home)
@@ -164,3 +201,53 @@ def test_loss_tensors_on_different_devices(name, arg, devs):
         w = w.to(other)
     with pytest.raises(ERRORS, match=names(arg)):
         call_loss(name, (z, y, w))
+
+
+@pytest.mark.parametrize("devs", OTHER_DEVICES, ids=lambda d: "-".join(d) if isinstance(d, tuple) else d)
+def test_dlr_attack_target_on_another_device(devs):
+    home, other = devs
+    z, y = loss_args(home)
+    with pytest.raises(ERRORS, match=names("attack_target")):
+        ops.dlr_loss_fwd_bwd(z, y, ((y + 1) % 5).to(other))
+
+
+def projection_args(device, m=4, d=6, dtype=torch.float32):
+    t = torch.rand(m, d, dtype=dtype, device=device)
+    return t, torch.randn_like(t), torch.randn(m, dtype=dtype, device=device)
+
+
+PROJECTION_CASES = {
+    "points_1d": ("points", lambda t, w, b: (t[0], w[0], b[:1])),
+    "points_3d": ("points", lambda t, w, b: (t[:, :, None], w[:, :, None], b)),
+    "points_half": ("points", lambda t, w, b: (t.half(), w.half(), b.half())),
+    "points_int": ("points", lambda t, w, b: ((t * 10).long(), (w * 10).long(), b.long())),
+    "w_shape": ("w", lambda t, w, b: (t, w[:, :3], b)),
+    "w_broadcastable": ("w", lambda t, w, b: (t, w[:1], b)),
+    "w_dtype": ("w", lambda t, w, b: (t, w.double(), b)),
+    "b_shape": ("b", lambda t, w, b: (t, w, b[:2])),
+    "b_2d": ("b", lambda t, w, b: (t, w, b[:, None])),
+    "b_dtype": ("b", lambda t, w, b: (t, w, b.double())),
+}
+
+
+@on_devices
+@pytest.mark.parametrize("case", list(PROJECTION_CASES))
+@pytest.mark.parametrize("name", ["hyperplane_projection_linf", "hyperplane_projection_l2"])
+def test_projection_bad_input(name, case, device):
+    arg, make = PROJECTION_CASES[case]
+    with pytest.raises(ERRORS, match=names(arg)):
+        getattr(ops, name)(*make(*projection_args(device)))
+
+
+@pytest.mark.parametrize("devs", OTHER_DEVICES, ids=lambda d: "-".join(d) if isinstance(d, tuple) else d)
+@pytest.mark.parametrize("arg", ["w", "b"])
+@pytest.mark.parametrize("name", ["hyperplane_projection_linf", "hyperplane_projection_l2"])
+def test_projection_tensors_on_different_devices(name, arg, devs):
+    home, other = devs
+    t, w, b = projection_args(home)
+    if arg == "w":
+        w = w.to(other)
+    else:
+        b = b.to(other)
+    with pytest.raises(ERRORS, match=names(arg)):
+        getattr(ops, name)(t, w, b)

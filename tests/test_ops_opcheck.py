@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import devices
-from ops_helpers import as_layout, budgets, loss_inputs, step_inputs, weights
+from ops_helpers import as_layout, budgets, loss_inputs, projection_inputs, step_inputs, weights
 
 pytestmark = pytest.mark.usefixtures("validating_backend")
 
@@ -67,6 +67,49 @@ def test_opcheck_losses(name, sample, device):
 
 
 @on_devices
+@pytest.mark.parametrize("sample", ["plain", "weighted", "requires_grad", "requires_grad_weighted_transposed",
+                                    "c1000_bf16", "empty_batch"])
+@pytest.mark.parametrize("targeted", [False, True], ids=["untargeted", "targeted"])
+def test_opcheck_dlr(targeted, sample, device):
+    logits, target, weight = loss_samples(device, with_temperature=False)[sample]
+    toward = (target + 1) % logits.shape[1] if targeted else None
+    _opcheck(torch.ops.cwr_fast.dlr_loss_fwd_bwd.default, (logits, target, toward, weight))
+
+
+# (the mean over an empty batch is NaN, which opcheck's comparisons do not equate; test_ops_autograd
+# checks that case against the reference)
+DIFFERENTIABLE_SAMPLES = [(sample, reduction) for sample in
+                          ["plain", "weighted", "requires_grad", "requires_grad_weighted_transposed",
+                           "c1000_bf16", "empty_batch"]
+                          for reduction in (0, 1, 2) if (sample, reduction) != ("empty_batch", 1)]
+
+
+@on_devices
+@pytest.mark.parametrize("sample, reduction", DIFFERENTIABLE_SAMPLES, ids=lambda v: str(v))
+@pytest.mark.parametrize("name", ["temperature_cross_entropy", "margin_loss", "dlr_loss", "dlr_loss_targeted"])
+def test_opcheck_differentiable_losses(name, sample, reduction, device):
+    logits, target, *rest = loss_samples(device, with_temperature=name == "temperature_cross_entropy")[sample]
+    if name.startswith("dlr"):
+        toward = (target + 1) % logits.shape[1] if name.endswith("targeted") else None
+        rest = [toward] + rest
+    _opcheck(getattr(torch.ops.cwr_fast, name.removesuffix("_targeted")).default,
+             (logits, target, *rest, reduction))
+
+
+@on_devices
+@pytest.mark.parametrize("sample", ["f32", "f64_far_planes", "transposed", "empty"])
+@pytest.mark.parametrize("name", ["hyperplane_projection_linf", "hyperplane_projection_l2"])
+def test_opcheck_projections(name, sample, device):
+    t, w, b = projection_inputs(8, 50, torch.float64 if sample.startswith("f64") else torch.float32,
+                                device, seed=6, scale=30.0 if "far" in sample else 1.0)
+    if sample == "transposed":
+        t, w = as_layout(t, "transposed"), as_layout(w, "transposed")
+    if sample == "empty":
+        t, w, b = t[:0], w[:0], b[:0]
+    _opcheck(getattr(torch.ops.cwr_fast, name).default, (t, w, b))
+
+
+@on_devices
 def test_fake_kernels_give_output_metadata(device):
     """Shapes and dtypes under FakeTensorMode, as torch.compile sees them."""
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -77,6 +120,8 @@ def test_fake_kernels_give_output_metadata(device):
             z = torch.empty(7, 13, dtype=dtype, device=device)
             y = torch.zeros(7, dtype=torch.long, device=device)
             for loss, dz in (torch.ops.cwr_fast.temperature_ce_fwd_bwd(z, y, 2.0, None),
-                             torch.ops.cwr_fast.margin_loss_fwd_bwd(z, y, None)):
+                             torch.ops.cwr_fast.margin_loss_fwd_bwd(z, y, None),
+                             torch.ops.cwr_fast.dlr_loss_fwd_bwd(z, y, None, None),
+                             torch.ops.cwr_fast.dlr_loss_fwd_bwd(z, y, y + 1, None)):
                 assert loss.shape == (7,) and loss.dtype == loss_dtype and loss.device.type == device
                 assert dz.shape == (7, 13) and dz.dtype == dtype and dz.device.type == device

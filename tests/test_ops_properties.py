@@ -16,8 +16,8 @@ import torch
 from conftest import devices
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from ops_helpers import (FLOAT_DTYPES, as_layout, compute_eps, generator, loss_tolerance, run_loss,
-                         run_step, ulp)
+from ops_helpers import (FLOAT_DTYPES, as_layout, compute_eps, generator, loss_tolerance,
+                         projection_inputs, run_loss, run_projection, run_step, ulp)
 
 pytestmark = pytest.mark.usefixtures("compiled_backend")
 
@@ -212,3 +212,57 @@ def test_margin_property(case, device):
     margin = others.max(dim=1).values - z_true
     tol = 4 * compute_eps(case["dtype"]) * (z.abs().max().item() + 1) * (w.abs().max().item() + 1)
     assert (loss.double() - w * margin).abs().max().item() <= tol, case
+
+
+@st.composite
+def dlr_cases(draw):
+    case = draw(loss_cases(ce=False))
+    case["targeted"] = draw(st.booleans())
+    case["c"] = max(case["c"], 4 if case["targeted"] else 3)
+    return case
+
+
+@on_devices
+@given(case=dlr_cases())
+@PROFILE
+def test_dlr_property(case, device):
+    logits, target, weight = make_loss(case, device)
+    name = "dlr_t" if case["targeted"] else "dlr"
+    loss, dz = run_loss(name, logits, target, 1.0, weight, what=str(case))
+    if case["n"] == 0:
+        return
+    d = dz.double()
+    # At most 4 (targeted: 5) nonzero entries per row, and rows sum to 0: d/dz of -N/D with N a
+    # difference of two logits and D = z_pi1 - z_pi3 (- z_pi4 averaged in) both shift-invariant.
+    assert ((d != 0).sum(dim=1) <= (5 if case["targeted"] else 4)).all(), case
+    finite = d.isfinite().all(dim=1)
+    scale = d.abs().amax(dim=1).clamp_min(1.0)
+    slack = 8 * (ulp(scale, case["dtype"]) + compute_eps(case["dtype"]) * scale)
+    assert (d.sum(dim=1).abs()[finite] <= slack[finite]).all(), f"DLR dz rows do not sum to 0: {case}"
+    if not case["targeted"]:  # -(z_y - max_{j!=y} z_j) / (z_pi1 - z_pi3) >= -1 (for w >= 0)
+        w = weight.double() if weight is not None else torch.ones_like(loss, dtype=torch.float64)
+        bound = -w * (1 + 8 * compute_eps(case["dtype"]))
+        assert (loss.double()[finite] >= bound[finite] - 1e-12).all(), f"DLR loss below -w: {case}"
+
+
+@st.composite
+def projection_cases(draw):
+    return dict(m=draw(st.integers(0, 8)), d=draw(st.integers(0, 40) | st.sampled_from([784, 3072])),
+                dtype=draw(st.sampled_from([torch.float32, torch.float64])),
+                scale=draw(st.sampled_from([0.0, 0.01, 1.0, 100.0])),
+                name=draw(st.sampled_from(["linf", "l2"])), seed=draw(st.integers(0, 2**31 - 1)))
+
+
+@on_devices
+@given(case=projection_cases())
+@PROFILE
+def test_projection_property(case, device):
+    t, w, b = projection_inputs(case["m"], case["d"], case["dtype"], device, seed=case["seed"],
+                                scale=case["scale"])
+    d = run_projection(case["name"], t, w, b, what=str(case))
+    if d.numel() == 0:
+        return
+    x = (t + d).double()
+    assert x.min().item() >= -1e-6 and x.max().item() <= 1 + 1e-6, f"left the box: {case}"
+    inactive = w == 0 if case["name"] == "linf" else w.abs() <= 1e-8
+    assert (d[inactive] == 0).all(), f"moved a coordinate with w = 0: {case}"

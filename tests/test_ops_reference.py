@@ -9,8 +9,8 @@ import os
 import pytest
 import torch
 from conftest import devices, forced_reference_backend
-from ops_helpers import (FLOAT_DTYPES, as_layout, budgets, loss_inputs, run_loss, run_step,
-                         step_inputs, weights)
+from ops_helpers import (FLOAT_DTYPES, as_layout, budgets, dlr_attack_targets, loss_inputs,
+                         projection_inputs, run_loss, run_projection, run_step, step_inputs, weights)
 
 from cwr_fast import ops
 
@@ -195,9 +195,76 @@ def test_ce_temperatures(temperature, shape, dtype, device):
     run_loss("ce", logits, target, temperature, None)
 
 
+DLR_SHAPES = [(0, 10), (1, 3), (5, 4), (7, 10), (33, 17), (3, 1003), (512, 10), (64, 1000),
+              (256, 1000)]
+
+
 @on_devices
 @dtypes
-@pytest.mark.parametrize("name", ["ce", "margin"])
+@pytest.mark.parametrize("shape", DLR_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+@pytest.mark.parametrize("name", ["dlr", "dlr_t"])
+def test_dlr_matches_reference(name, weighted, shape, dtype, device):
+    n, c = shape
+    if name == "dlr_t" and c < 4:
+        pytest.skip("the targeted DLR loss needs C >= 4")
+    logits, target = loss_inputs(n, c, dtype, device, seed=n * 5 + c)
+    weight = weights(n, device, seed=n) if weighted else None
+    loss, dz = run_loss(name, logits, target, 1.0, weight)
+    assert loss.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert loss.shape == (n,) and dz.shape == (n, c) and dz.dtype == dtype
+    assert ((dz != 0).sum(dim=1) <= (5 if name == "dlr_t" else 4)).all(), "dz has too many nonzeros"
+
+
+@pytest.mark.parametrize("targeted", [False, True], ids=["untargeted", "targeted"])
+def test_dlr_is_autoattacks_loss(targeted):
+    """Loss and gradient equal the reference AutoAttack's DLR formulas (pyautoattack, with
+    autograd through its sort) on float64 logits without ties."""
+    from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
+
+    logits, target = loss_inputs(64, 10, torch.float64, "cpu", seed=41)
+    z = logits.clone().requires_grad_(True)
+    if targeted:
+        toward = dlr_attack_targets(target, 10)
+        peer = APGDAttack_targeted(None, eps=0.1)
+        peer.y_target = toward
+        theirs = peer.dlr_loss_targeted(z, target)
+    else:
+        toward = None
+        theirs = APGDAttack(None, eps=0.1).dlr_loss(z, target)
+    (their_grad,) = torch.autograd.grad(theirs.sum(), z)
+    loss, dz = ops.dlr_loss_fwd_bwd(logits, target, toward)
+    torch.testing.assert_close(loss, theirs.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(dz, their_grad, rtol=1e-10, atol=1e-12)
+
+
+@on_devices
+@dtypes
+def test_dlr_ties_follow_the_stable_descending_order(dtype, device):
+    """Tied logits rank by lower index (torch.sort(descending=True, stable=True)); the gradient
+    lands on those positions."""
+    logits = torch.zeros(4, 6, dtype=dtype, device=device)
+    logits[0] = torch.tensor([1.0, 3.0, 3.0, 2.0, 2.0, 0.0])  # pi = 1, 2, 3, 4, ...; y = 0
+    logits[1] = torch.tensor([3.0, 2.0, 1.0, 1.0, 1.0, 0.0])  # pi3 = 2 of the tied 2, 3, 4
+    logits[2] = 1.0                                           # everything tied
+    logits[3] = torch.tensor([0.0, 3.0, 2.0, 1.0, 1.0, 1.0])  # y = 1 is the unique max
+    target = torch.tensor([0, 1, 5, 1], device=device)
+    for name in ("dlr", "dlr_t"):
+        toward = torch.tensor([5, 4, 0, 3], device=device) if name == "dlr_t" else None
+        _, dz = run_loss(name, logits, target, what="ties", attack_target=toward)
+        nonzero = [sorted(torch.nonzero(row).flatten().tolist()) for row in dz.float().cpu()]
+        if name == "dlr":  # y, competitor, pi1, pi3
+            assert nonzero[0] == [0, 1, 3], nonzero  # competitor = pi1 = 1, pi3 = 3
+            assert nonzero[1] == [0, 1, 2], nonzero  # competitor = pi1 = 0, pi3 = 2
+            assert nonzero[2] == [0, 5], nonzero     # all tied: N = 0, only y and pi1 = 0
+            assert nonzero[3] == [1, 2, 3], nonzero  # y = pi1, competitor = pi2 = 2, pi3 = 3
+        else:  # y, target, pi1, pi3, pi4
+            assert nonzero[0] == [0, 1, 3, 4, 5], nonzero
+
+
+@on_devices
+@dtypes
+@pytest.mark.parametrize("name", ["ce", "margin", "dlr", "dlr_t"])
 @pytest.mark.parametrize("layout", ["transposed", "sliced", "batch_sliced", "sliced_target_weight",
                                     "f64_weight", "f16_weight"])
 def test_loss_layouts(layout, name, dtype, device):
@@ -232,7 +299,7 @@ def test_margin_ties_pick_first_competitor(dtype, device):
 
 @on_devices
 @dtypes
-@pytest.mark.parametrize("name", ["ce", "margin"])
+@pytest.mark.parametrize("name", ["ce", "margin", "dlr", "dlr_t"])
 @pytest.mark.parametrize("case", ["large_logits", "neg_inf_non_target", "constant_rows", "nan_logits"])
 def test_loss_extreme_logits(case, name, dtype, device):
     n, c = 6, 50
@@ -253,5 +320,93 @@ def test_loss_extreme_logits(case, name, dtype, device):
     logits = logits.to(dtype=dtype, device=device)
     target = target.to(device)
     loss, dz = run_loss(name, logits, target, 1.0, None, what=case)
-    if case != "nan_logits":
+    # As in the reference: a targeted DLR toward a -inf class has an infinite loss, and constant rows
+    # have a DLR denominator of 1e-12, whose 1e12 gradient overflows float16.
+    dlr_inf = (name == "dlr_t" and case == "neg_inf_non_target") or \
+        (name.startswith("dlr") and case == "constant_rows" and dtype == torch.float16)
+    if case != "nan_logits" and not dlr_inf:
         assert loss.isfinite().all() and dz.isfinite().all(), f"{name}: non-finite output ({case})"
+
+
+# ---- hyperplane projections ------------------------------------------------------------------------
+
+PROJECTION_SHAPES = [(0, 5), (3, 0), (1, 1), (2, 3), (9, 7), (17, 784), (6, 3072), (510, 784)]
+projection_dtypes = pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+
+
+@on_devices
+@projection_dtypes
+@pytest.mark.parametrize("shape", PROJECTION_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("scale", [0.01, 1.0, 30.0])
+@pytest.mark.parametrize("name", ["linf", "l2"])
+def test_projection_matches_reference(name, scale, shape, dtype, device):
+    t, w, b = projection_inputs(*shape, dtype, device, seed=sum(shape), scale=scale)
+    d = run_projection(name, t, w, b, what=f"scale {scale}")
+    if d.numel() == 0:
+        return
+    x = (t + d).double()
+    assert x.min().item() >= -1e-6 and x.max().item() <= 1 + 1e-6, f"{name}: left the box"
+    # where the plane is in reach, the projection lands on it
+    reach = plane_in_reach(t, w, b, name)
+    gap = ((w.double() * x).sum(dim=1) - b.double()).abs()
+    assert (gap[reach] <= 1e-3 * (1 + b.double()[reach].abs())).all(), f"{name}: misses the plane"
+
+
+def plane_in_reach(t, w, b, name):
+    """Rows whose plane w . x = b meets the box: moving every coordinate to its bound against w
+    lowers |w . t - b| by at least |w . t - b|."""
+    t, w, b = t.double(), w.double(), b.double()
+    if name == "l2":
+        w = torch.where(w.abs() > 1e-8, w, torch.zeros_like(w))
+    c = (w * t).sum(dim=1) - b
+    w = w * torch.where(c >= 0, 1.0, -1.0).to(w.dtype)[:, None]
+    return (torch.where(w > 0, t, 1 - t) * w.abs()).sum(dim=1) >= c.abs()
+
+
+@projection_dtypes
+@pytest.mark.parametrize("name", ["linf", "l2"])
+def test_projection_is_the_reference_autoattacks(name, dtype):
+    """The same perturbations as the reference AutoAttack's FAB projections (pyautoattack)."""
+    from pyautoattack.fab_projections import projection_l2, projection_linf
+
+    peer = projection_linf if name == "linf" else projection_l2
+    for scale in (0.01, 1.0, 30.0):
+        t, w, b = projection_inputs(64, 784, dtype, "cpu", seed=5, scale=scale)
+        d = run_projection(name, t, w, b, what=f"scale {scale}")
+        torch.testing.assert_close(d, peer(t, w, b), rtol=0, atol=5e-4 if dtype == torch.float32 else 1e-8)
+
+
+@pytest.mark.parametrize("name", ["linf", "l2"])
+def test_projection_is_optimal(name):
+    """Against a generic solver on small rows: feasible, and no longer than its solution (Linf:
+    the linear program min s, -s <= d <= s; L2: a quadratic program, by SLSQP)."""
+    import numpy as np
+    from scipy.optimize import linprog, minimize
+
+    t, w, b = projection_inputs(40, 6, torch.float64, "cpu", seed=9, scale=0.3)
+    d = run_projection(name, t, w, b)
+    reach = plane_in_reach(t, w, b, name)
+    for i in range(1, 40):
+        ti, wi, bi = t[i].numpy(), w[i].numpy(), b[i].item()
+        if name == "l2":
+            wi = np.where(np.abs(wi) > 1e-8, wi, 0.0)
+        if not reach[i]:  # out of reach: the box corner against w (on the side of the plane)
+            toward = torch.from_numpy(wi) * (1 if wi @ ti - bi >= 0 else -1)
+            corner = torch.where(toward != 0, torch.where(toward > 0, -t[i], 1 - t[i]), 0.0)
+            assert torch.allclose(d[i], corner), f"row {i}: not the corner"
+            continue
+        bounds = list(zip(-ti, 1 - ti))
+        if name == "linf":  # variables (d, s): min s with -s <= d <= s
+            res = linprog(np.r_[np.zeros(6), 1.0],
+                          A_ub=np.block([[np.eye(6), -np.ones((6, 1))], [-np.eye(6), -np.ones((6, 1))]]),
+                          b_ub=np.zeros(12), A_eq=np.r_[wi, 0.0][None], b_eq=[bi - wi @ ti],
+                          bounds=bounds + [(0, None)])
+            best, size = (res.x[6] if res.success else None), d[i].abs().max().item()
+        else:
+            res = minimize(lambda v: v @ v, np.zeros(6), jac=lambda v: 2 * v, method="SLSQP",
+                           bounds=bounds, constraints=[{"type": "eq", "fun": lambda v: wi @ (ti + v) - bi,
+                                                        "jac": lambda v: wi}],
+                           options={"maxiter": 1000, "ftol": 1e-14})
+            best, size = (float(np.sqrt(res.x @ res.x)) if res.success else None), d[i].norm().item()
+        assert best is not None, f"row {i}: the solver failed on a reachable plane ({res.message})"
+        assert size <= best + 1e-6, f"row {i}: |d| = {size} > optimum {best}"

@@ -238,11 +238,107 @@ std::tuple<at::Tensor, at::Tensor> margin_loss_fwd_bwd_cpu(const at::Tensor& log
   return {loss, grad};
 }
 
+// The order of torch.sort(descending=True, stable=True): NaN first, then the larger value, then
+// the lower index.
+template <typename T>
+inline bool ranks_before(T a, int64_t ia, T b, int64_t ib) {
+  const bool a_nan = std::isnan(a), b_nan = std::isnan(b);
+  if (a_nan != b_nan) return a_nan;
+  if (!a_nan && a != b) return a > b;
+  return ia < ib;
+}
+
+// The positions and values of the four first logits of a row in that order (C >= 3; a fourth
+// only when C >= 4), in one scan that rejects most elements with one comparison.
+template <typename T>
+struct Top4 {
+  int64_t idx[4];
+  T val[4];
+};
+
+template <typename scalar_t>
+Top4<at::opmath_type<scalar_t>> top4(const scalar_t* z, int64_t c) {
+  using T = at::opmath_type<scalar_t>;
+  Top4<T> top{};
+  int count = 0;
+  for (int64_t j = 0; j < c; ++j) {
+    const T v = static_cast<T>(z[j]);
+    // Scanning in index order, an element equal to the 4th kept one never ranks before it.
+    if (count == 4 && !(v > top.val[3]) && !(std::isnan(v) && !std::isnan(top.val[3]))) continue;
+    int k = count < 4 ? count++ : 3;
+    for (; k > 0 && ranks_before(v, j, top.val[k - 1], top.idx[k - 1]); --k) {
+      top.val[k] = top.val[k - 1];
+      top.idx[k] = top.idx[k - 1];
+    }
+    top.val[k] = v;
+    top.idx[k] = j;
+  }
+  return top;
+}
+
+std::tuple<at::Tensor, at::Tensor> dlr_loss_fwd_bwd_cpu(const at::Tensor& logits_in, const at::Tensor& target_in,
+                                             const std::optional<at::Tensor>& attack_target_in,
+                                             const std::optional<at::Tensor>& weight_in) {
+  check_dlr_args(logits_in, target_in, attack_target_in, weight_in);
+  auto [logits, target, weight, loss, grad] = prepare_loss(logits_in, target_in, weight_in);
+  if (logits.size(0) == 0) return {loss, grad};
+  const bool targeted = attack_target_in.has_value();
+  const at::Tensor attack_target = targeted ? attack_target_in->contiguous() : at::Tensor();
+  const int64_t* t_ptr = targeted ? attack_target.const_data_ptr<int64_t>() : nullptr;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "dlr_loss_cpu", [&] {
+    using T = at::opmath_type<scalar_t>;
+    const auto r = loss_rows<scalar_t>(logits, target, weight, loss, grad);
+    at::parallel_for(0, r.n, std::max<int64_t>(1, kGrainElems / r.c), [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const scalar_t* z = r.z + i * r.c;
+        scalar_t* g = r.grad + i * r.c;
+        const int64_t yi = r.target(i);
+        const Top4<T> top = top4(z, r.c);
+        int64_t other;  // the competitor of y: the best other class, or the attack's target
+        T denominator;
+        if (targeted) {
+          other = t_ptr[i];
+          TORCH_CHECK(other >= 0 && other < r.c, "attack_target must hold class indices in [0, ",
+                      r.c, "), got ", other, " for sample ", i);
+          denominator = top.val[0] - T(0.5) * (top.val[2] + top.val[3]) + T(1e-12);
+        } else {
+          other = top.idx[0] != yi ? top.idx[0] : top.idx[1];
+          denominator = top.val[0] - top.val[2] + T(1e-12);
+        }
+        const T numerator = static_cast<T>(z[yi]) - static_cast<T>(z[other]);
+        const T ratio = numerator / denominator, wi = r.weight(i);
+        r.loss[i] = wi * -ratio;
+        // dL/dz = -(e_y - e_other) / D + (N / D^2) dD/dz; each index collects at most two terms.
+        const T d_num = T(1) / denominator, d_den = ratio / denominator;
+        T contrib[5] = {-d_num, d_num, d_den, -d_den, T(0)};
+        int64_t where[5] = {yi, other, top.idx[0], top.idx[2], -1};
+        if (targeted) {
+          contrib[3] = contrib[4] = T(-0.5) * d_den;
+          where[4] = top.idx[3];
+        }
+        T sum[5];
+        for (int k = 0; k < 5; ++k) {
+          sum[k] = contrib[k];
+          for (int m = 0; m < k; ++m) {
+            if (where[m] == where[k]) sum[k] = sum[m] + contrib[k];
+          }
+        }
+        std::fill(g, g + r.c, scalar_t(0));
+        for (int k = 0; k < 5; ++k) {
+          if (where[k] >= 0) g[where[k]] = static_cast<scalar_t>(wi * sum[k]);
+        }
+      }
+    });
+  });
+  return {loss, grad};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(cwr_fast, CPU, m) {
   m.impl("temperature_ce_fwd_bwd", &temperature_ce_fwd_bwd_cpu);
   m.impl("margin_loss_fwd_bwd", &margin_loss_fwd_bwd_cpu);
+  m.impl("dlr_loss_fwd_bwd", &dlr_loss_fwd_bwd_cpu);
 }
 
 }  // namespace cwr_fast::cpu

@@ -1,5 +1,5 @@
-// CUDA kernels of the fused per-sample losses and their gradients: temperature_ce_fwd_bwd and
-// margin_loss_fwd_bwd. Semantics: cwr_fast/reference.py.
+// CUDA kernels of the fused per-sample losses and their gradients: temperature_ce_fwd_bwd,
+// margin_loss_fwd_bwd and dlr_loss_fwd_bwd. Semantics: cwr_fast/reference.py.
 //
 // A group of threads handles one row of logits: a warp (8 rows per 256-thread block) when
 // C <= kWarpRowMaxC, otherwise the whole 256-thread block, so that small batches of many-class
@@ -147,6 +147,120 @@ margin_kernel(const scalar_t* logits, const int64_t* target,
   }
 }
 
+// ---- DLR loss -------------------------------------------------------------------------------
+
+// The four first logits of a row in the order of torch.sort(descending=True, stable=True), the
+// order of `beats`. Empty slots hold `none`, which every element beats.
+template <typename T>
+struct Top4 {
+  T val[4];
+  int64_t idx[4];
+};
+
+template <typename T>
+__device__ __forceinline__ Top4<T> no_top4() {
+  Top4<T> top;
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    top.val[k] = T(-INFINITY);
+    top.idx[k] = INT64_MAX;
+  }
+  return top;
+}
+
+template <typename T>
+__device__ __forceinline__ void insert(Top4<T>& top, T v, int64_t j) {
+  const ArgMax<T> candidate{v, j};
+  if (!beats(candidate, ArgMax<T>{top.val[3], top.idx[3]})) return;
+  int k = 3;
+#pragma unroll
+  for (int m = 3; m > 0; --m) {
+    if (k == m && beats(candidate, ArgMax<T>{top.val[m - 1], top.idx[m - 1]})) {
+      top.val[m] = top.val[m - 1];
+      top.idx[m] = top.idx[m - 1];
+      k = m - 1;
+    }
+  }
+  top.val[k] = v;
+  top.idx[k] = j;
+}
+
+struct Top4Merge {
+  template <typename T>
+  __device__ __forceinline__ Top4<T> operator()(Top4<T> a, const Top4<T>& b) const {
+#pragma unroll
+    for (int k = 0; k < 4; ++k) insert(a, b.val[k], b.idx[k]);
+    return a;
+  }
+};
+
+// Found by dev::warp_reduce through argument-dependent lookup.
+template <typename T>
+__device__ __forceinline__ Top4<T> shfl_xor(const Top4<T>& a, int mask) {
+  Top4<T> out;
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    out.val[k] = dev::shfl_xor(a.val[k], mask);
+    out.idx[k] = static_cast<int64_t>(
+        __shfl_xor_sync(0xffffffffu, static_cast<long long>(a.idx[k]), mask));
+  }
+  return out;
+}
+
+// loss_i = w_i * -N / D with N = z_y - z_other and D the DLR denominator (ops.cpp); the gradient
+// -(e_y - e_other) / D + (N / D^2) dD/dz collects its terms at each index in the order y, other,
+// pi1, pi3, pi4 (as the CPU kernel and the reference). attack_target == nullptr: untargeted.
+template <typename scalar_t, int kGroup>
+__global__ void __launch_bounds__(kThreads)
+dlr_kernel(const scalar_t* logits, const int64_t* target, const int64_t* attack_target,
+           const at::opmath_type<scalar_t>* weight, int64_t n, int64_t c,
+           at::opmath_type<scalar_t>* loss, scalar_t* grad) {
+  using T = at::opmath_type<scalar_t>;
+  const int rows_per_block = blockDim.x / kGroup;
+  const int lane = threadIdx.x % kGroup;
+  for (int64_t row = int64_t(blockIdx.x) * rows_per_block + threadIdx.x / kGroup; row < n;
+       row += int64_t(gridDim.x) * rows_per_block) {
+    const scalar_t* z = logits + row * c;
+    scalar_t* dz = grad + row * c;
+    Top4<T> top = no_top4<T>();
+    for (int64_t j = lane; j < c; j += kGroup) insert(top, T(z[j]), j);
+    top = group_reduce<kGroup>(top, Top4Merge(), no_top4<T>());
+
+    const int64_t y = target[row];
+    const bool y_ok = y >= 0 && y < c;
+    CUDA_KERNEL_ASSERT_MSG(y_ok, "cwr_fast.dlr_loss_fwd_bwd: target out of range [0, C)");
+    int64_t other;
+    T denominator;
+    if (attack_target != nullptr) {
+      other = attack_target[row];
+      CUDA_KERNEL_ASSERT_MSG(other >= 0 && other < c,
+                             "cwr_fast.dlr_loss_fwd_bwd: attack_target out of range [0, C)");
+      denominator = top.val[0] - T(0.5) * (top.val[2] + top.val[3]) + T(1e-12);
+    } else {
+      other = top.idx[0] != y ? top.idx[0] : top.idx[1];
+      denominator = top.val[0] - top.val[2] + T(1e-12);
+    }
+    const bool ok = y_ok && other >= 0 && other < c;
+    const T numerator = ok ? T(z[y]) - T(z[other]) : T(NAN);
+    const T ratio = numerator / denominator;
+    const T w = weight != nullptr ? weight[row] : T(1);
+    if (lane == 0) loss[row] = w * -ratio;
+    const T d_num = T(1) / denominator, d_den = ratio / denominator;
+    const T d_third = attack_target != nullptr ? T(-0.5) * d_den : -d_den;
+    const int64_t fourth = attack_target != nullptr ? top.idx[3] : -1;
+    for (int64_t j = lane; j < c; j += kGroup) {
+      T sum = T(0);
+      bool hit = false;
+      if (j == y) { sum += -d_num; hit = true; }
+      if (j == other) { sum += d_num; hit = true; }
+      if (j == top.idx[0]) { sum += d_den; hit = true; }
+      if (j == top.idx[2]) { sum += d_third; hit = true; }
+      if (j == fourth) { sum += d_third; hit = true; }
+      dz[j] = hit ? static_cast<scalar_t>(w * sum) : scalar_t(0);
+    }
+  }
+}
+
 // ---- host side ------------------------------------------------------------------------------
 
 struct LossInputs {
@@ -226,10 +340,33 @@ std::tuple<at::Tensor, at::Tensor> margin_loss_fwd_bwd_cuda(
   return {in.loss, in.grad};
 }
 
+std::tuple<at::Tensor, at::Tensor> dlr_loss_fwd_bwd_cuda(
+    const at::Tensor& logits, const at::Tensor& target, const std::optional<at::Tensor>& attack_target,
+    const std::optional<at::Tensor>& weight) {
+  check_dlr_args(logits, target, attack_target, weight);
+  const c10::cuda::CUDAGuard device_guard(logits.device());
+  LossInputs in = prepare(logits, target, weight);
+  if (in.n == 0) return {in.loss, in.grad};
+  const at::Tensor toward = attack_target.has_value() ? attack_target->contiguous() : at::Tensor();
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "dlr_loss_fwd_bwd_cuda", [&] {
+    using T = at::opmath_type<scalar_t>;
+    launch_rows(in.n, in.c, [&](auto group, unsigned int grid) {
+      dlr_kernel<scalar_t, decltype(group)::value><<<grid, kThreads, 0, stream>>>(
+          in.logits.const_data_ptr<scalar_t>(), in.target.const_data_ptr<int64_t>(),
+          optional_ptr<int64_t>(toward), optional_ptr<T>(in.weight), in.n, in.c,
+          in.loss.data_ptr<T>(), in.grad.data_ptr<scalar_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return {in.loss, in.grad};
+}
+
 }  // namespace
 }  // namespace cwr_fast
 
 TORCH_LIBRARY_IMPL(cwr_fast, CUDA, m) {
+  m.impl("dlr_loss_fwd_bwd", &cwr_fast::dlr_loss_fwd_bwd_cuda);
   m.impl("temperature_ce_fwd_bwd", &cwr_fast::temperature_ce_fwd_bwd_cuda);
   m.impl("margin_loss_fwd_bwd", &cwr_fast::margin_loss_fwd_bwd_cuda);
 }

@@ -3,17 +3,23 @@
     atk = PGD(model, eps=8/255, alpha=2/255, steps=10, random_start=True)
     x_adv = atk(x, y)                      # torchattacks-style
     result = atk.run(x, y)                 # AttackResult(x_adv, pred, success), for the evaluator
-    attacks = build_attacks("fgsm,pgd-20,tpgd-20:T=2,cw-30", model, eps=0.3)   # from text
+    attacks = build_attacks("fgsm,pgd-20,tpgd-20:T=2,cw-30,aa", model, eps=0.3)   # from text
+    AutoAttack(model, eps=8/255).run(x, y).broken_by   # which member fooled each image first
 """
 
+from cwr_fast.attacks.apgd import APGD, APGDT
 from cwr_fast.attacks.attack import Attack, check_inputs
 from cwr_fast.attacks.autoattack import AutoAttack
+from cwr_fast.attacks.fab import FAB, FABT
 from cwr_fast.attacks.functional import perturb
 from cwr_fast.attacks.gradient import CW, FGSM, PGD, PGDL2, TPGD, GradientAttack, choose_targets
 from cwr_fast.attacks.model_mode import attack_mode
 from cwr_fast.attacks.result import AttackResult
 from cwr_fast.attacks.spec import AttackSpec, AttackSpecError, build_attacks, parse_attack, parse_attacks
+from cwr_fast.attacks.square import Square
+from cwr_fast.attacks.torchattacks_aa import TorchattacksAutoAttack
 
-__all__ = ["CW", "FGSM", "PGD", "PGDL2", "TPGD", "Attack", "AttackResult", "AttackSpec",
-           "AttackSpecError", "AutoAttack", "GradientAttack", "attack_mode", "build_attacks",
-           "check_inputs", "choose_targets", "parse_attack", "parse_attacks", "perturb"]
+__all__ = ["APGD", "APGDT", "CW", "FAB", "FABT", "FGSM", "PGD", "PGDL2", "TPGD", "Attack",
+           "AttackResult", "AttackSpec", "AttackSpecError", "AutoAttack", "GradientAttack", "Square",
+           "TorchattacksAutoAttack", "attack_mode", "build_attacks", "check_inputs", "choose_targets",
+           "parse_attack", "parse_attacks", "perturb"]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
+from cwr_fast.attacks.functional import NORMS, amp_dtype
 from cwr_fast.attacks.model_mode import attack_mode
 from cwr_fast.attacks.result import AttackResult
 
@@ -24,6 +27,41 @@ def check_inputs(x: Tensor, y: Tensor) -> None:
                          f"range [{float(x.min()):.3g}, {float(x.max()):.3g}]")
     if torch.is_inference_mode_enabled():
         raise RuntimeError("attacks need autograd: do not call them under torch.inference_mode()")
+
+
+def check_budget(value, name: str, linf: bool) -> None:
+    """A budget (eps, alpha): a finite number >= 0 or a [N] tensor of them; at most 1 for Linf."""
+    if isinstance(value, Tensor):
+        if value.dim() > 1:
+            raise ValueError(f"{name} must be a number or a [N] tensor, got shape {list(value.shape)}")
+        low, high = float(value.min()) if value.numel() else 0.0, float(value.max()) if value.numel() else 0.0
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        low = high = float(value)
+    else:
+        raise TypeError(f"{name} must be a number or a [N] tensor, got {type(value).__name__}")
+    if not low >= 0 or not math.isfinite(high):
+        raise ValueError(f"{name} must be >= 0 and finite, got {low if not low >= 0 else high}")
+    if linf and high > 1:
+        raise ValueError(f"{name}={high} exceeds 1: Linf budgets are in pixel units of [0, 1] images "
+                         f"(did you mean {high:g}/255 = {high / 255:.4f}?)")
+
+
+def check_count(value, name: str, minimum: int = 1) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+def check_member_settings(attack: str, eps, norm: str, amp: str | None, **counts: int) -> None:
+    """The settings of an AutoAttack member: norm linf or l2, one eps for the batch (a finite
+    number >= 0, at most 1 for Linf), an autocast mode, and counts (steps, ...) that are ints >= 1."""
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    check_budget(eps, "eps", linf=norm == "linf")
+    if isinstance(eps, Tensor):
+        raise TypeError(f"{attack} takes one eps for the batch (a number)")
+    for name, value in counts.items():
+        check_count(value, name)
+    amp_dtype(amp)
 
 
 class Attack:

@@ -1,55 +1,92 @@
-"""AutoAttack (Croce & Hein, 2020) through torchattacks' implementation, when it is installed."""
+"""AutoAttack (Croce & Hein, ICML 2020) as the reference implementation runs it (fra31/auto-attack,
+`AutoAttack.set_version`): the members of each version are declared below, each runs only on the
+samples that every earlier member failed on, and a sample is robust only if all of them fail.
+
+    standard  APGD-CE, APGD-T (9 target classes), FAB-T (9 target classes), Square (5,000 queries)
+    plus      APGD-CE and APGD-DLR (5 restarts each), FAB (5 restarts), Square, APGD-T, FAB-T
+    rand      APGD-CE and APGD-DLR with the gradient averaged over 20 passes (EOT), for randomised
+              defenses
+
+APGD and FAB run 100 iterations; targeted members use min(9, C - 1) target classes. The members
+are cwr_fast's own implementations on the fused ops. The result says, per sample, which member
+fooled it first (`AttackResult.broken_by`, an index into `member_names`), for the report's
+per-class breakdown.
+"""
 
 from __future__ import annotations
+
+import time
 
 import torch
 from torch import Tensor, nn
 
-from cwr_fast.attacks.attack import Attack
+from cwr_fast.attacks.apgd import APGD, APGDT
+from cwr_fast.attacks.attack import Attack, check_budget
+from cwr_fast.attacks.ensemble import run_until_fooled
+from cwr_fast.attacks.fab import FAB, FABT
+from cwr_fast.attacks.functional import NORMS, amp_dtype
 from cwr_fast.attacks.result import AttackResult
+from cwr_fast.attacks.square import Square
 
-VERSIONS = ("standard", "plus", "rand")
-AA_NORMS = {"linf": "Linf", "l2": "L2"}
-
-
-def _torchattacks():
-    try:
-        import torchattacks
-    except ImportError as err:
-        raise RuntimeError("attack 'aa' (AutoAttack) runs torchattacks' implementation, which is not "
-                           "installed: pip install torchattacks") from err
-    return torchattacks
+# version: ((member name, attack class, its settings beyond eps, norm and amp), ...), in order
+VERSIONS = {
+    "standard": (("apgd-ce", APGD, {"loss": "ce"}),
+                 ("apgd-t", APGDT, {"targets": 9}),
+                 ("fab-t", FABT, {"targets": 9}),
+                 ("square", Square, {"queries": 5000})),
+    "plus": (("apgd-ce", APGD, {"loss": "ce", "restarts": 5}),
+             ("apgd-dlr", APGD, {"loss": "dlr", "restarts": 5}),
+             ("fab", FAB, {"restarts": 5}),
+             ("square", Square, {"queries": 5000}),
+             ("apgd-t", APGDT, {"targets": 9}),
+             ("fab-t", FABT, {"targets": 9})),
+    "rand": (("apgd-ce", APGD, {"loss": "ce", "eot": 20}),
+             ("apgd-dlr", APGD, {"loss": "dlr", "eot": 20})),
+}
 
 
 class AutoAttack(Attack):
-    """AutoAttack, standard version (APGD-CE, APGD-T, FAB-T, Square) unless `version` says otherwise.
-
-    A point counts as robust only if every attack of the ensemble fails on it. `num_classes` is
-    needed by the targeted members.
-    """
+    """AutoAttack, `version` standard, plus or rand (above), Linf or L2. seed: when given, every
+    member starts from this seed on every call (as the reference seeds each member's `perturb`),
+    and the global RNG is left untouched; otherwise the members draw from the global RNG in turn.
+    amp: autocast of the model in every member."""
 
     name = "aa"
 
     def __init__(self, model: nn.Module, eps: float = 8 / 255, norm: str = "linf",
-                 version: str = "standard", num_classes: int = 10, seed: int = 0):
+                 version: str = "standard", seed: int | None = None, amp: str | None = None):
         super().__init__(model)
-        if norm not in AA_NORMS:
-            raise ValueError(f"AutoAttack norm must be one of {list(AA_NORMS)}, got {norm!r}")
+        if norm not in NORMS:
+            raise ValueError(f"AutoAttack norm must be one of {NORMS}, got {norm!r}")
         if version not in VERSIONS:
-            raise ValueError(f"AutoAttack version must be one of {VERSIONS}, got {version!r}")
-        if not isinstance(eps, (int, float)) or not eps >= 0 or (norm == "linf" and eps > 1):
-            raise ValueError(f"AutoAttack eps must be a number in [0, 1] for linf (>= 0 for l2), got {eps!r}")
-        self._impl = _torchattacks().AutoAttack(model, norm=AA_NORMS[norm], eps=float(eps),
-                                                version=version, n_classes=int(num_classes), seed=seed)
-        self.eps, self.norm, self.version, self.num_classes, self.seed = eps, norm, version, num_classes, seed
+            raise ValueError(f"AutoAttack version must be one of {tuple(VERSIONS)}, got {version!r}")
+        check_budget(eps, "eps", linf=norm == "linf")
+        amp_dtype(amp)
+        self.eps, self.norm, self.version, self.seed, self.amp = float(eps), norm, version, seed, amp
+        self.members = {name: cls(model, eps=self.eps, norm=norm, amp=amp, **settings)
+                        for name, cls, settings in VERSIONS[version]}
+        self.member_seconds = dict.fromkeys(self.members, 0.0)  # summed over calls: where the time goes
+
+    @property
+    def member_names(self) -> list[str]:
+        return list(self.members)
 
     def params(self) -> dict:
-        return {"eps": self.eps, "norm": self.norm, "version": self.version,
-                "num_classes": self.num_classes, "seed": self.seed}
+        return {"eps": self.eps, "norm": self.norm, "version": self.version, "seed": self.seed,
+                "amp": self.amp}
 
     def _run(self, x: Tensor, y: Tensor) -> AttackResult:
-        self._impl.set_device(x.device)
-        x_adv = self._impl(x, y).detach().float()
-        with torch.no_grad():
-            pred = self.model(x_adv).argmax(dim=1)
-        return AttackResult(x_adv, pred, pred != y)
+        def member(name: str, atk: Attack):
+            def run(x_todo: Tensor, y_todo: Tensor, _) -> AttackResult:
+                started = time.perf_counter()
+                try:
+                    if self.seed is None:
+                        return atk.run(x_todo, y_todo)
+                    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+                        torch.manual_seed(self.seed)
+                        return atk.run(x_todo, y_todo)
+                finally:
+                    self.member_seconds[name] += time.perf_counter() - started
+            return run
+
+        return run_until_fooled(x, y, [member(name, atk) for name, atk in self.members.items()])

@@ -34,6 +34,11 @@ def amp_dtype(amp: str | None) -> torch.dtype | None:
     return AMP_DTYPES[amp]
 
 
+def fp16_loss_scale(dtype: torch.dtype | None) -> float | None:
+    """The factor on dL/dlogits under fp16 autocast (None otherwise)."""
+    return _FP16_LOSS_SCALE if dtype == torch.float16 else None
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
@@ -90,7 +95,7 @@ def _run_once(model: nn.Module, x_nat: Tensor, y: Tensor, target: Tensor | None,
     out_pred = y.clone()
     out_success = torch.zeros(n, dtype=torch.bool, device=x_nat.device)
     step_ = ops.linf_pgd_step_ if norm == "linf" else ops.l2_pgd_step_
-    scale = _FP16_LOSS_SCALE if dtype == torch.float16 else None
+    scale = fp16_loss_scale(dtype)
 
     channels_last = is_channels_last(x_nat)  # keep the caller's layout through compaction
     x = random_start(x_nat, eps, norm) if use_random_start else x_nat.clone()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from cwr_fast.attacks.attack import Attack
+from cwr_fast.attacks.attack import Attack, check_budget, check_count
 from cwr_fast.attacks.functional import LOSSES, NORMS, TRACKS, amp_dtype, autocast, perturb
 from cwr_fast.attacks.result import AttackResult
 
@@ -48,14 +48,12 @@ class GradientAttack(Attack):
                  temperature: float = 1.0, target: str | None = None, track: str = "final",
                  amp: str | None = None):
         super().__init__(model)
-        _check_budget(eps, "eps", linf=self.norm == "linf")
-        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-            raise ValueError(f"steps must be an int >= 1, got {steps!r}")
-        if not isinstance(restarts, int) or isinstance(restarts, bool) or restarts < 1:
-            raise ValueError(f"restarts must be an int >= 1, got {restarts!r}")
+        check_budget(eps, "eps", linf=self.norm == "linf")
+        check_count(steps, "steps")
+        check_count(restarts, "restarts")
         if alpha is None:
             alpha = 2.5 * eps / steps
-        _check_budget(alpha, "alpha", linf=False)
+        check_budget(alpha, "alpha", linf=False)
         if not float(temperature) > 0:
             raise ValueError(f"temperature must be > 0, got {temperature!r}")
         if target is not None and target not in TARGET_MODES:
@@ -91,22 +89,6 @@ class GradientAttack(Attack):
                        steps=self.steps, loss=self.loss, temperature=self.temperature,
                        random_start=self.random_start, restarts=self.restarts,
                        target=self._targets(x, y), track=self.track, amp=self.amp)
-
-
-def _check_budget(value, name: str, linf: bool) -> None:
-    if isinstance(value, Tensor):
-        if value.dim() > 1:
-            raise ValueError(f"{name} must be a number or a [N] tensor, got shape {list(value.shape)}")
-        low, high = float(value.min()) if value.numel() else 0.0, float(value.max()) if value.numel() else 0.0
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        low = high = float(value)
-    else:
-        raise TypeError(f"{name} must be a number or a [N] tensor, got {type(value).__name__}")
-    if not low >= 0:
-        raise ValueError(f"{name} must be >= 0, got {low}")
-    if linf and high > 1:
-        raise ValueError(f"{name}={high} exceeds 1: Linf budgets are in pixel units of [0, 1] images "
-                         f"(did you mean {high:g}/255 = {high / 255:.4f}?)")
 
 
 class PGD(GradientAttack):

@@ -11,8 +11,11 @@ from torch import Tensor
 class AttackResult:
     """x_adv: adversarial images (float32, the shape of x). pred: the model's prediction at x_adv
     ([N] int64). success: [N] bool, pred != y (untargeted) or pred == target (targeted).
-    pred and success are None when the attack was asked not to score its last iterate."""
+    pred and success are None when the attack was asked not to score its last iterate.
+    broken_by: for an ensemble of attacks run one after another (AutoAttack), [N] int64: the index
+    of the member that fooled the sample first, -1 where none did; None for a single attack."""
 
     x_adv: Tensor
     pred: Tensor | None
     success: Tensor | None
+    broken_by: Tensor | None = None

@@ -6,8 +6,16 @@ One attack is `name[-steps][:key=value]...`:
   tpgd-STEPS   (Temperature)   same keys; T defaults to 1 (= pgd)
   cw-STEPS     (Linf, margin)  keys: eps, alpha, restarts, rs, target
   pgdl2-STEPS  (L2, CE)        keys: eps, alpha, restarts, rs, T, target; eps from --eps-l2 unless given
-  aa           (AutoAttack)    keys: eps, version (standard|plus|rand), norm (linf|l2), seed
-STEPS defaults to 10. Numbers may be fractions: eps=8/255. target: random, least or next.
+  aa           (AutoAttack, the reference protocol)  keys: eps, version (standard|plus|rand),
+                                                     norm (linf|l2), seed
+  aa-ta        (torchattacks' AutoAttack, 10 iterations; for comparison)  same keys
+AutoAttack's members on their own (STEPS: iterations, default 100; square: queries, default 5000):
+  apgd-ce-STEPS, apgd-dlr-STEPS   keys: eps, norm, restarts, rho, eot
+  apgd-t-STEPS                    keys: eps, norm, restarts, rho, targets (default 9)
+  fab-STEPS, fab-t-STEPS          keys: eps, norm, restarts (fab-t: targets)
+  square-QUERIES                  keys: eps, norm, restarts, p (the initial window fraction)
+STEPS of the PGD family defaults to 10. Numbers may be fractions: eps=8/255. target: random,
+least or next. An L2 attack (norm=l2) takes its eps from --eps-l2 unless given.
 """
 
 from __future__ import annotations
@@ -18,21 +26,45 @@ from fractions import Fraction
 
 from torch import nn
 
+from cwr_fast.attacks.apgd import APGD, APGDT
 from cwr_fast.attacks.attack import Attack
 from cwr_fast.attacks.autoattack import VERSIONS, AutoAttack
+from cwr_fast.attacks.fab import FAB, FABT
 from cwr_fast.attacks.gradient import CW, FGSM, PGD, PGDL2, TARGET_MODES, TPGD
+from cwr_fast.attacks.square import Square
+from cwr_fast.attacks.torchattacks_aa import TorchattacksAutoAttack
 
 _ITERATIVE_KEYS = {"eps", "alpha", "restarts", "rs", "T", "target"}
+_AA_KEYS = {"eps", "version", "norm", "seed"}
 KEYS = {
     "fgsm": {"eps", "T", "target"},
     "pgd": _ITERATIVE_KEYS,
     "tpgd": _ITERATIVE_KEYS,
     "cw": _ITERATIVE_KEYS - {"T"},
     "pgdl2": _ITERATIVE_KEYS,
-    "aa": {"eps", "version", "norm", "seed"},
+    "aa": _AA_KEYS,
+    "aa-ta": _AA_KEYS,
+    "apgd-ce": {"eps", "norm", "restarts", "rho", "eot"},
+    "apgd-dlr": {"eps", "norm", "restarts", "rho", "eot"},
+    "apgd-t": {"eps", "norm", "restarts", "rho", "targets"},
+    "fab": {"eps", "norm", "restarts"},
+    "fab-t": {"eps", "norm", "restarts", "targets"},
+    "square": {"eps", "norm", "restarts", "p"},
 }
-_ALIASES = {"autoattack": "aa", "pgd_l2": "pgdl2", "l2pgd": "pgdl2", "cwlinf": "cw", "cw_linf": "cw"}
-DEFAULT_STEPS = 10
+# AutoAttack's members as attacks of their own: (class, its fixed settings, keyword of STEPS)
+MEMBERS = {
+    "apgd-ce": (APGD, {"loss": "ce"}, "steps"),
+    "apgd-dlr": (APGD, {"loss": "dlr"}, "steps"),
+    "apgd-t": (APGDT, {}, "steps"),
+    "fab": (FAB, {}, "steps"),
+    "fab-t": (FABT, {}, "steps"),
+    "square": (Square, {}, "queries"),
+}
+_SPEC_KEYWORDS = {"restarts": "restarts", "rho": "rho", "eot": "eot", "targets": "targets", "p": "p_init"}
+_NO_STEPS = ("fgsm", "aa", "aa-ta")
+_ALIASES = {"autoattack": "aa", "pgd_l2": "pgdl2", "l2pgd": "pgdl2", "cwlinf": "cw", "cw_linf": "cw",
+            "autoattack-ta": "aa-ta"}
+DEFAULT_STEPS = 10  # of the PGD family; AutoAttack's members have their own defaults
 
 
 class AttackSpecError(ValueError):
@@ -73,8 +105,17 @@ class AttackSpec:
         try:
             if self.name == "aa":
                 return AutoAttack(model, eps=budget, norm=p.get("norm", "linf"),
-                                  version=p.get("version", "standard"), num_classes=num_classes,
-                                  seed=p.get("seed", 0))
+                                  version=p.get("version", "standard"), seed=p.get("seed"), amp=amp)
+            if self.name == "aa-ta":
+                return TorchattacksAutoAttack(model, eps=budget, norm=p.get("norm", "linf"),
+                                              version=p.get("version", "standard"),
+                                              num_classes=num_classes, seed=p.get("seed", 0))
+            if self.name in MEMBERS:
+                cls, fixed, steps_keyword = MEMBERS[self.name]
+                kwargs = {_SPEC_KEYWORDS[k]: v for k, v in p.items() if k in _SPEC_KEYWORDS}
+                if self.steps is not None:
+                    kwargs[steps_keyword] = self.steps
+                return cls(model, eps=budget, norm=p.get("norm", "linf"), amp=amp, **fixed, **kwargs)
             common = {"target": p.get("target"), "track": track, "amp": amp}
             if self.name == "fgsm":
                 return FGSM(model, eps=budget, temperature=p.get("T", 1.0), **common)
@@ -102,19 +143,21 @@ def _parse_number(key: str, text: str, label: str) -> float:
 
 
 def _parse_value(key: str, text: str, label: str):
-    if key in ("eps", "alpha", "T"):
+    if key in ("eps", "alpha", "T", "rho", "p"):
         value = _parse_number(key, text, label)
         if key == "eps" and value < 0:
             raise AttackSpecError(f"attack {label!r}: eps must be >= 0, got {text}")
         if key in ("alpha", "T") and not value > 0:
             raise AttackSpecError(f"attack {label!r}: {key} must be > 0, got {text}")
+        if key in ("rho", "p") and not 0 < value <= 1:
+            raise AttackSpecError(f"attack {label!r}: {key} must lie in (0, 1], got {text}")
         return value
-    if key in ("restarts", "seed", "rs"):
+    if key in ("restarts", "seed", "rs", "eot", "targets"):
         if not text.isdigit():
             raise AttackSpecError(f"attack {label!r}: {key} must be a non-negative integer, got {text!r}")
         value = int(text)
-        if key == "restarts" and value < 1:
-            raise AttackSpecError(f"attack {label!r}: restarts must be >= 1")
+        if key in ("restarts", "eot", "targets") and value < 1:
+            raise AttackSpecError(f"attack {label!r}: {key} must be >= 1")
         if key == "rs" and value not in (0, 1):
             raise AttackSpecError(f"attack {label!r}: rs must be 0 or 1")
         return value
@@ -127,20 +170,33 @@ def _parse_value(key: str, text: str, label: str):
     return text
 
 
+def _split_name(head: str) -> tuple[str, str]:
+    """'apgd-t-50' -> ('apgd-t', '50'): the longest known (or aliased) name, then the steps."""
+    parts = head.split("-")
+    for k in range(len(parts), 0, -1):
+        name = "-".join(parts[:k])
+        name = _ALIASES.get(name, name)
+        if name in KEYS:
+            return name, "-".join(parts[k:])
+    return _ALIASES.get(parts[0], parts[0]), "-".join(parts[1:])
+
+
 def parse_attack(text: str) -> AttackSpec:
     """'tpgd-20:T=2' -> AttackSpec('tpgd', 20, {'T': 2.0})."""
     label = text.strip()
     head, *assignments = label.split(":")
-    name, _, steps_text = head.strip().lower().partition("-")
-    name = _ALIASES.get(name, name)
+    name, steps_text = _split_name(head.strip().lower())
     if name not in KEYS:
         raise AttackSpecError(f"unknown attack {label!r}; known attacks: {', '.join(KEYS)} "
                               "(e.g. fgsm,pgd-20,tpgd-20:T=2,cw-30,aa)")
     steps = None
-    if name not in ("fgsm", "aa"):
+    if name not in _NO_STEPS:
         if steps_text and (not steps_text.isdigit() or int(steps_text) < 1):
             raise AttackSpecError(f"attack {label!r}: steps must be a positive integer, got {steps_text!r}")
-        steps = int(steps_text) if steps_text else DEFAULT_STEPS
+        if steps_text:
+            steps = int(steps_text)
+        elif name not in MEMBERS:
+            steps = DEFAULT_STEPS
     elif steps_text:
         raise AttackSpecError(f"attack {label!r}: {name} takes no step count")
     params = {}

@@ -2,7 +2,8 @@
 confidence intervals, summaries, worst case over attacks, rank agreement, gain attribution,
 sweeps and sanity flags. Pure functions of `ClasswiseCounts`.
 
-Report schema, version 1 (`report["schema"] == "cwr_fast.classwise_report"`). Accuracies are
+Report schema, version 2 (`report["schema"] == "cwr_fast.classwise_report"`; version 2 adds
+`autoattack`). Accuracies are
 fractions in [0, 1]; null where a class has no images. Class indices are ints, names strings.
 
     schema, schema_version, created (ISO time), software {cwr_fast, torch, ops_backend}
@@ -24,6 +25,14 @@ fractions in [0, 1]; null where a class has no images. Class indices are ints, n
                        per_class: [{class, class_name, robust_acc [per value], strongest}],
                        strongest {value, robust_acc}, rank_agreement}
     flags             [{code, severity, message, attacks}] sanity checks against gradient masking
+    autoattack: [     one per ensemble attack (aa), members run in order on what is still robust
+      {label, members [names], member_seconds {member: seconds} (null if not timed),
+       overall {member: images fooled first by it, robust, clean_wrong},
+       per_class: [{class, class_name, n, clean_wrong, broken_first_by {member: count}, robust,
+                    robust_acc, robust_acc_after [after each member, cumulative],
+                    last_needed: the last member that fooled an image of the class (the member
+                    its robust accuracy needed), or null}],
+       worst_class {class, class_name, robust_acc, last_needed}}]
 
     record = {class, class_name, n, clean_correct, clean_acc, robust, robust_acc, ci_low, ci_high}
              (the CI is the 95% Wilson interval of robust_acc; for `clean`, of clean_acc)
@@ -43,7 +52,7 @@ from cwr_fast.classwise.counts import ClasswiseCounts
 from cwr_fast.classwise.stats import class_summary, spearman, wilson_interval
 
 SCHEMA = "cwr_fast.classwise_report"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def _num(value) -> float | None:
@@ -161,6 +170,42 @@ def worst_case_section(counts: ClasswiseCounts, class_names: Sequence[str]) -> d
             "per_class": _records(robust, n, counts.clean_correct.numpy(), class_names),
             "summary": class_summary(_acc(robust, n), class_names),
             "confusion": counts.worst_confusion.tolist()}
+
+
+def autoattack_sections(counts: ClasswiseCounts, class_names: Sequence[str]) -> list[dict]:
+    """The per-class, per-member breakdown of every ensemble attack (schema above)."""
+    n = counts.n.numpy()
+    clean_correct = counts.clean_correct.numpy()
+    sections = []
+    for label, names in counts.members.items():
+        broken = counts.member_broken[label].numpy()                    # [M, C]
+        robust = counts.robust(label).numpy()
+        per_class = []
+        for c, name in enumerate(class_names):
+            fooled = broken[:, c]
+            needed = [m for m in range(len(names)) if fooled[m] > 0]
+            after = clean_correct[c] - np.cumsum(fooled)
+            per_class.append({
+                "class": c, "class_name": name, "n": int(n[c]),
+                "clean_wrong": int(n[c] - clean_correct[c]),
+                "broken_first_by": {m: int(k) for m, k in zip(names, fooled)},
+                "robust": int(robust[c]),
+                "robust_acc": _num(robust[c] / n[c]) if n[c] else None,
+                "robust_acc_after": [_num(a / n[c]) if n[c] else None for a in after],
+                "last_needed": names[needed[-1]] if needed else None,
+            })
+        valid = [r for r in per_class if r["robust_acc"] is not None]
+        worst = min(valid, key=lambda r: r["robust_acc"]) if valid else None
+        sections.append({
+            "label": label, "members": list(names),
+            "member_seconds": counts.meta.get("member_seconds", {}).get(label),
+            "overall": {**{m: int(k) for m, k in zip(names, broken.sum(axis=1))},
+                        "robust": int(robust.sum()), "clean_wrong": int((n - clean_correct).sum())},
+            "per_class": per_class,
+            "worst_class": None if worst is None else {k: worst[k] for k in ("class", "class_name", "robust_acc",
+                                                                              "last_needed")},
+        })
+    return sections
 
 
 def sweep_section(counts: ClasswiseCounts, parameter: str, values: Sequence[float], attack: str,
@@ -288,4 +333,5 @@ def build_report(counts: ClasswiseCounts, class_names: Sequence[str], *,
         "gains": gain_attribution(counts, class_names),
         "sweeps": {"temperature": temperature_sweep, "eps": eps_sweep},
         "flags": sanity_flags(counts, attacks, eps_sweep),
+        "autoattack": autoattack_sections(counts, class_names),
     }

@@ -21,6 +21,8 @@ class ClasswiseCounts:
     gain [K, K, C]: gain[i, j, c] = images of class c robust to attack i but not to attack j.
     worst_confusion [C, C]: worst case over the attacks (robust only if every attack fails);
         column = prediction under the first attack, in order, that fools the model.
+    members {attack: [member names]}: for ensembles (AutoAttack) among the attacks.
+    member_broken {attack: [M, C]}: images of class c that member m of the ensemble fooled first.
     seconds [K] (float64): time spent in each attack (summed over batches; max over processes).
     clean_seconds (float): time of the clean forward passes.
     """
@@ -33,6 +35,8 @@ class ClasswiseCounts:
     worst_confusion: Tensor = None
     seconds: Tensor = None
     clean_seconds: float = 0.0
+    members: dict = field(default_factory=dict)
+    member_broken: dict = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -50,6 +54,12 @@ class ClasswiseCounts:
             self.worst_confusion = zeros(c, c)
         if self.seconds is None:
             self.seconds = torch.zeros(k, dtype=torch.float64)
+        unknown = set(self.members) - set(self.attack_names)
+        if unknown:
+            raise ValueError(f"members given for attacks that were not evaluated: {sorted(unknown)}")
+        for attack, names in self.members.items():
+            if attack not in self.member_broken:
+                self.member_broken[attack] = zeros(len(names), c)
 
     # ---- derived quantities ----
     def index(self, attack: str) -> int:
@@ -89,10 +99,12 @@ class ClasswiseCounts:
 
     # ---- combining ----
     def _int_tensors(self) -> list[Tensor]:
-        return [self.clean_confusion, self.adv_confusion, self.gain, self.worst_confusion]
+        return [self.clean_confusion, self.adv_confusion, self.gain, self.worst_confusion] + \
+            [self.member_broken[attack] for attack in sorted(self.members)]
 
     def add_(self, other: "ClasswiseCounts") -> "ClasswiseCounts":
-        if other.attack_names != self.attack_names or other.num_classes != self.num_classes:
+        if other.attack_names != self.attack_names or other.num_classes != self.num_classes \
+                or other.members != self.members:
             raise ValueError("cannot add counts of different attacks or class counts")
         for mine, theirs in zip(self._int_tensors(), other._int_tensors()):
             mine += theirs.to(mine.device)
@@ -124,7 +136,9 @@ class ClasswiseCounts:
         return {"attack_names": list(self.attack_names), "num_classes": self.num_classes,
                 "clean_confusion": self.clean_confusion.tolist(),
                 "adv_confusion": self.adv_confusion.tolist(), "gain": self.gain.tolist(),
-                "worst_confusion": self.worst_confusion.tolist()}
+                "worst_confusion": self.worst_confusion.tolist(),
+                "members": {a: list(names) for a, names in self.members.items()},
+                "member_broken": {a: t.tolist() for a, t in self.member_broken.items()}}
 
 
 def _ratio(k: Tensor, n: Tensor) -> Tensor:

@@ -51,8 +51,9 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _bincount2d(rows: Tensor, cols: Tensor, c: int) -> Tensor:
-    return torch.bincount(rows * c + cols, minlength=c * c).view(c, c)
+def _bincount2d(rows: Tensor, cols: Tensor, n_rows: int, n_cols: int | None = None) -> Tensor:
+    n_cols = n_rows if n_cols is None else n_cols
+    return torch.bincount(rows * n_cols + cols, minlength=n_rows * n_cols).view(n_rows, n_cols)
 
 
 def _progress_bar(enabled: bool, total: int | None):
@@ -102,12 +103,17 @@ def evaluate_classwise(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]
             raise RuntimeError("distributed=True needs an initialised torch.distributed process group")
         rank, world = dist.get_rank(), dist.get_world_size()
     c = num_classes
-    counts = ClasswiseCounts(list(named), c)
+    members = {label: list(atk.member_names) for label, atk in named.items()
+               if getattr(atk, "member_names", None)}
+    counts = ClasswiseCounts(list(named), c, members=members)
     acc = {"clean": torch.zeros(c, c, dtype=torch.int64, device=device),
            "adv": torch.zeros(len(named), c, c, dtype=torch.int64, device=device),
            "gain": torch.zeros(len(named), len(named), c, dtype=torch.int64, device=device),
-           "worst": torch.zeros(c, c, dtype=torch.int64, device=device)}
+           "worst": torch.zeros(c, c, dtype=torch.int64, device=device),
+           "members": {label: torch.zeros(len(names), c, dtype=torch.int64, device=device)
+                       for label, names in members.items()}}
     seconds = [0.0] * len(named)
+    member_seconds_before = {label: dict(getattr(named[label], "member_seconds", {})) for label in members}
     clean_dtype = amp_dtype(amp)
     bar = _progress_bar(progress and rank == 0, _len_or_none(batches))
     started = time.perf_counter()
@@ -135,7 +141,12 @@ def evaluate_classwise(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]
                     t0 = time.perf_counter()
                     adv_pred = clean_pred.clone()
                     if x_attack.shape[0]:
-                        adv_pred[correct] = atk.run(x_attack, y_attack).pred
+                        result = atk.run(x_attack, y_attack)
+                        adv_pred[correct] = result.pred
+                        if label in members:
+                            hit = result.broken_by >= 0
+                            acc["members"][label] += _bincount2d(result.broken_by[hit], y_attack[hit],
+                                                                 len(members[label]), c)
                     seconds[k] += time.perf_counter() - t0
                     robust = adv_pred == y
                     acc["adv"][k] += _bincount2d(y, adv_pred, c)
@@ -158,7 +169,12 @@ def evaluate_classwise(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]
     counts.adv_confusion = acc["adv"].cpu()
     counts.gain = acc["gain"].cpu()
     counts.worst_confusion = acc["worst"].cpu()
+    counts.member_broken = {label: t.cpu() for label, t in acc["members"].items()}
     counts.seconds = torch.tensor(seconds, dtype=torch.float64)
+    for label in members:  # ensembles time their members (this process's share of the work)
+        now = getattr(named[label], "member_seconds", {})
+        counts.meta.setdefault("member_seconds", {})[label] = {
+            m: now[m] - member_seconds_before[label].get(m, 0.0) for m in now}
     counts.meta["wall_seconds"] = time.perf_counter() - started
     if distributed:
         counts.all_reduce()
