@@ -1,12 +1,23 @@
 #include "checks.h"
 
 #include <cmath>
+#include <string>
 
 namespace cwr_fast {
 namespace {
 
 bool is_supported_float(at::ScalarType t) {
   return t == at::kFloat || t == at::kHalf || t == at::kBFloat16 || t == at::kDouble;
+}
+
+// Values of a per-sample tensor (budgets, loss weights): finite and >= 0, like their scalar forms.
+// Checked on the CPU only: on CUDA the check would synchronise every call.
+void check_finite_non_negative(const at::Tensor& v, const char* name) {
+  if (!v.device().is_cpu() || v.numel() == 0) return;
+  const bool finite = at::isfinite(v).all().item<bool>();
+  const double low = v.min().item<double>();
+  TORCH_CHECK(finite && low >= 0.0, name, " must be finite and >= 0 everywhere, got ",
+              finite ? "min " + std::to_string(low) : std::string("NaN or inf values"));
 }
 
 void check_per_sample(const std::optional<at::Tensor>& t, const char* name, const at::Tensor& x) {
@@ -18,10 +29,7 @@ void check_per_sample(const std::optional<at::Tensor>& t, const char* name, cons
               v.scalar_type());
   TORCH_CHECK(v.device() == x.device(), name, " must be on ", x.device(), " like x_adv, got ",
               v.device());
-  if (v.device().is_cpu() && v.numel() > 0) {
-    TORCH_CHECK(v.min().item<double>() >= 0.0, name, " must be >= 0 everywhere, got min ",
-                v.min().item<double>());
-  }
+  check_finite_non_negative(v, name);
 }
 
 }  // namespace
@@ -76,6 +84,7 @@ void check_loss_args(const at::Tensor& logits, const at::Tensor& target,
                 w.scalar_type());
     TORCH_CHECK(w.device() == logits.device(), "weight must be on ", logits.device(),
                 " like logits, got ", w.device());
+    check_finite_non_negative(w, "weight");
   }
 }
 

@@ -15,6 +15,8 @@ PyObject* PyInit__C(void) {
 TORCH_LIBRARY(cwr_fast, m) {
   // x_adv <- clamp(x_nat + clamp(x_adv + alpha*sign(grad) - x_nat, -eps, eps), lo, hi), in place.
   // alpha_per_sample / eps_per_sample ([N], float) replace the scalars when given.
+  // Both steps are not differentiable: under grad mode, inputs that require grad are refused
+  // (csrc/steps_autograd.cpp; the reference does the same).
   m.def(
       "linf_pgd_step_(Tensor(a!) x_adv, Tensor grad, Tensor x_nat, float alpha, float eps, "
       "float lo, float hi, Tensor? alpha_per_sample=None, Tensor? eps_per_sample=None) -> ()");

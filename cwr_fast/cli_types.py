@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import argparse
-from fractions import Fraction
+import math
+import sys
 
 
 def number(text: str) -> float:
-    """A float, also written as a fraction: '8/255'."""
+    """A finite float, also written as a fraction: '8/255', '2.67/255'."""
     try:
-        return float(Fraction(text)) if "/" in text else float(text)
+        parts = [float(part) for part in text.split("/")] if "/" in text else [float(text)]
+        if len(parts) > 2:
+            raise ValueError
+        value = parts[0] / parts[1] if len(parts) == 2 else parts[0]
     except (ValueError, ZeroDivisionError):
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not all(math.isfinite(v) for v in (*parts, value)):
+        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
+    return value
 
 
 def comma_list(cast=str, what: str = "values"):
@@ -22,3 +29,19 @@ def comma_list(cast=str, what: str = "values"):
             raise argparse.ArgumentTypeError(f"expected a comma-separated list of {what}")
         return values
     return parse
+
+
+# ---- how every CLI ends on bad input or Ctrl-C (docs/RELIABILITY.md) --------------------------------
+
+USAGE_ERROR = 2    # bad input: one line on stderr
+INTERRUPTED = 130  # Ctrl-C, as the shell reports it
+
+
+def usage_error(tool: str, err) -> int:
+    print(f"{tool}: error: {err}", file=sys.stderr)
+    return USAGE_ERROR
+
+
+def interrupted(tool: str, what_was_kept: str) -> int:
+    print(f"{tool}: interrupted; {what_was_kept}", file=sys.stderr)
+    return INTERRUPTED

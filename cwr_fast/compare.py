@@ -9,7 +9,7 @@ DIR/report.json) or a report.json. For each run and for clean accuracy, each req
 the worst case over the run's attacks it shows the class mean, the worst and the best class with
 95% Wilson intervals. Prints the Markdown table; with --out, also writes compare.md, compare.csv,
 compare.json and compare.png (mean vs worst-class robust accuracy per run) there, each file
-atomically. Runs on different datasets, splits or class sets are refused unless --allow-mismatch.
+atomically (--overwrite replaces an earlier comparison there; other files are never touched). Runs on different datasets, splits or class sets are refused unless --allow-mismatch.
 """
 
 from __future__ import annotations
@@ -23,10 +23,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cwr_fast.classwise.analysis import SCHEMA
-from cwr_fast.cli_types import comma_list
+from cwr_fast.cli_types import comma_list, usage_error
 from cwr_fast.classwise.stats import wilson_interval
 from cwr_fast.report import csv_text, figure, pct, table
-from cwr_fast.training.checkpoint import write_text_atomic
+
+COMPARISON_KIND = "comparison"  # its kind in cwr_fast.outputs
+from cwr_fast.outputs import OutputError, check_output_dir, write_files
 
 COMPARE_SCHEMA = "cwr_fast.compare"
 WORST_CASE = "worst case"
@@ -321,22 +323,21 @@ def comparison_markdown(result: dict) -> str:
 
 def write_comparison(runs: Sequence[dict], out_dir: str | os.PathLike | None,
                      attacks: Sequence[str] | None = None, allow_mismatch: bool = False,
-                     per_class: bool = True) -> dict:
+                     per_class: bool = True, overwrite: bool = False) -> dict:
     """Checks the runs fit together and, if out_dir is given, writes compare.md, compare.csv,
-    compare.json and compare.png there (each atomically, other files left alone). Returns the
-    compare.json content plus its Markdown under "markdown"."""
+    compare.json and compare.png there (cwr_fast.outputs: an earlier comparison's files are
+    replaced only with overwrite=True, other files are left alone). Returns the compare.json
+    content plus its Markdown under "markdown"."""
     warnings = check_compatible(runs, allow_mismatch)
     result = comparison(runs, attacks, warnings)
     text = comparison_markdown(result)
     if out_dir is not None:
-        out = Path(out_dir)
-        if out.exists() and not out.is_dir():
-            raise CompareError(f"output path {out} exists and is not a directory")
-        out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(text, out / "compare.md")
-        write_text_atomic(comparison_csv(result["rows"]), out / "compare.csv")
-        write_text_atomic(json.dumps(result, indent=1, allow_nan=False) + "\n", out / "compare.json")
-        plot_comparison(result["rows"], out / "compare.png", runs if per_class else None)
+        check_output_dir(out_dir, COMPARISON_KIND, overwrite)
+        write_files(out_dir, COMPARISON_KIND, {
+            "compare.md": text,
+            "compare.csv": comparison_csv(result["rows"]),
+            "compare.json": json.dumps(result, indent=1, allow_nan=False) + "\n",
+            "compare.png": lambda path: plot_comparison(result["rows"], path, runs if per_class else None)})
     return {**result, "markdown": text}
 
 
@@ -355,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--names", type=_labels, help="run names, one per RUN (default: directory names)")
     p.add_argument("--allow-mismatch", action="store_true",
                    help="compare runs on different datasets, splits or class sets (with a warning)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier comparison in --out")
     p.add_argument("--no-per-class", action="store_true", help="leave the per-class panel out of the plot")
     return p
 
@@ -362,15 +364,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.out is not None:
+            check_output_dir(args.out, COMPARISON_KIND, args.overwrite)
         if args.names is not None and len(args.names) != len(args.runs):
             raise CompareError(f"--names has {len(args.names)} names for {len(args.runs)} runs")
         names = args.names or [None] * len(args.runs)
         runs = [load_run(path, name) for path, name in zip(args.runs, names)]
         result = write_comparison(runs, args.out, args.attacks, args.allow_mismatch,
-                                  per_class=not args.no_per_class)
-    except (CompareError, OSError) as err:
-        print(f"cwr_fast.compare: error: {err}", file=sys.stderr)
-        return 2
+                                  per_class=not args.no_per_class, overwrite=args.overwrite)
+    except (CompareError, OutputError, OSError) as err:
+        return usage_error("cwr_fast.compare", err)
     for w in result["warnings"]:
         print(f"cwr_fast.compare: warning: {w}", file=sys.stderr)
     for m in result["missing"]:

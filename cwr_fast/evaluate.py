@@ -20,13 +20,15 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from cwr_fast.cli_types import comma_list, number
-from cwr_fast.attacks.spec import AttackSpecError, parse_attack, parse_attacks
+from cwr_fast.cli_types import comma_list, interrupted, number, usage_error
+from cwr_fast.attacks.spec import AttackSpecError, check_attacks, parse_attack, parse_attacks
 from cwr_fast.classwise.analysis import build_report, sweep_section
 from cwr_fast.classwise.engine import evaluate_classwise
 from cwr_fast.models.checkpoint import CheckpointMismatchError, load_weights, read_state_dict
 from cwr_fast.models.registry import build_model, call_factory, canonical_name, load_factory
-from cwr_fast.report import check_output_dir, format_summary, write_report
+from cwr_fast.outputs import check_output_dir
+from cwr_fast.report import REPORT_KIND, format_summary, write_report
+from cwr_fast.training.distributed import resolve_device
 
 DEFAULT_EPS = {"mnist": 0.3, "imagenet": 4 / 255}  # others: 8/255
 DEFAULT_ATTACKS = "fgsm,pgd-20,cw-30"
@@ -134,19 +136,7 @@ def _check_args(args) -> None:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise CliError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    check_output_dir(args.out, args.overwrite)
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            local_rank = int(os.environ.get("LOCAL_RANK", 0))
-            return torch.device("cuda", local_rank)
-        return torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CliError(f"--device {name}: torch sees no CUDA device")
-    return device
+    check_output_dir(args.out, REPORT_KIND, args.overwrite)
 
 
 def _init_distributed(device: torch.device) -> tuple[int, int]:
@@ -231,14 +221,16 @@ def run(args) -> dict:
     if args.calibrate_split is not None:
         info.check_split(args.calibrate_split)
     eps = args.eps if args.eps is not None else DEFAULT_EPS.get(info.name, 8 / 255)
-    for spec in specs:
-        spec.eps(eps, args.eps_l2)  # an L2 attack without a budget fails here, before any work
+    sweeps = {"T": [parse_attack(f"tpgd-{args.sweep_steps}:T={t!r}") for t in args.tpgd_sweep or []],
+              "eps": [parse_attack(f"pgd-{args.sweep_steps}:eps={e!r}") for e in args.eps_sweep or []]}
+    check_attacks(specs + sweeps["T"] + sweeps["eps"], eps=eps, eps_l2=args.eps_l2,
+                  num_classes=info.num_classes)  # every setting, before any work
     per_class = None
     if args.limit is not None:
         per_class = args.limit // info.num_classes
         if per_class < 1:
             raise CliError(f"--limit {args.limit} is below the number of classes ({info.num_classes})")
-    device = _device(args.device)
+    device = resolve_device(args.device, int(os.environ.get("LOCAL_RANK", 0)))
     rank, world = _init_distributed(device)
     model, from_checkpoint = _load_model(args, info, device)
     amp = None if args.amp == "none" else args.amp
@@ -264,15 +256,13 @@ def run(args) -> dict:
     attacks, counts = evaluate(specs, "attacks")
     t_sweep = e_sweep = None
     if args.tpgd_sweep:
-        base = parse_attack(f"tpgd-{args.sweep_steps}")
-        sweep_specs = [base.with_params(T=t) for t in args.tpgd_sweep]
-        _, sweep_counts = evaluate(sweep_specs, "temperature sweep")
-        t_sweep = sweep_section(sweep_counts, "T", args.tpgd_sweep, base.label, info.class_names)
+        _, sweep_counts = evaluate(sweeps["T"], "temperature sweep")
+        t_sweep = sweep_section(sweep_counts, "T", args.tpgd_sweep, f"tpgd-{args.sweep_steps}",
+                                info.class_names)
     if args.eps_sweep:
-        base = parse_attack(f"pgd-{args.sweep_steps}")
-        sweep_specs = [base.with_params(eps=e) for e in args.eps_sweep]
-        _, sweep_counts = evaluate(sweep_specs, "eps sweep")
-        e_sweep = sweep_section(sweep_counts, "eps", args.eps_sweep, base.label, info.class_names)
+        _, sweep_counts = evaluate(sweeps["eps"], "eps sweep")
+        e_sweep = sweep_section(sweep_counts, "eps", args.eps_sweep, f"pgd-{args.sweep_steps}",
+                                info.class_names)
     config = {"dataset": info.name, "split": args.split, "arch": args.arch, "model": args.model,
               "checkpoint": args.checkpoint, "attacks": [s.label for s in specs], "eps": eps,
               "eps_l2": args.eps_l2, "track": args.track, "tpgd_sweep": args.tpgd_sweep,
@@ -301,8 +291,10 @@ def main(argv: list[str] | None = None) -> int:
         run(args)
     except (CliError, AttackSpecError, CheckpointMismatchError, DatasetError, FileNotFoundError,
             FileExistsError, ValueError, TypeError) as err:
-        print(f"cwr_fast.evaluate: error: {err}", file=sys.stderr)
-        return 2
+        return usage_error("cwr_fast.evaluate", err)
+    except KeyboardInterrupt:
+        return interrupted("cwr_fast.evaluate", f"nothing was written to {args.out} (a report is "
+                                                "written only once complete): run the same command again")
     finally:
         if started_group and dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()

@@ -433,7 +433,8 @@ def write_findings(out: Path, settings: dict) -> Path:
     result = collect(out, settings, reports, sweeps)
     write_plots(out, result, reports)
     runs = [load_run(out / "runs" / r["name"]) for r in settings["runs"]]
-    write_comparison(runs, out / "compare", attacks=[result["attacks"]["pgd"], result["attacks"]["aa"]])
+    write_comparison(runs, out / "compare", attacks=[result["attacks"]["pgd"], result["attacks"]["aa"]],
+                     overwrite=True)
     write_text_atomic(json.dumps(_json_safe(result), indent=1, allow_nan=False) + "\n",
                       out / "findings.json")
     path = out / "FINDINGS.md"

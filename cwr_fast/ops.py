@@ -68,6 +68,8 @@ def linf_pgd_step_(x_adv: Tensor, grad: Tensor, x_nat: Tensor, alpha, eps, lo: f
     """x_adv <- clamp(x_nat + clamp(x_adv + alpha*sign(grad) - x_nat, -eps, eps), lo, hi), in place.
 
     alpha, eps: numbers, or tensors of shape [N] (one budget per sample). Returns x_adv.
+    Not differentiable: with grad mode on, an input that requires grad raises (pass detached
+    tensors, or call it under torch.no_grad()).
     """
     if not _COMPILED:
         return reference.linf_pgd_step_(x_adv, grad, x_nat, alpha, eps, lo, hi)
@@ -80,7 +82,8 @@ def linf_pgd_step_(x_adv: Tensor, grad: Tensor, x_nat: Tensor, alpha, eps, lo: f
 def l2_pgd_step_(x_adv: Tensor, grad: Tensor, x_nat: Tensor, alpha, eps, lo: float = 0.0,
                  hi: float = 1.0) -> Tensor:
     """Per sample: x <- x_adv + alpha * grad / ||grad||_2, projected onto the L2 ball of radius eps
-    around x_nat, clamped to [lo, hi]; in place. alpha, eps: numbers or [N] tensors."""
+    around x_nat, clamped to [lo, hi]; in place. alpha, eps: numbers or [N] tensors. Not
+    differentiable, like linf_pgd_step_."""
     if not _COMPILED:
         return reference.l2_pgd_step_(x_adv, grad, x_nat, alpha, eps, lo, hi)
     a, a_ps = _scalar_or_per_sample(alpha, "alpha")

@@ -23,8 +23,21 @@ def _per_sample(value, x: Tensor) -> Tensor:
     return v.reshape(-1, *([1] * (x.dim() - 1))) if v.dim() == 1 else v
 
 
+def _refuse_grad(op: str, **inputs) -> None:
+    """The steps' contract (csrc/steps_autograd.cpp): not differentiable, so while grad mode is on
+    an input that requires grad is refused."""
+    if not torch.is_grad_enabled():
+        return
+    for name, t in inputs.items():
+        if isinstance(t, Tensor) and t.requires_grad:
+            raise RuntimeError(f"cwr_fast::{op}: {name} requires grad, but the PGD step is not "
+                               "differentiable: call it under torch.no_grad() or on detached tensors")
+
+
 def linf_pgd_step_(x_adv: Tensor, grad: Tensor, x_nat: Tensor, alpha, eps, lo: float = 0.0,
                    hi: float = 1.0) -> Tensor:
+    _refuse_grad("linf_pgd_step_", x_adv=x_adv, grad=grad, x_nat=x_nat, alpha_per_sample=alpha,
+                 eps_per_sample=eps)
     dt = _compute_dtype(x_adv)
     x, g, xn = x_adv.to(dt), grad.to(dt), x_nat.to(dt)
     a, e = _per_sample(alpha, x), _per_sample(eps, x)
@@ -42,6 +55,8 @@ def _norm_per_sample(t: Tensor) -> Tensor:
 
 def l2_pgd_step_(x_adv: Tensor, grad: Tensor, x_nat: Tensor, alpha, eps, lo: float = 0.0,
                  hi: float = 1.0) -> Tensor:
+    _refuse_grad("l2_pgd_step_", x_adv=x_adv, grad=grad, x_nat=x_nat, alpha_per_sample=alpha,
+                 eps_per_sample=eps)
     dt = _compute_dtype(x_adv)
     x, g, xn = x_adv.to(dt), grad.to(dt), x_nat.to(dt)
     a, e = _per_sample(alpha, x), _per_sample(eps, x)

@@ -12,8 +12,8 @@ whose docstring documents the report.json schema) to a directory, atomically:
                                 T-sweep and eps-sweep curves, AutoAttack breakdown (stacked bars)
                                 (matplotlib, Agg canvas)
 
-Files are written into a temporary sibling directory that is renamed into place at the end, so an
-error never leaves a half-written report behind.
+Each file is written under a temporary name and renamed into place (cwr_fast.outputs), so an
+error never leaves a half-written file; --overwrite replaces only an earlier report's own files.
 """
 
 from __future__ import annotations
@@ -22,13 +22,13 @@ import csv
 import io
 import json
 import math
-import os
 import re
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from cwr_fast.outputs import check_output_dir, write_files
+
+REPORT_KIND = "evaluation report"  # its kind in cwr_fast.outputs
 PER_CLASS_FIELDS = ["attack", "class", "class_name", "n", "clean_correct", "clean_acc", "robust",
                     "robust_acc", "ci_low", "ci_high"]
 
@@ -36,16 +36,6 @@ PER_CLASS_FIELDS = ["attack", "class", "class_name", "n", "clean_correct", "clea
 def safe_name(label: str) -> str:
     """An attack label as a file-name part: 'tpgd-20:T=2' -> 'tpgd-20_T=2'."""
     return re.sub(r"[^A-Za-z0-9._=-]+", "_", label).strip("_") or "attack"
-
-
-def check_output_dir(out_dir: str | Path, overwrite: bool = False) -> Path:
-    """Raises FileExistsError if out_dir holds files and overwrite is False; returns the Path."""
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"output path {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"output directory {out} is not empty (pass --overwrite to replace it)")
-    return out
 
 
 def pct(value) -> str:
@@ -403,27 +393,8 @@ def report_files(report: dict, plots: bool = True) -> dict[str, object]:
 
 
 def write_report(report: dict, out_dir: str | Path, plots: bool = True, overwrite: bool = False) -> Path:
-    """Writes all report files to out_dir atomically (temporary sibling directory, then rename).
-
-    An existing non-empty out_dir is replaced only with overwrite=True. Returns out_dir."""
-    out = check_output_dir(out_dir, overwrite).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        for name, content in report_files(report, plots).items():
-            if callable(content):
-                content(tmp / name)
-            else:
-                (tmp / name).write_text(content, encoding="utf-8")
-        os.chmod(tmp, 0o755)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / "previous")
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    """Writes all report files to out_dir (cwr_fast.outputs: a directory holding an earlier
+    report has its files replaced only with overwrite=True; anything else in it stays). Returns
+    out_dir."""
+    check_output_dir(out_dir, REPORT_KIND, overwrite)
+    return write_files(out_dir, REPORT_KIND, report_files(report, plots)).resolve()

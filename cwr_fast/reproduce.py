@@ -29,7 +29,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cwr_fast.cli_types import number
+from cwr_fast.cli_types import number, usage_error
+from cwr_fast.outputs import check_output_dir, write_manifest
 from cwr_fast.findings_report import BASELINES
 
 # name, training method, extra training arguments. BASELINES (pgd-at, trades) are the runs the
@@ -44,6 +45,9 @@ RUNS: list[tuple[str, str, list[str]]] = [
     ("cfa", "trades", ["--defense", "cfa"]),
     ("wat", "trades", ["--defense", "wat"]),
 ]
+
+STUDY_KIND = "reproduce study"  # its kind in cwr_fast.outputs
+STUDY_FILES = ("runs", "logs", "sweeps", "compare", "plots", "FINDINGS.md", "findings.json", "timings.json")
 
 # Budgets per mode. None = the dataset preset of cwr_fast.train / the whole split.
 MODES = {
@@ -265,6 +269,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.jobs is not None and args.jobs < 1:
             raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+        if args.eps is not None and not 0 <= args.eps <= 1:
+            raise ValueError(f"--eps must lie in [0, 1] (pixel units), got {args.eps:g}")
+        # an earlier study in --out is continued; anything else there is refused
+        check_output_dir(args.out, STUDY_KIND, overwrite=False, resumable=True)
         info = dataset_info(args.dataset)
         import torch
         cpu = args.device == "cpu" or (args.device == "auto" and not torch.cuda.is_available())
@@ -274,10 +282,10 @@ def main(argv: list[str] | None = None) -> int:
         settings["device"] = (f"CPU, {os.cpu_count()} cores" if cpu
                               else torch.cuda.get_device_name(torch.device(args.device if args.device != "auto" else "cuda")))
     except (ValueError, DatasetError) as err:
-        print(f"cwr_fast.reproduce: error: {err}", file=sys.stderr)
-        return 2
+        return usage_error("cwr_fast.reproduce", err)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    write_manifest(out, STUDY_KIND, STUDY_FILES)
     print(f"cwr_fast.reproduce: {mode} mode, {args.dataset}, {len(settings['runs'])} trainings and "
           f"{len(BASELINES)} sweeps, {args.jobs} at a time -> {out}", flush=True)
     started = time.perf_counter()

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from cwr_fast.cli_types import INTERRUPTED, interrupted, usage_error
+from cwr_fast.outputs import OutputError, OutputExists, check_output_dir, check_writable, write_manifest
 from cwr_fast.training import checkpoint as ckpt
 from cwr_fast.training import distributed as dist_utils
 from cwr_fast.training.config import (TRAJECTORY_KEYS, ConfigError, TrainConfig, build_parser,
@@ -65,21 +67,39 @@ def config_for_resume(args, explicit: set[str], saved: TrainConfig) -> TrainConf
     return cfg
 
 
+RUN_KIND = "training run"  # its kind in cwr_fast.outputs
+# what a fresh start (--overwrite) removes of an earlier run; everything else in the run stays
+_REPLACED_ON_OVERWRITE = ("metrics.jsonl", "summary.txt", "train.log", "calibration.json")
+
+
 def _prepare_run_dir(cfg: TrainConfig, run_dir: Path, overwrite: bool, resuming: bool) -> str | None:
-    if run_dir.exists() and not run_dir.is_dir():
-        return f"run directory {run_dir} exists and is not a directory"
-    if not resuming and run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
-        return (f"run directory {run_dir} is not empty: continue it with --resume {run_dir}, or "
-                "pass --overwrite to start over in it")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "checkpoints").mkdir(exist_ok=True)
+    try:
+        if resuming:  # the checkpoint was read already; runs of older versions have no manifest
+            check_writable(run_dir)
+        else:
+            check_output_dir(run_dir, RUN_KIND, overwrite)
+    except OutputExists:
+        return (f"run directory {run_dir} holds a run: continue it with --resume {run_dir}, or pass "
+                "--overwrite to start over in it")
+    except OutputError as err:
+        return str(err)
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    write_manifest(run_dir, RUN_KIND, ["config.json", "checkpoints", *_REPLACED_ON_OVERWRITE])
     if not resuming:
         ckpt.write_text_atomic(json.dumps(cfg.to_dict(), indent=1) + "\n", run_dir / "config.json")
-        for stale in ("metrics.jsonl", "summary.txt", "train.log"):
+        for stale in _REPLACED_ON_OVERWRITE:
             (run_dir / stale).unlink(missing_ok=True)
         for stale in (run_dir / "checkpoints").glob("*.pt"):
             stale.unlink()
     return None
+
+
+def kept_on_interrupt(run_dir: Path) -> str:
+    last = run_dir / "checkpoints" / "last.pt"
+    if last.is_file():
+        return (f"{run_dir} keeps the run up to its last checkpoint ({last}): continue it with "
+                f"python -m cwr_fast.train --resume {run_dir}")
+    return f"no checkpoint was written yet: nothing to resume in {run_dir}"
 
 
 def fmt_budget(value: float) -> str:
@@ -202,8 +222,11 @@ def run(args, explicit: set[str]) -> int:
                         f"train / {trainer.loaders.num_val} val images), {cfg.arch}, {cfg.epochs} epochs "
                         f"x {trainer.steps_per_epoch} steps, eps {fmt_budget(cfg.eps)}, device {trainer.device}"
                         f", {dist.world_size} process(es) -> {run_dir}")
-        trainer.train()
-        report = trainer.final_report() if not args.no_final_eval else None
+        try:
+            trainer.train()
+            report = trainer.final_report() if not args.no_final_eval else None
+        except KeyboardInterrupt:
+            return interrupted("cwr_fast.train", kept_on_interrupt(run_dir)) if dist.is_main else INTERRUPTED
         if dist.is_main:
             text = summary_text(trainer, report, time.perf_counter() - started)
             ckpt.write_text_atomic(text + "\n", run_dir / "summary.txt")
@@ -226,8 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         return run(args, explicit)
     except (ConfigError, ckpt.CheckpointError, TrainError, DatasetError, AttackSpecError,
             FileExistsError, FileNotFoundError) as err:
-        print(f"cwr_fast.train: error: {err}", file=sys.stderr)
-        return 2
+        return usage_error("cwr_fast.train", err)
 
 
 if __name__ == "__main__":

@@ -175,9 +175,9 @@ def loss_inputs(n, c, dtype, device, seed=0, std=3.0):
 
 
 def weights(n, device, seed=0, dtype=torch.float32) -> Tensor:
-    """Per-sample weights in [-0.5, 2] (a few negative, some zero)."""
+    """Per-sample weights in [0, 2], one of them zero (negative weights are refused by the ops)."""
     gen = generator(seed + 1000)
-    w = rand((n,), torch.float64, "cpu", gen, -0.5, 2.0)
+    w = rand((n,), torch.float64, "cpu", gen, 0.0, 2.0)
     if n > 2:
         w[1] = 0.0
     return w.to(dtype=dtype, device=device)

@@ -147,5 +147,5 @@ def test_bad_betons_are_clear(cifar_subset, cifar_beton, tmp_path):
         make_loader(cifar_subset, "test", 8, False, loader="ffcv", beton=junk)
     with pytest.raises(ValueError, match="written as raw pixels"):
         write_beton(cifar_subset, "test", tmp_path / "x.beton", write_mode="jpg")
-    assert beton_cli.main(["--dataset", "cifar11", "--split", "train"]) == 1
+    assert beton_cli.main(["--dataset", "cifar11", "--split", "train"]) == 2
     assert ffcv_io.default_beton_path(cifar_subset, "train") is None

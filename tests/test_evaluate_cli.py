@@ -42,7 +42,9 @@ def test_cli_writes_every_file(full_run):
                 "sweep_temperature.csv", "sweep_temperature.png", "sweep_eps.csv", "sweep_eps.png",
                 "confusion_fgsm.csv", "confusion_pgd-3.csv", "confusion_tpgd-3_T=2.csv", "confusion_cw-3.csv",
                 "confusion_fgsm.png", "confusion_pgd-3.png", "confusion_tpgd-3_T=2.png", "confusion_cw-3.png"}
-    assert expected == names
+    assert expected | {".cwr_fast.json"} == names
+    manifest = json.loads((full_run / ".cwr_fast.json").read_text())
+    assert manifest == {"kind": "evaluation report", "files": sorted(expected)}, "what --overwrite may replace"
     for png in full_run.glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(full_run.parent.glob(".report.*")), "temporary directories left behind"
@@ -134,10 +136,15 @@ def test_existing_output_needs_overwrite(mnist_checkpoint, shared_data, tmp_path
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     args = cli_args(mnist_checkpoint, shared_data, out, "--no-plots", attacks="fgsm")
-    assert main(args) == 2
-    assert "not empty" in capsys.readouterr().err and (out / "keep.txt").exists()
+    for flags in ([], ["--overwrite"]):  # a folder cwr_fast did not write is never replaced
+        assert main(args + flags) == 2
+        assert "did not write (keep.txt)" in capsys.readouterr().err and (out / "keep.txt").exists()
+    (out / "keep.txt").unlink()
+    assert main(args) == 0
+    assert main(args) == 2 and "--overwrite" in capsys.readouterr().err
+    (out / "keep.txt").write_text("mine")
     assert main(args + ["--overwrite"]) == 0
-    assert (out / "report.json").exists() and not (out / "keep.txt").exists()
+    assert (out / "report.json").exists() and (out / "keep.txt").read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 

@@ -237,3 +237,46 @@ def test_empty_batch(name, reduction, device):
     a = op(z1, target, *kwargs, None, reduction)
     b = rop(z2, target, *kwargs, None, reduction)
     torch.testing.assert_close(a, b, equal_nan=True)
+
+
+# ---- the PGD steps: not differentiable, so inputs that require grad are refused (both backends) ----
+
+STEPS = {"linf": (ops.linf_pgd_step_, reference.linf_pgd_step_),
+         "l2": (ops.l2_pgd_step_, reference.l2_pgd_step_)}
+
+
+@on_devices
+@pytest.mark.parametrize("backend", ["compiled", "reference"])
+@pytest.mark.parametrize("norm", list(STEPS))
+@pytest.mark.parametrize("case", ["leaf_x_adv", "non_leaf_x_adv", "grad", "x_nat", "per_sample_eps"])
+def test_step_refuses_inputs_that_require_grad(case, norm, backend, device):
+    step = STEPS[norm][0 if backend == "compiled" else 1]
+    x_nat = torch.rand(3, 2, 4, 4, device=device)
+    x_adv, grad, eps = x_nat.clone(), torch.randn_like(x_nat), torch.full((3,), 0.1, device=device)
+    source = None
+    if case == "leaf_x_adv":
+        x_adv.requires_grad_(True)
+    elif case == "non_leaf_x_adv":
+        source = x_nat.clone().requires_grad_(True)
+        x_adv = source * 1.0
+    elif case == "per_sample_eps":
+        eps.requires_grad_(True)
+    else:
+        {"grad": grad, "x_nat": x_nat}[case].requires_grad_(True)
+    named = {"leaf_x_adv": "x_adv", "non_leaf_x_adv": "x_adv", "per_sample_eps": "eps_per_sample"}.get(case, case)
+    before = x_adv.detach().clone()
+    with pytest.raises(RuntimeError, match=f"{named} requires grad, but the PGD step is not differentiable"):
+        step(x_adv, grad, x_nat, 0.05, eps)
+    assert torch.equal(x_adv.detach(), before), "nothing may be modified"
+    with torch.no_grad():  # the documented way: the step itself, without a graph
+        out = step(x_adv, grad, x_nat, 0.05, eps)
+    assert out is x_adv and not torch.equal(x_adv.detach(), before)
+
+
+@on_devices
+def test_compiled_step_bumps_the_version_counter(device):
+    x_nat = torch.rand(2, 3, 4, 4, device=device)
+    x_adv, grad = x_nat.clone(), torch.randn_like(x_nat)
+    version = x_adv._version
+    ops.linf_pgd_step_(x_adv, grad, x_nat, 0.05, 0.1)
+    assert x_adv._version > version, "autograd must see the in-place write"

@@ -56,6 +56,8 @@ STEP_CASES = {
 CPU_ONLY_STEP_CASES = {  # values of per-sample tensors are checked on the CPU only (no host sync)
     "negative_eps_per_sample": ("eps_per_sample", lambda x, g, n: (x, g, n, 0.1, torch.tensor([0.1, -0.1, 0.1, 0.1]))),
     "negative_alpha_per_sample": ("alpha_per_sample", lambda x, g, n: (x, g, n, torch.tensor([0.1, 0.1, 0.1, -1.0]), 0.1)),
+    "inf_eps_per_sample": ("eps_per_sample", lambda x, g, n: (x, g, n, 0.1, torch.tensor([0.1, math.inf, 0.1, 0.1]))),
+    "nan_alpha_per_sample": ("alpha_per_sample", lambda x, g, n: (x, g, n, torch.tensor([0.1, math.nan, 0.1, 0.1]), 0.1)),
 }
 
 
@@ -96,6 +98,9 @@ CPU_ONLY_LOSS_CASES = {  # on the GPU the kernel asserts instead (which would po
     "target_negative": ("target", lambda z, y: (z, torch.tensor([0, -1, 2, 3]))),
     "target_equal_to_C": ("target", lambda z, y: (z, torch.tensor([0, 1, 5, 3]))),
     "target_huge": ("target", lambda z, y: (z, torch.tensor([0, 1, 2, 2**40]))),
+    "weight_negative": ("weight", lambda z, y: (z, y, torch.tensor([1.0, -1.0, 1.0, 1.0]))),
+    "weight_nan": ("weight", lambda z, y: (z, y, torch.tensor([1.0, math.nan, 1.0, 1.0]))),
+    "weight_inf": ("weight", lambda z, y: (z, y, torch.tensor([1.0, math.inf, 1.0, 1.0]))),
 }
 
 

@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 
+from cwr_fast import outputs
 from cwr_fast import train as train_cli
 from cwr_fast.data import make_loader
 from cwr_fast.models import build_model, load_weights
@@ -315,6 +316,12 @@ def test_summary_fits_one_screen_for_many_classes():
 
 def test_non_empty_out_needs_resume_or_overwrite(tmp_path, capsys):
     (tmp_path / "x.txt").write_text("x")
+    for flags in ([], ["--overwrite"]):  # a folder cwr_fast did not write is never used
+        assert train_cli.main(["--out", str(tmp_path), "--progress", "off", *flags]) == 2
+        assert "did not write (x.txt)" in capsys.readouterr().err
+    (tmp_path / "x.txt").unlink()
+    outputs.write_manifest(tmp_path, train_cli.RUN_KIND, [])
+    (tmp_path / "metrics.jsonl").write_text("{}\n")
     assert train_cli.main(["--out", str(tmp_path), "--progress", "off"]) == 2
     assert "--resume" in capsys.readouterr().err
 

@@ -99,6 +99,7 @@ def _loss_and_grad(model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None
     passes (for randomised models) and the logits and loss are those of the last pass."""
     grad = None
     scale = fp16_loss_scale(dtype)
+    x = x.detach()  # the caller's iterate stays a plain tensor (no graph through the momentum)
     for _ in range(eot):
         x.requires_grad_(True)
         with torch.enable_grad(), autocast(x.device, dtype):

@@ -12,6 +12,20 @@ from cwr_fast.attacks.model_mode import attack_mode
 from cwr_fast.attacks.result import AttackResult
 
 
+def check_pixel_range(x: Tensor) -> None:
+    """Images must be finite and lie in [0, 1] (a NaN pixel fails every comparison, so it is
+    named separately: it would otherwise count as fooled by any attack)."""
+    if not x.numel():
+        return
+    low, high = float(x.min()), float(x.max())
+    if not torch.isfinite(x).all():
+        raise ValueError("images hold NaN or infinite pixels: clean the data (cwr_fast attacks and "
+                         "counts need finite images in [0, 1])")
+    if low < 0.0 or high > 1.0:
+        raise ValueError(f"images must lie in [0, 1] (normalisation belongs inside the model), got "
+                         f"range [{low:.3g}, {high:.3g}]")
+
+
 def check_inputs(x: Tensor, y: Tensor) -> None:
     """Clear errors for inputs an attack cannot work on."""
     if not isinstance(x, Tensor) or not x.is_floating_point():
@@ -22,9 +36,7 @@ def check_inputs(x: Tensor, y: Tensor) -> None:
     if not isinstance(y, Tensor) or y.dtype != torch.int64 or y.dim() != 1 or y.shape[0] != x.shape[0]:
         raise ValueError(f"labels must be an int64 tensor of shape [{x.shape[0]}], got "
                          f"{(y.dtype, list(y.shape)) if isinstance(y, Tensor) else type(y).__name__}")
-    if x.numel() and (float(x.min()) < 0.0 or float(x.max()) > 1.0):
-        raise ValueError(f"images must lie in [0, 1] (normalisation belongs inside the model), got "
-                         f"range [{float(x.min()):.3g}, {float(x.max()):.3g}]")
+    check_pixel_range(x)
     if torch.is_inference_mode_enabled():
         raise RuntimeError("attacks need autograd: do not call them under torch.inference_mode()")
 

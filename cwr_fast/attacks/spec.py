@@ -21,8 +21,8 @@ least or next. An L2 attack (norm=l2) takes its eps from --eps-l2 unless given.
 from __future__ import annotations
 
 import dataclasses
+from argparse import ArgumentTypeError
 from dataclasses import dataclass, field
-from fractions import Fraction
 
 from torch import nn
 
@@ -33,6 +33,7 @@ from cwr_fast.attacks.fab import FAB, FABT
 from cwr_fast.attacks.gradient import CW, FGSM, PGD, PGDL2, TARGET_MODES, TPGD
 from cwr_fast.attacks.square import Square
 from cwr_fast.attacks.torchattacks_aa import TorchattacksAutoAttack
+from cwr_fast.cli_types import number
 
 _ITERATIVE_KEYS = {"eps", "alpha", "restarts", "rs", "T", "target"}
 _AA_KEYS = {"eps", "version", "norm", "seed"}
@@ -65,6 +66,7 @@ _NO_STEPS = ("fgsm", "aa", "aa-ta")
 _ALIASES = {"autoattack": "aa", "pgd_l2": "pgdl2", "l2pgd": "pgdl2", "cwlinf": "cw", "cw_linf": "cw",
             "autoattack-ta": "aa-ta"}
 DEFAULT_STEPS = 10  # of the PGD family; AutoAttack's members have their own defaults
+MAX_SEED = 2 ** 63  # torch.manual_seed takes a signed 64-bit integer
 
 
 class AttackSpecError(ValueError):
@@ -137,9 +139,13 @@ def _format(value) -> str:
 
 def _parse_number(key: str, text: str, label: str) -> float:
     try:
-        return float(Fraction(text)) if "/" in text else float(text)
-    except (ValueError, ZeroDivisionError):
-        raise AttackSpecError(f"attack {label!r}: {key}={text!r} is not a number") from None
+        return number(text)
+    except ArgumentTypeError as err:
+        raise AttackSpecError(f"attack {label!r}: {key}={text!r} is {str(err).split(':')[0]}") from None
+
+
+def _is_count(text: str) -> bool:
+    return text.isascii() and text.isdigit()  # str.isdigit alone accepts '²'
 
 
 def _parse_value(key: str, text: str, label: str):
@@ -153,9 +159,11 @@ def _parse_value(key: str, text: str, label: str):
             raise AttackSpecError(f"attack {label!r}: {key} must lie in (0, 1], got {text}")
         return value
     if key in ("restarts", "seed", "rs", "eot", "targets"):
-        if not text.isdigit():
+        if not _is_count(text):
             raise AttackSpecError(f"attack {label!r}: {key} must be a non-negative integer, got {text!r}")
         value = int(text)
+        if key == "seed" and value >= MAX_SEED:
+            raise AttackSpecError(f"attack {label!r}: seed must be < 2**63, got {text}")
         if key in ("restarts", "eot", "targets") and value < 1:
             raise AttackSpecError(f"attack {label!r}: {key} must be >= 1")
         if key == "rs" and value not in (0, 1):
@@ -191,7 +199,7 @@ def parse_attack(text: str) -> AttackSpec:
                               "(e.g. fgsm,pgd-20,tpgd-20:T=2,cw-30,aa)")
     steps = None
     if name not in _NO_STEPS:
-        if steps_text and (not steps_text.isdigit() or int(steps_text) < 1):
+        if steps_text and (not _is_count(steps_text) or int(steps_text) < 1):
             raise AttackSpecError(f"attack {label!r}: steps must be a positive integer, got {steps_text!r}")
         if steps_text:
             steps = int(steps_text)
@@ -231,3 +239,13 @@ def build_attacks(specs: str | list[AttackSpec], model: nn.Module, **kwargs) -> 
     if isinstance(specs, str):
         specs = parse_attacks(specs)
     return {spec.label: spec.build(model, **kwargs) for spec in specs}
+
+
+def check_attacks(specs: list[AttackSpec], *, eps: float, eps_l2: float | None = None,
+                  num_classes: int = 10) -> None:
+    """Builds every attack on a stand-in model, so that each setting an attack refuses (its
+    budget, step size, temperature: the rules the kernels apply) is reported now, as one
+    AttackSpecError, before any model, data or training step."""
+    stand_in = nn.Sequential(nn.Flatten(), nn.Linear(1, num_classes))
+    for spec in specs:
+        spec.build(stand_in, eps=eps, eps_l2=eps_l2, num_classes=num_classes)

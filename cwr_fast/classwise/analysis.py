@@ -240,9 +240,10 @@ def _rises(values: Sequence[float], robust: Sequence[int]) -> list[tuple[int, in
 
 def sanity_flags(counts: ClasswiseCounts, attacks: Mapping[str, object] | None = None,
                  eps_sweep: dict | None = None) -> list[dict]:
-    """Gradient-masking checks: robust accuracy must not exceed clean accuracy, must not rise with
-    eps or steps (attacks otherwise alike), and PGD must not be weaker than FGSM at the same eps."""
-    flags = []
+    """Checks of the model (finite weights and logits, more than one predicted class) and against
+    gradient masking: robust accuracy must not exceed clean accuracy, must not rise with eps or
+    steps (attacks otherwise alike), and PGD must not be weaker than FGSM at the same eps."""
+    flags = model_flags(counts)
     clean = counts.clean_correct
     n_total = max(counts.total, 1)
     for k, label in enumerate(counts.attack_names):
@@ -291,6 +292,30 @@ def sanity_flags(counts: ClasswiseCounts, attacks: Mapping[str, object] | None =
                           "attacks": [eps_sweep["labels"][i], eps_sweep["labels"][j]],
                           "message": f"eps sweep: robust accuracy rises from {100 * overall[i]:.2f}% "
                                      f"at eps={values[i]:g} to {100 * overall[j]:.2f}% at eps={values[j]:g}"})
+    return flags
+
+
+def model_flags(counts: ClasswiseCounts) -> list[dict]:
+    """A model with NaN/inf weights or logits, or one that predicts a single class for every image,
+    gives meaningless (often perfect-looking) class-wise numbers: flagged as errors."""
+    flags = []
+    bad_weights = counts.meta.get("nonfinite_weights") or []
+    if bad_weights:
+        shown = ", ".join(bad_weights[:3]) + (", ..." if len(bad_weights) > 3 else "")
+        flags.append({"code": "nonfinite_weights", "severity": "error", "attacks": [],
+                      "message": f"the model has NaN or infinite values in {len(bad_weights)} tensors "
+                                 f"({shown}): every number below is meaningless"})
+    bad_logits = counts.meta.get("nonfinite_logits", 0)
+    if bad_logits:
+        flags.append({"code": "nonfinite_logits", "severity": "error", "attacks": [],
+                      "message": f"the model gave NaN or infinite logits on {bad_logits} of "
+                                 f"{counts.total} clean images"})
+    predicted = counts.clean_confusion.sum(dim=0)
+    if counts.num_classes > 1 and counts.total > counts.num_classes and int((predicted > 0).sum()) == 1:
+        only = int(predicted.argmax())
+        flags.append({"code": "single_class_predictions", "severity": "error", "attacks": [],
+                      "message": f"the model predicts class {only} for every one of the {counts.total} "
+                                 "clean images"})
     return flags
 
 

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from cwr_fast.attacks.attack import Attack
+from cwr_fast.attacks.attack import Attack, check_pixel_range
 from cwr_fast.attacks.functional import amp_dtype, autocast
 from cwr_fast.attacks.model_mode import attack_mode, to_channels_last
 from cwr_fast.classwise.counts import ClasswiseCounts
@@ -70,9 +70,27 @@ def batch_seed(seed: int, batch_index: int, label: str) -> int:
 
 
 @torch.no_grad()
-def _predict(model: nn.Module, x: Tensor, dtype) -> Tensor:
+def _predict(model: nn.Module, x: Tensor, dtype, num_classes: int) -> tuple[Tensor, Tensor]:
+    """(predicted classes, number of images whose logits are not all finite)."""
     with autocast(x.device, dtype):
-        return model(x).argmax(dim=1)
+        logits = model(x)
+    check_logits(logits, x.shape[0], num_classes)
+    return logits.argmax(dim=1), (~torch.isfinite(logits).all(dim=1)).sum()
+
+
+def check_logits(logits, n: int, num_classes: int) -> None:
+    """The model contract: logits, a tensor [N, num_classes] (no tuple, dict or probabilities)."""
+    if not isinstance(logits, Tensor):
+        kind = type(logits).__name__
+        hint = " with keys " + ", ".join(map(repr, list(logits)[:4])) if isinstance(logits, dict) else ""
+        raise TypeError(f"the model must return logits, a tensor [N, num_classes]; it returned a {kind}"
+                        f"{hint}: wrap it so that it returns the logits only (e.g. lambda x: model(x)[0])")
+    if logits.dim() != 2 or logits.shape[0] != n:
+        raise ValueError(f"the model must return logits of shape [N, num_classes] = [{n}, {num_classes}], "
+                         f"got {list(logits.shape)}")
+    if logits.shape[1] != num_classes:
+        raise ValueError(f"the model returns {logits.shape[1]} logits per image but the data has "
+                         f"{num_classes} classes")
 
 
 def evaluate_classwise(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], num_classes: int,
@@ -113,6 +131,10 @@ def evaluate_classwise(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]
            "members": {label: torch.zeros(len(names), c, dtype=torch.int64, device=device)
                        for label, names in members.items()}}
     seconds = [0.0] * len(named)
+    nonfinite_logits = torch.zeros((), dtype=torch.int64, device=device)
+    counts.meta["nonfinite_weights"] = sorted(
+        name for name, t in [*model.named_parameters(), *model.named_buffers()]
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()))
     member_seconds_before = {label: dict(getattr(named[label], "member_seconds", {})) for label in members}
     clean_dtype = amp_dtype(amp)
     bar = _progress_bar(progress and rank == 0, _len_or_none(batches))
@@ -127,7 +149,8 @@ def evaluate_classwise(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]
                 if channels_last:
                     x = to_channels_last(x)
                 t0 = time.perf_counter()
-                clean_pred = _predict(model, x, clean_dtype)
+                clean_pred, nonfinite = _predict(model, x, clean_dtype, c)
+                nonfinite_logits += nonfinite
                 counts.clean_seconds += time.perf_counter() - t0
                 correct = clean_pred == y
                 acc["clean"] += _bincount2d(y, clean_pred, c)
@@ -176,8 +199,12 @@ def evaluate_classwise(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]
         counts.meta.setdefault("member_seconds", {})[label] = {
             m: now[m] - member_seconds_before[label].get(m, 0.0) for m in now}
     counts.meta["wall_seconds"] = time.perf_counter() - started
+    counts.meta["nonfinite_logits"] = int(nonfinite_logits)
     if distributed:
         counts.all_reduce()
+    if counts.total == 0:
+        raise ValueError("no images to evaluate: the batches were empty (an empty split, or a "
+                         "--limit/subset that selects nothing)")
     return counts
 
 
@@ -197,6 +224,8 @@ def _check_batch(x, y, num_classes: int, device: torch.device) -> tuple[Tensor, 
         raise TypeError("batches must yield (images, labels) tensors")
     x = x.to(device, non_blocking=True)
     y = y.to(device, non_blocking=True).long()
+    if x.is_floating_point():
+        check_pixel_range(x)
     if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
         raise ValueError(f"labels must lie in [0, {num_classes}), got range "
                          f"[{int(y.min())}, {int(y.max())}]")

@@ -5,7 +5,9 @@
         --max-resolution 512 --jpeg-quality 90 --compress-probability 0.5
 
 Fixed-size datasets are stored as raw pixels (exact); ImageNet and folder: sources as RGB images,
-JPEG-compressed per the options. The file appears under its final name only once complete.
+JPEG-compressed per the options. The file appears under its final name only once complete; an
+existing file is replaced only with --overwrite, and a temporary left by a killed run is removed
+on the next run.
 Without --out it goes to <data root>/ffcv/<dataset>-<split>.beton, where make_loader finds it.
 """
 
@@ -17,6 +19,10 @@ import time
 
 from cwr_fast.data.errors import DatasetError
 from cwr_fast.data.ffcv_io import WRITE_MODES, default_beton_path, write_beton
+from cwr_fast.cli_types import interrupted, usage_error
+from cwr_fast.outputs import check_output_file
+
+TOOL = "cwr_fast.data.beton"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", required=True)
     parser.add_argument("--out", default=None,
                         help="output path (default: <data root>/ffcv/<dataset>-<split>.beton)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     parser.add_argument("--data-dir", default=None,
                         help="dataset root (default: $CWR_FAST_DATA, else ~/.cache/cwr_fast/data)")
     parser.add_argument("--write-mode", choices=WRITE_MODES, default=None,
@@ -41,17 +48,25 @@ def main(argv: list[str] | None = None) -> int:
                         help="fail instead of downloading missing dataset files")
     args = parser.parse_args(argv)
 
-    out = args.out or default_beton_path(args.dataset, args.split, args.data_dir)
     start = time.perf_counter()
+    out = args.out
     try:
+        out = args.out or default_beton_path(args.dataset, args.split, args.data_dir)
+        if out is None:
+            raise ValueError(f"{args.dataset}: give the output path with --out (a generic source has "
+                             "no default place)")
+        check_output_file(out, args.overwrite)
         path = write_beton(args.dataset, args.split, out, args.data_dir,
                            write_mode=args.write_mode, max_resolution=args.max_resolution,
                            jpeg_quality=args.jpeg_quality,
                            compress_probability=args.compress_probability,
-                           num_workers=args.num_workers, download=not args.no_download)
-    except (DatasetError, FileNotFoundError, ValueError, ImportError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+                           num_workers=args.num_workers, download=not args.no_download,
+                           overwrite=args.overwrite)
+    except (DatasetError, OSError, ValueError, ImportError) as err:
+        return usage_error(TOOL, err)
+    except KeyboardInterrupt:
+        return interrupted(TOOL, f"{out} was not written (the file appears only once complete): run "
+                                 "the same command again")
     size = path.stat().st_size / 2**20
     print(f"wrote {path} ({size:.1f} MiB) in {time.perf_counter() - start:.1f} s")
     return 0

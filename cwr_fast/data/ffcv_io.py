@@ -22,6 +22,7 @@ from cwr_fast.data.decode import DecodedFiles
 from cwr_fast.data.errors import DatasetError
 from cwr_fast.data.registry import data_root, dataset_info, is_generic
 from cwr_fast.data.sources import file_samples, load_arrays
+from cwr_fast.outputs import check_output_file, temporary_prefix
 
 WRITE_MODES = ("raw", "jpg", "proportion", "smart")
 FFCV_HINT = ("FFCV is an optional extra: install Debian's libturbojpeg0-dev libopencv-dev "
@@ -65,17 +66,19 @@ class _ArraySamples:
 def write_beton(name: str, split: str, out: str | os.PathLike | None = None, data_dir=None, *,
                 write_mode: str | None = None, max_resolution: int = 512, jpeg_quality: int = 90,
                 compress_probability: float = 0.5, num_workers: int = -1,
-                download: bool = True) -> Path:
+                download: bool = True, overwrite: bool = False) -> Path:
     """Writes one split as a .beton (see the module doc) and returns its path.
 
     The file is written under a temporary name in the same folder and renamed at the end, so a
-    file with the final name is always complete. FFCV shows a progress bar.
+    file with the final name is always complete; an existing file is replaced only with
+    overwrite=True (cwr_fast.outputs). FFCV shows a progress bar.
     """
     info = dataset_info(name)
     info.check_split(split)
     out = Path(out) if out is not None else default_beton_path(name, split, data_dir)
     if out is None:
         raise ValueError(f"{name}: give the output path (out=...) for a generic source")
+    check_output_file(out, overwrite)
     if write_mode is not None and write_mode not in WRITE_MODES:
         raise ValueError(f"write_mode must be one of {', '.join(WRITE_MODES)}, got {write_mode!r}")
     if not 1 <= jpeg_quality <= 100 or not 0 <= compress_probability <= 1:
@@ -100,7 +103,7 @@ def write_beton(name: str, split: str, out: str | os.PathLike | None = None, dat
         raise DatasetError(f"{name} split {split!r} has no images to write")
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    tmp = out.with_name(f"{temporary_prefix()}{out.name}")
     try:
         writer = DatasetWriter(str(tmp), {"image": image_field, "label": IntField()},
                                num_workers=num_workers)

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from cwr_fast.data.augment import DeviceTransform
 from cwr_fast.data.base import BatchLoader
+from cwr_fast.data.errors import DatasetError
 from cwr_fast.data.order import EpochOrder
 from cwr_fast.data.registry import DatasetInfo
 
@@ -46,6 +47,19 @@ class TorchLoader(BatchLoader):
         loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers,
                             pin_memory=cuda,
                             prefetch_factor=4 if self.num_workers > 0 else None)
-        for images, labels in loader:
-            yield (images.to(self.device, non_blocking=cuda),
-                   labels.to(self.device, torch.int64, non_blocking=cuda))
+        try:
+            for images, labels in loader:
+                yield (images.to(self.device, non_blocking=cuda),
+                       labels.to(self.device, torch.int64, non_blocking=cuda))
+        except DatasetError as err:
+            raise DatasetError(worker_message(err)) from None
+
+
+def worker_message(err: Exception) -> str:
+    """The error's own message: a DataLoader worker re-raises it with the worker's traceback
+    ('Caught DatasetError in DataLoader worker process 0. Original Traceback ...') prepended."""
+    text = str(err)
+    if "Original Traceback" not in text:
+        return text
+    last = text.strip().splitlines()[-1]
+    return last.split(": ", 1)[1] if last.startswith(type(err).__module__) else last

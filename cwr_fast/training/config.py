@@ -410,8 +410,9 @@ def _defense_options(items) -> dict:
 
 def check(cfg: TrainConfig, info) -> None:
     """Clear errors for settings that cannot work, before any data is read or model built."""
-    from cwr_fast.attacks.spec import AttackSpecError, parse_attacks
+    from cwr_fast.attacks.spec import AttackSpecError, check_attacks, parse_attacks
     from cwr_fast.defenses import DEFENSES
+    from cwr_fast.training.distributed import resolve_device
 
     def positive(name, value, allow_zero=False):
         if value is None:
@@ -419,6 +420,10 @@ def check(cfg: TrainConfig, info) -> None:
         if isinstance(value, bool) or not (value >= 0 if allow_zero else value > 0):
             raise ConfigError(f"--{name.replace('_', '-')} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
 
+    try:
+        resolve_device(cfg.device)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     if cfg.eps < 0:
         raise ConfigError(f"--eps must be >= 0, got {cfg.eps:g}")
     if cfg.eps > 1:
@@ -472,12 +477,10 @@ def check(cfg: TrainConfig, info) -> None:
     if cfg.val_split == info.train_split:
         raise ConfigError(f"--val-split {cfg.val_split} is the training split; use 'holdout' to "
                           "validate on held-out training images")
-    try:
-        parse_attacks(cfg.final_attacks)
+    try:  # every setting of the final attacks, before the first training step
+        check_attacks(parse_attacks(cfg.final_attacks), eps=cfg.eps, num_classes=info.num_classes)
     except AttackSpecError as err:
         raise ConfigError(f"--final-attacks: {err}") from None
-    if cfg.out is not None and Path(cfg.out).exists() and not Path(cfg.out).is_dir():
-        raise ConfigError(f"--out {cfg.out} exists and is not a directory")
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:

@@ -80,6 +80,9 @@ class Trainer:
             raise TrainError(f"--batch-size {cfg.batch_size} is not divisible by the "
                              f"{dist.world_size} processes")
         self.steps_per_epoch = len(self.loaders.train)
+        if self.steps_per_epoch < 1 and cfg.val_split == "holdout" and self.loaders.num_train == 0:
+            raise TrainError(f"--val-per-class {cfg.val_per_class} holds out every training image "
+                             f"({self.loaders.num_val} held out, none left to train on): lower it")
         if self.steps_per_epoch < 1:
             raise TrainError(f"--batch-size {cfg.batch_size} does not fit the data: only "
                              f"{self.loaders.num_train} training images"
@@ -198,6 +201,8 @@ class Trainer:
         self.epoch, self.batch, self.global_step = p["epoch"], p["batch"], p["global_step"]
         self.best = state["best"]
         self.history = list(state["history"])
+        if self.dist.is_main:  # the file is the checkpoint's history, whatever happened to it since
+            write_history(self.history, self.run_dir / "metrics.jsonl")
         sums = state["epoch_sums"]
         for k in ("loss", "n", "correct", "clean_correct"):
             self.sums[k] = sums[k].to(self.device)

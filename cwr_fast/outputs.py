@@ -1,0 +1,202 @@
+"""Where cwr_fast writes, and what it may replace there.
+
+Every directory cwr_fast writes carries a manifest, `.cwr_fast.json`: which kind of output it is
+(an evaluation report, a training run, a comparison, a reproduce study) and the files cwr_fast
+put there. `--overwrite` replaces only the files of a manifest of the same kind; a non-empty
+directory without one, or of another kind, is refused, so a checkpoint, a training run or a
+user's own files are never deleted. Every CLI checks its output location (a directory, or a file
+for .beton) before any compute: that it can be used, and that it is writable.
+
+Files are written under temporary names in the same directory and renamed into place one by one,
+which also works when the directory is a mount point. A run killed half-way leaves its temporary
+behind; the next run in the same place removes it and says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+
+MANIFEST = ".cwr_fast.json"
+TMP_PREFIX = ".cwr_fast-tmp-"  # + "<pid>-": a temporary whose process is gone is stale
+
+Content = str | Callable[[Path], object]  # text, or a function writing the file at the given path
+
+
+class OutputError(ValueError):
+    """An output location cwr_fast must not or cannot write; the message names it and says why."""
+
+
+class OutputExists(OutputError):
+    """The location holds an earlier cwr_fast output of the same kind and overwrite was not given."""
+
+
+def read_manifest(directory: Path) -> dict | None:
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("kind"), str):
+        return None
+    manifest["files"] = [f for f in manifest.get("files", []) if isinstance(f, str)]
+    return manifest
+
+
+def write_manifest(directory: Path, kind: str, files: Iterable[str]) -> None:
+    text = json.dumps({"kind": kind, "files": sorted(set(files))}, indent=1) + "\n"
+    _write_atomic_text(directory / MANIFEST, text)
+
+
+def check_output_dir(out: str | os.PathLike, kind: str, overwrite: bool,
+                     resumable: bool = False) -> Path:
+    """Checks, before any compute, that cwr_fast may write a `kind` output to `out`; returns it.
+
+    Empty or absent: fine. Holding a cwr_fast output of the same kind: fine with `overwrite` (only
+    its listed files get replaced) or when the kind is `resumable` (continued in place). Anything
+    else that holds files is refused. The directory is created and a probe file written in it,
+    so an unwritable location is reported now and not after the work."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out} exists and is not a directory")
+    if out.is_dir():
+        remove_stale_temporaries(out)
+        present = sorted(p.name for p in out.iterdir() if p.name != MANIFEST and not _is_temporary(p.name))
+        if present:
+            manifest = read_manifest(out)
+            if manifest is None:
+                shown = ", ".join(present[:4]) + (", ..." if len(present) > 4 else "")
+                raise OutputError(f"{out} holds files cwr_fast did not write ({shown}); it replaces only "
+                                  f"its own output: choose a new or empty directory")
+            if manifest["kind"] != kind:
+                raise OutputError(f"{out} holds a cwr_fast {manifest['kind']}, where a {kind} was to "
+                                  f"go: choose another directory")
+            if not (overwrite or resumable):
+                raise OutputExists(f"{out} already holds a cwr_fast {kind} (pass --overwrite to "
+                                  f"replace its files)")
+    check_writable(out)
+    return out
+
+
+def check_output_file(out: str | os.PathLike, overwrite: bool) -> Path:
+    """Like check_output_dir, for one file (a .beton): an existing file only with `overwrite`,
+    never a directory; the folder must be writable."""
+    out = Path(out)
+    if out.is_dir():
+        raise OutputError(f"{out} is a directory: give the path of the file to write")
+    if out.exists() and not overwrite:
+        raise OutputError(f"{out} exists (pass --overwrite to replace it)")
+    check_writable(out.parent)
+    remove_stale_temporaries(out.parent)
+    return out
+
+
+def check_writable(directory: Path) -> None:
+    """Creates a probe file in directory (creating the directory if needed, and removing again
+    what it created), so that a location that cannot be written fails now, with its reason."""
+    directory = Path(directory)
+    missing = [d for d in [directory, *directory.parents] if not d.exists()]
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=temporary_prefix(), dir=directory)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise OutputError(f"cannot write to {directory}: {err.strerror or err}") from None
+    finally:
+        for created in missing:  # deepest first
+            try:
+                created.rmdir()
+            except OSError:
+                break
+
+
+def temporary_prefix() -> str:
+    return f"{TMP_PREFIX}{os.getpid()}-"
+
+
+def write_files(out: str | os.PathLike, kind: str, files: Mapping[str, Content]) -> Path:
+    """Writes `files` (name -> text or writer) into out, replacing what an earlier cwr_fast
+    output of the same kind put there and nothing else; the manifest is written last."""
+    out = check_output_dir(out, kind, overwrite=True)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    previous = set((read_manifest(out) or {}).get("files", []))
+    tmp = Path(tempfile.mkdtemp(prefix=temporary_prefix(), dir=out))
+    try:
+        for name, content in files.items():
+            if callable(content):
+                content(tmp / name)
+            else:
+                (tmp / name).write_text(content, encoding="utf-8")
+        for name in files:
+            os.replace(tmp / name, out / name)
+        for name in previous - set(files):
+            (out / name).unlink(missing_ok=True)
+        write_manifest(out, kind, files)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if created:  # an error leaves nothing behind where there was nothing
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def remove_stale_temporaries(directory: Path) -> list[Path]:
+    """Removes the temporaries of cwr_fast processes that no longer run (a killed evaluation or
+    .beton writer can leave gigabytes); says so on stderr."""
+    removed = []
+    try:
+        candidates = [p for p in directory.iterdir() if _is_temporary(p.name)]
+    except OSError:
+        return removed
+    for path in candidates:
+        if _process_alive(_owner_pid(path.name)):
+            continue
+        try:
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        except OSError:
+            continue
+        removed.append(path)
+        print(f"cwr_fast: removed {path}, a temporary left by an interrupted run", file=sys.stderr)
+    return removed
+
+
+def _write_atomic_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(), dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _is_temporary(name: str) -> bool:
+    return name.startswith(TMP_PREFIX) and _owner_pid(name) is not None
+
+
+def _owner_pid(name: str) -> int | None:
+    pid = name[len(TMP_PREFIX):].split("-", 1)[0]
+    return int(pid) if pid.isdigit() else None
+
+
+def _process_alive(pid: int | None) -> bool:
+    if pid is None or pid <= 0:
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
