@@ -31,7 +31,8 @@ MAX_GAP = 0.005  # robust accuracies "agree": within 0.5 point
 
 
 def train(source: str, out: Path, dry: bool, device: str) -> Path:
-    args = (["--arch", "small_cnn", "--epochs", "1", "--steps", "2", "--train-per-class", "20"] if dry else
+    args = (["--arch", "small_cnn", "--epochs", "1", "--steps", "2", "--alpha", "2.5/255",
+             "--train-per-class", "20"] if dry else
             ["--arch", "preact_resnet18", "--epochs", "6", "--steps", "5", "--alpha", "2.5/255",
              "--batch-size", "256", "--lr", "0.1", "--schedule", "one-cycle", "--amp", "bf16"])
     cmd = [sys.executable, "-m", "cwr_fast.train", "--dataset", source, "--val-per-class", "5",
