@@ -58,8 +58,8 @@ def check_output_dir(out: str | os.PathLike, kind: str, overwrite: bool,
 
     Empty or absent: fine. Holding a cwr_fast output of the same kind: fine with `overwrite` (only
     its listed files get replaced) or when the kind is `resumable` (continued in place). Anything
-    else that holds files is refused. The directory is created and a probe file written in it,
-    so an unwritable location is reported now and not after the work."""
+    else that holds files is refused. A probe file is written there (and removed, with any folder
+    made for it), so an unwritable location is reported now and not after the work."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out} exists and is not a directory")
