@@ -350,8 +350,11 @@ def _interrupt_when(cmd: list, marker: str, stream: str) -> subprocess.Completed
 
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
                OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    # a shell without job control starts background commands with SIGINT ignored, and a child
+    # inherits that (Python then installs no KeyboardInterrupt handler): restore the default
     proc = subprocess.Popen([sys.executable, "-m", *map(str, cmd)], cwd=REPO, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     watched = proc.stdout if stream == "stdout" else proc.stderr
     seen = []
     for line in watched:
