@@ -25,12 +25,11 @@ from pathlib import Path
 from cwr_fast.classwise.analysis import SCHEMA
 from cwr_fast.cli_types import comma_list, usage_error
 from cwr_fast.classwise.stats import wilson_interval
+from cwr_fast.outputs import OutputError, check_output_dir, write_files
 from cwr_fast.report import csv_text, figure, pct, table
 
-COMPARISON_KIND = "comparison"  # its kind in cwr_fast.outputs
-from cwr_fast.outputs import OutputError, check_output_dir, write_files
-
 COMPARE_SCHEMA = "cwr_fast.compare"
+COMPARISON_KIND = "comparison"  # its kind in cwr_fast.outputs
 WORST_CASE = "worst case"
 MISSING = "-"
 ROW_FIELDS = ["run", "method", "defense", "dataset", "split", "images", "accuracy", "kind", "present",
@@ -332,8 +331,7 @@ def write_comparison(runs: Sequence[dict], out_dir: str | os.PathLike | None,
     result = comparison(runs, attacks, warnings)
     text = comparison_markdown(result)
     if out_dir is not None:
-        check_output_dir(out_dir, COMPARISON_KIND, overwrite)
-        write_files(out_dir, COMPARISON_KIND, {
+        write_files(out_dir, COMPARISON_KIND, overwrite=overwrite, files={
             "compare.md": text,
             "compare.csv": comparison_csv(result["rows"]),
             "compare.json": json.dumps(result, indent=1, allow_nan=False) + "\n",

@@ -221,8 +221,9 @@ def run(args) -> dict:
     if args.calibrate_split is not None:
         info.check_split(args.calibrate_split)
     eps = args.eps if args.eps is not None else DEFAULT_EPS.get(info.name, 8 / 255)
-    sweeps = {"T": [parse_attack(f"tpgd-{args.sweep_steps}:T={t!r}") for t in args.tpgd_sweep or []],
-              "eps": [parse_attack(f"pgd-{args.sweep_steps}:eps={e!r}") for e in args.eps_sweep or []]}
+    sweep_base = {"T": parse_attack(f"tpgd-{args.sweep_steps}"), "eps": parse_attack(f"pgd-{args.sweep_steps}")}
+    sweeps = {"T": [sweep_base["T"].with_params(T=t) for t in args.tpgd_sweep or []],
+              "eps": [sweep_base["eps"].with_params(eps=e) for e in args.eps_sweep or []]}
     check_attacks(specs + sweeps["T"] + sweeps["eps"], eps=eps, eps_l2=args.eps_l2,
                   num_classes=info.num_classes)  # every setting, before any work
     per_class = None
@@ -257,11 +258,10 @@ def run(args) -> dict:
     t_sweep = e_sweep = None
     if args.tpgd_sweep:
         _, sweep_counts = evaluate(sweeps["T"], "temperature sweep")
-        t_sweep = sweep_section(sweep_counts, "T", args.tpgd_sweep, f"tpgd-{args.sweep_steps}",
-                                info.class_names)
+        t_sweep = sweep_section(sweep_counts, "T", args.tpgd_sweep, sweep_base["T"].label, info.class_names)
     if args.eps_sweep:
         _, sweep_counts = evaluate(sweeps["eps"], "eps sweep")
-        e_sweep = sweep_section(sweep_counts, "eps", args.eps_sweep, f"pgd-{args.sweep_steps}",
+        e_sweep = sweep_section(sweep_counts, "eps", args.eps_sweep, sweep_base["eps"].label,
                                 info.class_names)
     config = {"dataset": info.name, "split": args.split, "arch": args.arch, "model": args.model,
               "checkpoint": args.checkpoint, "attacks": [s.label for s in specs], "eps": eps,

@@ -262,24 +262,14 @@ def _register_python_side() -> None:
         _check_same_device("logits", logits, target=target, attack_target=attack_target, weight=weight)
         return reduced_fake(logits, reduction)
 
-    def setup_ce(ctx, inputs, output):
-        ctx.n_inputs = 4
-        _loss_setup_context(ctx, inputs, output)
+    def setup_with(n_inputs: int):
+        def setup(ctx, inputs, output):
+            ctx.n_inputs = n_inputs
+            _loss_setup_context(ctx, inputs, output)
+        return setup
 
-    def setup_margin(ctx, inputs, output):
-        ctx.n_inputs = 3
-        _loss_setup_context(ctx, inputs, output)
-
-    def setup_dlr(ctx, inputs, output):
-        ctx.n_inputs = 4
-        _loss_setup_context(ctx, inputs, output)
-
-    torch.library.register_autograd("cwr_fast::dlr_loss_fwd_bwd", _loss_backward,
-                                    setup_context=setup_dlr)
-    torch.library.register_autograd("cwr_fast::temperature_ce_fwd_bwd", _loss_backward,
-                                    setup_context=setup_ce)
-    torch.library.register_autograd("cwr_fast::margin_loss_fwd_bwd", _loss_backward,
-                                    setup_context=setup_margin)
+    for op, n_inputs in (("dlr_loss_fwd_bwd", 4), ("temperature_ce_fwd_bwd", 4), ("margin_loss_fwd_bwd", 3)):
+        torch.library.register_autograd(f"cwr_fast::{op}", _loss_backward, setup_context=setup_with(n_inputs))
 
 
 if _COMPILED:

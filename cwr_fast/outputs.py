@@ -49,7 +49,7 @@ def read_manifest(directory: Path) -> dict | None:
 
 def write_manifest(directory: Path, kind: str, files: Iterable[str]) -> None:
     text = json.dumps({"kind": kind, "files": sorted(set(files))}, indent=1) + "\n"
-    _write_atomic_text(directory / MANIFEST, text)
+    write_atomic(directory / MANIFEST, "w", lambda f: f.write(text))
 
 
 def check_output_dir(out: str | os.PathLike, kind: str, overwrite: bool,
@@ -119,10 +119,12 @@ def temporary_prefix() -> str:
     return f"{TMP_PREFIX}{os.getpid()}-"
 
 
-def write_files(out: str | os.PathLike, kind: str, files: Mapping[str, Content]) -> Path:
-    """Writes `files` (name -> text or writer) into out, replacing what an earlier cwr_fast
-    output of the same kind put there and nothing else; the manifest is written last."""
-    out = check_output_dir(out, kind, overwrite=True)
+def write_files(out: str | os.PathLike, kind: str, files: Mapping[str, Content],
+                overwrite: bool = True) -> Path:
+    """Writes `files` (name -> text or writer) into out (checked as check_output_dir does),
+    replacing what an earlier cwr_fast output of the same kind put there and nothing else; the
+    manifest is written last."""
+    out = check_output_dir(out, kind, overwrite)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     previous = set((read_manifest(out) or {}).get("files", []))
@@ -167,15 +169,37 @@ def remove_stale_temporaries(directory: Path) -> list[Path]:
     return removed
 
 
-def _write_atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(), dir=path.parent)
+def write_atomic(path: str | os.PathLike, mode: str, write) -> Path:
+    """Writes through write(file) to a temporary file in the same directory (named as
+    remove_stale_temporaries knows them), fsyncs it, renames it over `path` and fsyncs the
+    directory: a file with the final name is always complete."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{temporary_prefix()}{path.name}")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
+    return path
+
+
+def fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _is_temporary(name: str) -> bool:

@@ -26,7 +26,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from cwr_fast.outputs import check_output_dir, write_files
+from cwr_fast.outputs import write_files
 
 REPORT_KIND = "evaluation report"  # its kind in cwr_fast.outputs
 PER_CLASS_FIELDS = ["attack", "class", "class_name", "n", "clean_correct", "clean_acc", "robust",
@@ -396,5 +396,4 @@ def write_report(report: dict, out_dir: str | Path, plots: bool = True, overwrit
     """Writes all report files to out_dir (cwr_fast.outputs: a directory holding an earlier
     report has its files replaced only with overwrite=True; anything else in it stays). Returns
     out_dir."""
-    check_output_dir(out_dir, REPORT_KIND, overwrite)
-    return write_files(out_dir, REPORT_KIND, report_files(report, plots)).resolve()
+    return write_files(out_dir, REPORT_KIND, report_files(report, plots), overwrite).resolve()

@@ -91,7 +91,7 @@ failed=0
   for i in "${!ORDER[@]}"; do
     name=${ORDER[$i]}; sep=","; [[ $i == $((${#ORDER[@]} - 1)) ]] && sep=""
     echo "  \"$name\": \"${STATUS[$name]}\"$sep"
-    [[ ${STATUS[$name]} == FAILED ]] && failed=1
+    [[ ${STATUS[$name]} == FAILED* ]] && failed=1
   done
   echo "}"
 } > "$OUT/summary.json"

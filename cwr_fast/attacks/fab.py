@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from cwr_fast import ops
-from cwr_fast.attacks.apgd import target_ranking
+from cwr_fast.attacks.apgd import _norm, target_ranking
 from cwr_fast.attacks.attack import Attack, check_count, check_member_settings
 from cwr_fast.attacks.ensemble import run_until_fooled
 from cwr_fast.attacks.functional import amp_dtype, autocast
@@ -31,11 +31,6 @@ from cwr_fast.attacks.model_mode import is_channels_last, to_channels_last
 from cwr_fast.attacks.result import AttackResult
 
 ALPHA_MAX, ETA, BETA = 0.1, 1.05, 0.9
-
-
-def _norm(t: Tensor, norm: str) -> Tensor:
-    flat = t.flatten(1)
-    return flat.abs().amax(dim=1) if norm == "linf" else flat.norm(dim=1)
 
 
 def _dual_norm(t: Tensor, norm: str) -> Tensor:

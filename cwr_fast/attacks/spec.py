@@ -172,7 +172,7 @@ def _parse_value(key: str, text: str, label: str):
     if key == "target" and text not in TARGET_MODES:
         raise AttackSpecError(f"attack {label!r}: target must be one of {TARGET_MODES}, got {text!r}")
     if key == "version" and text not in VERSIONS:
-        raise AttackSpecError(f"attack {label!r}: version must be one of {VERSIONS}, got {text!r}")
+        raise AttackSpecError(f"attack {label!r}: version must be one of {tuple(VERSIONS)}, got {text!r}")
     if key == "norm" and text not in ("linf", "l2"):
         raise AttackSpecError(f"attack {label!r}: norm must be linf or l2, got {text!r}")
     return text

@@ -39,7 +39,7 @@ class TorchattacksAutoAttack(Attack):
         if norm not in AA_NORMS:
             raise ValueError(f"AutoAttack norm must be one of {list(AA_NORMS)}, got {norm!r}")
         if version not in VERSIONS:
-            raise ValueError(f"AutoAttack version must be one of {VERSIONS}, got {version!r}")
+            raise ValueError(f"AutoAttack version must be one of {tuple(VERSIONS)}, got {version!r}")
         if not isinstance(eps, (int, float)) or not eps >= 0 or (norm == "linf" and eps > 1):
             raise ValueError(f"AutoAttack eps must be a number in [0, 1] for linf (>= 0 for l2), got {eps!r}")
         self._impl = _torchattacks().AutoAttack(model, norm=AA_NORMS[norm], eps=float(eps),

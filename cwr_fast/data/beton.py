@@ -20,7 +20,6 @@ import time
 from cwr_fast.data.errors import DatasetError
 from cwr_fast.data.ffcv_io import WRITE_MODES, default_beton_path, write_beton
 from cwr_fast.cli_types import interrupted, usage_error
-from cwr_fast.outputs import check_output_file
 
 TOOL = "cwr_fast.data.beton"
 
@@ -55,7 +54,6 @@ def main(argv: list[str] | None = None) -> int:
         if out is None:
             raise ValueError(f"{args.dataset}: give the output path with --out (a generic source has "
                              "no default place)")
-        check_output_file(out, args.overwrite)
         path = write_beton(args.dataset, args.split, out, args.data_dir,
                            write_mode=args.write_mode, max_resolution=args.max_resolution,
                            jpeg_quality=args.jpeg_quality,

@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cwr_fast.outputs import write_atomic
+
 FORMAT = "cwr_fast.train_checkpoint"
 BEST_FORMAT = "cwr_fast.best_weights"
 FORMAT_VERSION = 1
@@ -40,46 +42,14 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read, or that does not fit this run."""
 
 
-def _write_atomic(path: str | os.PathLike, mode: str, write) -> Path:
-    """Writes through write(file) to a temporary file in the same directory, fsyncs it, renames it
-    over `path` and fsyncs the directory."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-    return path
-
-
 def save_atomic(obj, path: str | os.PathLike) -> Path:
     """torch.save to a temporary file in the same directory, fsync, rename over `path`, fsync the
     directory: a crash at any moment leaves either the old or the new file, never a torn one."""
-    return _write_atomic(path, "wb", lambda f: torch.save(obj, f))
+    return write_atomic(path, "wb", lambda f: torch.save(obj, f))
 
 
 def write_text_atomic(text: str, path: str | os.PathLike) -> Path:
-    return _write_atomic(path, "w", lambda f: f.write(text))
-
-
-def fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    return write_atomic(path, "w", lambda f: f.write(text))
 
 
 def load(path: str | os.PathLike, expect: str = FORMAT) -> dict:

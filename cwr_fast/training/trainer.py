@@ -80,10 +80,10 @@ class Trainer:
             raise TrainError(f"--batch-size {cfg.batch_size} is not divisible by the "
                              f"{dist.world_size} processes")
         self.steps_per_epoch = len(self.loaders.train)
-        if self.steps_per_epoch < 1 and cfg.val_split == "holdout" and self.loaders.num_train == 0:
-            raise TrainError(f"--val-per-class {cfg.val_per_class} holds out every training image "
-                             f"({self.loaders.num_val} held out, none left to train on): lower it")
         if self.steps_per_epoch < 1:
+            if cfg.val_split == "holdout" and self.loaders.num_train == 0:
+                raise TrainError(f"--val-per-class {cfg.val_per_class} holds out every training image "
+                                 f"({self.loaders.num_val} held out, none left to train on): lower it")
             raise TrainError(f"--batch-size {cfg.batch_size} does not fit the data: only "
                              f"{self.loaders.num_train} training images"
                              f"{' (after holding out the validation images)' if cfg.val_split == 'holdout' else ''}"
