@@ -94,9 +94,7 @@ extra = {"cxx": cxx_flags}
 include_dirs = [os.path.join(here, "csrc")]
 if with_cuda:
     sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
-    extra["nvcc"] = ["-O3", "-lineinfo", "-DCWR_FAST_WITH_CUDA"]
-    extra["nvcc"] += [f"-I{d}" for d in pip_cuda_include_dirs()]
-    extra["cxx"] = cxx_flags + ["-DCWR_FAST_WITH_CUDA"]
+    extra["nvcc"] = ["-O3", "-lineinfo"] + [f"-I{d}" for d in pip_cuda_include_dirs()]
     extension_cls = CUDAExtension
 else:
     extension_cls = CppExtension

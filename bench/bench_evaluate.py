@@ -31,7 +31,6 @@ import torch
 
 from cwr_fast.attacks import PGD
 from cwr_fast.classwise import evaluate_classwise
-from cwr_fast.models import build_model
 
 N_IMAGES, BATCH, EPS, ALPHA, STEPS = 1000, 250, 0.1, 0.025, 10
 TRAIN_IMAGES, TRAIN_EPOCHS = 3000, 2
@@ -53,22 +52,11 @@ def mnist(split: str):
 
 
 def train_model() -> torch.nn.Module:
-    """The tests' recipe: Adam, 2 epochs over the first 3,000 real training images, seed 0."""
-    images, labels = mnist("train")
-    x, y = images[:TRAIN_IMAGES].float() / 255, labels[:TRAIN_IMAGES]
-    g = torch.Generator().manual_seed(0)
-    torch.manual_seed(0)
-    model = build_model("small_cnn", 10, mean=[0.1307], std=[0.3081])
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(TRAIN_EPOCHS):
-        perm = torch.randperm(TRAIN_IMAGES, generator=g)
-        for i in range(0, TRAIN_IMAGES, 128):
-            idx = perm[i:i + 128]
-            loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return model.eval()
+    """The tests' recipe (tests/mnist_recipe.py): Adam, 2 epochs over the first 3,000 real
+    training images, seed 0."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from mnist_recipe import train_small_mnist_cnn
+    return train_small_mnist_cnn(shared_data(), TRAIN_IMAGES, TRAIN_EPOCHS, seed=0)
 
 
 def load_test_batches():

@@ -10,8 +10,9 @@ attack, forward/backward, SGD step) on batches from the real loaders: the embedd
 and the real CIFAR-10 subset of ../shared/data (a random uint8 stand-in of the same shape when it
 is absent; throughput does not depend on pixel values). Variants:
   fused / eager     --ops: cwr_fast's fused CE forward+backward and in-place PGD step (and
-                    ops.temperature_cross_entropy for the training loss), or the same loop with
-                    F.cross_entropy, autograd and sign/clamp chains
+                    ops.temperature_cross_entropy for the training loss), or the same loop on
+                    cwr_fast.reference, the same functions in plain PyTorch (log-softmax CE
+                    gradient, sign/clamp step chain, F.cross_entropy for the training loss)
   fp32 / bf16       --amp off / bf16 (autocast of the model's forward passes)
 The time split (attack / forward-backward+step / data) comes from the trainer's own timers
 (on CUDA with --time-split, i.e. synchronised).
@@ -33,7 +34,7 @@ import numpy as np
 import pytest
 import torch
 
-from cwr_fast.training import distributed as dist_utils
+from cwr_fast import runtime
 from cwr_fast.training.config import TrainConfig
 from cwr_fast.training.trainer import Trainer
 
@@ -78,7 +79,7 @@ def make_trainer(model: str, ops: str, amp: str) -> Trainer:
                       final_attacks="pgd-1", device=str(DEVICE), time_split=True,
                       channels_last=CUDA)
     run_dir = _TMP / f"{model}-{ops}-{amp}"
-    return Trainer(cfg, run_dir, dist_utils.DistInfo(device=DEVICE), progress=False, plots=False)
+    return Trainer(cfg, run_dir, runtime.DistInfo(device=DEVICE), progress=False, plots=False)
 
 
 def _cycle(loader):

@@ -126,17 +126,4 @@ void check_projection_args(const at::Tensor& points, const at::Tensor& w, const 
               b.device());
 }
 
-at::Tensor per_sample_as(const std::optional<at::Tensor>& t, at::ScalarType dtype) {
-  if (!t.has_value()) return at::Tensor();
-  return t->to(dtype).contiguous();
-}
-
-bool same_batch_major_layout(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c) {
-  if (a.strides() != b.strides() || a.strides() != c.strides()) return false;
-  if (!a.is_non_overlapping_and_dense()) return false;
-  // Dense with the batch dimension outermost: sample i occupies [i*per_sample, (i+1)*per_sample).
-  if (a.dim() <= 1 || a.size(0) <= 1) return true;
-  return a.stride(0) == a.numel() / a.size(0);
-}
-
 }  // namespace cwr_fast

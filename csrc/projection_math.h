@@ -10,6 +10,8 @@
 #pragma once
 #include <c10/macros/Macros.h>
 
+#include "host.h"
+
 namespace cwr_fast::projection {
 
 constexpr double kL2ZeroW = 1e-8;  // L2: |w| at or below this counts as 0 (as the reference does)
@@ -18,8 +20,9 @@ constexpr int kMaxNewtonSteps = 100;
 
 // One coordinate of a row. The sign of w enters as arithmetic, not as branches: FAB's gradients
 // have random signs, and mispredicted branches cost more than the rest of the CPU kernel.
-template <typename T, bool kL2>
+template <typename T, Norm norm>
 struct Coordinate {
+  static constexpr bool kL2 = norm == Norm::kL2;
   T w;  // oriented
   T t;
 

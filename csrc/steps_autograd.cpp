@@ -1,8 +1,7 @@
-// The PGD steps under autograd (ops.cpp). The contract: a step is not differentiable (its
-// gradient through sign() is 0 almost everywhere, and attacks never need it), so while grad mode
-// is on, an input that requires grad is refused, as the reference in cwr_fast/reference.py does;
-// under torch.no_grad() or on plain tensors the step runs below autograd and bumps x_adv's
-// version counter like any in-place op.
+// The PGD steps under autograd, as their contract in ops.cpp says: a step is not differentiable
+// (its gradient through sign() is 0 almost everywhere, and attacks never need it), so an input
+// that requires grad is refused while grad mode is on; otherwise the step runs below autograd and
+// bumps x_adv's version counter.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>

@@ -1,10 +1,15 @@
-"""argparse types shared by the command-line tools."""
+"""What every command-line tool shares: the argparse types, the bad-input error, how budgets are
+written, and how a tool ends on bad input or Ctrl-C."""
 
 from __future__ import annotations
 
 import argparse
 import math
 import sys
+
+
+class ConfigError(ValueError):
+    """Bad command-line input: reported as one line before any work starts (exit status 2)."""
 
 
 def number(text: str) -> float:
@@ -21,6 +26,13 @@ def number(text: str) -> float:
     return value
 
 
+def integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+
+
 def comma_list(cast=str, what: str = "values"):
     """An argparse type: 'a,b,c' -> [cast(a), cast(b), cast(c)], at least one item."""
     def parse(text: str) -> list:
@@ -29,6 +41,19 @@ def comma_list(cast=str, what: str = "values"):
             raise argparse.ArgumentTypeError(f"expected a comma-separated list of {what}")
         return values
     return parse
+
+
+numbers = comma_list(number, "numbers")
+
+
+def fmt_budget(value: float) -> str:
+    """How a budget is written: 0.0313725... -> '8/255', 0.0104575... -> '2.67/255', 0.3 -> '0.3'."""
+    k = value * 255
+    if 0 < value < 0.1 and abs(k - round(k)) < 1e-6:
+        return f"{round(k)}/255"
+    if 0 < value < 0.1 and len(f"{value:g}") > 5:
+        return f"{k:.3g}/255"
+    return f"{value:.4g}"
 
 
 # ---- how every CLI ends on bad input or Ctrl-C (docs/RELIABILITY.md) --------------------------------

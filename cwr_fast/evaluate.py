@@ -12,33 +12,27 @@ per-class counts all-reduced; the result equals a single process exactly.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
-from cwr_fast.cli_types import comma_list, interrupted, number, usage_error
+from cwr_fast import runtime
 from cwr_fast.attacks.spec import AttackSpecError, check_attacks, parse_attack, parse_attacks
 from cwr_fast.classwise.analysis import build_report, sweep_section
 from cwr_fast.classwise.engine import evaluate_classwise
-from cwr_fast.models.checkpoint import CheckpointMismatchError, load_weights, read_state_dict
+from cwr_fast.cli_types import ConfigError, fmt_budget, integer, interrupted, number, numbers, usage_error
+from cwr_fast.defenses.calibration import OPTIONS_GROUP, CalibrationConfig, calibrate
+from cwr_fast.models.calibration import ClasswiseCalibration, calibrated_num_classes, is_calibrated_state
+from cwr_fast.models.checkpoint import CheckpointMismatchError, load_weights, read_checkpoint
 from cwr_fast.models.registry import build_model, call_factory, canonical_name, load_factory
+from cwr_fast.options import add_options, check_options, given_options
 from cwr_fast.outputs import check_output_dir
 from cwr_fast.report import REPORT_KIND, format_summary, write_report
-from cwr_fast.training.distributed import resolve_device
 
-DEFAULT_EPS = {"mnist": 0.3, "imagenet": 4 / 255}  # others: 8/255
 DEFAULT_ATTACKS = "fgsm,pgd-20,cw-30"
-
-
-class CliError(Exception):
-    """A user error: printed as one line, exit status 2."""
-
-
-_numbers = comma_list(number, "numbers")
+CliError = ConfigError  # a user error: printed as one line, exit status 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,20 +49,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--split", default="test")
     g.add_argument("--data-dir")
     g.add_argument("--loader", default="auto", help="data backend: auto, gpu, ffcv, torch")
-    g.add_argument("--limit", type=int, help="class-balanced limit: LIMIT // num_classes images per class")
+    g.add_argument("--limit", type=integer, help="class-balanced limit: LIMIT // num_classes images per class")
     g = p.add_argument_group("attacks")
     g.add_argument("--attacks", default=DEFAULT_ATTACKS,
                    help="comma-separated, e.g. fgsm,pgd-20,tpgd-20:T=2,cw-30,aa (default %(default)s)")
     g.add_argument("--eps", type=number, help="Linf budget in [0, 1] pixel units, e.g. 8/255 "
-                   "(default: 0.3 for mnist, 4/255 for imagenet, else 8/255)")
+                   "(default: the checkpoint's training eps when it was written by cwr_fast.train, "
+                   "else the dataset's: 0.3 for MNIST, 4/255 for ImageNet, 8/255 for the others)")
     g.add_argument("--eps-l2", type=number, help="default budget of L2 attacks")
     g.add_argument("--track", choices=("any", "final"), default="any",
                    help="a sample is fooled if any iterate fools it (default), or only the last")
-    g.add_argument("--tpgd-sweep", type=_numbers, metavar="T,T,...",
+    g.add_argument("--tpgd-sweep", type=numbers, metavar="T,T,...",
                    help="Temperature-PGD sweep over these temperatures")
-    g.add_argument("--eps-sweep", type=_numbers, metavar="EPS,EPS,...", help="eps sweep")
-    g.add_argument("--sweep-steps", type=int, default=20, help="PGD steps of the sweeps (default 20)")
-    g = p.add_argument_group("class-wise calibration (logits' = s*z + b, see cwr_fast.defenses.calibration)",
+    g.add_argument("--eps-sweep", type=numbers, metavar="EPS,EPS,...", help="eps sweep")
+    g.add_argument("--sweep-steps", type=integer, default=20, help="PGD steps of the sweeps (default 20)")
+    g = p.add_argument_group(OPTIONS_GROUP,
                              "A checkpoint of a calibrated model (checkpoints/calibrated.pt of "
                              "`cwr_fast.train --calibrate`, the recommended source for such runs: "
                              "fitted on held-out images) is detected and evaluated as it is. "
@@ -77,25 +72,18 @@ def build_parser() -> argparse.ArgumentParser:
                              "so its robust accuracy is optimistic)")
     g.add_argument("--calibrate-split", metavar="SPLIT",
                    help="fit a class-wise calibration on this split before the evaluation")
-    g.add_argument("--calibrate-per-class", type=int, default=100,
+    g.add_argument("--calibrate-per-class", type=integer, default=100,
                    help="calibration images per class (default %(default)s)")
-    g.add_argument("--calibrate-steps", type=int, default=10,
-                   help="PGD steps of the calibration's attacks (default %(default)s)")
-    g.add_argument("--calibrate-rounds", type=int, default=3,
-                   help="attack / fit rounds (default %(default)s)")
-    g.add_argument("--calibrate-max-drop", type=number, default=0.01,
-                   help="largest drop of the mean robust and of the mean clean accuracy on the "
-                        "calibration split, as a fraction (default %(default)s = 1 point)")
-    g.add_argument("--calibrate-params", choices=("bias", "both"), default="bias",
-                   help="fit the logit biases only, or scales too (default %(default)s)")
+    add_options(p, CalibrationConfig, {OPTIONS_GROUP: g})
     g = p.add_argument_group("run")
-    g.add_argument("--batch-size", type=int, default=256)
-    g.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none",
-                   help="autocast dtype of the model during attacks (images stay float32)")
+    g.add_argument("--batch-size", type=integer, default=256)
+    g.add_argument("--amp", choices=runtime.AMP_MODES, default="off",
+                   help="autocast dtype of the model during attacks, images stay float32 (default "
+                        "%(default)s; auto: bf16 on CUDA)")
     g.add_argument("--no-channels-last", action="store_true",
                    help="keep the weights' layout (default: channels-last, faster convolutions)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=integer, default=0)
     g.add_argument("--out", required=True, help="output directory (written atomically)")
     g.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     g.add_argument("--no-plots", action="store_true")
@@ -126,37 +114,23 @@ def _check_args(args) -> None:
     if args.calibrate_split is not None and args.calibrate_split == args.split:
         raise CliError(f"--calibrate-split {args.calibrate_split} is the evaluated split: fit the "
                        "calibration on other images (e.g. --calibrate-split train)")
-    if not 0 <= args.calibrate_max_drop <= 1:
-        raise CliError(f"--calibrate-max-drop must be a fraction in [0, 1] (0.01 = 1 point), got "
-                       f"{args.calibrate_max_drop:g}")
-    for name in ("calibrate_per_class", "calibrate_steps", "calibrate_rounds"):
-        if getattr(args, name) < 1:
-            raise CliError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    for name in ("batch_size", "sweep_steps", "limit"):
+    reason = check_options(calibration_config(args))
+    if reason:
+        raise CliError(reason)
+    for name in ("calibrate_per_class", "batch_size", "sweep_steps", "limit"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise CliError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     check_output_dir(args.out, REPORT_KIND, args.overwrite)
 
 
-def _init_distributed(device: torch.device) -> tuple[int, int]:
-    """(rank, world size); under torchrun (WORLD_SIZE > 1) joins the process group (nccl on
-    CUDA, gloo on the CPU)."""
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    if world <= 1:
-        return 0, 1
-    if not dist.is_initialized():
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return dist.get_rank(), dist.get_world_size()
+def calibration_config(args) -> CalibrationConfig:
+    return CalibrationConfig(**given_options(args, CalibrationConfig))
 
 
-def _load_model(args, info, device: torch.device) -> tuple[torch.nn.Module, bool]:
-    """(model, whether the checkpoint held a class-wise calibrated model, now wrapped)."""
-    from cwr_fast.defenses.calibration import (ClasswiseCalibration, calibrated_num_classes,
-                                               is_calibrated_state)
-
+def _load_model(args, info, device: torch.device) -> tuple[torch.nn.Module, bool, dict | None]:
+    """(model, whether the checkpoint held a class-wise calibrated model, now wrapped, the
+    training configuration saved in the checkpoint or None)."""
     in_channels = info.image_shape[0]
     if args.arch is not None:
         model = build_model(args.arch, info.num_classes, info.mean, info.std, in_channels)
@@ -166,9 +140,9 @@ def _load_model(args, info, device: torch.device) -> tuple[torch.nn.Module, bool
         model = call_factory(factory, num_classes=info.num_classes, in_channels=in_channels,
                              mean=info.mean, std=info.std)
         label = f"the model of {args.model}"
-    calibrated = False
+    calibrated, train_config = False, None
     if args.checkpoint is not None:
-        state = read_state_dict(args.checkpoint, args.checkpoint_key)
+        state, train_config = read_checkpoint(args.checkpoint, args.checkpoint_key)
         if is_calibrated_state(state):
             if calibrated_num_classes(state) != info.num_classes:
                 raise CliError(f"the calibrated checkpoint has {calibrated_num_classes(state)} "
@@ -178,30 +152,30 @@ def _load_model(args, info, device: torch.device) -> tuple[torch.nn.Module, bool
                                "or fit on the uncalibrated weights")
             model, calibrated = ClasswiseCalibration(model, info.num_classes), True
         load_weights(model, args.checkpoint, key=args.checkpoint_key, arch_name=label, state=state)
-    return model.to(device), calibrated
+    return model.to(device), calibrated, train_config
 
 
-def _fit_calibration(args, info, model, eps: float, amp, device, rank: int, world: int):
+def _budget(args, info, train_config: dict | None) -> tuple[float, str]:
+    """(eps, where it comes from): --eps, else the checkpoint's training eps, else the dataset's."""
+    if args.eps is not None:
+        return args.eps, "--eps"
+    if train_config is not None and isinstance(train_config.get("eps"), (int, float)):
+        return float(train_config["eps"]), "the checkpoint's training config"
+    return info.budget.eps, f"the default of {info.name}"
+
+
+def _fit_calibration(args, info, model, eps: float, amp, device, progress: bool):
     """Fits a calibration on --calibrate-split (class-balanced, seeded) and returns (the calibrated
     model, the report config's calibration entries)."""
     from cwr_fast.data import make_loader
-    from cwr_fast.defenses.calibration import fit_calibration
 
     loader = make_loader(args.dataset, args.calibrate_split, args.batch_size, train=False,
                          loader=args.loader, device=device, data_dir=args.data_dir,
                          per_class=args.calibrate_per_class, subset_seed=args.seed)
-    progress = rank == 0 and not args.no_progress
-    if progress:
-        print(f"[cwr_fast.evaluate] fitting a class-wise calibration on {args.calibrate_split} "
-              f"({args.calibrate_per_class} per class, PGD-{args.calibrate_steps} at eps {eps:g})",
-              file=sys.stderr)
-    model, fit = fit_calibration(model, loader, info.num_classes, eps, steps=args.calibrate_steps,
-                                 max_mean_drop=args.calibrate_max_drop, rounds=args.calibrate_rounds,
-                                 amp=amp, seed=args.seed, device=device, progress=progress,
-                                 params=args.calibrate_params)
-    if world > 1:  # every rank fitted the same data; rank 0's result is the one reported
-        for buf in (model.scale, model.bias):
-            dist.broadcast(buf, 0)
+    say = (lambda msg: print(f"[cwr_fast.evaluate] {msg}", file=sys.stderr, flush=True)) if progress \
+        else (lambda msg: None)
+    model, fit = calibrate(model, loader, info.num_classes, eps, calibration_config(args), amp=amp,
+                           seed=args.seed, device=device, log=say)
     return model, {"calibrated": True, "calibration": {
         "fitted_on": args.calibrate_split, "per_class": args.calibrate_per_class,
         **{k: fit[k] for k in ("params", "eps", "steps", "rounds", "max_mean_drop", "num_images",
@@ -220,7 +194,10 @@ def run(args) -> dict:
     info.check_split(args.split)
     if args.calibrate_split is not None:
         info.check_split(args.calibrate_split)
-    eps = args.eps if args.eps is not None else DEFAULT_EPS.get(info.name, 8 / 255)
+    dist_info = runtime.init(args.device)
+    device, rank, world = dist_info.device, dist_info.rank, dist_info.world_size
+    model, from_checkpoint, train_config = _load_model(args, info, device)
+    eps, eps_source = _budget(args, info, train_config)
     sweep_base = {"T": parse_attack(f"tpgd-{args.sweep_steps}"), "eps": parse_attack(f"pgd-{args.sweep_steps}")}
     sweeps = {"T": [sweep_base["T"].with_params(T=t) for t in args.tpgd_sweep or []],
               "eps": [sweep_base["eps"].with_params(eps=e) for e in args.eps_sweep or []]}
@@ -231,14 +208,12 @@ def run(args) -> dict:
         per_class = args.limit // info.num_classes
         if per_class < 1:
             raise CliError(f"--limit {args.limit} is below the number of classes ({info.num_classes})")
-    device = resolve_device(args.device, int(os.environ.get("LOCAL_RANK", 0)))
-    rank, world = _init_distributed(device)
-    model, from_checkpoint = _load_model(args, info, device)
-    amp = None if args.amp == "none" else args.amp
+    amp = runtime.resolve_amp(args.amp, device)
     calibration = {"calibrated": from_checkpoint,
                    "calibration": "from the checkpoint" if from_checkpoint else None}
     if args.calibrate_split is not None:
-        model, calibration = _fit_calibration(args, info, model, eps, amp, device, rank, world)
+        model, calibration = _fit_calibration(args, info, model, eps, amp, device,
+                                              progress=rank == 0 and not args.no_progress)
     loader = make_loader(args.dataset, args.split, args.batch_size, train=False, loader=args.loader,
                          device=device, data_dir=args.data_dir, per_class=per_class)
     common = {"num_classes": info.num_classes, "amp": amp, "seed": args.seed,
@@ -265,6 +240,7 @@ def run(args) -> dict:
                                 info.class_names)
     config = {"dataset": info.name, "split": args.split, "arch": args.arch, "model": args.model,
               "checkpoint": args.checkpoint, "attacks": [s.label for s in specs], "eps": eps,
+              "eps_source": eps_source,
               "eps_l2": args.eps_l2, "track": args.track, "tpgd_sweep": args.tpgd_sweep,
               "eps_sweep": args.eps_sweep, "sweep_steps": args.sweep_steps,
               "batch_size": args.batch_size, "amp": args.amp, "device": str(device),
@@ -278,6 +254,7 @@ def run(args) -> dict:
     if rank == 0:
         write_report(report, args.out, plots=not args.no_plots, overwrite=args.overwrite)
         print(format_summary(report))
+        print(f"eps {fmt_budget(eps)}: {eps_source}")
         print(f"report written to {args.out}")
     return report
 
@@ -286,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from cwr_fast.data import DatasetError
 
-    started_group = not (dist.is_available() and dist.is_initialized())
+    started_group = not runtime.is_initialized()
     try:
         run(args)
     except (CliError, AttackSpecError, CheckpointMismatchError, DatasetError, FileNotFoundError,
@@ -296,8 +273,8 @@ def main(argv: list[str] | None = None) -> int:
         return interrupted("cwr_fast.evaluate", f"nothing was written to {args.out} (a report is "
                                                 "written only once complete): run the same command again")
     finally:
-        if started_group and dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+        if started_group:
+            runtime.cleanup()
     return 0
 
 

@@ -16,7 +16,7 @@ import torch
 
 from cwr_fast import findings as F
 from cwr_fast.report import pct, plot_confusion, table
-from cwr_fast.training.checkpoint import write_text_atomic
+from cwr_fast.outputs import write_text
 
 BASELINES = ("pgd-at", "trades")
 PAPER = "Tian et al., *Analysis and Applications of Class-wise Robustness in Adversarial Training*, KDD 2021"
@@ -435,10 +435,10 @@ def write_findings(out: Path, settings: dict) -> Path:
     runs = [load_run(out / "runs" / r["name"]) for r in settings["runs"]]
     write_comparison(runs, out / "compare", attacks=[result["attacks"]["pgd"], result["attacks"]["aa"]],
                      overwrite=True)
-    write_text_atomic(json.dumps(_json_safe(result), indent=1, allow_nan=False) + "\n",
+    write_text(json.dumps(_json_safe(result), indent=1, allow_nan=False) + "\n",
                       out / "findings.json")
     path = out / "FINDINGS.md"
-    write_text_atomic(document(result, reports, sweeps), path)
+    write_text(document(result, reports, sweeps), path)
     return path
 
 

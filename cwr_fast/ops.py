@@ -71,12 +71,7 @@ def linf_pgd_step_(x_adv: Tensor, grad: Tensor, x_nat: Tensor, alpha, eps, lo: f
     Not differentiable: with grad mode on, an input that requires grad raises (pass detached
     tensors, or call it under torch.no_grad()).
     """
-    if not _COMPILED:
-        return reference.linf_pgd_step_(x_adv, grad, x_nat, alpha, eps, lo, hi)
-    a, a_ps = _scalar_or_per_sample(alpha, "alpha")
-    e, e_ps = _scalar_or_per_sample(eps, "eps")
-    torch.ops.cwr_fast.linf_pgd_step_(x_adv, grad, x_nat, a, e, float(lo), float(hi), a_ps, e_ps)
-    return x_adv
+    return _step("linf_pgd_step_", x_adv, grad, x_nat, alpha, eps, lo, hi)
 
 
 def l2_pgd_step_(x_adv: Tensor, grad: Tensor, x_nat: Tensor, alpha, eps, lo: float = 0.0,
@@ -84,18 +79,22 @@ def l2_pgd_step_(x_adv: Tensor, grad: Tensor, x_nat: Tensor, alpha, eps, lo: flo
     """Per sample: x <- x_adv + alpha * grad / ||grad||_2, projected onto the L2 ball of radius eps
     around x_nat, clamped to [lo, hi]; in place. alpha, eps: numbers or [N] tensors. Not
     differentiable, like linf_pgd_step_."""
+    return _step("l2_pgd_step_", x_adv, grad, x_nat, alpha, eps, lo, hi)
+
+
+def _step(name: str, x_adv, grad, x_nat, alpha, eps, lo, hi) -> Tensor:
     if not _COMPILED:
-        return reference.l2_pgd_step_(x_adv, grad, x_nat, alpha, eps, lo, hi)
+        return getattr(reference, name)(x_adv, grad, x_nat, alpha, eps, lo, hi)
     a, a_ps = _scalar_or_per_sample(alpha, "alpha")
     e, e_ps = _scalar_or_per_sample(eps, "eps")
-    torch.ops.cwr_fast.l2_pgd_step_(x_adv, grad, x_nat, a, e, float(lo), float(hi), a_ps, e_ps)
+    getattr(torch.ops.cwr_fast, name)(x_adv, grad, x_nat, a, e, float(lo), float(hi), a_ps, e_ps)
     return x_adv
 
 
 def temperature_ce_fwd_bwd(logits: Tensor, target: Tensor, temperature: float = 1.0,
                            weight: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """One pass: per-sample loss w*CE(softmax(z/T), y) (float32, [N]) and dL/dz ([N, C], dtype of
-    logits). In an attack: `logits.backward(dz)` gives the input gradient of sum(loss)."""
+    """One pass: per-sample loss w*CE(softmax(z/T), y) ([N], float32; float64 for float64 logits)
+    and dL/dz ([N, C], dtype of logits). In an attack: `logits.backward(dz)` gives the input gradient of sum(loss)."""
     if not _COMPILED:
         return reference.temperature_ce_fwd_bwd(logits, target, temperature, weight)
     return torch.ops.cwr_fast.temperature_ce_fwd_bwd(logits, target, float(temperature), weight)
@@ -103,7 +102,8 @@ def temperature_ce_fwd_bwd(logits: Tensor, target: Tensor, temperature: float = 
 
 def margin_loss_fwd_bwd(logits: Tensor, target: Tensor,
                         weight: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """One pass: per-sample CW margin w*(max_{j!=y} z_j - z_y) (float32, [N]) and dL/dz."""
+    """One pass: per-sample CW margin w*(max_{j!=y} z_j - z_y) ([N], float32; float64 for float64
+    logits) and dL/dz."""
     if not _COMPILED:
         return reference.margin_loss_fwd_bwd(logits, target, weight)
     return torch.ops.cwr_fast.margin_loss_fwd_bwd(logits, target, weight)

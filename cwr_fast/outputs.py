@@ -189,6 +189,17 @@ def write_atomic(path: str | os.PathLike, mode: str, write) -> Path:
     return path
 
 
+def write_text(text: str, path: str | os.PathLike) -> Path:
+    """The text file `path`, written atomically (write_atomic)."""
+    return write_atomic(path, "w", lambda f: f.write(text))
+
+
+def save_torch(obj, path: str | os.PathLike) -> Path:
+    """torch.save(obj) to `path`, atomically (write_atomic): a crash leaves the old or the new file."""
+    import torch
+    return write_atomic(path, "wb", lambda f: torch.save(obj, f))
+
+
 def fsync_dir(directory: Path) -> None:
     try:
         fd = os.open(directory, os.O_RDONLY)

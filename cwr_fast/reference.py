@@ -34,13 +34,17 @@ def _refuse_grad(op: str, **inputs) -> None:
                                "differentiable: call it under torch.no_grad() or on detached tensors")
 
 
+def _step_inputs(op: str, x_adv: Tensor, grad: Tensor, x_nat: Tensor, alpha, eps):
+    """The step's inputs in the compute dtype, the budgets shaped per sample."""
+    _refuse_grad(op, x_adv=x_adv, grad=grad, x_nat=x_nat, alpha_per_sample=alpha, eps_per_sample=eps)
+    dt = _compute_dtype(x_adv)
+    x = x_adv.to(dt)
+    return x, grad.to(dt), x_nat.to(dt), _per_sample(alpha, x), _per_sample(eps, x)
+
+
 def linf_pgd_step_(x_adv: Tensor, grad: Tensor, x_nat: Tensor, alpha, eps, lo: float = 0.0,
                    hi: float = 1.0) -> Tensor:
-    _refuse_grad("linf_pgd_step_", x_adv=x_adv, grad=grad, x_nat=x_nat, alpha_per_sample=alpha,
-                 eps_per_sample=eps)
-    dt = _compute_dtype(x_adv)
-    x, g, xn = x_adv.to(dt), grad.to(dt), x_nat.to(dt)
-    a, e = _per_sample(alpha, x), _per_sample(eps, x)
+    x, g, xn, a, e = _step_inputs("linf_pgd_step_", x_adv, grad, x_nat, alpha, eps)
     delta = torch.clamp(x + a * torch.sign(g) - xn, -e, e)
     return x_adv.copy_(torch.clamp(xn + delta, lo, hi))
 
@@ -55,11 +59,7 @@ def _norm_per_sample(t: Tensor) -> Tensor:
 
 def l2_pgd_step_(x_adv: Tensor, grad: Tensor, x_nat: Tensor, alpha, eps, lo: float = 0.0,
                  hi: float = 1.0) -> Tensor:
-    _refuse_grad("l2_pgd_step_", x_adv=x_adv, grad=grad, x_nat=x_nat, alpha_per_sample=alpha,
-                 eps_per_sample=eps)
-    dt = _compute_dtype(x_adv)
-    x, g, xn = x_adv.to(dt), grad.to(dt), x_nat.to(dt)
-    a, e = _per_sample(alpha, x), _per_sample(eps, x)
+    x, g, xn, a, e = _step_inputs("l2_pgd_step_", x_adv, grad, x_nat, alpha, eps)
     g_norm = _norm_per_sample(g)
     delta = x + a * g / (g_norm + _L2_TINY) - xn
     d_norm = _norm_per_sample(delta)

@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cwr_fast.cli_types import number, usage_error
+from cwr_fast.cli_types import integer, number, usage_error
 from cwr_fast.outputs import check_output_dir, write_manifest
 from cwr_fast.findings_report import BASELINES
 
@@ -89,11 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eps", type=number, help="Linf budget (default: the dataset preset)")
     p.add_argument("--runs", help=f"comma-separated subset of {','.join(n for n, _, _ in RUNS)} "
                    "(default all; the baselines are always included)")
-    p.add_argument("--jobs", type=int, help="runs trained at once (default: 2 on a CPU with >= 2 "
+    p.add_argument("--jobs", type=integer, help="runs trained at once (default: 2 on a CPU with >= 2 "
                    "cores, each with one thread; 1 on a GPU)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="runs/reproduce", help="output directory (default %(default)s)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=integer, default=0)
     return p
 
 
@@ -244,13 +244,13 @@ def run_jobs(jobs: list[Job], parallel: int, log=print) -> dict[str, float]:
 def record_time(path: Path, seconds: dict[str, float], wall: float) -> dict:
     """Adds this call's job times and wall time to OUT/timings.json (a study finished over several
     calls reports the time of all of them) and returns the totals."""
-    from cwr_fast.training.checkpoint import write_text_atomic
+    from cwr_fast.outputs import write_text
 
     times = json.loads(path.read_text()) if path.is_file() else {"jobs": {}, "calls": []}
     times["jobs"].update({k: round(v, 1) for k, v in seconds.items()})
     if seconds:  # a call that only rewrites FINDINGS.md does not count
         times["calls"].append(round(wall, 1))
-    write_text_atomic(json.dumps(times, indent=1) + "\n", path)
+    write_text(json.dumps(times, indent=1) + "\n", path)
     return {"jobs": times["jobs"], "wall": sum(times["calls"]), "calls": len(times["calls"])}
 
 
@@ -275,12 +275,14 @@ def main(argv: list[str] | None = None) -> int:
         check_output_dir(args.out, STUDY_KIND, overwrite=False, resumable=True)
         info = dataset_info(args.dataset)
         import torch
-        cpu = args.device == "cpu" or (args.device == "auto" and not torch.cuda.is_available())
+
+        from cwr_fast.runtime import resolve_device
+        device = resolve_device(args.device)
+        cpu = device.type == "cpu"
         if args.jobs is None:
             args.jobs = min(2, os.cpu_count() or 1) if cpu else 1
         jobs, settings = plan(args, mode, info.num_classes, cpu)
-        settings["device"] = (f"CPU, {os.cpu_count()} cores" if cpu
-                              else torch.cuda.get_device_name(torch.device(args.device if args.device != "auto" else "cuda")))
+        settings["device"] = f"CPU, {os.cpu_count()} cores" if cpu else torch.cuda.get_device_name(device)
     except (ValueError, DatasetError) as err:
         return usage_error("cwr_fast.reproduce", err)
     out = Path(args.out)

@@ -20,17 +20,14 @@ from pathlib import Path
 
 import torch
 
-from cwr_fast.cli_types import INTERRUPTED, interrupted, usage_error
-from cwr_fast.outputs import OutputError, OutputExists, check_output_dir, check_writable, write_manifest
+from cwr_fast import runtime
+from cwr_fast.cli_types import INTERRUPTED, ConfigError, fmt_budget, interrupted, usage_error
+from cwr_fast.outputs import (OutputError, OutputExists, check_output_dir, check_writable,
+                              write_manifest, write_text)
 from cwr_fast.training import checkpoint as ckpt
-from cwr_fast.training import distributed as dist_utils
-from cwr_fast.training.config import (TRAJECTORY_KEYS, ConfigError, TrainConfig, build_parser,
-                                      default_run_dir, explicit_args, resolve)
+from cwr_fast.training.config import (OVERRIDABLE_ON_RESUME, TRAJECTORY_KEYS, TrainConfig,
+                                      build_parser, default_run_dir, given, resolve)
 
-OVERRIDABLE_ON_RESUME = ("device", "data_dir", "loader", "num_workers", "out", "ckpt_every",
-                         "final_attacks", "final_limit", "final_model", "time_split",
-                         "deterministic", "val_batch_size", "compile", "calibrate",
-                         "calibrate_max_drop", "calibrate_steps", "calibrate_rounds", "calibrate_params")
 REDUCED_NOTE = ("note: the default mnist-embedded preset is a REDUCED CPU budget (10 PGD steps of "
                 "0.04, eps ramped to 0.3 over 3 epochs, 8 epochs on 3,800 digits), not Madry et "
                 "al.'s 40 steps x ~100k iterations; expect lower robust accuracy than published.")
@@ -47,23 +44,21 @@ def _same(a, b) -> bool:
     return a == b
 
 
-def config_for_resume(args, explicit: set[str], saved: TrainConfig) -> TrainConfig:
+def config_for_resume(options: dict, saved: TrainConfig) -> TrainConfig:
     """The saved configuration, with the options that may change on resume taken from the command
-    line; a conflicting trajectory option is an error."""
-    args.dataset = args.dataset if "dataset" in explicit else saved.dataset
-    if args.method is not None and "method" not in explicit:
-        args.method = saved.method
-    given = resolve(args)
-    conflicts = [k for k in TRAJECTORY_KEYS if k in explicit and not _same(getattr(given, k), getattr(saved, k))]
+    line (options: those given); a conflicting trajectory option is an error."""
+    wanted = resolve({"dataset": saved.dataset, "method": saved.method, **options})
+    conflicts = [k for k in TRAJECTORY_KEYS
+                 if k in options and not _same(getattr(wanted, k), getattr(saved, k))]
     if conflicts:
         raise ConfigError("--resume continues a run with its own settings; these differ from the "
                           "checkpoint's: " + ", ".join(
                               f"--{k.replace('_', '-')} (checkpoint {getattr(saved, k)!r}, given "
-                              f"{getattr(given, k)!r})" for k in conflicts))
+                              f"{getattr(wanted, k)!r})" for k in conflicts))
     cfg = TrainConfig.from_dict(saved.to_dict())
     for k in OVERRIDABLE_ON_RESUME:
-        if k in explicit:
-            setattr(cfg, k, getattr(given, k))
+        if k in options:
+            setattr(cfg, k, getattr(wanted, k))
     return cfg
 
 
@@ -86,7 +81,7 @@ def _prepare_run_dir(cfg: TrainConfig, run_dir: Path, overwrite: bool, resuming:
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     write_manifest(run_dir, RUN_KIND, ["config.json", "checkpoints", *_REPLACED_ON_OVERWRITE])
     if not resuming:
-        ckpt.write_text_atomic(json.dumps(cfg.to_dict(), indent=1) + "\n", run_dir / "config.json")
+        write_text(json.dumps(cfg.to_dict(), indent=1) + "\n", run_dir / "config.json")
         for stale in _REPLACED_ON_OVERWRITE:
             (run_dir / stale).unlink(missing_ok=True)
         for stale in (run_dir / "checkpoints").glob("*.pt"):
@@ -100,14 +95,6 @@ def kept_on_interrupt(run_dir: Path) -> str:
         return (f"{run_dir} keeps the run up to its last checkpoint ({last}): continue it with "
                 f"python -m cwr_fast.train --resume {run_dir}")
     return f"no checkpoint was written yet: nothing to resume in {run_dir}"
-
-
-def fmt_budget(value: float) -> str:
-    """0.0313725... -> '8/255'; 0.3 -> '0.3'."""
-    k = value * 255
-    if 0 < value < 0.1 and abs(k - round(k)) < 1e-6:
-        return f"{round(k)}/255"
-    return f"{value:.4g}"
 
 
 def _fmt_time(seconds: float) -> str:
@@ -173,7 +160,7 @@ def summary_text(trainer, report: dict | None, wall: float) -> str:
     return "\n".join(lines)
 
 
-def run(args, explicit: set[str]) -> int:
+def run(args) -> int:
     from cwr_fast.training.trainer import Trainer
 
     started = time.perf_counter()
@@ -183,13 +170,14 @@ def run(args, explicit: set[str]) -> int:
     if args.resume is not None:
         path = ckpt.resolve_resume_path(args.resume)
         state = ckpt.load(path)
-        cfg = config_for_resume(args, explicit, TrainConfig.from_dict(state["config"]))
+        options = given(args)
+        cfg = config_for_resume(options, TrainConfig.from_dict(state["config"]))
         default_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-        run_dir = Path(cfg.out) if "out" in explicit else default_dir
+        run_dir = Path(cfg.out) if "out" in options else default_dir
     else:
         cfg = resolve(args)
         run_dir = None
-    dist = dist_utils.init(cfg.device)
+    dist = runtime.init(cfg.device)
     threads, threads_before = args.threads, torch.get_num_threads()
     if threads is None and cfg.arch == "small_cnn" and dist.device.type == "cpu":
         threads = 1
@@ -201,7 +189,7 @@ def run(args, explicit: set[str]) -> int:
             error = _prepare_run_dir(cfg, run_dir, args.overwrite, state is not None)
         else:
             error = None
-        run_dir, error = dist_utils.broadcast_object((run_dir, error))
+        run_dir, error = runtime.broadcast_object((run_dir, error))
         if error:
             raise ConfigError(error)
         log_file = run_dir / "train.log"
@@ -229,24 +217,22 @@ def run(args, explicit: set[str]) -> int:
             return interrupted("cwr_fast.train", kept_on_interrupt(run_dir)) if dist.is_main else INTERRUPTED
         if dist.is_main:
             text = summary_text(trainer, report, time.perf_counter() - started)
-            ckpt.write_text_atomic(text + "\n", run_dir / "summary.txt")
+            write_text(text + "\n", run_dir / "summary.txt")
             print(text, flush=True)
     finally:
-        dist_utils.cleanup()
+        runtime.cleanup()
         torch.set_num_threads(threads_before)  # main() may be called from Python, several times
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    explicit = explicit_args(parser, argv if argv is not None else sys.argv[1:])
+    args = build_parser().parse_args(argv)
     from cwr_fast.attacks.spec import AttackSpecError
     from cwr_fast.data import DatasetError
     from cwr_fast.training.trainer import TrainError
 
     try:
-        return run(args, explicit)
+        return run(args)
     except (ConfigError, ckpt.CheckpointError, TrainError, DatasetError, AttackSpecError,
             FileExistsError, FileNotFoundError) as err:
         return usage_error("cwr_fast.train", err)

@@ -19,7 +19,7 @@ from cwr_fast.defenses import DEFENSES, build_defense
 from cwr_fast.defenses.frl import FairRobustLearning, lagrangian_coefficients
 from cwr_fast.defenses.reweight import ClasswiseReweight
 from cwr_fast.training.config import ConfigError
-from cwr_fast.training.methods import build_method
+from cwr_fast.methods import build_method
 
 from train_helpers import load_ckpt
 
@@ -48,12 +48,11 @@ def make_counts(clean, robust, n=100, attack=ATTACK) -> ClasswiseCounts:
     return counts
 
 
-class FakeTrainer:
-    """What the defenses read from the trainer: val_label and cfg.method."""
+class FakeContext:
+    """What these defenses read of the run (cwr_fast.defenses.base.RunContext): val_attack."""
 
-    def __init__(self, method="trades", label=ATTACK):
-        self.val_label = label
-        self.cfg = type("Cfg", (), {"method": method})()
+    def __init__(self, label=ATTACK):
+        self.val_attack = label
 
 
 def cwr(**options) -> ClasswiseReweight:
@@ -78,7 +77,7 @@ def test_registered():
 
 def test_cwr_weak_class_gets_larger_weight_and_budget():
     p = cwr()
-    log = p.update(0, make_counts([0.95] * C, with_class3(0.8, 0.2)), {}, trainer=FakeTrainer())
+    log = p.update(0, make_counts([0.95] * C, with_class3(0.8, 0.2)), {}, context=FakeContext())
     w, s = p.class_weight.double(), p.class_eps_scale.double()
     assert log["updated"] and log["robust_acc"][3] == pytest.approx(0.2)
     # w proportional to (1 - r + 0.1): class 3 gets 0.9 / 0.3 = 3 times the others' weight, mean 1
@@ -103,7 +102,7 @@ def test_cwr_weights_normalised_clipped_and_monotone(seed):
     clean = [max(r, 0.99) for r in robust]
     max_weight = [1.5, 2.0, 3.0, 5.0, 1.2, 10.0][seed]
     p = cwr(gamma=[1, 2, 4, 0.5, 3, 6][seed], max_weight=max_weight, delta=0.05)
-    p.update(0, make_counts(clean, robust, n=1000), {}, trainer=FakeTrainer())
+    p.update(0, make_counts(clean, robust, n=1000), {}, context=FakeContext())
     w, s, r = p.class_weight.double(), p.class_eps_scale.double(), p.robust_smoothed
     assert w.mean().item() == pytest.approx(1.0, abs=1e-5)
     assert float(w.min()) >= 1 / max_weight - 1e-6 and float(w.max()) <= max_weight + 1e-6
@@ -116,7 +115,7 @@ def test_cwr_weights_normalised_clipped_and_monotone(seed):
 
 def test_cwr_clipping_binds_at_both_ends():
     p = cwr(gamma=4, max_weight=2)
-    p.update(0, make_counts([1.0] * C, with_class3(1.0, 0.0)), {}, trainer=FakeTrainer())
+    p.update(0, make_counts([1.0] * C, with_class3(1.0, 0.0)), {}, context=FakeContext())
     w = p.class_weight.double()
     assert w[3].item() == pytest.approx(2.0, abs=1e-6)          # u_3 / u_k = 11^4: clipped
     assert w.mean().item() == pytest.approx(1.0, abs=1e-6)       # the others take the rest
@@ -126,7 +125,7 @@ def test_cwr_clipping_binds_at_both_ends():
 def test_cwr_budget_never_above_one():
     p = build_defense("cwr", {"max_eps_scale": 2.0, "kappa": 1.0}, num_classes=C, eps=0.9,
                       alpha=0.1, beta=None)
-    p.update(0, make_counts([0.95] * C, with_class3(0.9, 0.0)), {}, trainer=FakeTrainer())
+    p.update(0, make_counts([0.95] * C, with_class3(0.9, 0.0)), {}, context=FakeContext())
     assert float(p.class_eps_scale.max()) * 0.9 <= 1.0 + 1e-6
     batch = p.batch_policy(torch.arange(C), 0.9, 0.1, None)
     assert float(batch.eps.max()) <= 1.0 + 1e-6
@@ -135,30 +134,30 @@ def test_cwr_budget_never_above_one():
 def test_cwr_smoothing_and_missing_classes():
     p = cwr(rho=0.25)
     first = with_class3(0.8, 0.2)
-    p.update(0, make_counts([0.95] * C, first), {}, trainer=FakeTrainer())
+    p.update(0, make_counts([0.95] * C, first), {}, context=FakeContext())
     assert p.robust_smoothed.tolist() == pytest.approx(first)     # the first estimate as is
     second = with_class3(0.6, 0.6)
     n = [100] * C
     n[5] = 0                                                      # class 5: no validation images
-    p.update(1, make_counts([0.95] * C, second, n=n), {}, trainer=FakeTrainer())
+    p.update(1, make_counts([0.95] * C, second, n=n), {}, context=FakeContext())
     expect = [0.25 * a + 0.75 * b for a, b in zip(first, second)]
     expect[5] = first[5]                                          # kept
     assert p.robust_smoothed.tolist() == pytest.approx(expect)
     assert p.num_updates == 2
     # missing class on the first estimate: the mean of the others
     q = cwr()
-    q.update(0, make_counts([0.95] * C, first, n=n), {}, trainer=FakeTrainer())
+    q.update(0, make_counts([0.95] * C, first, n=n), {}, context=FakeContext())
     others = [v for k, v in enumerate(first) if k != 5]
     assert q.robust_smoothed[5].item() == pytest.approx(sum(others) / len(others))
 
 
 def test_cwr_no_check_no_change():
     p = cwr()
-    assert p.update(0, None, {}, trainer=FakeTrainer())["updated"] is False
+    assert p.update(0, None, {}, context=FakeContext())["updated"] is False
     assert p.class_weight is None and p.class_eps_scale is None and p.robust_smoothed is None
-    p.update(1, make_counts([0.95] * C, with_class3(0.8, 0.2)), {}, trainer=FakeTrainer())
+    p.update(1, make_counts([0.95] * C, with_class3(0.8, 0.2)), {}, context=FakeContext())
     before = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in p.state_dict().items()}
-    log = p.update(2, None, {}, trainer=FakeTrainer())
+    log = p.update(2, None, {}, context=FakeContext())
     assert log["updated"] is False and log["class_weight"] == pytest.approx(before["class_weight"].tolist())
     for k, v in p.state_dict().items():
         assert torch.equal(v, before[k]) if isinstance(v, torch.Tensor) else v == before[k]
@@ -167,7 +166,7 @@ def test_cwr_no_check_no_change():
 @pytest.mark.parametrize("mode", ["weight", "eps"])
 def test_cwr_modes(mode):
     p = cwr(mode=mode)
-    p.update(0, make_counts([0.95] * C, with_class3(0.8, 0.2)), {}, trainer=FakeTrainer())
+    p.update(0, make_counts([0.95] * C, with_class3(0.8, 0.2)), {}, context=FakeContext())
     assert (p.class_weight is None) == (mode == "eps")
     assert (p.class_eps_scale is None) == (mode == "weight")
     assert p.class_beta is None
@@ -175,7 +174,7 @@ def test_cwr_modes(mode):
 
 def test_cwr_batch_policy_indexes_by_label():
     p = cwr()
-    p.update(0, make_counts([0.95] * C, with_class3(0.8, 0.2)), {}, trainer=FakeTrainer())
+    p.update(0, make_counts([0.95] * C, with_class3(0.8, 0.2)), {}, context=FakeContext())
     y = torch.tensor([3, 0, 3, 7])
     b = p.batch_policy(y, 0.3, 0.01, None)
     assert torch.equal(b.weight, p.class_weight[y])
@@ -192,14 +191,14 @@ def _roundtrip(state: dict) -> dict:
 
 def test_cwr_state_dict_round_trip():
     p = cwr(rho=0.3)
-    p.update(0, make_counts([0.95] * C, with_class3(0.8, 0.2)), {}, trainer=FakeTrainer())
+    p.update(0, make_counts([0.95] * C, with_class3(0.8, 0.2)), {}, context=FakeContext())
     q = cwr(rho=0.3)
     q.load_state_dict(_roundtrip(p.state_dict()))
     for key in ("class_weight", "class_eps_scale", "robust_smoothed"):
         assert torch.equal(getattr(p, key), getattr(q, key)), key
     assert q.num_updates == 1
     nxt = make_counts([0.95] * C, with_class3(0.5, 0.7))
-    assert p.update(1, nxt, {}, trainer=FakeTrainer()) == q.update(1, nxt, {}, trainer=FakeTrainer())
+    assert p.update(1, nxt, {}, context=FakeContext()) == q.update(1, nxt, {}, context=FakeContext())
     with pytest.raises(ValueError, match="frl"):
         q.load_state_dict(frl().state_dict())
 
@@ -219,7 +218,7 @@ def test_cwr_bad_options(options, match):
 def test_frl_multipliers_grow_for_the_violating_class_only():
     p = frl()
     clean, robust = with_class3(0.95, 0.7), with_class3(0.8, 0.2)
-    log = p.update(0, make_counts(clean, robust), {}, trainer=FakeTrainer())
+    log = p.update(0, make_counts(clean, robust), {}, context=FakeContext())
     # errors: clean 0.05 / 0.30 (class 3), boundary 0.15 / 0.50; totals 0.075, 0.185
     g_nat3, g_bndy3 = 0.30 - 0.075 - 0.1, 0.50 - 0.185 - 0.1
     g_bndy0 = 0.15 - 0.185 - 0.1
@@ -244,7 +243,7 @@ def test_frl_multipliers_grow_for_the_violating_class_only():
     assert s[3].item() == pytest.approx(math.exp(2 * 0.1 * g_bndy3), rel=1e-5) and s[3] > 1
     assert s[0].item() == pytest.approx(0.98)                 # exp(-0.027) = 0.973, clipped
     # a second update with the same violations: the multipliers keep growing
-    p.update(1, make_counts(clean, robust), {}, trainer=FakeTrainer())
+    p.update(1, make_counts(clean, robust), {}, context=FakeContext())
     assert p.phi_nat[3].item() == pytest.approx(2 * 0.05 * g_nat3)
     assert p.phi_bndy[3].item() == pytest.approx(2 * 0.1 * g_bndy3)
     assert p.class_eps_scale[3].item() == pytest.approx(math.exp(4 * 0.1 * g_bndy3), rel=1e-5)
@@ -253,7 +252,7 @@ def test_frl_multipliers_grow_for_the_violating_class_only():
 
 def test_frl_boundary_violation_only_moves_beta_and_budget():
     p = frl(tau=0.05)
-    p.update(0, make_counts([0.95] * C, with_class3(0.8, 0.3)), {}, trainer=FakeTrainer())
+    p.update(0, make_counts([0.95] * C, with_class3(0.8, 0.3)), {}, context=FakeContext())
     assert torch.equal(p.phi_nat, torch.zeros(C, dtype=torch.float64))
     assert torch.allclose(p.class_weight, torch.ones(C))
     assert p.phi_bndy[3] > 0 and int((p.phi_bndy > 0).sum()) == 1
@@ -265,7 +264,7 @@ def test_frl_projection_bounds_the_multipliers():
     p = frl(alpha1=10.0, lim=0.5, tau=0.0)
     clean = [0.5, 0.6, 0.7, 0.2, 0.9, 0.95, 0.99, 0.9, 0.8, 0.85]
     for epoch in range(3):
-        p.update(epoch, make_counts(clean, [c / 2 for c in clean]), {}, trainer=FakeTrainer())
+        p.update(epoch, make_counts(clean, [c / 2 for c in clean]), {}, context=FakeContext())
         for phi in (p.phi_nat, p.phi_bndy):
             assert float(phi.min()) >= 0 and float(phi.sum()) <= 0.5 + 1e-9
         assert float(p.class_weight.min()) > 0 and float(p.class_beta.min()) > 0
@@ -275,7 +274,7 @@ def test_frl_projection_bounds_the_multipliers():
 def test_frl_weighted_trades_loss_is_the_lagrangian():
     """The TRADES loss with the policy's per-sample knobs is mean_i C (c_nat CE_i + beta c_bndy KL_i)."""
     p = frl(beta=2.0)
-    p.update(0, make_counts(with_class3(0.95, 0.6), with_class3(0.8, 0.1)), {}, trainer=FakeTrainer())
+    p.update(0, make_counts(with_class3(0.95, 0.6), with_class3(0.8, 0.1)), {}, context=FakeContext())
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, C))
     x = torch.rand(12, 1, 4, 4)
@@ -296,7 +295,7 @@ def test_frl_weighted_trades_loss_is_the_lagrangian():
 @pytest.mark.parametrize("mode", ["reweight", "remargin"])
 def test_frl_modes(mode):
     p = frl(mode=mode)
-    p.update(0, make_counts(with_class3(0.95, 0.7), with_class3(0.8, 0.2)), {}, trainer=FakeTrainer())
+    p.update(0, make_counts(with_class3(0.95, 0.7), with_class3(0.8, 0.2)), {}, context=FakeContext())
     assert (p.class_weight is None) == (p.class_beta is None) == (mode == "remargin")
     assert (p.class_eps_scale is None) == (mode == "reweight")
     if mode == "remargin":
@@ -307,10 +306,10 @@ def test_frl_modes(mode):
 
 def test_frl_budget_cap_and_no_check():
     p = frl(eps=0.5, alpha2=50.0)
-    p.update(0, make_counts(with_class3(0.95, 0.7), with_class3(0.8, 0.2)), {}, trainer=FakeTrainer())
+    p.update(0, make_counts(with_class3(0.95, 0.7), with_class3(0.8, 0.2)), {}, context=FakeContext())
     assert p.class_eps_scale[3].item() == pytest.approx(2.0)  # exp(...) >> 3, capped at 1 / eps
     before = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in p.state_dict().items()}
-    assert p.update(1, None, {}, trainer=FakeTrainer())["updated"] is False
+    assert p.update(1, None, {}, context=FakeContext())["updated"] is False
     for k, v in p.state_dict().items():
         assert torch.equal(v, before[k]) if isinstance(v, torch.Tensor) else v == before[k]
 
@@ -318,13 +317,13 @@ def test_frl_budget_cap_and_no_check():
 def test_frl_state_dict_round_trip():
     p = frl(beta=3.0)
     counts = make_counts(with_class3(0.95, 0.7), with_class3(0.8, 0.2))
-    p.update(0, counts, {}, trainer=FakeTrainer())
+    p.update(0, counts, {}, context=FakeContext())
     q = frl(beta=3.0)
     q.load_state_dict(_roundtrip(p.state_dict()))
     for key in ("phi_nat", "phi_bndy", "phi_rm", "class_weight", "class_beta", "class_eps_scale"):
         assert torch.equal(getattr(p, key), getattr(q, key)), key
     assert q.num_updates == 1 and q.base_beta == 3.0
-    assert p.update(1, counts, {}, trainer=FakeTrainer()) == q.update(1, counts, {}, trainer=FakeTrainer())
+    assert p.update(1, counts, {}, context=FakeContext()) == q.update(1, counts, {}, context=FakeContext())
     bad = p.state_dict()
     bad["phi_rm"] = torch.zeros(3, dtype=torch.float64)
     with pytest.raises(ValueError, match="phi_rm"):
@@ -336,8 +335,12 @@ def test_frl_needs_trades():
     with pytest.raises(ConfigError, match="--method trades"):
         p.batch_policy(torch.tensor([0, 1]), 0.3, 0.01, None)       # pgd-at: no beta
     with pytest.raises(ConfigError, match="--method trades"):
-        p.update(0, make_counts([0.9] * C, [0.5] * C), {}, trainer=FakeTrainer(method="mart"))
-    p.update(0, make_counts([0.9] * C, [0.5] * C), {}, trainer=FakeTrainer(method="trades"))
+        p.check_method("mart")
+    with pytest.raises(ConfigError, match="--method trades"):  # built with its method: at start-up
+        build_defense("frl", {}, method=build_method("mart"), num_classes=C, eps=0.3, alpha=0.01,
+                      beta=None)
+    p.check_method("trades")
+    p.update(0, make_counts([0.9] * C, [0.5] * C), {}, context=FakeContext())
 
 
 @pytest.mark.parametrize("options, match", [

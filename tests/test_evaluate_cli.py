@@ -209,3 +209,25 @@ def test_autoattack_breakdown_in_every_report_file(mnist_robust, shared_data, tm
     assert (out / "autoattack_aa_seed=0.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (out / "report.md").read_text()
     assert "## AutoAttack breakdown (aa:seed=0)" in md and "Time per member" in md
+
+
+# ---- the default budget: --eps, else the checkpoint's training eps, else the dataset's ----------
+
+@pytest.mark.parametrize("saved_config, expected_eps, source", [
+    (None, 0.3, "the default of mnist-embedded"),                 # a bare state dict
+    ({"eps": 0.2, "dataset": "mnist-embedded"}, 0.2, "the checkpoint's training config"),
+])
+def test_default_eps_follows_the_checkpoint_then_the_dataset(saved_config, expected_eps, source,
+                                                             tmp_path, capsys):
+    torch.manual_seed(0)
+    model = build_model("small_cnn", 10, (0.1309,), (0.3080,), in_channels=1)
+    state = {k: v for k, v in model.state_dict().items()}
+    path = tmp_path / "model.pt"
+    torch.save(state if saved_config is None else {"model": state, "config": saved_config}, path)
+    out = tmp_path / "report"
+    rc = main(["--dataset", "mnist-embedded", "--arch", "small_cnn", "--checkpoint", str(path),
+               "--attacks", "fgsm", "--limit", "20", "--out", str(out), "--no-progress", "--no-plots"])
+    assert rc == 0
+    config = json.loads((out / "report.json").read_text())["config"]
+    assert config["eps"] == pytest.approx(expected_eps) and config["eps_source"] == source
+    assert f"eps {expected_eps:g}: {source}" in capsys.readouterr().out

@@ -11,13 +11,14 @@ import pytest
 import torch
 
 from cwr_fast import outputs
+from cwr_fast.outputs import save_torch
 from cwr_fast import train as train_cli
 from cwr_fast.data import make_loader
 from cwr_fast.models import build_model, load_weights
 from cwr_fast.training import checkpoint as ckpt
 from cwr_fast.defenses import ClasswisePolicy
 from cwr_fast.training.ema import EMA
-from cwr_fast.training.methods import METHODS, BatchPolicy, build_method
+from cwr_fast.methods import METHODS, BatchPolicy, build_method
 from cwr_fast.training.schedules import LRSchedule, eps_at
 
 from train_helpers import TINY, assert_state_dicts_identical, load_ckpt
@@ -221,7 +222,7 @@ def test_ema_tracks_weights():
 
 def test_atomic_save_and_clear_errors(tmp_path):
     path = tmp_path / "c.pt"
-    ckpt.save_atomic({"format": ckpt.FORMAT, "format_version": ckpt.FORMAT_VERSION,
+    save_torch({"format": ckpt.FORMAT, "format_version": ckpt.FORMAT_VERSION,
                       "x": torch.arange(3), "rng": ckpt.rng_state()}, path)
     assert not list(tmp_path.glob(".*tmp*"))
     state = ckpt.load(path)
@@ -377,7 +378,7 @@ def test_resume_rejects_changed_settings_and_mismatched_checkpoints(tmp_path, ca
     path = out / "checkpoints" / "last.pt"
     state = load_ckpt(path)
     state["model"]["net.fc2.weight"] = torch.zeros(3, 3)
-    ckpt.save_atomic(state, path)
+    save_torch(state, path)
     assert train_cli.main(["--resume", str(out), "--progress", "off"]) == 2
     err = capsys.readouterr().err
     assert "do not fit the model" in err and "shape mismatch" in err

@@ -1,5 +1,5 @@
-// CPU kernels of the fused losses: per row of logits, the per-sample loss and dL/dz in one call
-// (the row stays in L1 across its passes), rows spread over threads.
+// CPU kernels of the fused losses (contract: ops.cpp): per row of logits, the per-sample loss and
+// dL/dz in one call (the row stays in L1 across its passes), rows spread over threads.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -12,25 +12,13 @@
 #include <vector>
 
 #include "checks.h"
+#include "host.h"
 #include "cpu/vec_helpers.h"
 
 namespace cwr_fast::cpu {
 namespace {
 
 constexpr int64_t kGrainElems = 1 << 14;
-
-// Contiguous inputs (weights in the compute dtype) and freshly allocated outputs of a loss op.
-struct LossTensors {
-  at::Tensor logits, target, weight, loss, grad;
-};
-
-LossTensors prepare_loss(const at::Tensor& logits_in, const at::Tensor& target_in,
-                         const std::optional<at::Tensor>& weight_in) {
-  const at::Tensor logits = logits_in.contiguous();
-  return {logits, target_in.contiguous(), per_sample_as(weight_in, opmath_dtype(logits)),
-          at::empty({logits.size(0)}, logits.options().dtype(opmath_dtype(logits))),
-          at::empty(logits.sizes(), logits.options())};
-}
 
 // The pointers a loss kernel reads and writes; rows are contiguous.
 template <typename scalar_t>
@@ -52,12 +40,11 @@ struct LossRows {
 };
 
 template <typename scalar_t>
-LossRows<scalar_t> loss_rows(const at::Tensor& logits, const at::Tensor& target, const at::Tensor& weight,
-                             at::Tensor& loss, at::Tensor& grad) {
-  return {logits.const_data_ptr<scalar_t>(), target.const_data_ptr<int64_t>(),
-          weight.defined() ? weight.const_data_ptr<at::opmath_type<scalar_t>>() : nullptr,
-          loss.data_ptr<at::opmath_type<scalar_t>>(), grad.data_ptr<scalar_t>(), logits.size(0),
-          logits.size(1)};
+LossRows<scalar_t> loss_rows(const LossTensors& io) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  return {io.logits.const_data_ptr<scalar_t>(), io.target.const_data_ptr<int64_t>(),
+          optional_ptr<opmath_t>(io.weight), io.loss.data_ptr<opmath_t>(), io.grad.data_ptr<scalar_t>(),
+          io.n, io.c};
 }
 
 template <typename T>
@@ -152,13 +139,14 @@ void ce_row_by_row(const LossRows<scalar_t>& r, at::opmath_type<scalar_t> inv_t,
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> temperature_ce_fwd_bwd_cpu(const at::Tensor& logits_in, const at::Tensor& target_in,
-                                                   double temperature, const std::optional<at::Tensor>& weight_in) {
-  check_loss_args(logits_in, target_in, weight_in, temperature);
-  auto [logits, target, weight, loss, grad] = prepare_loss(logits_in, target_in, weight_in);
-  if (logits.size(0) == 0) return {loss, grad};
+std::tuple<at::Tensor, at::Tensor> temperature_ce_fwd_bwd_cpu(const at::Tensor& logits, const at::Tensor& target,
+                                                              double temperature,
+                                                              const std::optional<at::Tensor>& weight) {
+  check_loss_args(logits, target, weight, temperature);
+  LossTensors io = prepare_loss(logits, target, weight);
+  if (io.n == 0) return {io.loss, io.grad};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "temperature_ce_cpu", [&] {
-    const auto r = loss_rows<scalar_t>(logits, target, weight, loss, grad);
+    const auto r = loss_rows<scalar_t>(io);
     const auto inv_t = static_cast<at::opmath_type<scalar_t>>(1.0 / temperature);
     at::parallel_for(0, r.n, std::max<int64_t>(1, kGrainElems / r.c), [&](int64_t begin, int64_t end) {
       if (r.c <= kFewClasses) {
@@ -168,7 +156,7 @@ std::tuple<at::Tensor, at::Tensor> temperature_ce_fwd_bwd_cpu(const at::Tensor& 
       }
     });
   });
-  return {loss, grad};
+  return {io.loss, io.grad};
 }
 
 // The competitor of the CW margin, as the reference computes it: the first arg-max of the row with
@@ -209,14 +197,14 @@ std::pair<int64_t, at::opmath_type<scalar_t>> best_other_class(const scalar_t* z
   return {0, m};  // unreachable: m is one of the values scanned
 }
 
-std::tuple<at::Tensor, at::Tensor> margin_loss_fwd_bwd_cpu(const at::Tensor& logits_in, const at::Tensor& target_in,
-                                                const std::optional<at::Tensor>& weight_in) {
-  check_loss_args(logits_in, target_in, weight_in);
-  auto [logits, target, weight, loss, grad] = prepare_loss(logits_in, target_in, weight_in);
-  if (logits.size(0) == 0) return {loss, grad};
+std::tuple<at::Tensor, at::Tensor> margin_loss_fwd_bwd_cpu(const at::Tensor& logits, const at::Tensor& target,
+                                                           const std::optional<at::Tensor>& weight) {
+  check_loss_args(logits, target, weight);
+  LossTensors io = prepare_loss(logits, target, weight);
+  if (io.n == 0) return {io.loss, io.grad};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "margin_loss_cpu", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
-    const auto r = loss_rows<scalar_t>(logits, target, weight, loss, grad);
+    const auto r = loss_rows<scalar_t>(io);
     at::parallel_for(0, r.n, std::max<int64_t>(1, kGrainElems / r.c), [&](int64_t begin, int64_t end) {
       std::vector<opmath_t> row(r.c);
       for (int64_t i = begin; i < end; ++i) {
@@ -235,7 +223,7 @@ std::tuple<at::Tensor, at::Tensor> margin_loss_fwd_bwd_cpu(const at::Tensor& log
       }
     });
   });
-  return {loss, grad};
+  return {io.loss, io.grad};
 }
 
 // The order of torch.sort(descending=True, stable=True): NaN first, then the larger value, then
@@ -276,18 +264,17 @@ Top4<at::opmath_type<scalar_t>> top4(const scalar_t* z, int64_t c) {
   return top;
 }
 
-std::tuple<at::Tensor, at::Tensor> dlr_loss_fwd_bwd_cpu(const at::Tensor& logits_in, const at::Tensor& target_in,
-                                             const std::optional<at::Tensor>& attack_target_in,
-                                             const std::optional<at::Tensor>& weight_in) {
-  check_dlr_args(logits_in, target_in, attack_target_in, weight_in);
-  auto [logits, target, weight, loss, grad] = prepare_loss(logits_in, target_in, weight_in);
-  if (logits.size(0) == 0) return {loss, grad};
-  const bool targeted = attack_target_in.has_value();
-  const at::Tensor attack_target = targeted ? attack_target_in->contiguous() : at::Tensor();
-  const int64_t* t_ptr = targeted ? attack_target.const_data_ptr<int64_t>() : nullptr;
+std::tuple<at::Tensor, at::Tensor> dlr_loss_fwd_bwd_cpu(const at::Tensor& logits, const at::Tensor& target,
+                                                        const std::optional<at::Tensor>& attack_target,
+                                                        const std::optional<at::Tensor>& weight) {
+  check_dlr_args(logits, target, attack_target, weight);
+  LossTensors io = prepare_loss(logits, target, weight, attack_target);
+  if (io.n == 0) return {io.loss, io.grad};
+  const bool targeted = attack_target.has_value();
+  const int64_t* t_ptr = optional_ptr<int64_t>(io.attack_target);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "dlr_loss_cpu", [&] {
     using T = at::opmath_type<scalar_t>;
-    const auto r = loss_rows<scalar_t>(logits, target, weight, loss, grad);
+    const auto r = loss_rows<scalar_t>(io);
     at::parallel_for(0, r.n, std::max<int64_t>(1, kGrainElems / r.c), [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         const scalar_t* z = r.z + i * r.c;
@@ -330,7 +317,7 @@ std::tuple<at::Tensor, at::Tensor> dlr_loss_fwd_bwd_cpu(const at::Tensor& logits
       }
     });
   });
-  return {loss, grad};
+  return {io.loss, io.grad};
 }
 
 }  // namespace

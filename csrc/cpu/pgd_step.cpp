@@ -1,13 +1,12 @@
-// CPU kernels of the in-place PGD steps: one vectorised pass for Linf, two for L2 (a per-sample
-// reduction, then the update). Both work on flat memory when the three tensors share a
-// batch-major dense layout (contiguous or channels_last), else on contiguous copies.
+// CPU kernels of the in-place PGD steps (contract: ops.cpp): one vectorised pass for Linf, two for
+// L2 (a per-sample reduction, then the update), on flat batch-major memory (on_batch_major).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <cmath>
 
-#include "checks.h"
+#include "host.h"
 #include "cpu/vec_helpers.h"
 
 namespace cwr_fast::cpu {
@@ -16,17 +15,9 @@ namespace {
 constexpr int64_t kGrainElems = 1 << 15;  // elements per task: enough to amortise thread wake-up
 constexpr double kL2Tiny = 1e-12;          // keeps grad / ||grad|| finite for a zero gradient
 
-struct StepArgs {
-  double alpha, eps, lo, hi;
-  const double* alpha_ps;  // nullptr: use the scalar
-  const double* eps_ps;
-  double alpha_of(int64_t i) const { return alpha_ps ? alpha_ps[i] : alpha; }
-  double eps_of(int64_t i) const { return eps_ps ? eps_ps[i] : eps; }
-};
-
 template <typename scalar_t>
 void linf_step(scalar_t* x, const scalar_t* g, const scalar_t* xn, int64_t numel, int64_t n,
-               const StepArgs& args) {
+               const StepArgs<double>& args) {
   using opmath_t = at::opmath_type<scalar_t>;
   const int64_t per_sample = numel / n;
   at::parallel_for(0, numel, kGrainElems, [&](int64_t begin, int64_t end) {
@@ -117,7 +108,7 @@ inline double l2_delta_sq(const double s[3], double step) {
 
 template <typename scalar_t>
 void l2_step(scalar_t* x, const scalar_t* g, const scalar_t* xn, int64_t numel, int64_t n,
-             const StepArgs& args) {
+             const StepArgs<double>& args) {
   using opmath_t = at::opmath_type<scalar_t>;
   const int64_t per_sample = numel / n;
   const int64_t grain = std::max<int64_t>(1, kGrainElems / std::max<int64_t>(per_sample, 1));
@@ -149,41 +140,34 @@ void l2_step(scalar_t* x, const scalar_t* g, const scalar_t* xn, int64_t numel, 
   });
 }
 
-enum class Norm { Linf, L2 };
-
 template <Norm norm>
 void pgd_step_cpu(at::Tensor& x_adv, const at::Tensor& grad, const at::Tensor& x_nat, double alpha,
                   double eps, double lo, double hi, const std::optional<at::Tensor>& alpha_per_sample,
                   const std::optional<at::Tensor>& eps_per_sample) {
-  check_step_args(x_adv, grad, x_nat, alpha, eps, lo, hi, alpha_per_sample, eps_per_sample);
-  if (x_adv.numel() == 0) return;
-  // Budgets in double: per-sample values then enter the opmath computation exactly as scalars do.
-  const at::Tensor a_ps = per_sample_as(alpha_per_sample, at::kDouble);
-  const at::Tensor e_ps = per_sample_as(eps_per_sample, at::kDouble);
-  const StepArgs args{alpha, eps, lo, hi, a_ps.defined() ? a_ps.const_data_ptr<double>() : nullptr,
-                      e_ps.defined() ? e_ps.const_data_ptr<double>() : nullptr};
-  const bool in_place = same_batch_major_layout(x_adv, grad, x_nat);
-  at::Tensor x = in_place ? x_adv : x_adv.contiguous();
-  const at::Tensor g = in_place ? grad : grad.contiguous();
-  const at::Tensor xn = in_place ? x_nat : x_nat.contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pgd_step_cpu", [&] {
-    auto* px = x.data_ptr<scalar_t>();
-    const auto* pg = g.const_data_ptr<scalar_t>();
-    const auto* pn = xn.const_data_ptr<scalar_t>();
-    if constexpr (norm == Norm::Linf) {
-      linf_step(px, pg, pn, x.numel(), x.size(0), args);
-    } else {
-      l2_step(px, pg, pn, x.numel(), x.size(0), args);
-    }
+  // Scalars and budgets in double: per-sample values then enter the opmath computation exactly
+  // as scalars do.
+  run_pgd_step(x_adv, grad, x_nat, alpha, eps, lo, hi, alpha_per_sample, eps_per_sample, at::kDouble,
+               [&](at::Tensor& x, const at::Tensor& g, const at::Tensor& xn, const at::Tensor& alpha_ps,
+                   const at::Tensor& eps_ps) {
+    const auto args = make_step_args<double>(alpha, eps, lo, hi, alpha_ps, eps_ps);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pgd_step_cpu", [&] {
+      auto* px = x.data_ptr<scalar_t>();
+      const auto* pg = g.const_data_ptr<scalar_t>();
+      const auto* pn = xn.const_data_ptr<scalar_t>();
+      if constexpr (norm == Norm::kLinf) {
+        linf_step(px, pg, pn, x.numel(), x.size(0), args);
+      } else {
+        l2_step(px, pg, pn, x.numel(), x.size(0), args);
+      }
+    });
   });
-  if (!in_place) x_adv.copy_(x);
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(cwr_fast, CPU, m) {
-  m.impl("linf_pgd_step_", &pgd_step_cpu<Norm::Linf>);
-  m.impl("l2_pgd_step_", &pgd_step_cpu<Norm::L2>);
+  m.impl("linf_pgd_step_", &pgd_step_cpu<Norm::kLinf>);
+  m.impl("l2_pgd_step_", &pgd_step_cpu<Norm::kL2>);
 }
 
 }  // namespace cwr_fast::cpu

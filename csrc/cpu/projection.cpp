@@ -1,6 +1,6 @@
-// CPU kernels of the hyperplane projections (FAB's step): per row, the active coordinates' slopes,
-// drops and breakpoints are gathered once, then Newton's method finds lam in a few passes over
-// them (no sort). Rows are spread over threads.
+// CPU kernels of the hyperplane projections (FAB's step; contract: ops.cpp): per row, the active
+// coordinates' slopes, drops and breakpoints are gathered once, then Newton's method finds lam in
+// a few passes over them (no sort). Rows are spread over threads.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -46,7 +46,7 @@ double solve(const double* r, const double* k, const double* f, int64_t n, doubl
   return lam;
 }
 
-template <typename T, bool kL2>
+template <typename T, Norm norm>
 void project_rows(const T* points, const T* w, const T* b, T* d, int64_t m, int64_t dim) {
   const int64_t grain = std::max<int64_t>(1, (1 << 14) / std::max<int64_t>(dim, 1));
   at::parallel_for(0, m, grain, [&](int64_t begin, int64_t end) {
@@ -62,7 +62,7 @@ void project_rows(const T* points, const T* w, const T* b, T* d, int64_t m, int6
       int64_t n = 0;
       double total = 0, slope_sum = 0;
       for (int64_t j = 0; j < dim; ++j) {
-        const Coordinate<T, kL2> q{sign * wr[j], t[j]};
+        const Coordinate<T, norm> q{sign * wr[j], t[j]};
         if (!q.active()) continue;
         r[n] = q.breakpoint(), k[n] = q.slope(), f[n] = q.full_drop();
         total += f[n], slope_sum += k[n];
@@ -70,21 +70,21 @@ void project_rows(const T* points, const T* w, const T* b, T* d, int64_t m, int6
       }
       const bool reachable = total >= c;
       const T lam = reachable ? static_cast<T>(solve(r.data(), k.data(), f.data(), n, c, slope_sum)) : T(0);
-      for (int64_t j = 0; j < dim; ++j) out[j] = Coordinate<T, kL2>{sign * wr[j], t[j]}.move(lam, reachable);
+      for (int64_t j = 0; j < dim; ++j) out[j] = Coordinate<T, norm>{sign * wr[j], t[j]}.move(lam, reachable);
     }
   });
 }
 
-template <bool kL2>
+template <Norm norm>
 at::Tensor hyperplane_projection_cpu(const at::Tensor& points_in, const at::Tensor& w_in, const at::Tensor& b_in) {
   check_projection_args(points_in, w_in, b_in);
   const at::Tensor points = points_in.contiguous(), w = w_in.contiguous(), b = b_in.contiguous();
   at::Tensor d = at::empty_like(points);
   if (points.numel() == 0) return d;
   AT_DISPATCH_FLOATING_TYPES(points.scalar_type(), "hyperplane_projection_cpu", [&] {
-    project_rows<scalar_t, kL2>(points.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
-                                b.const_data_ptr<scalar_t>(), d.data_ptr<scalar_t>(), points.size(0),
-                                points.size(1));
+    project_rows<scalar_t, norm>(points.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+                                 b.const_data_ptr<scalar_t>(), d.data_ptr<scalar_t>(), points.size(0),
+                                 points.size(1));
   });
   return d;
 }
@@ -92,8 +92,8 @@ at::Tensor hyperplane_projection_cpu(const at::Tensor& points_in, const at::Tens
 }  // namespace
 
 TORCH_LIBRARY_IMPL(cwr_fast, CPU, m) {
-  m.impl("hyperplane_projection_linf", &hyperplane_projection_cpu<false>);
-  m.impl("hyperplane_projection_l2", &hyperplane_projection_cpu<true>);
+  m.impl("hyperplane_projection_linf", &hyperplane_projection_cpu<Norm::kLinf>);
+  m.impl("hyperplane_projection_l2", &hyperplane_projection_cpu<Norm::kL2>);
 }
 
 }  // namespace cwr_fast::cpu

@@ -1,5 +1,5 @@
 // CUDA kernels of the fused per-sample losses and their gradients: temperature_ce_fwd_bwd,
-// margin_loss_fwd_bwd and dlr_loss_fwd_bwd. Semantics: cwr_fast/reference.py.
+// margin_loss_fwd_bwd and dlr_loss_fwd_bwd (contract: ops.cpp).
 //
 // A group of threads handles one row of logits: a warp (8 rows per 256-thread block) when
 // C <= kWarpRowMaxC, otherwise the whole 256-thread block, so that small batches of many-class
@@ -19,6 +19,7 @@
 
 #include "checks.h"
 #include "common.cuh"
+#include "host.h"
 
 namespace cwr_fast {
 namespace {
@@ -263,32 +264,6 @@ dlr_kernel(const scalar_t* logits, const int64_t* target, const int64_t* attack_
 
 // ---- host side ------------------------------------------------------------------------------
 
-struct LossInputs {
-  at::Tensor logits, target, weight;  // contiguous; weight in the loss dtype, or undefined
-  at::Tensor loss, grad;              // outputs
-  int64_t n, c;
-};
-
-LossInputs prepare(const at::Tensor& logits, const at::Tensor& target,
-                   const std::optional<at::Tensor>& weight) {
-  LossInputs in;
-  in.n = logits.size(0);
-  in.c = logits.size(1);
-  const at::ScalarType loss_dtype = opmath_dtype(logits);
-  in.loss = at::empty({in.n}, logits.options().dtype(loss_dtype));
-  in.grad = at::empty({in.n, in.c}, logits.options());
-  if (in.n == 0) return in;
-  in.logits = logits.contiguous();
-  in.target = target.contiguous();
-  if (weight.has_value()) in.weight = weight->to(loss_dtype).contiguous();
-  return in;
-}
-
-template <typename T>
-const T* optional_ptr(const at::Tensor& t) {
-  return t.defined() ? t.const_data_ptr<T>() : nullptr;
-}
-
 // Launches kernel<kGroup> with a warp or a block per row (see the top of the file).
 template <typename Launch>
 void launch_rows(int64_t n, int64_t c, Launch&& launch) {
@@ -304,40 +279,40 @@ std::tuple<at::Tensor, at::Tensor> temperature_ce_fwd_bwd_cuda(
     const std::optional<at::Tensor>& weight) {
   check_loss_args(logits, target, weight, temperature);
   const c10::cuda::CUDAGuard device_guard(logits.device());
-  LossInputs in = prepare(logits, target, weight);
-  if (in.n == 0) return {in.loss, in.grad};
+  LossTensors io = prepare_loss(logits, target, weight);
+  if (io.n == 0) return {io.loss, io.grad};
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "temperature_ce_fwd_bwd_cuda", [&] {
     using T = at::opmath_type<scalar_t>;
-    launch_rows(in.n, in.c, [&](auto group, unsigned int grid) {
+    launch_rows(io.n, io.c, [&](auto group, unsigned int grid) {
       temperature_ce_kernel<scalar_t, decltype(group)::value><<<grid, kThreads, 0, stream>>>(
-          in.logits.const_data_ptr<scalar_t>(), in.target.const_data_ptr<int64_t>(),
-          optional_ptr<T>(in.weight), static_cast<T>(temperature), in.n, in.c,
-          in.loss.data_ptr<T>(), in.grad.data_ptr<scalar_t>());
+          io.logits.const_data_ptr<scalar_t>(), io.target.const_data_ptr<int64_t>(),
+          optional_ptr<T>(io.weight), static_cast<T>(temperature), io.n, io.c,
+          io.loss.data_ptr<T>(), io.grad.data_ptr<scalar_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
-  return {in.loss, in.grad};
+  return {io.loss, io.grad};
 }
 
 std::tuple<at::Tensor, at::Tensor> margin_loss_fwd_bwd_cuda(
     const at::Tensor& logits, const at::Tensor& target, const std::optional<at::Tensor>& weight) {
   check_loss_args(logits, target, weight);
   const c10::cuda::CUDAGuard device_guard(logits.device());
-  LossInputs in = prepare(logits, target, weight);
-  if (in.n == 0) return {in.loss, in.grad};
+  LossTensors io = prepare_loss(logits, target, weight);
+  if (io.n == 0) return {io.loss, io.grad};
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "margin_loss_fwd_bwd_cuda", [&] {
     using T = at::opmath_type<scalar_t>;
-    launch_rows(in.n, in.c, [&](auto group, unsigned int grid) {
+    launch_rows(io.n, io.c, [&](auto group, unsigned int grid) {
       margin_kernel<scalar_t, decltype(group)::value><<<grid, kThreads, 0, stream>>>(
-          in.logits.const_data_ptr<scalar_t>(), in.target.const_data_ptr<int64_t>(),
-          optional_ptr<T>(in.weight), in.n, in.c, in.loss.data_ptr<T>(),
-          in.grad.data_ptr<scalar_t>());
+          io.logits.const_data_ptr<scalar_t>(), io.target.const_data_ptr<int64_t>(),
+          optional_ptr<T>(io.weight), io.n, io.c, io.loss.data_ptr<T>(),
+          io.grad.data_ptr<scalar_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
-  return {in.loss, in.grad};
+  return {io.loss, io.grad};
 }
 
 std::tuple<at::Tensor, at::Tensor> dlr_loss_fwd_bwd_cuda(
@@ -345,21 +320,20 @@ std::tuple<at::Tensor, at::Tensor> dlr_loss_fwd_bwd_cuda(
     const std::optional<at::Tensor>& weight) {
   check_dlr_args(logits, target, attack_target, weight);
   const c10::cuda::CUDAGuard device_guard(logits.device());
-  LossInputs in = prepare(logits, target, weight);
-  if (in.n == 0) return {in.loss, in.grad};
-  const at::Tensor toward = attack_target.has_value() ? attack_target->contiguous() : at::Tensor();
+  LossTensors io = prepare_loss(logits, target, weight, attack_target);
+  if (io.n == 0) return {io.loss, io.grad};
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "dlr_loss_fwd_bwd_cuda", [&] {
     using T = at::opmath_type<scalar_t>;
-    launch_rows(in.n, in.c, [&](auto group, unsigned int grid) {
+    launch_rows(io.n, io.c, [&](auto group, unsigned int grid) {
       dlr_kernel<scalar_t, decltype(group)::value><<<grid, kThreads, 0, stream>>>(
-          in.logits.const_data_ptr<scalar_t>(), in.target.const_data_ptr<int64_t>(),
-          optional_ptr<int64_t>(toward), optional_ptr<T>(in.weight), in.n, in.c,
-          in.loss.data_ptr<T>(), in.grad.data_ptr<scalar_t>());
+          io.logits.const_data_ptr<scalar_t>(), io.target.const_data_ptr<int64_t>(),
+          optional_ptr<int64_t>(io.attack_target), optional_ptr<T>(io.weight), io.n, io.c,
+          io.loss.data_ptr<T>(), io.grad.data_ptr<scalar_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
-  return {in.loss, in.grad};
+  return {io.loss, io.grad};
 }
 
 }  // namespace

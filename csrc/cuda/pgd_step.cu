@@ -1,6 +1,4 @@
-// CUDA kernels of the in-place PGD steps: linf_pgd_step_ and l2_pgd_step_.
-// Semantics: cwr_fast/reference.py. All arithmetic in float32 (float64 for float64 tensors),
-// rounded once to the storage dtype on write.
+// CUDA kernels of the in-place PGD steps: linf_pgd_step_ and l2_pgd_step_ (contract: ops.cpp).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -10,24 +8,13 @@
 
 #include <algorithm>
 
-#include "checks.h"
 #include "common.cuh"
+#include "host.h"
 
 namespace cwr_fast {
 namespace {
 
 constexpr int kThreads = 256;
-
-// alpha and eps of a sample: the scalars, or the per-sample tensors when given.
-template <typename T>
-struct Budget {
-  T alpha, eps;
-  const T* alpha_ps;  // [N] or nullptr
-  const T* eps_ps;    // [N] or nullptr
-  __host__ __device__ bool per_sample() const { return alpha_ps != nullptr || eps_ps != nullptr; }
-  __device__ T alpha_of(int64_t i) const { return alpha_ps != nullptr ? alpha_ps[i] : alpha; }
-  __device__ T eps_of(int64_t i) const { return eps_ps != nullptr ? eps_ps[i] : eps; }
-};
 
 // ---- Linf -----------------------------------------------------------------------------------
 
@@ -50,36 +37,34 @@ __device__ __forceinline__ T linf_update(T x, T g, T xn, T alpha, T eps, T lo, T
 template <typename scalar_t, int kVec>
 __global__ void __launch_bounds__(kThreads)
 linf_step_kernel(scalar_t* x_adv, const scalar_t* grad, const scalar_t* x_nat, int64_t numel,
-                 int64_t per_sample, Budget<at::opmath_type<scalar_t>> budget,
-                 at::opmath_type<scalar_t> lo, at::opmath_type<scalar_t> hi) {
+                 int64_t per_sample, StepArgs<at::opmath_type<scalar_t>> args) {
   using T = at::opmath_type<scalar_t>;
   const int64_t first = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   const int64_t n_vec = numel / kVec;
   for (int64_t v = first; v < n_vec; v += stride) {
     const int64_t k0 = v * kVec;
-    const int64_t sample = budget.per_sample() ? k0 / per_sample : 0;
-    const T alpha = budget.alpha_of(sample), eps = budget.eps_of(sample);
+    const int64_t sample = args.per_sample() ? k0 / per_sample : 0;
+    const T alpha = args.alpha_of(sample), eps = args.eps_of(sample);
     dev::update_vec<kVec, T>(x_adv, grad, x_nat, k0, [&](T x, T g, T xn) {
-      return linf_update(x, g, xn, alpha, eps, lo, hi);
+      return linf_update(x, g, xn, alpha, eps, args.lo, args.hi);
     });
   }
   // The numel % kVec < kVec elements after the last whole vector (none when kVec == 1): one
   // element for each of the first threads of the grid.
   const int64_t k = n_vec * kVec + first;
   if (k < numel) {
-    const int64_t sample = budget.per_sample() ? k / per_sample : 0;
-    const T alpha = budget.alpha_of(sample), eps = budget.eps_of(sample);
+    const int64_t sample = args.per_sample() ? k / per_sample : 0;
+    const T alpha = args.alpha_of(sample), eps = args.eps_of(sample);
     dev::update_vec<1, T>(x_adv, grad, x_nat, k, [&](T x, T g, T xn) {
-      return linf_update(x, g, xn, alpha, eps, lo, hi);
+      return linf_update(x, g, xn, alpha, eps, args.lo, args.hi);
     });
   }
 }
 
 template <typename scalar_t>
 void launch_linf(at::Tensor& x, const at::Tensor& g, const at::Tensor& xn,
-                 Budget<at::opmath_type<scalar_t>> budget, at::opmath_type<scalar_t> lo,
-                 at::opmath_type<scalar_t> hi) {
+                 StepArgs<at::opmath_type<scalar_t>> args) {
   constexpr int kVec = dev::vec_width<scalar_t>();
   const int64_t numel = x.numel(), per_sample = numel / x.size(0);
   scalar_t* xp = x.data_ptr<scalar_t>();
@@ -87,14 +72,14 @@ void launch_linf(at::Tensor& x, const at::Tensor& g, const at::Tensor& xn,
   const scalar_t* xnp = xn.const_data_ptr<scalar_t>();
   const bool vectorised = dev::is_aligned16(xp) && dev::is_aligned16(gp) &&
                           dev::is_aligned16(xnp) &&
-                          (!budget.per_sample() || per_sample % kVec == 0);
+                          (!args.per_sample() || per_sample % kVec == 0);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   if (vectorised) {
     linf_step_kernel<scalar_t, kVec><<<dev::grid_size(numel / kVec, kThreads), kThreads, 0, stream>>>(
-        xp, gp, xnp, numel, per_sample, budget, lo, hi);
+        xp, gp, xnp, numel, per_sample, args);
   } else {
     linf_step_kernel<scalar_t, 1><<<dev::grid_size(numel, kThreads), kThreads, 0, stream>>>(
-        xp, gp, xnp, numel, per_sample, budget, lo, hi);
+        xp, gp, xnp, numel, per_sample, args);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -186,14 +171,13 @@ template <typename scalar_t, int kVec>
 __global__ void __launch_bounds__(kThreads)
 l2_apply_kernel(scalar_t* x_adv, const scalar_t* grad, const scalar_t* x_nat, int64_t n_samples,
                 int64_t per_sample, int64_t chunks, const double* partials,
-                Budget<at::opmath_type<scalar_t>> budget, at::opmath_type<scalar_t> lo,
-                at::opmath_type<scalar_t> hi) {
+                StepArgs<at::opmath_type<scalar_t>> args) {
   using T = at::opmath_type<scalar_t>;
   __shared__ L2Scale<T> shared_scale;
   const int64_t n_vec = per_sample / kVec;
   for (int64_t unit = blockIdx.x; unit < n_samples * chunks; unit += gridDim.x) {
     const int64_t sample = unit / chunks;
-    const T alpha = budget.alpha_of(sample);
+    const T alpha = args.alpha_of(sample);
     __syncthreads();  // everyone has read shared_scale of the previous unit
     if (threadIdx.x == 0) {
       double dd = 0, dg = 0, gg = 0;
@@ -204,22 +188,22 @@ l2_apply_kernel(scalar_t* x_adv, const scalar_t* grad, const scalar_t* x_nat, in
         dg += p[1];
         gg += p[2];
       }
-      shared_scale = l2_scale(dd, dg, gg, alpha, budget.eps_of(sample));
+      shared_scale = l2_scale(dd, dg, gg, alpha, args.eps_of(sample));
     }
     __syncthreads();
     const L2Scale<T> sc = shared_scale;
     const ChunkRange r = chunk_range(n_vec, chunks, unit % chunks);
     for (int64_t v = r.begin + threadIdx.x; v < r.end; v += blockDim.x) {
-      dev::update_vec<kVec, T>(x_adv, grad, x_nat, sample * per_sample + v * kVec,
-                               [&](T x, T g, T xn) { return l2_update(x, g, xn, alpha, sc, lo, hi); });
+      dev::update_vec<kVec, T>(x_adv, grad, x_nat, sample * per_sample + v * kVec, [&](T x, T g, T xn) {
+        return l2_update(x, g, xn, alpha, sc, args.lo, args.hi);
+      });
     }
   }
 }
 
 template <typename scalar_t, int kVec>
 void launch_l2_with(at::Tensor& x, const at::Tensor& g, const at::Tensor& xn,
-                    Budget<at::opmath_type<scalar_t>> budget, at::opmath_type<scalar_t> lo,
-                    at::opmath_type<scalar_t> hi) {
+                    StepArgs<at::opmath_type<scalar_t>> args) {
   const int64_t n = x.size(0), per_sample = x.numel() / n, n_vec = per_sample / kVec;
   // 256 threads, or fewer (a multiple of 32) when a sample has fewer vectors than that.
   const int threads = static_cast<int>(std::min<int64_t>(kThreads, dev::ceil_div(n_vec, 32) * 32));
@@ -239,94 +223,52 @@ void launch_l2_with(at::Tensor& x, const at::Tensor& g, const at::Tensor& xn,
       xp, gp, xnp, n, per_sample, chunks, partials.data_ptr<double>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   l2_apply_kernel<scalar_t, kVec><<<grid, threads, 0, stream>>>(
-      xp, gp, xnp, n, per_sample, chunks, partials.const_data_ptr<double>(), budget, lo, hi);
+      xp, gp, xnp, n, per_sample, chunks, partials.const_data_ptr<double>(), args);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 template <typename scalar_t>
 void launch_l2(at::Tensor& x, const at::Tensor& g, const at::Tensor& xn,
-               Budget<at::opmath_type<scalar_t>> budget, at::opmath_type<scalar_t> lo,
-               at::opmath_type<scalar_t> hi) {
+               StepArgs<at::opmath_type<scalar_t>> args) {
   constexpr int kVec = dev::vec_width<scalar_t>();
   const int64_t per_sample = x.numel() / x.size(0);
   const bool vectorised = dev::is_aligned16(x.const_data_ptr()) &&
                           dev::is_aligned16(g.const_data_ptr()) &&
                           dev::is_aligned16(xn.const_data_ptr()) && per_sample % kVec == 0;
   if (vectorised) {
-    launch_l2_with<scalar_t, kVec>(x, g, xn, budget, lo, hi);
+    launch_l2_with<scalar_t, kVec>(x, g, xn, args);
   } else {
-    launch_l2_with<scalar_t, 1>(x, g, xn, budget, lo, hi);
+    launch_l2_with<scalar_t, 1>(x, g, xn, args);
   }
 }
 
-// ---- host side shared by both steps ---------------------------------------------------------
+// ---- host side ------------------------------------------------------------------------------
 
-// Runs fn(x, g, xn) on tensors in one batch-major dense layout: the arguments themselves when
-// they already share one, otherwise contiguous copies, with the result copied back into x_adv.
-template <typename Fn>
-void on_batch_major(at::Tensor& x_adv, const at::Tensor& grad, const at::Tensor& x_nat, Fn&& fn) {
-  if (same_batch_major_layout(x_adv, grad, x_nat)) {
-    fn(x_adv, grad, x_nat);
-    return;
-  }
-  at::Tensor x = x_adv.contiguous();
-  fn(x, grad.contiguous(), x_nat.contiguous());
-  if (!x.is_same(x_adv)) x_adv.copy_(x);
-}
-
-template <typename T>
-Budget<T> make_budget(double alpha, double eps, const at::Tensor& alpha_ps,
-                      const at::Tensor& eps_ps) {
-  return {static_cast<T>(alpha), static_cast<T>(eps),
-          alpha_ps.defined() ? alpha_ps.const_data_ptr<T>() : nullptr,
-          eps_ps.defined() ? eps_ps.const_data_ptr<T>() : nullptr};
-}
-
-enum class Norm { kLinf, kL2 };
-
-void pgd_step_cuda(Norm norm, at::Tensor& x_adv, const at::Tensor& grad, const at::Tensor& x_nat,
-                   double alpha, double eps, double lo, double hi,
-                   const std::optional<at::Tensor>& alpha_per_sample,
+template <Norm norm>
+void pgd_step_cuda(at::Tensor& x_adv, const at::Tensor& grad, const at::Tensor& x_nat, double alpha,
+                   double eps, double lo, double hi, const std::optional<at::Tensor>& alpha_per_sample,
                    const std::optional<at::Tensor>& eps_per_sample) {
-  check_step_args(x_adv, grad, x_nat, alpha, eps, lo, hi, alpha_per_sample, eps_per_sample);
-  if (x_adv.numel() == 0) return;
-  const c10::cuda::CUDAGuard device_guard(x_adv.device());
-  const at::Tensor alpha_ps = per_sample_as(alpha_per_sample, opmath_dtype(x_adv));
-  const at::Tensor eps_ps = per_sample_as(eps_per_sample, opmath_dtype(x_adv));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_adv.scalar_type(), "pgd_step_cuda", [&] {
-    using T = at::opmath_type<scalar_t>;
-    const Budget<T> budget = make_budget<T>(alpha, eps, alpha_ps, eps_ps);
-    on_batch_major(x_adv, grad, x_nat,
-                   [&](at::Tensor& x, const at::Tensor& g, const at::Tensor& xn) {
-                     if (norm == Norm::kLinf) {
-                       launch_linf<scalar_t>(x, g, xn, budget, T(lo), T(hi));
-                     } else {
-                       launch_l2<scalar_t>(x, g, xn, budget, T(lo), T(hi));
-                     }
-                   });
+  // Scalars and budgets in the compute type of the kernels.
+  run_pgd_step(x_adv, grad, x_nat, alpha, eps, lo, hi, alpha_per_sample, eps_per_sample, opmath_dtype(x_adv),
+               [&](at::Tensor& x, const at::Tensor& g, const at::Tensor& xn, const at::Tensor& alpha_ps,
+                   const at::Tensor& eps_ps) {
+    const c10::cuda::CUDAGuard device_guard(x.device());
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pgd_step_cuda", [&] {
+      using T = at::opmath_type<scalar_t>;
+      const auto args = make_step_args<T>(alpha, eps, lo, hi, alpha_ps, eps_ps);
+      if constexpr (norm == Norm::kLinf) {
+        launch_linf<scalar_t>(x, g, xn, args);
+      } else {
+        launch_l2<scalar_t>(x, g, xn, args);
+      }
+    });
   });
-}
-
-void linf_pgd_step_cuda(at::Tensor& x_adv, const at::Tensor& grad, const at::Tensor& x_nat,
-                        double alpha, double eps, double lo, double hi,
-                        const std::optional<at::Tensor>& alpha_per_sample,
-                        const std::optional<at::Tensor>& eps_per_sample) {
-  pgd_step_cuda(Norm::kLinf, x_adv, grad, x_nat, alpha, eps, lo, hi, alpha_per_sample,
-                eps_per_sample);
-}
-
-void l2_pgd_step_cuda(at::Tensor& x_adv, const at::Tensor& grad, const at::Tensor& x_nat,
-                      double alpha, double eps, double lo, double hi,
-                      const std::optional<at::Tensor>& alpha_per_sample,
-                      const std::optional<at::Tensor>& eps_per_sample) {
-  pgd_step_cuda(Norm::kL2, x_adv, grad, x_nat, alpha, eps, lo, hi, alpha_per_sample,
-                eps_per_sample);
 }
 
 }  // namespace
 }  // namespace cwr_fast
 
 TORCH_LIBRARY_IMPL(cwr_fast, CUDA, m) {
-  m.impl("linf_pgd_step_", &cwr_fast::linf_pgd_step_cuda);
-  m.impl("l2_pgd_step_", &cwr_fast::l2_pgd_step_cuda);
+  m.impl("linf_pgd_step_", &cwr_fast::pgd_step_cuda<cwr_fast::Norm::kLinf>);
+  m.impl("l2_pgd_step_", &cwr_fast::pgd_step_cuda<cwr_fast::Norm::kL2>);
 }

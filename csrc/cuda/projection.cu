@@ -1,6 +1,6 @@
 // CUDA kernels of the hyperplane projections (FAB's step): a block per row; Newton's method
 // (projection_math.h) finds lam, each step one pass over the row with block reductions in double.
-// Semantics: cwr_fast/reference.py.
+// Contract: ops.cpp.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -19,7 +19,7 @@ constexpr int kThreads = 256;
 
 using projection::Coordinate;
 
-template <typename T, bool kL2>
+template <typename T, Norm norm>
 __global__ void __launch_bounds__(kThreads)
 projection_kernel(const T* points, const T* w, const T* b, T* d, int64_t m, int64_t dim) {
   for (int64_t row = blockIdx.x; row < m; row += gridDim.x) {
@@ -31,7 +31,7 @@ projection_kernel(const T* points, const T* w, const T* b, T* d, int64_t m, int6
     c = dev::block_reduce(c, dev::SumOp(), 0.0) - double(b[row]);
     const T sign = c >= 0 ? T(1) : T(-1);
     c = c < 0 ? -c : c;
-    auto coordinate = [&](int64_t j) { return Coordinate<T, kL2>{sign * wr[j], t[j]}; };
+    auto coordinate = [&](int64_t j) { return Coordinate<T, norm>{sign * wr[j], t[j]}; };
     double total = 0, slope_sum = 0;
     for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) {
       const auto q = coordinate(j);
@@ -61,7 +61,7 @@ projection_kernel(const T* points, const T* w, const T* b, T* d, int64_t m, int6
   }
 }
 
-template <bool kL2>
+template <Norm norm>
 at::Tensor hyperplane_projection_cuda(const at::Tensor& points_in, const at::Tensor& w_in, const at::Tensor& b_in) {
   check_projection_args(points_in, w_in, b_in);
   const c10::cuda::CUDAGuard device_guard(points_in.device());
@@ -72,7 +72,7 @@ at::Tensor hyperplane_projection_cuda(const at::Tensor& points_in, const at::Ten
   const unsigned int grid = static_cast<unsigned int>(std::min<int64_t>(m, dev::blocks_per_wave(kThreads) * 4));
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(points.scalar_type(), "hyperplane_projection_cuda", [&] {
-    projection_kernel<scalar_t, kL2><<<grid, kThreads, 0, stream>>>(
+    projection_kernel<scalar_t, norm><<<grid, kThreads, 0, stream>>>(
         points.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), b.const_data_ptr<scalar_t>(),
         d.data_ptr<scalar_t>(), m, points.size(1));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -84,6 +84,6 @@ at::Tensor hyperplane_projection_cuda(const at::Tensor& points_in, const at::Ten
 }  // namespace cwr_fast
 
 TORCH_LIBRARY_IMPL(cwr_fast, CUDA, m) {
-  m.impl("hyperplane_projection_linf", &cwr_fast::hyperplane_projection_cuda<false>);
-  m.impl("hyperplane_projection_l2", &cwr_fast::hyperplane_projection_cuda<true>);
+  m.impl("hyperplane_projection_linf", &cwr_fast::hyperplane_projection_cuda<cwr_fast::Norm::kLinf>);
+  m.impl("hyperplane_projection_l2", &cwr_fast::hyperplane_projection_cuda<cwr_fast::Norm::kL2>);
 }

@@ -25,7 +25,8 @@ from torch import Tensor, nn
 from cwr_fast import ops
 from cwr_fast.attacks.attack import Attack, check_count, check_member_settings
 from cwr_fast.attacks.ensemble import run_until_fooled
-from cwr_fast.attacks.functional import NORMS, amp_dtype, autocast, fp16_loss_scale
+from cwr_fast.attacks.functional import NORMS
+from cwr_fast.runtime import amp_dtype, autocast, fp16_loss_scale
 from cwr_fast.attacks.model_mode import is_channels_last, to_channels_last
 from cwr_fast.attacks.result import AttackResult
 from cwr_fast.reference import check_dlr_classes

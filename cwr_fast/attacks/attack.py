@@ -7,7 +7,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from cwr_fast.attacks.functional import NORMS, amp_dtype
+from cwr_fast.attacks.functional import NORMS
+from cwr_fast.runtime import amp_dtype
 from cwr_fast.attacks.model_mode import attack_mode
 from cwr_fast.attacks.result import AttackResult
 

@@ -24,7 +24,8 @@ from cwr_fast.attacks.apgd import APGD, APGDT
 from cwr_fast.attacks.attack import Attack, check_budget
 from cwr_fast.attacks.ensemble import run_until_fooled
 from cwr_fast.attacks.fab import FAB, FABT
-from cwr_fast.attacks.functional import NORMS, amp_dtype
+from cwr_fast.attacks.functional import NORMS
+from cwr_fast.runtime import amp_dtype
 from cwr_fast.attacks.result import AttackResult
 from cwr_fast.attacks.square import Square
 

@@ -26,7 +26,7 @@ from cwr_fast import ops
 from cwr_fast.attacks.apgd import _norm, target_ranking
 from cwr_fast.attacks.attack import Attack, check_count, check_member_settings
 from cwr_fast.attacks.ensemble import run_until_fooled
-from cwr_fast.attacks.functional import amp_dtype, autocast
+from cwr_fast.runtime import amp_dtype, autocast
 from cwr_fast.attacks.model_mode import is_channels_last, to_channels_last
 from cwr_fast.attacks.result import AttackResult
 

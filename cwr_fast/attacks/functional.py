@@ -8,45 +8,44 @@ must already be in attack mode (eval, no parameter gradients; see `attack_mode`)
 track="final": every sample takes all steps and the last iterate counts (torchattacks semantics).
 track="any": a sample counts as fooled at the first iterate that fools the model (AutoAttack
 semantics); it then leaves the active batch, so no more compute is spent on it.
+
+The training methods run their inner maximisation on the same loop: a caller may give the start
+point (`start`, a function of x) and the gradient of the loss to ascend (`loss_grad`, a function of
+the logits), as TRADES does (start x + 0.001 N(0, I), KL gradient). `ops` is the module of the
+steps and loss gradients: `cwr_fast.ops` (fused, the default) or `cwr_fast.reference` (the same
+functions in plain PyTorch, the eager baseline of the benchmarks); see `ops_module`.
 """
 
 from __future__ import annotations
 
-import contextlib
+from collections.abc import Callable
+from types import ModuleType
 
 import torch
 from torch import Tensor, nn
 
-from cwr_fast import ops
+from cwr_fast import ops as fused_ops
+from cwr_fast import reference
 from cwr_fast.attacks.model_mode import is_channels_last, to_channels_last
 from cwr_fast.attacks.result import AttackResult
+from cwr_fast.runtime import amp_dtype, autocast, fp16_loss_scale
 
 NORMS = ("linf", "l2")
 LOSSES = ("ce", "margin")
 TRACKS = ("final", "any")
-AMP_DTYPES = {None: None, "none": None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-_FP16_LOSS_SCALE = 1024.0  # keeps fp16 input gradients from underflowing; steps use the direction only
+OPS_IMPLS = {"fused": fused_ops, "eager": reference}
 
 
-def amp_dtype(amp: str | None) -> torch.dtype | None:
-    if amp not in AMP_DTYPES:
-        raise ValueError(f"amp must be one of {[k for k in AMP_DTYPES if k]}, got {amp!r}")
-    return AMP_DTYPES[amp]
-
-
-def fp16_loss_scale(dtype: torch.dtype | None) -> float | None:
-    """The factor on dL/dlogits under fp16 autocast (None otherwise)."""
-    return _FP16_LOSS_SCALE if dtype == torch.float16 else None
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+def ops_module(impl: str) -> ModuleType:
+    """The ops module of an `ops_impl` name: "fused" -> cwr_fast.ops, "eager" -> cwr_fast.reference
+    (same signatures, plain PyTorch)."""
+    if impl not in OPS_IMPLS:
+        raise ValueError(f"ops must be fused or eager, got {impl!r}")
+    return OPS_IMPLS[impl]
 
 
 def loss_gradient(logits: Tensor, y: Tensor, target: Tensor | None, loss: str,
-                  temperature: float) -> Tensor:
+                  temperature: float, ops: ModuleType = fused_ops) -> Tensor:
     """dL/dlogits of the loss the attack ascends: the loss on y (untargeted), or minus the loss on
     the target class (targeted: ascending -L(target) moves toward the target)."""
     labels = y if target is None else target
@@ -86,19 +85,24 @@ def _take(value: float | Tensor, keep: Tensor) -> float | Tensor:
 def _run_once(model: nn.Module, x_nat: Tensor, y: Tensor, target: Tensor | None, *, norm: str,
               eps: float | Tensor, alpha: float | Tensor, steps: int, loss: str, temperature: float,
               use_random_start: bool, track: str, dtype: torch.dtype | None,
-              score: bool = True) -> AttackResult:
+              score: bool = True, start: Callable[[Tensor], Tensor] | None = None,
+              loss_grad: Callable[[Tensor], Tensor] | None = None,
+              ops: ModuleType = fused_ops) -> AttackResult:
     """One run (one restart): `steps` gradient steps plus a final forward pass that scores the
-    last iterate (skipped when score=False: pred and success are then None). With track="any", samples are recorded at the first iterate that fools the model
-    and dropped from the batch (x, grad, x_nat, y, target, eps, alpha are compacted together)."""
-    n = x_nat.shape[0]
-    out_x = x_nat.clone()
-    out_pred = y.clone()
-    out_success = torch.zeros(n, dtype=torch.bool, device=x_nat.device)
+    last iterate (skipped when score=False: pred and success are then None). With track="any",
+    samples are recorded at the first iterate that fools the model and dropped from the batch
+    (x, grad, x_nat, y, target, eps, alpha are compacted together)."""
+    if track == "any":  # the results of the samples that leave the batch
+        out_x, out_pred = x_nat.clone(), y.clone()
+        out_success = torch.zeros(x_nat.shape[0], dtype=torch.bool, device=x_nat.device)
     step_ = ops.linf_pgd_step_ if norm == "linf" else ops.l2_pgd_step_
     scale = fp16_loss_scale(dtype)
 
     channels_last = is_channels_last(x_nat)  # keep the caller's layout through compaction
-    x = random_start(x_nat, eps, norm) if use_random_start else x_nat.clone()
+    if start is not None:
+        x = start(x_nat).detach().clone()
+    else:
+        x = random_start(x_nat, eps, norm) if use_random_start else x_nat.clone()
     index = None  # positions of the active samples in the batch; None while all are active
     for step in range(steps + 1):
         last = step == steps
@@ -108,14 +112,18 @@ def _run_once(model: nn.Module, x_nat: Tensor, y: Tensor, target: Tensor | None,
             x.requires_grad_(True)
         with torch.set_grad_enabled(not last), autocast(x.device, dtype):
             logits = model(x)
-        pred = logits.argmax(dim=1)
-        success = pred == target if target is not None else pred != y
+        if last or track == "any":
+            pred = logits.argmax(dim=1)
+            success = pred == target if target is not None else pred != y
         if last:
             break
-        dz = loss_gradient(logits, y, target, loss, temperature)
+        if loss_grad is None:
+            dz = loss_gradient(logits, y, target, loss, temperature, ops)
+        else:
+            dz = loss_grad(logits.detach())
         if scale is not None:
             dz = dz * scale
-        (grad,) = torch.autograd.grad(logits, x, dz)
+        (grad,) = torch.autograd.grad(logits, x, dz.to(logits.dtype))
         x = x.detach()
         del logits, dz
         if track == "any":
@@ -155,11 +163,20 @@ def _per_sample(value: float | Tensor, name: str, n: int, device: torch.device) 
 def perturb(model: nn.Module, x: Tensor, y: Tensor, *, norm: str = "linf", eps: float | Tensor,
             alpha: float | Tensor, steps: int, loss: str = "ce", temperature: float = 1.0,
             random_start: bool = True, restarts: int = 1, target: Tensor | None = None,
-            track: str = "final", amp: str | None = None, score: bool = True) -> AttackResult:
+            track: str = "final", amp: str | None = None, score: bool = True,
+            start: Callable[[Tensor], Tensor] | None = None,
+            loss_grad: Callable[[Tensor], Tensor] | None = None,
+            ops: ModuleType = fused_ops) -> AttackResult:
     """Runs the attack on (x, y); x in [0, 1], float32. eps/alpha: numbers or [N] tensors.
 
     score=False skips the forward pass that scores the last iterate (training needs only x_adv):
     the result's pred and success are None. It needs track="final" and one restart.
+
+    start: None (random_start decides: a random point of the eps-ball, or x itself), or a function
+    x -> the first iterate. loss_grad: None (the `loss` at `temperature`), or a function
+    logits -> dL/dlogits of the loss to ascend (float32 or the logits' dtype); it sees the whole
+    batch every step, so it needs track="final" and one restart. ops: cwr_fast.ops or
+    cwr_fast.reference (see `ops_module`).
 
     target: None (untargeted) or [N] target classes. restarts: later restarts run only on the
     samples that earlier ones did not fool. Returns AttackResult (x_adv float32).
@@ -172,6 +189,8 @@ def perturb(model: nn.Module, x: Tensor, y: Tensor, *, norm: str = "linf", eps: 
         raise ValueError(f"track must be one of {TRACKS}, got {track!r}")
     if not score and (track != "final" or restarts != 1):
         raise ValueError("score=False needs track='final' and restarts=1 (both need the scores)")
+    if loss_grad is not None and (track != "final" or restarts != 1):
+        raise ValueError("loss_grad needs track='final' and restarts=1 (it sees the whole batch)")
     n = x.shape[0]
     eps = _per_sample(eps, "eps", n, x.device)
     alpha = _per_sample(alpha, "alpha", n, x.device)
@@ -183,7 +202,7 @@ def perturb(model: nn.Module, x: Tensor, y: Tensor, *, norm: str = "linf", eps: 
         run = _run_once(model, sub(x), sub(y), None if target is None else sub(target), norm=norm,
                         eps=sub(eps), alpha=sub(alpha), steps=steps, loss=loss,
                         temperature=temperature, use_random_start=random_start, track=track,
-                        dtype=dtype, score=score)
+                        dtype=dtype, score=score, start=start, loss_grad=loss_grad, ops=ops)
         if not score:
             return run
         if todo is None:
@@ -192,6 +211,6 @@ def perturb(model: nn.Module, x: Tensor, y: Tensor, *, norm: str = "linf", eps: 
         else:
             result.x_adv[todo], result.pred[todo], result.success[todo] = run.x_adv, run.pred, run.success
             todo = todo[~run.success]
-        if todo.numel() == 0 or not random_start:
+        if todo.numel() == 0 or (start is None and not random_start):
             break  # without random start, a restart would repeat the same deterministic run
     return result

@@ -7,7 +7,8 @@ import torch
 from torch import Tensor, nn
 
 from cwr_fast.attacks.attack import Attack, check_budget, check_count
-from cwr_fast.attacks.functional import LOSSES, NORMS, TRACKS, amp_dtype, autocast, perturb
+from cwr_fast.attacks.functional import LOSSES, NORMS, TRACKS, perturb
+from cwr_fast.runtime import amp_dtype, autocast
 from cwr_fast.attacks.result import AttackResult
 
 TARGET_MODES = ("random", "least", "next")

@@ -21,7 +21,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from cwr_fast.attacks.attack import Attack, check_pixel_range
-from cwr_fast.attacks.functional import amp_dtype, autocast
+from cwr_fast.runtime import amp_dtype, autocast
+from cwr_fast.runtime import model_device
 from cwr_fast.attacks.model_mode import attack_mode, to_channels_last
 from cwr_fast.classwise.counts import ClasswiseCounts
 
@@ -40,15 +41,6 @@ def _named_attacks(attacks: Mapping[str, Attack] | Sequence[Attack]) -> dict[str
         if not isinstance(atk, Attack):
             raise TypeError(f"attack {label!r} is a {type(atk).__name__}, not a cwr_fast Attack")
     return named
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter (or buffer); the CPU for a stateless model."""
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
-    return torch.device("cpu")
 
 
 def _bincount2d(rows: Tensor, cols: Tensor, n_rows: int, n_cols: int | None = None) -> Tensor:

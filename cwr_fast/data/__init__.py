@@ -14,8 +14,8 @@ from cwr_fast.data.base import BatchLoader
 from cwr_fast.data.ffcv_io import default_beton_path, write_beton
 from cwr_fast.data.loader import BACKENDS, make_loader
 from cwr_fast.data.order import EpochOrder
-from cwr_fast.data.registry import (DATA_ENV, DATASETS, EMBEDDED, GENERIC_PREFIXES, Augment,
-                                    DatasetInfo, data_root, dataset_info)
+from cwr_fast.data.info import Augment, DatasetInfo
+from cwr_fast.data.registry import DATA_ENV, DATASETS, EMBEDDED, GENERIC_PREFIXES, data_root, dataset_info
 from cwr_fast.data.sources import file_samples, load_arrays
 from cwr_fast.data.subset import class_balanced_subset
 

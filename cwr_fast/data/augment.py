@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from cwr_fast.data.order import derive_seed
-from cwr_fast.data.registry import NO_AUGMENT, Augment
+from cwr_fast.data.info import NO_AUGMENT, Augment
 
 
 def random_crop(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:

@@ -9,7 +9,7 @@ import torch
 
 from cwr_fast.data.augment import DeviceTransform
 from cwr_fast.data.order import EpochOrder
-from cwr_fast.data.registry import DatasetInfo
+from cwr_fast.data.info import DatasetInfo
 
 
 class BatchLoader:

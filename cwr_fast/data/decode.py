@@ -20,7 +20,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from cwr_fast.data.errors import DatasetError
-from cwr_fast.data.registry import CENTER_CROP_RATIO
+from cwr_fast.data.info import CENTER_CROP_RATIO
 
 SCALE = (0.08, 1.0)
 RATIO = (3 / 4, 4 / 3)

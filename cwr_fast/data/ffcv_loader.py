@@ -31,7 +31,7 @@ from ffcv.transforms import ToDevice, ToTensor
 from cwr_fast.data.augment import DeviceTransform
 from cwr_fast.data.base import BatchLoader
 from cwr_fast.data.order import EpochOrder
-from cwr_fast.data.registry import CENTER_CROP_RATIO, DatasetInfo
+from cwr_fast.data.info import CENTER_CROP_RATIO, DatasetInfo
 
 
 # The compiled pipelines of every FFCV loader made, kept for the life of the process. Freeing

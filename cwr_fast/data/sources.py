@@ -12,7 +12,8 @@ from cwr_fast.data import generic
 from cwr_fast.data.decode import DecodedFiles
 from cwr_fast.data.embedded import load_embedded
 from cwr_fast.data.readers import OFFICIAL, imagenet_split_dir, read_official
-from cwr_fast.data.registry import DEFAULT_RESOLUTION, EMBEDDED, data_root, dataset_info
+from cwr_fast.data.info import DEFAULT_RESOLUTION
+from cwr_fast.data.registry import EMBEDDED, data_root, dataset_info
 
 
 def load_arrays(name: str, split: str, data_dir: str | os.PathLike | None = None, *,

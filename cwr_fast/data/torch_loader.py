@@ -15,7 +15,7 @@ from cwr_fast.data.augment import DeviceTransform
 from cwr_fast.data.base import BatchLoader
 from cwr_fast.data.errors import DatasetError
 from cwr_fast.data.order import EpochOrder
-from cwr_fast.data.registry import DatasetInfo
+from cwr_fast.data.info import DatasetInfo
 
 
 class ArrayDataset(Dataset):

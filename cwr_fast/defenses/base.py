@@ -3,19 +3,23 @@ FRL, CFA, WAT, ...). Nothing here changes training by itself: the default policy
 plain training with the method's uniform budget and weights.
 
 A defense is a `ClasswisePolicy` subclass registered under a name; `--defense NAME` picks it and
-`--defense-opt KEY=VALUE` (repeatable) passes keyword arguments to its constructor. The trainer
-calls, in this order:
+`--defense-opt KEY=VALUE` (repeatable) passes keyword arguments to its constructor. Its contract
+with the trainer is this file: the hooks below (each a no-op by default; override what you need)
+and `RunContext`, all a defense may read of the run. The trainer calls, in this order:
 
-    policy = cls(num_classes=C, eps=eps, alpha=alpha, beta=beta, **options)
-    model = policy.modify_model(model)      # once, before the optimiser and before a resume loads
-                                            # weights: e.g. add a per-class logit bias or scale of
-                                            # the final layer (it is then part of the model)
+    policy = build_defense(name, options, method=method, num_classes=C, eps=eps, alpha=alpha,
+                           beta=beta)        # checks the options and the method (check_method):
+                                             # an incompatible pair fails at start-up
+    model = policy.modify_model(model)       # once, before the optimiser and before a resume loads
+                                             # weights: e.g. add a per-class logit bias
+    avg = policy.averaged_model(model)       # once: a module to validate, keep and report instead
+                                             # of the training weights (CFA's FAWA), or None
     every step:  batch = policy.batch_policy(y, eps_t, alpha_t, beta)   # per-sample knobs
-    every epoch: log = policy.update(epoch, val_counts, train_counts, trainer)  # re-estimate from
-                                            # the held-out validation counts (ClasswiseCounts of the
-                                            # per-epoch PGD check) and the epoch's training counts;
-                                            # `trainer` gives access to anything else (eval_model,
-                                            # loaders.val, cfg, device) a defense needs
+    every epoch: policy.before_validation(epoch, context)
+                 log = policy.update(epoch, val_counts, train_counts, context)  # re-estimate from
+                                             # the held-out validation counts (ClasswiseCounts of the
+                                             # per-epoch PGD check, None without one) and the
+                                             # epoch's training counts; returns what to log
     checkpoints: policy.state_dict() / policy.load_state_dict(state)
 
 The per-class state lives in three [C] tensors that `batch_policy` indexes by label:
@@ -27,12 +31,31 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from cwr_fast.training.config import ConfigError
-from cwr_fast.training.methods import BatchPolicy
+from cwr_fast.cli_types import ConfigError
+from cwr_fast.methods import BatchPolicy, Method
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a defense may read of the training run (the trainer builds it once)."""
+
+    method: Method                # the training method: its beta, steps, per-sample loss
+    eps: float                    # the run's budget and step (before any ramp or class scale)
+    alpha: float
+    num_classes: int
+    device: torch.device
+    amp: str | None               # autocast mode of the run (None: float32)
+    seed: int                     # the run's seed (derive per-epoch seeds from it)
+    val_attack: str               # the label of the per-epoch check's attack in val_counts
+    val_loader: object            # the held-out validation batches (never trained on)
+    model: nn.Module              # the training weights
+    eval_model: nn.Module         # the module the trainer validates, keeps as best and reports
+    validate: Callable            # validate(model) -> (ClasswiseCounts, record): the per-epoch check
 
 
 class ClasswisePolicy:
@@ -49,9 +72,20 @@ class ClasswisePolicy:
         self.class_eps_scale: Tensor | None = None   # [C] or None (uniform)
         self.class_beta: Tensor | None = None        # [C] or None (the method's beta)
 
+    def check_method(self, method: str) -> None:
+        """Hook: raise a ConfigError if this defense cannot work with the training method."""
+
     def modify_model(self, model: nn.Module) -> nn.Module:
         """Hook to change the model (e.g. the final layer) before training starts."""
         return model
+
+    def averaged_model(self, model: nn.Module) -> nn.Module | None:
+        """Hook: a module the trainer validates, keeps as best and reports instead of the training
+        weights (updated by the defense, its weights in state_dict()), or None."""
+        return None
+
+    def before_validation(self, epoch: int, context: RunContext) -> None:
+        """Hook at the end of every epoch, before its validation."""
 
     def batch_policy(self, y: Tensor, eps: float, alpha: float, beta: float | None) -> BatchPolicy:
         weight = None if self.class_weight is None else self.class_weight.to(y.device)[y]
@@ -63,10 +97,12 @@ class ClasswisePolicy:
         beta_b = beta if self.class_beta is None else self.class_beta.to(y.device)[y]
         return BatchPolicy(eps=eps_b, alpha=alpha_b, weight=weight, beta=beta_b)
 
-    def update(self, epoch: int, val_counts, train_counts: dict, trainer=None) -> dict:
+    def update(self, epoch: int, val_counts, train_counts: dict,
+               context: RunContext | None = None) -> dict:
         """Re-estimate the per-class state after epoch `epoch`. val_counts: ClasswiseCounts of the
         validation check (None on epochs without one); train_counts: {'n': [C], 'correct': [C]}
-        int64 tensors of the epoch's training inputs. Returns what to log in metrics.jsonl."""
+        int64 tensors of the epoch's training inputs; context: the run (None in unit tests of a
+        policy alone). Returns what to log in metrics.jsonl."""
         return {}
 
     def state_dict(self) -> dict:
@@ -138,13 +174,18 @@ def register_defense(cls: type[ClasswisePolicy]) -> type[ClasswisePolicy]:
     return cls
 
 
-def build_defense(name: str, options: dict, **kwargs) -> ClasswisePolicy:
+def build_defense(name: str, options: dict, method: Method | None = None,
+                  **kwargs) -> ClasswisePolicy:
+    """The policy `name` with its options; with `method`, also checks that they fit together."""
     if name not in DEFENSES:
         raise ValueError(f"unknown defense {name!r}; available: {', '.join(sorted(DEFENSES))}")
     try:
-        return DEFENSES[name](**kwargs, **options)
+        policy = DEFENSES[name](**kwargs, **options)
     except TypeError as err:
         raise ValueError(f"defense {name!r}: {err}") from None
+    if method is not None:
+        policy.check_method(method.name)
+    return policy
 
 
 def parse_options(items: list[str] | None) -> dict:

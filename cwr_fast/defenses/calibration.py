@@ -43,73 +43,63 @@ from __future__ import annotations
 import sys
 import time
 import zlib
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from cwr_fast.attacks.functional import autocast, amp_dtype, perturb
+from cwr_fast import runtime
+from cwr_fast.attacks.functional import perturb
+from cwr_fast.runtime import amp_dtype, autocast
 from cwr_fast.attacks.model_mode import attack_mode
-from cwr_fast.classwise.engine import model_device
+from cwr_fast.cli_types import integer, number
+from cwr_fast.models.calibration import ClasswiseCalibration
+from cwr_fast.options import at_least, fraction, option
+from cwr_fast.runtime import model_device
 
 PARAMS = ("bias", "both")
-CALIBRATION_KEYS = ("scale", "bias")
+OPTIONS_GROUP = "class-wise calibration (logits' = s*z + b, see cwr_fast.defenses.calibration)"
+
+
+@dataclass
+class CalibrationConfig:
+    """The fit's settings, declared once for `cwr_fast.train --calibrate` and `cwr_fast.evaluate
+    --calibrate-split` (see cwr_fast.options)."""
+
+    calibrate_max_drop: float = option(
+        0.01, "largest drop of the mean robust and of the mean clean accuracy on the calibration "
+              "images the calibration may cost, a fraction (0.01 = 1 point)",
+        OPTIONS_GROUP, type=number, check=fraction)
+    calibrate_steps: int | None = option(10, "PGD steps of the calibration's attacks",
+                                         OPTIONS_GROUP, type=integer, check=at_least(1))
+    calibrate_rounds: int = option(3, "attack / fit rounds of the calibration", OPTIONS_GROUP,
+                                   type=integer, check=at_least(1))
+    calibrate_params: str = option("bias", "fit the logit biases only, or the per-class scales too",
+                                   OPTIONS_GROUP, choices=PARAMS)
+
+
+def calibrate(model: nn.Module, loader, num_classes: int, eps: float, cfg: CalibrationConfig, *,
+              amp: str | None, seed: int, device, log=None) -> tuple[ClasswiseCalibration, dict]:
+    """fit_calibration with cfg's settings, the same on every process of a torchrun group (rank
+    0's fit): what train and evaluate run. Returns (the calibrated model, the fit's info)."""
+    say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    say(f"calibration: fitting logits' = s*z + b ({cfg.calibrate_params}) on {loader.num_samples} "
+        f"held-out images against PGD-{cfg.calibrate_steps} at eps {eps:g}, mean drop <= "
+        f"{cfg.calibrate_max_drop:g}")
+    cal, info = fit_calibration(model, loader, num_classes, eps, steps=cfg.calibrate_steps,
+                                max_mean_drop=cfg.calibrate_max_drop, rounds=cfg.calibrate_rounds,
+                                amp=amp, seed=seed, device=device, progress=True, log=say,
+                                params=cfg.calibrate_params)
+    runtime.broadcast_buffers(cal)
+    info["scale"], info["bias"] = cal.scale.tolist(), cal.bias.tolist()
+    b, a = info["before"], info["after"]
+    say(f"calibration: worst-class robust {100 * b['robust_worst']:.1f}% -> "
+        f"{100 * a['robust_worst']:.1f}%, mean robust {100 * b['robust_mean']:.1f}% -> "
+        f"{100 * a['robust_mean']:.1f}%, clean {100 * b['clean_mean']:.1f}% -> "
+        f"{100 * a['clean_mean']:.1f}% (round {info['chosen_round']} kept)")
+    return cal, info
 _BIAS_STEPS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2)   # in units of the median clean logit margin
 _SCALE_STEPS = (0.03, 0.1, 0.2, 0.4)                   # log-scale steps
-
-
-class ClasswiseCalibration(nn.Module):
-    """`ClasswiseCalibration(model, C)(x) == model(x) * scale + bias`; identity at init.
-
-    scale and bias are [C] float32 buffers (saved in the state dict as `scale`, `bias`, the wrapped
-    model's tensors as `model.*`). Attacks on the wrapper attack the calibrated logits."""
-
-    def __init__(self, model: nn.Module, num_classes: int):
-        super().__init__()
-        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
-            raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
-        self.model = model
-        self.num_classes = num_classes
-        device = model_device(model)
-        self.register_buffer("scale", torch.ones(num_classes, device=device))
-        self.register_buffer("bias", torch.zeros(num_classes, device=device))
-
-    def forward(self, x: Tensor) -> Tensor:
-        z = self.model(x)
-        if z.shape[-1] != self.num_classes:
-            raise ValueError(f"the wrapped model gives {z.shape[-1]} logits, the calibration has "
-                             f"{self.num_classes} classes")
-        return z * self.scale + self.bias
-
-    @torch.no_grad()
-    def set_(self, scale: Tensor | None = None, bias: Tensor | None = None) -> "ClasswiseCalibration":
-        if scale is not None:
-            if (torch.as_tensor(scale) <= 0).any():
-                raise ValueError("calibration scales must be > 0 (a negative scale flips a class)")
-            self.scale.copy_(torch.as_tensor(scale, dtype=torch.float32))
-        if bias is not None:
-            self.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
-        return self
-
-    def is_identity(self) -> bool:
-        return bool((self.scale == 1).all() and (self.bias == 0).all())
-
-    def extra_repr(self) -> str:
-        return f"num_classes={self.num_classes}"
-
-
-def is_calibrated_state(state) -> bool:
-    """True for the state dict of a ClasswiseCalibration: `scale` and `bias` of the same 1-D shape
-    and every other key under `model.`."""
-    if not all(k in state for k in CALIBRATION_KEYS):
-        return False
-    s, b = state["scale"], state["bias"]
-    if not (isinstance(s, Tensor) and isinstance(b, Tensor) and s.dim() == 1 and s.shape == b.shape):
-        return False
-    return all(k in CALIBRATION_KEYS or k.startswith("model.") for k in state)
-
-
-def calibrated_num_classes(state) -> int:
-    return int(state["scale"].shape[0])
 
 
 # ---- fitting ---------------------------------------------------------------------------------------

@@ -58,7 +58,7 @@ from torch import Tensor, nn
 
 from cwr_fast.defenses.base import (ClasswisePolicy, bool_option, float_option, int_option,
                                     register_defense)
-from cwr_fast.training.methods import BatchPolicy
+from cwr_fast.methods import BatchPolicy
 
 
 @register_defense
@@ -105,7 +105,7 @@ class CFA(ClasswisePolicy):
             self.class_beta = beta_k.to(torch.float32)
             self.class_weight = ((1.0 + float(beta)) / (1.0 + beta_k)).to(torch.float32)
 
-    def update(self, epoch: int, val_counts, train_counts: dict, trainer=None) -> dict:
+    def update(self, epoch: int, val_counts, train_counts: dict, context=None) -> dict:
         n = train_counts["n"].to(torch.float64).cpu()
         correct = train_counts["correct"].to(torch.float64).cpu()
         acc = torch.where(n > 0, correct / n.clamp_min(1), torch.nan)
@@ -115,7 +115,7 @@ class CFA(ClasswisePolicy):
         else:
             acc = torch.where(n > 0, acc, self.train_robust)
             self.train_robust = self.momentum * self.train_robust + (1.0 - self.momentum) * acc
-        beta = trainer.method.beta if trainer is not None else self.beta
+        beta = context.method.beta if context is not None else self.beta
         active = epoch + 1 >= self.begin   # the next epoch (0-based epoch + 1) uses the calibration
         if active:
             self.calibrate(self.train_robust, beta)
@@ -144,13 +144,13 @@ class CFA(ClasswisePolicy):
             self._pending_avg = None
         return self.avg_model
 
-    def before_validation(self, epoch: int, trainer) -> None:
+    def before_validation(self, epoch: int, context) -> None:
         """Trainer hook (end of every epoch, before its validation of the averaged model):
         validates the training weights and absorbs them if their worst class clears the bar."""
         if not self.fawa or self.avg_model is None:
             return
-        counts, val = trainer.validate(model=trainer.model)
-        self.absorb(trainer.model, val["robust_worst"])
+        counts, val = context.validate(context.model)
+        self.absorb(context.model, val["robust_worst"])
         self._fawa_log["train_weights_val"] = {"robust_mean": val["robust_mean"],
                                                "robust_worst": val["robust_worst"]}
 

@@ -10,7 +10,7 @@ error (clean-correct but not robust), each measured against the overall error:
 and solves the Lagrangian min_f max_{phi >= 0} by alternating one epoch of training with one
 ascent step on the multipliers, computed from the held-out validation check (the trainer's
 per-epoch PGD check: clean_correct and robust counts of `val_counts`, the attack
-`trainer.val_label`). After an epoch with a check, with n_k, cc_k, rob_k the validation images,
+`context.val_attack`). After an epoch with a check, with n_k, cc_k, rob_k the validation images,
 clean-correct and robust images of class k:
 
     e_nat_k  = 1 - cc_k / n_k                 E_nat  = 1 - sum cc / sum n
@@ -50,7 +50,7 @@ pre-trained model (use --init). On epochs without a check nothing changes.
 The method must be TRADES (`--method trades`), as in the paper: the weights split the natural and
 the boundary (KL) term. The policy is built before the method, so the check happens at first use:
 the first batch of a method without a beta (standard, pgd-at, fgsm-rs) and, at the latest, the
-first update (which sees `trainer.cfg.method`) raise a ConfigError.
+start (build_defense checks the method) raise a ConfigError.
 
 Logged per epoch (metrics.jsonl "defense"): updated, clean_err, bndy_err, g_nat, g_bndy, phi_nat,
 phi_bndy, phi_rm, class_weight, class_beta, class_eps_scale.
@@ -65,8 +65,8 @@ from torch import Tensor
 
 from cwr_fast.defenses.base import (ClasswisePolicy, check_options, choice_option, float_option,
                                     register_defense)
-from cwr_fast.training.config import ConfigError
-from cwr_fast.training.methods import DEFAULT_BETA, BatchPolicy
+from cwr_fast.cli_types import ConfigError
+from cwr_fast.methods import DEFAULT_BETA, BatchPolicy
 
 _MODES = ("both", "reweight", "remargin")
 
@@ -125,8 +125,8 @@ class FairRobustLearning(ClasswisePolicy):
         self.num_updates = 0
 
     # ---- the method must be TRADES ----
-    def _check_method(self, method: str | None) -> None:
-        if method is not None and method != "trades":
+    def check_method(self, method: str) -> None:
+        if method != "trades":
             raise ConfigError(f"defense 'frl' reweights the natural and boundary terms of TRADES "
                               f"(Xu et al., 2021): use --method trades, not {method}")
 
@@ -149,12 +149,10 @@ class FairRobustLearning(ClasswisePolicy):
         total = float(n.sum())
         return e_nat, e_bndy, 1.0 - float(cc.sum()) / total, float((cc - rob).sum()) / total
 
-    def update(self, epoch: int, val_counts, train_counts: dict, trainer=None) -> dict:
-        if trainer is not None:
-            self._check_method(getattr(getattr(trainer, "cfg", None), "method", None))
+    def update(self, epoch: int, val_counts, train_counts: dict, context=None) -> dict:
         if val_counts is None or int(val_counts.n.sum()) == 0:
             return {"updated": False, **self._log()}
-        label = trainer.val_label if trainer is not None else val_counts.attack_names[0]
+        label = context.val_attack if context is not None else val_counts.attack_names[0]
         if val_counts.num_classes != self.num_classes:
             raise ValueError(f"defense {self.name!r}: validation counts have "
                              f"{val_counts.num_classes} classes, expected {self.num_classes}")

@@ -9,7 +9,7 @@ formulation of that idea, re-estimated after every epoch from the per-class robu
 held-out validation check (never from the test set).
 
 After an epoch with a validation check, with r_k^new the validation robust accuracy of class k
-under the trainer's validation attack (`val_counts.robust_accuracy(trainer.val_label)`):
+under the trainer's validation attack (`val_counts.robust_accuracy(context.val_attack)`):
 
     smoothing      r_k <- r_k^new                                 (first estimate, taken as is)
                    r_k <- rho * r_k + (1 - rho) * r_k^new         (afterwards)
@@ -43,7 +43,7 @@ import torch
 
 from cwr_fast.defenses.base import (ClasswisePolicy, check_options, choice_option, float_option,
                                     register_defense)
-from cwr_fast.training.config import ConfigError
+from cwr_fast.cli_types import ConfigError
 
 _MODES = ("both", "weight", "eps")
 _MIN_ERR = 0.05  # floor of the mean robust error in the eps-scale denominator
@@ -113,10 +113,10 @@ class ClasswiseReweight(ClasswisePolicy):
         high = self.max_eps_scale if self.eps <= 0 else min(self.max_eps_scale, 1.0 / self.eps)
         return s.clamp(min(self.min_eps_scale, high), high).to(torch.float32)
 
-    def update(self, epoch: int, val_counts, train_counts: dict, trainer=None) -> dict:
+    def update(self, epoch: int, val_counts, train_counts: dict, context=None) -> dict:
         if val_counts is None:
             return {"updated": False, **self._log()}
-        label = trainer.val_label if trainer is not None else val_counts.attack_names[0]
+        label = context.val_attack if context is not None else val_counts.attack_names[0]
         r_new = val_counts.robust_accuracy(label).to(torch.float64).cpu()
         if r_new.numel() != self.num_classes:
             raise ValueError(f"defense {self.name!r}: validation counts have {r_new.numel()} "

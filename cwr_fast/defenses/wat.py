@@ -27,8 +27,8 @@ i.e. the per-sample loss weight of class k is class_weight_k = C (p_k + p_{C+1})
 large validation loss gains weight exponentially fast. p starts uniform (the authors start from
 all-ones weights, 2 per sample; uniform p gives 2C/(C+1)). Default eta = 0.1 (authors' code).
 
-The validation losses are computed here, in update(), from trainer.eval_model on
-trainer.loaders.val (batched, on trainer.device, under the run's autocast), every epoch, with a
+The validation losses are computed here, in update(), from the evaluated model on
+the validation loader (batched, on the run's device, under the run's autocast), every epoch, with a
 private RNG stream seeded from (seed, epoch) so the training RNG and exact resume are untouched.
 With several processes every process measures the whole validation set (same result everywhere).
 """
@@ -73,10 +73,10 @@ class WAT(ClasswisePolicy):
         self.probs = torch.softmax(self.eta * self.cum_loss, dim=0)  # stable exp-normalisation
         self.class_weight = self._weights()
 
-    def update(self, epoch: int, val_counts, train_counts: dict, trainer=None) -> dict:
-        if trainer is None:
-            raise ValueError("defense 'wat' needs the trainer (validation losses)")
-        losses = validation_losses(trainer, epoch)
+    def update(self, epoch: int, val_counts, train_counts: dict, context=None) -> dict:
+        if context is None:
+            raise ValueError("defense 'wat' needs the run's context (validation losses)")
+        losses = validation_losses(context, epoch)
         self.hedge(losses)
         c = self.num_classes
         return {"val_loss": [float(v) for v in losses[:c]], "val_loss_avg": float(losses[c]),
@@ -100,18 +100,17 @@ class WAT(ClasswisePolicy):
 @torch.no_grad()
 def _loss_and_counts(model: nn.Module, method, x: Tensor, y: Tensor, eps: float, alpha: float,
                      steps: int, amp: str | None, num_classes: int):
-    from cwr_fast.attacks.functional import amp_dtype, autocast, perturb
-    from cwr_fast.training.methods import BatchPolicy
+    from cwr_fast.attacks.functional import perturb
+    from cwr_fast.runtime import amp_dtype, autocast
+    from cwr_fast.methods import BatchPolicy
 
-    dtype = amp_dtype(amp)
-    if method.name == "trades":
+    if method.name == "trades":  # the method's own attack and loss, in the caller's (eval) mode
+        batch = BatchPolicy(eps=eps, alpha=alpha)
         with torch.enable_grad():
-            x_adv = method._perturb(model, x, y, BatchPolicy(eps=eps, alpha=alpha)).detach()
-        with autocast(x.device, dtype):
-            nat, adv = model(x).float(), model(x_adv).float()
-        kl = F.kl_div(F.log_softmax(adv, dim=1), F.softmax(nat, dim=1), reduction="none").sum(1)
-        per_sample = F.cross_entropy(nat, y, reduction="none") + float(method.beta) * kl
+            x_adv = method.attack(model, x, y, batch).detach()
+        per_sample = method.per_sample_loss(model, x, x_adv, y, batch)[0]
     else:
+        dtype = amp_dtype(amp)
         with torch.enable_grad():
             x_adv = perturb(model, x, y, norm="linf", eps=eps, alpha=alpha, steps=steps, loss="ce",
                             random_start=True, track="final", amp=amp, score=False).x_adv
@@ -124,25 +123,25 @@ def _loss_and_counts(model: nn.Module, method, x: Tensor, y: Tensor, eps: float,
     return sums, counts
 
 
-def validation_losses(trainer, epoch: int) -> Tensor:
-    """[C + 1] float64 on the CPU: per-class mean adversarial validation loss of trainer.eval_model
-    and the mean over all validation images (the run's eps, alpha, attack steps and method)."""
+def validation_losses(context, epoch: int) -> Tensor:
+    """[C + 1] float64 on the CPU: per-class mean adversarial validation loss of the evaluated
+    model and the mean over all validation images (the run's eps, alpha, attack steps and method;
+    context: cwr_fast.defenses.base.RunContext)."""
     from cwr_fast.attacks.model_mode import attack_mode
     from cwr_fast.data.order import derive_seed
 
-    cfg, device, c = trainer.cfg, trainer.device, trainer.num_classes
-    model = trainer.eval_model
-    amp = None if cfg.amp == "off" else cfg.amp
+    device, c, method = context.device, context.num_classes, context.method
+    model = context.eval_model
     sums = torch.zeros(c, dtype=torch.float64, device=device)
     counts = torch.zeros(c, dtype=torch.int64, device=device)
     rng_devices = [device] if device.type == "cuda" else []
     with attack_mode(model), torch.random.fork_rng(devices=rng_devices):
-        torch.manual_seed(derive_seed(cfg.seed, epoch, _VAL_PURPOSE))
-        for x, y in trainer.loaders.val:
+        torch.manual_seed(derive_seed(context.seed, epoch, _VAL_PURPOSE))
+        for x, y in context.val_loader:
             x = x.to(device, non_blocking=True)
             y = y.to(device, non_blocking=True).long()
-            s, n = _loss_and_counts(model, trainer.method, x, y, cfg.eps, cfg.alpha,
-                                    trainer.method.steps, amp, c)
+            s, n = _loss_and_counts(model, method, x, y, context.eps, context.alpha,
+                                    method.steps, context.amp, c)
             sums += s
             counts += n
     sums, counts = sums.cpu(), counts.cpu()

@@ -8,6 +8,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from cwr_fast.models.calibration import ClasswiseCalibration, is_calibrated_state
+
 # where training scripts commonly put the weights inside a checkpoint dict, in order of preference
 _STATE_KEYS = ("model_ema", "ema", "model", "state_dict", "model_state_dict", "net")
 _PREFIXES = ("module.", "_orig_mod.")
@@ -59,9 +61,10 @@ def state_dict_mismatch(model: nn.Module, state: Mapping[str, torch.Tensor]) -> 
     return problems
 
 
-def read_state_dict(path: str | Path, key: str | None = None) -> dict[str, torch.Tensor]:
-    """The model's state dict in a checkpoint file (see extract_state_dict); FileNotFoundError or
-    CheckpointMismatchError."""
+def read_checkpoint(path: str | Path, key: str | None = None) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """(the model's state dict in a checkpoint file (see extract_state_dict), the training
+    configuration saved beside it by cwr_fast.train (its "config" dict) or None);
+    FileNotFoundError or CheckpointMismatchError."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -69,7 +72,13 @@ def read_state_dict(path: str | Path, key: str | None = None) -> dict[str, torch
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle errors, truncated files, non-tensor objects
         raise CheckpointMismatchError(f"cannot read checkpoint {path} with weights_only=True: {err}") from err
-    return extract_state_dict(checkpoint, key)
+    config = checkpoint.get("config") if isinstance(checkpoint, Mapping) else None
+    return extract_state_dict(checkpoint, key), config if isinstance(config, dict) else None
+
+
+def read_state_dict(path: str | Path, key: str | None = None) -> dict[str, torch.Tensor]:
+    """The model's state dict in a checkpoint file (see read_checkpoint)."""
+    return read_checkpoint(path, key)[0]
 
 
 def load_weights(model: nn.Module, path: str | Path, key: str | None = None,
@@ -79,12 +88,10 @@ def load_weights(model: nn.Module, path: str | Path, key: str | None = None,
     The checkpoint may hold the state dict of the model itself or, for a NormalizedModel, of the
     bare network inside it (`model.net`; the normalisation buffers then keep their values).
     A class-wise calibrated checkpoint (keys `scale`, `bias`, `model.*`) needs the model wrapped in
-    cwr_fast.defenses.ClasswiseCalibration first (`python -m cwr_fast.evaluate` does it itself).
+    cwr_fast.models.calibration.ClasswiseCalibration first (`python -m cwr_fast.evaluate` does it itself).
     state: the state dict already read from path (read_state_dict), to avoid reading it twice.
     Raises FileNotFoundError or CheckpointMismatchError with what does not fit.
     """
-    from cwr_fast.defenses.calibration import ClasswiseCalibration, is_calibrated_state
-
     path = Path(path)
     if state is None:
         state = read_state_dict(path, key)

@@ -31,7 +31,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cwr_fast.outputs import write_atomic
 
 FORMAT = "cwr_fast.train_checkpoint"
 BEST_FORMAT = "cwr_fast.best_weights"
@@ -40,16 +39,6 @@ FORMAT_VERSION = 1
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read, or that does not fit this run."""
-
-
-def save_atomic(obj, path: str | os.PathLike) -> Path:
-    """torch.save to a temporary file in the same directory, fsync, rename over `path`, fsync the
-    directory: a crash at any moment leaves either the old or the new file, never a torn one."""
-    return write_atomic(path, "wb", lambda f: torch.save(obj, f))
-
-
-def write_text_atomic(text: str, path: str | os.PathLike) -> Path:
-    return write_atomic(path, "w", lambda f: f.write(text))
 
 
 def load(path: str | os.PathLike, expect: str = FORMAT) -> dict:

@@ -1,8 +1,9 @@
-"""The training CLI's configuration: per-dataset presets from the literature, the argument parser,
-and the checks that run before any work starts.
+"""The training CLI's configuration: every option declared once (cwr_fast.options), the dataset
+presets as differences from the defaults, and the checks that run before any work starts.
 
-Every option left unset takes the value of the dataset's preset (the table in `--help`), so
-`--dataset cifar10` alone gives the standard PGD-AT recipe, and each value can be overridden.
+An option left unset takes its dataset's value: first the preset below, then the dataset's own
+threat model (DatasetInfo.budget: eps, alpha, steps), then the field's default, which is the
+default run (mnist-embedded). So `--dataset cifar10` alone gives the standard PGD-AT recipe.
 """
 
 from __future__ import annotations
@@ -11,120 +12,162 @@ import argparse
 import dataclasses
 import datetime
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from cwr_fast.cli_types import number
-from cwr_fast.training.methods import METHODS
+from cwr_fast.cli_types import ConfigError, fmt_budget, integer, number, numbers
+from cwr_fast.data.info import EMBEDDED_BUDGET
+from cwr_fast.data.registry import budget_of
+from cwr_fast.defenses.calibration import OPTIONS_GROUP as CALIBRATION, CalibrationConfig
+from cwr_fast.options import (add_options, at_least, check_options, given_options, non_negative,
+                              option, positive, resume_rules)
+from cwr_fast.runtime import AMP_MODES, resolve_amp, resolve_device
+from cwr_fast.methods import METHODS, build_method
 from cwr_fast.training.schedules import SCHEDULES
 
-DEFAULT_DATASET = "mnist-embedded"
+__all__ = ["ConfigError", "PRESETS", "TrainConfig", "build_parser", "resolve"]
+
 ARCHS = ("small_cnn", "preact_resnet18", "wrn34_10", "resnet50")
+DATA, MODEL, METHOD, SGD, EVAL, RUN = ("data", "model", "method", "optimisation (SGD)",
+                                       "evaluation", "run")
+PRESET = "dataset preset"
 
 
-class ConfigError(ValueError):
-    """Bad command-line input: reported as one line before any work starts (exit status 2)."""
+def _budget(v):
+    if v < 0:
+        return f"must be >= 0, got {v:g}"
+    if v > 1:
+        return (f"must lie in [0, 1] pixel units, got {v:g} (did you mean {v:g}/255 = "
+                f"{v / 255:.4f}?)")
+    return None
 
 
-# ---- presets -------------------------------------------------------------------------------------
-# Sources: Madry et al. 2018 (MNIST eps 0.3, alpha 0.01, 40 steps; CIFAR eps 8/255, alpha 2/255);
-# Rice et al. 2020 (PreAct ResNet-18, SGD 0.1, momentum 0.9, wd 5e-4, batch 128, piecewise decay,
-# best checkpoint by robust validation accuracy); Zhang et al. 2019 (TRADES: 10 steps of 2/255,
-# decay at 75 and 90 of 100 epochs); SVHN: lr 0.01 (Rice et al.); ImageNet: Salman et al. 2020
-# (ResNet-50, eps 4/255, 3 steps of 2 eps / 3, 90 epochs, lr 0.1 per 256 images, wd 1e-4, decay
-# every 30 epochs).
-_CIFAR = dict(arch="preact_resnet18", epochs=100, batch_size=128, lr=0.1, momentum=0.9,
-              nesterov=False, weight_decay=5e-4, schedule="piecewise", milestones=(0.75, 0.9),
-              warmup_epochs=0.0, eps=8 / 255, alpha=2 / 255, steps=10, eps_warmup_epochs=0.0,
-              val_per_class=100, val_steps=10, final_attacks="fgsm,pgd-20,cw-30",
-              final_limit=None, ema=0.0)
-PRESETS: dict[str, dict] = {
-    # THE DEFAULT RUN: a few minutes on a 2-core CPU. Reduced budget, stated in --help and in the
-    # summary: 10 PGD steps of 0.04 (the same total step length, 0.4, as Madry et al.'s 40 steps
-    # of 0.01), eps ramped up over the first epochs, a short run on the 3,800 embedded training
-    # digits left after the 200 held-out validation digits.
-    "mnist-embedded": dict(arch="small_cnn", epochs=8, batch_size=50, lr=0.05, momentum=0.9,
-                           nesterov=False, weight_decay=0.0, schedule="cosine", milestones=(),
-                           warmup_epochs=0.0, eps=0.3, alpha=0.04, steps=10, eps_warmup_epochs=3.0,
-                           val_per_class=20, val_steps=10, final_attacks="fgsm,pgd-20,cw-20",
-                           final_limit=None, ema=0.0),
-    "mnist": dict(arch="small_cnn", epochs=20, batch_size=100, lr=0.05, momentum=0.9,
-                  nesterov=False, weight_decay=0.0, schedule="cosine", milestones=(),
-                  warmup_epochs=0.0, eps=0.3, alpha=0.01, steps=40, eps_warmup_epochs=2.0,
-                  val_per_class=100, val_steps=20, final_attacks="fgsm,pgd-40,cw-40",
-                  final_limit=None, ema=0.0),
-    "cifar10": dict(_CIFAR),
-    "cifar100": dict(_CIFAR),
-    "svhn": dict(_CIFAR, lr=0.01, eps_warmup_epochs=5.0),
-    "stl10": dict(_CIFAR, batch_size=64),
-    "imagenet": dict(arch="resnet50", epochs=90, batch_size=512, lr=0.2, momentum=0.9,
-                     nesterov=False, weight_decay=1e-4, schedule="piecewise",
-                     milestones=(1 / 3, 2 / 3), warmup_epochs=0.0, eps=4 / 255,
-                     alpha=2 * 4 / 255 / 3, steps=3, eps_warmup_epochs=0.0, val_per_class=10,
-                     val_steps=10, final_attacks="pgd-10", final_limit=10000, ema=0.0),
-}
-GENERIC_PRESET = "cifar10"  # folder:/npz: sources
+def _momentum(v):
+    return None if 0 <= v < 1 else f"must lie in [0, 1), got {v:g}"
 
 
-def preset_for(dataset: str) -> dict:
-    return dict(PRESETS.get(dataset, PRESETS[GENERIC_PRESET]))
+def _ema(v):
+    return None if v == 0 or 0 < v < 1 else f"must be 0 (off) or a decay in (0, 1), got {v:g}"
 
 
-# ---- the configuration -----------------------------------------------------------------------
+def _milestones(v):
+    return None if all(m >= 0 for m in v) else f"must be >= 0, got {v}"
+
 
 @dataclass
-class TrainConfig:
-    """The resolved configuration of one run (plain values only; saved in every checkpoint)."""
+class TrainConfig(CalibrationConfig):
+    """The resolved configuration of one run (plain values only; saved in every checkpoint).
+    The defaults are the default run: PGD-AT of the small CNN on embedded MNIST."""
 
-    dataset: str = DEFAULT_DATASET
-    data_dir: str | None = None
-    loader: str = "auto"
-    num_workers: int | None = None
-    val_split: str = "holdout"
-    val_per_class: int = 20
-    train_per_class: int | None = None
-    arch: str = "small_cnn"
-    channels_last: bool = False
-    compile: bool = False
-    method: str = "pgd-at"
-    eps: float = 0.3
-    alpha: float = 0.04
-    steps: int = 10
-    beta: float | None = None
-    attack_bn: str = "auto"
-    eps_warmup_epochs: float = 0.0
-    ops: str = "fused"
-    defense: str = "none"
-    defense_opt: dict = field(default_factory=dict)
-    epochs: int = 8
-    batch_size: int = 50
-    lr: float = 0.05
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 0.0
-    schedule: str = "cosine"
-    milestones: list = field(default_factory=list)  # in epochs
-    gamma: float = 0.1
-    warmup_epochs: float = 0.0
-    ema: float = 0.0
-    amp: str = "off"
-    val_steps: int = 10
-    val_every: int = 1
-    val_batch_size: int = 256
-    final_attacks: str = "fgsm,pgd-20,cw-20"
-    final_limit: int | None = None
-    final_model: str = "last"
-    seed: int = 0
-    deterministic: bool = False
-    device: str = "auto"
-    out: str | None = None
-    ckpt_every: int = 0
-    time_split: bool = False
-    calibrate: bool = False           # fit a class-wise final-layer calibration after training
-    calibrate_max_drop: float = 0.01
-    calibrate_steps: int = 10
-    calibrate_rounds: int = 3
-    calibrate_params: str = "bias"
+    # data
+    dataset: str = option("mnist-embedded", "mnist-embedded, mnist, cifar10, cifar100, svhn, "
+                          "stl10, imagenet, folder:PATH or npz:PATH", DATA, fixed_on_resume=True,
+                          shown_default="mnist-embedded: offline")
+    data_dir: str | None = option(None, "dataset root", DATA,
+                                  shown_default="$CWR_FAST_DATA, else ~/.cache/cwr_fast/data")
+    loader: str = option("auto", "data backend", DATA, choices=("auto", "gpu", "ffcv", "torch"))
+    num_workers: int | None = option(None, "loader workers", DATA, type=integer,
+                                     shown_default="the backend's")
+    val_split: str = option("holdout", "per-epoch validation data: 'holdout' (--val-per-class "
+                            "images per class held out of the training split, never trained on) "
+                            "or a split name such as test or val", DATA, fixed_on_resume=True)
+    val_per_class: int = option(20, "validation images per class", DATA, type=integer,
+                                fixed_on_resume=True, check=at_least(1))
+    train_per_class: int | None = option(None, "train on this many images per class only", DATA,
+                                         type=integer, fixed_on_resume=True,
+                                         check=at_least(1, optional=True), shown_default="all")
+    # model
+    arch: str = option("small_cnn", ", ".join(ARCHS), MODEL, fixed_on_resume=True)
+    channels_last: bool = option(False, "channels_last memory format", MODEL,
+                                 action="store_true", fixed_on_resume=True)
+    compile: bool = option(False, "torch.compile the model", MODEL, action="store_true")
+    # method
+    method: str = option("pgd-at", "adversarial training method", METHOD, choices=METHODS,
+                         fixed_on_resume=True)
+    eps: float = option(EMBEDDED_BUDGET.eps, "Linf budget in [0, 1] pixel units, e.g. 8/255", METHOD, type=number,
+                        fixed_on_resume=True, check=_budget)
+    alpha: float = option(EMBEDDED_BUDGET.alpha, "attack step size; fgsm-rs always uses 1.25 eps", METHOD,
+                          type=number, fixed_on_resume=True)
+    steps: int = option(EMBEDDED_BUDGET.steps, "attack steps; fgsm-rs: 1", METHOD, type=integer, fixed_on_resume=True,
+                        check=at_least(1))
+    beta: float | None = option(None, "TRADES / MART regulariser weight", METHOD, type=number,
+                                fixed_on_resume=True, check=non_negative, shown_default="6")
+    attack_bn: str = option("auto", "model mode while generating training attacks (auto: train "
+                            "for pgd-at and fgsm-rs, eval for trades and mart, as their papers' "
+                            "code)", METHOD, choices=("auto", "train", "eval"),
+                            fixed_on_resume=True)
+    eps_warmup_epochs: float = option(3.0, "linear eps ramp-up (at most half of --epochs)",
+                                      METHOD, type=number, fixed_on_resume=True,
+                                      check=non_negative)
+    ops: str = option("fused", "fused cwr_fast ops, or the same loop in eager PyTorch (for "
+                      "comparison)", METHOD, choices=("fused", "eager"), fixed_on_resume=True)
+    defense: str = option("none", "class-wise defense policy (see cwr_fast.defenses)", METHOD,
+                          fixed_on_resume=True)
+    defense_opt: dict = option({}, "option of the defense (repeatable)", METHOD, action="append",
+                               metavar="KEY=VALUE", fixed_on_resume=True)
+    # optimisation
+    epochs: int = option(8, "training epochs", SGD, type=integer, fixed_on_resume=True,
+                         check=at_least(1))
+    batch_size: int = option(50, "global batch size", SGD, type=integer, fixed_on_resume=True,
+                             check=at_least(1))
+    lr: float = option(0.05, "peak learning rate", SGD, type=number, fixed_on_resume=True,
+                       check=positive)
+    momentum: float = option(0.9, "SGD momentum", SGD, type=number, fixed_on_resume=True,
+                             check=_momentum)
+    nesterov: bool = option(False, "Nesterov momentum", SGD, action=argparse.BooleanOptionalAction,
+                            fixed_on_resume=True)
+    weight_decay: float = option(0.0, "weight decay", SGD, type=number, fixed_on_resume=True,
+                                 check=non_negative)
+    schedule: str = option("cosine", "learning-rate schedule", SGD, choices=SCHEDULES,
+                           fixed_on_resume=True)
+    milestones: list = option([], "piecewise decay epochs, e.g. 75,90", SGD, type=numbers,
+                              fixed_on_resume=True, check=_milestones,
+                              shown_default="the preset's fractions of --epochs")
+    gamma: float = option(0.1, "piecewise decay factor", SGD, type=number, fixed_on_resume=True,
+                          check=positive)
+    warmup_epochs: float = option(0.0, "linear learning-rate warm-up", SGD, type=number,
+                                  fixed_on_resume=True, check=non_negative)
+    ema: float = option(0.0, "EMA decay of the weights, e.g. 0.999; 0 = off. With EMA, the EMA "
+                        "weights are validated, kept as best and reported", SGD, type=number,
+                        fixed_on_resume=True, check=_ema)
+    amp: str = option("auto", "mixed precision (fp16 uses a GradScaler; auto: bf16 on CUDA, off "
+                      "on the CPU)", SGD, choices=AMP_MODES, fixed_on_resume=True)
+    # evaluation
+    val_steps: int = option(10, "PGD steps of the per-epoch check", EVAL, type=integer,
+                            fixed_on_resume=True, check=at_least(1))
+    val_every: int = option(1, "check every N epochs", EVAL, type=integer, fixed_on_resume=True,
+                            check=at_least(1))
+    val_batch_size: int = option(256, "batch size of the checks and the report", EVAL,
+                                 type=integer, check=at_least(1))
+    final_attacks: str = option("fgsm,pgd-20,cw-20", "attacks of the final test report, e.g. "
+                                "fgsm,pgd-20,cw-30", EVAL)
+    final_limit: int | None = option(None, "class-balanced limit on the test images of the final "
+                                     "report", EVAL, type=integer,
+                                     check=at_least(1, optional=True), shown_default="all")
+    final_model: str = option("last", "weights of the final report", EVAL,
+                              choices=("last", "best-mean", "best-worst"))
+    calibrate: bool = option(False, "before the final report, fit a class-wise calibration of "
+                             "the final layer (logits' = s*z + b, part of the model, so attacks "
+                             "attack it) on the held-out validation images against PGD, to raise "
+                             "the worst class; saved as checkpoints/calibrated.pt + "
+                             "calibration.json, and reported", CALIBRATION, action="store_true")
+    calibrate_steps: int | None = option(None, "PGD steps of the calibration's attacks",
+                                         CALIBRATION, type=integer,
+                                         check=at_least(1, optional=True),
+                                         shown_default="--val-steps")
+    # run
+    seed: int = option(0, "seed of everything", RUN, type=integer, fixed_on_resume=True)
+    deterministic: bool = option(False, "deterministic algorithms (torch.use_deterministic_"
+                                 "algorithms, no cuDNN benchmark); the CPU path is deterministic "
+                                 "regardless", RUN, action="store_true")
+    device: str = option("auto", "auto, cpu, cuda, cuda:1", RUN)
+    out: str | None = option(None, "run directory", RUN,
+                             shown_default="runs/<time>-<dataset>-<arch>-<method>")
+    ckpt_every: int = option(0, "also checkpoint every N steps (0: at epoch ends only)", RUN,
+                             type=integer, check=non_negative)
+    time_split: bool = option(False, "synchronise CUDA around each phase to time attack / "
+                              "forward-backward / data exactly (the CPU is always timed)", RUN,
+                              action="store_true")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -137,52 +180,63 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-# Settings that define the training trajectory: a resumed run must not change them.
-TRAJECTORY_KEYS = ("dataset", "val_split", "val_per_class", "train_per_class", "arch", "method",
-                   "eps", "alpha", "steps", "beta", "attack_bn", "eps_warmup_epochs", "ops",
-                   "defense", "defense_opt", "epochs", "batch_size", "lr", "momentum", "nesterov",
-                   "weight_decay", "schedule", "milestones", "gamma", "warmup_epochs", "ema", "amp",
-                   "val_steps", "val_every", "seed", "channels_last")
+# Settings that define the training trajectory (a resumed run must not change them), and the rest.
+TRAJECTORY_KEYS, OVERRIDABLE_ON_RESUME = resume_rules(TrainConfig)
 
 
-# ---- parsing -------------------------------------------------------------------------------------
+# ---- presets: differences from the defaults -----------------------------------------------------
+# Sources: Madry et al. 2018 (MNIST); Rice et al. 2020 (PreAct ResNet-18, SGD 0.1, momentum 0.9,
+# wd 5e-4, batch 128, piecewise decay, best checkpoint by robust validation accuracy); Zhang et al.
+# 2019 (TRADES: decay at 75 and 90 of 100 epochs); SVHN: lr 0.01 (Rice et al.); ImageNet: Salman
+# et al. 2020 (ResNet-50, 90 epochs, lr 0.1 per 256 images, wd 1e-4, decay every 30 epochs).
+# eps, alpha and steps are the dataset's (DatasetInfo.budget); milestones are fractions of epochs.
+_CIFAR = dict(arch="preact_resnet18", epochs=100, batch_size=128, lr=0.1, weight_decay=5e-4,
+              schedule="piecewise", milestones=(0.75, 0.9), eps_warmup_epochs=0.0,
+              val_per_class=100, final_attacks="fgsm,pgd-20,cw-30")
+PRESETS: dict[str, dict] = {
+    # THE DEFAULT RUN (the field defaults): a few minutes on a 2-core CPU, a REDUCED budget, stated
+    # in --help and in the summary: 10 PGD steps of 0.04 (the same total step length, 0.4, as
+    # Madry et al.'s 40 steps of 0.01), eps ramped up over the first 3 of 8 epochs, the 3,800
+    # embedded training digits left after the 200 held-out validation digits.
+    "mnist-embedded": {},
+    "mnist": dict(epochs=20, batch_size=100, eps_warmup_epochs=2.0, val_per_class=100,
+                  val_steps=20, final_attacks="fgsm,pgd-40,cw-40"),
+    "cifar10": _CIFAR,
+    "cifar100": _CIFAR,
+    "svhn": dict(_CIFAR, lr=0.01, eps_warmup_epochs=5.0),
+    "stl10": dict(_CIFAR, batch_size=64),
+    "imagenet": dict(arch="resnet50", epochs=90, batch_size=512, lr=0.2, weight_decay=1e-4,
+                     schedule="piecewise", milestones=(1 / 3, 2 / 3), eps_warmup_epochs=0.0,
+                     val_per_class=10, final_attacks="pgd-10", final_limit=10000),
+}
+GENERIC_PRESET = "cifar10"  # folder:/npz: sources
+_PRESET_KEYS = ("arch", "epochs", "batch_size", "lr", "weight_decay", "schedule", "milestones",
+                "eps", "alpha", "steps", "eps_warmup_epochs", "val_per_class", "val_steps",
+                "final_attacks", "final_limit")
 
-def _numbers(text: str) -> list[float]:
-    try:
-        return [number(t) for t in text.split(",") if t.strip()]
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
-
-def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-
-
-def _fmt(value, key: str = "") -> str:
-    if isinstance(value, float):
-        if key in ("eps", "alpha") and value < 0.1:
-            k = value * 255
-            if abs(k - round(k)) < 1e-6:
-                return f"{round(k)}/255"
-            return f"{value:g}" if len(f"{value:g}") <= 5 else f"{k:.3g}/255"
-        return f"{value:.3g}"
-    if isinstance(value, tuple):
-        return ",".join(_fmt(v) for v in value) or "-"
-    return "-" if value is None else str(value)
+def preset_for(dataset: str) -> dict:
+    """Every preset setting of a dataset: the field defaults, the dataset's threat model, its
+    preset (milestones as fractions of epochs)."""
+    defaults = dataclasses.asdict(TrainConfig())
+    budget = dataclasses.asdict(budget_of(dataset))
+    return {**defaults, **budget, **PRESETS.get(dataset, PRESETS[GENERIC_PRESET])}
 
 
 def presets_table() -> str:
-    keys = ["arch", "epochs", "batch_size", "lr", "weight_decay", "schedule", "milestones", "eps",
-            "alpha", "steps", "eps_warmup_epochs", "val_per_class", "val_steps", "final_attacks",
-            "final_limit"]
     names = list(PRESETS)
-    rows = [["setting"] + names] + [[k] + [_fmt(PRESETS[n][k], k) for n in names] for k in keys]
+    columns = {n: preset_for(n) for n in names}
+
+    def fmt(value, key):
+        if isinstance(value, float):
+            return fmt_budget(value) if key in ("eps", "alpha") else f"{value:.3g}"
+        if isinstance(value, (tuple, list)):
+            return ",".join(f"{v:.3g}" for v in value) or "-"
+        return "-" if value is None else str(value)
+
+    rows = [["setting"] + names] + [[k] + [fmt(columns[n][k], k) for n in names] for k in _PRESET_KEYS]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
-    return "\n".join(lines)
+    return "\n".join("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
 
 
 EPILOG = """\
@@ -215,193 +269,74 @@ def build_parser() -> argparse.ArgumentParser:
                     "in a class-wise robustness report.",
         epilog=EPILOG.format(table=presets_table()),
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    P = "(default: dataset preset)"
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset", default=DEFAULT_DATASET,
-                   help="mnist-embedded, mnist, cifar10, cifar100, svhn, stl10, imagenet, "
-                        "folder:PATH or npz:PATH (default %(default)s: offline)")
-    g.add_argument("--data-dir", help="dataset root (default: $CWR_FAST_DATA, else ~/.cache/cwr_fast/data)")
-    g.add_argument("--loader", default="auto", choices=("auto", "gpu", "ffcv", "torch"),
-                   help="data backend (default %(default)s)")
-    g.add_argument("--num-workers", type=_int, help="loader workers (default: the backend's)")
-    g.add_argument("--val-split", default="holdout",
-                   help="per-epoch validation data: 'holdout' (--val-per-class images per class "
-                        "held out of the training split, never trained on) or a split name "
-                        "such as test or val (default %(default)s)")
-    g.add_argument("--val-per-class", type=_int, help=f"validation images per class {P}")
-    g.add_argument("--train-per-class", type=_int,
-                   help="train on this many images per class only (default: all)")
-    g = p.add_argument_group("model")
-    g.add_argument("--arch", help=f"{', '.join(ARCHS)} {P}")
-    g.add_argument("--channels-last", action="store_true", help="channels_last memory format")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model")
-    g = p.add_argument_group("method")
-    g.add_argument("--method", default="pgd-at", choices=METHODS, help="(default %(default)s)")
-    g.add_argument("--eps", type=number, help=f"Linf budget in [0, 1] pixel units, e.g. 8/255 {P}")
-    g.add_argument("--alpha", type=number,
-                   help=f"attack step size {P}; fgsm-rs always uses 1.25 eps")
-    g.add_argument("--steps", type=_int, help=f"attack steps {P}; fgsm-rs: 1")
-    g.add_argument("--beta", type=number, help="TRADES / MART regulariser weight (default 6)")
-    g.add_argument("--attack-bn", default="auto", choices=("auto", "train", "eval"),
-                   help="model mode while generating training attacks (default auto: train "
-                        "for pgd-at and fgsm-rs, eval for trades and mart, as their papers' code)")
-    g.add_argument("--eps-warmup-epochs", type=number,
-                   help="linear eps ramp-up (default: dataset preset, at most half of --epochs)")
-    g.add_argument("--ops", default="fused", choices=("fused", "eager"),
-                   help="fused cwr_fast ops, or the same loop in eager PyTorch (for comparison) "
-                        "(default %(default)s)")
-    g.add_argument("--defense", default="none",
-                   help="class-wise defense policy (default %(default)s; see cwr_fast.defenses)")
-    g.add_argument("--defense-opt", action="append", metavar="KEY=VALUE",
-                   help="option of the defense (repeatable)")
-    g = p.add_argument_group("optimisation (SGD)")
-    g.add_argument("--epochs", type=_int, help=P)
-    g.add_argument("--batch-size", type=_int, help=f"global batch size {P}")
-    g.add_argument("--lr", type=number, help=f"peak learning rate {P}")
-    g.add_argument("--momentum", type=number, help="(default 0.9)")
-    g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None,
-                   help="Nesterov momentum (default off)")
-    g.add_argument("--weight-decay", type=number, help=P)
-    g.add_argument("--schedule", choices=SCHEDULES, help=P)
-    g.add_argument("--milestones", type=_numbers,
-                   help="piecewise decay epochs, e.g. 75,90 (default: the preset's fractions of --epochs)")
-    g.add_argument("--gamma", type=number, default=0.1, help="piecewise decay factor (default %(default)s)")
-    g.add_argument("--warmup-epochs", type=number, help="linear learning-rate warm-up (default 0)")
-    g.add_argument("--ema", type=number,
-                   help="EMA decay of the weights, e.g. 0.999; 0 = off (default 0). With EMA, the "
-                        "EMA weights are validated, kept as best and reported")
-    g.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"),
-                   help="mixed precision (fp16 uses a GradScaler) (default auto: bf16 on CUDA, "
-                        "off on the CPU)")
-    g = p.add_argument_group("evaluation")
-    g.add_argument("--val-steps", type=_int, help=f"PGD steps of the per-epoch check {P}")
-    g.add_argument("--val-every", type=_int, default=1, help="check every N epochs (default %(default)s)")
-    g.add_argument("--val-batch-size", type=_int, default=256, help="(default %(default)s)")
-    g.add_argument("--final-attacks", help=f"attacks of the final test report, e.g. fgsm,pgd-20,cw-30 {P}")
-    g.add_argument("--final-limit", type=_int,
-                   help="class-balanced limit on the test images of the final report (default: all)")
-    g.add_argument("--final-model", default="last", choices=("last", "best-mean", "best-worst"),
-                   help="weights of the final report (default %(default)s)")
+    from_preset = {k: PRESET for k in _PRESET_KEYS if k != "milestones"}
+    groups = {name: p.add_argument_group(name) for name in (DATA, MODEL, METHOD, SGD, EVAL,
+                                                             CALIBRATION, RUN)}
+    add_options(p, TrainConfig, groups, shown_defaults=from_preset)
+    g = groups[EVAL]
     g.add_argument("--no-final-eval", action="store_true", help="skip the final report")
-    g.add_argument("--calibrate", action="store_true",
-                   help="before the final report, fit a class-wise calibration of the final "
-                        "layer (logits' = s*z + b, part of the model, so attacks attack it) on the "
-                        "held-out validation images against PGD, to raise the worst class; saved "
-                        "as checkpoints/calibrated.pt + calibration.json, and reported (see "
-                        "cwr_fast.defenses.calibration; runs with the final report)")
-    g.add_argument("--calibrate-max-drop", type=number, default=0.01,
-                   help="largest drop of the mean robust and of the mean clean validation "
-                        "accuracy the calibration may cost, a fraction (default %(default)s)")
-    g.add_argument("--calibrate-steps", type=_int, help="PGD steps of the calibration's attacks "
-                   "(default: --val-steps)")
-    g.add_argument("--calibrate-rounds", type=_int, default=3,
-                   help="attack / fit rounds of the calibration (default %(default)s)")
-    g.add_argument("--calibrate-params", default="bias", choices=("bias", "both"),
-                   help="fit the logit biases only, or the per-class scales too (default %(default)s)")
-    g = p.add_argument_group("run")
-    g.add_argument("--out", help="run directory (default runs/<time>-<dataset>-<arch>-<method>)")
+    g = groups[RUN]
     g.add_argument("--overwrite", action="store_true", help="allow a non-empty --out")
     g.add_argument("--resume", metavar="RUN_DIR|CKPT",
                    help="continue a run from its checkpoints/last.pt (its settings are kept)")
-    g.add_argument("--ckpt-every", type=_int, default=0,
-                   help="also checkpoint every N steps (default 0: at epoch ends only)")
-    g.add_argument("--seed", type=_int, default=0, help="(default %(default)s)")
-    g.add_argument("--deterministic", action="store_true",
-                   help="deterministic algorithms (torch.use_deterministic_algorithms, no cuDNN "
-                        "benchmark); the CPU path is deterministic regardless")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 (default %(default)s)")
-    g.add_argument("--threads", type=_int,
+    g.add_argument("--threads", type=integer,
                    help="torch CPU threads (default: 1 for small_cnn on the CPU, whose convolutions "
                         "are too small to gain from more and which then does not stall when the "
                         "cores are shared; else torch's default)")
     g.add_argument("--progress", default="auto", choices=("auto", "on", "off"),
                    help="tqdm progress bar (default auto: when stderr is a terminal)")
-    g.add_argument("--time-split", action="store_true",
-                   help="synchronise CUDA around each phase to time attack / forward-backward / "
-                        "data exactly (the CPU is always timed)")
     g.add_argument("--no-plots", action="store_true")
     return p
 
 
-def explicit_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> set[str]:
-    """Names (dests) of the options given on the command line, not left at their defaults."""
-    saved = [(action, action.default) for action in parser._actions]
-    for action, _ in saved:
-        action.default = argparse.SUPPRESS
-    try:
-        ns = parser.parse_args(argv)
-    finally:
-        for action, default in saved:
-            action.default = default
-    return set(vars(ns))
+def given(args: argparse.Namespace) -> dict:
+    """The configuration options given on the command line (the parser suppresses defaults)."""
+    return given_options(args, TrainConfig)
 
 
-def resolve(args: argparse.Namespace) -> TrainConfig:
-    """Presets + command line -> TrainConfig, with every check that needs no data."""
+def resolve(args: argparse.Namespace | dict) -> TrainConfig:
+    """Command line (a parsed namespace, or {option: value}) + preset -> TrainConfig, with every
+    check that needs no data."""
     from cwr_fast.data import DatasetError, dataset_info
     from cwr_fast.models.registry import canonical_name
 
+    options = dict(args) if isinstance(args, dict) else given(args)
+    dataset = options.get("dataset", TrainConfig.dataset)
     try:
-        info = dataset_info(args.dataset)
+        info = dataset_info(dataset)
     except (DatasetError, FileNotFoundError, ValueError) as err:
         raise ConfigError(str(err)) from None
-    preset = preset_for(info.name if not args.dataset.startswith(("folder:", "npz:")) else "")
-    take = lambda name: getattr(args, name) if getattr(args, name) is not None else preset[name]  # noqa: E731
+    preset = preset_for(info.name)
+    values = {**preset, **options}
     try:
-        arch = canonical_name(take("arch"))
+        values["arch"] = canonical_name(values["arch"])
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    epochs = take("epochs")
-    milestones = (list(args.milestones) if args.milestones is not None
-                  else [round(f * epochs, 6) for f in preset["milestones"]])
-    eps = take("eps")
-    alpha = take("alpha")
-    steps = take("steps")
-    if args.method == "fgsm-rs":
-        alpha, steps = 1.25 * eps, 1
-    if args.method == "standard":
-        eps_warmup = 0.0
-    elif args.eps_warmup_epochs is not None:
-        eps_warmup = args.eps_warmup_epochs
-    else:  # the preset's ramp, at most half of a shortened run
-        eps_warmup = min(preset["eps_warmup_epochs"], epochs / 2)
-    amp = args.amp
-    if amp == "auto":
-        amp = "bf16" if (args.device.startswith("cuda") or
-                         (args.device == "auto" and _cuda_available())) else "off"
-    cfg = TrainConfig(
-        dataset=args.dataset, data_dir=args.data_dir, loader=args.loader,
-        num_workers=args.num_workers, val_split=args.val_split,
-        val_per_class=take("val_per_class"), train_per_class=args.train_per_class, arch=arch,
-        channels_last=args.channels_last, compile=args.compile, method=args.method, eps=eps,
-        alpha=alpha, steps=steps, beta=args.beta, attack_bn=args.attack_bn,
-        eps_warmup_epochs=eps_warmup, ops=args.ops, defense=args.defense,
-        defense_opt=_defense_options(args.defense_opt), epochs=epochs,
-        batch_size=take("batch_size"), lr=take("lr"),
-        momentum=args.momentum if args.momentum is not None else preset["momentum"],
-        nesterov=args.nesterov if args.nesterov is not None else preset["nesterov"],
-        weight_decay=take("weight_decay"), schedule=take("schedule"), milestones=milestones,
-        gamma=args.gamma,
-        warmup_epochs=args.warmup_epochs if args.warmup_epochs is not None else preset["warmup_epochs"],
-        ema=take("ema"), amp=amp, val_steps=take("val_steps"), val_every=args.val_every,
-        val_batch_size=args.val_batch_size, final_attacks=take("final_attacks"),
-        final_limit=take("final_limit"), final_model=args.final_model, seed=args.seed,
-        deterministic=args.deterministic, device=args.device, out=args.out,
-        ckpt_every=args.ckpt_every, time_split=args.time_split, calibrate=args.calibrate,
-        calibrate_max_drop=args.calibrate_max_drop,
-        calibrate_steps=args.calibrate_steps if args.calibrate_steps is not None else take("val_steps"),
-        calibrate_rounds=args.calibrate_rounds, calibrate_params=args.calibrate_params)
+    if "milestones" not in options:
+        values["milestones"] = [round(f * values["epochs"], 6) for f in preset["milestones"]]
+    values["milestones"] = list(values["milestones"])
+    if values["method"] == "fgsm-rs":
+        values["alpha"], values["steps"] = 1.25 * values["eps"], 1
+    if values["method"] == "standard":
+        values["eps_warmup_epochs"] = 0.0
+    elif "eps_warmup_epochs" not in options:  # the preset's ramp, at most half of a shortened run
+        values["eps_warmup_epochs"] = min(preset["eps_warmup_epochs"], values["epochs"] / 2)
+    if values["calibrate_steps"] is None:
+        values["calibrate_steps"] = values["val_steps"]
+    values["defense_opt"] = _defense_options(options.get("defense_opt"))
+    try:
+        values["amp"] = resolve_amp(values["amp"], resolve_device(values["device"])) or "off"
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    cfg = TrainConfig(**{f.name: values[f.name] for f in dataclasses.fields(TrainConfig)})
     check(cfg, info)
     return cfg
 
 
-def _cuda_available() -> bool:
-    import torch
-    return torch.cuda.is_available()
-
-
 def _defense_options(items) -> dict:
     from cwr_fast.defenses import parse_options
+    if isinstance(items, dict):
+        return dict(items)
     try:
         return parse_options(items)
     except ValueError as err:
@@ -409,68 +344,30 @@ def _defense_options(items) -> dict:
 
 
 def check(cfg: TrainConfig, info) -> None:
-    """Clear errors for settings that cannot work, before any data is read or model built."""
+    """Clear errors for settings that cannot work, before any data is read or model built:
+    the declared checks of each option, then those that relate several."""
     from cwr_fast.attacks.spec import AttackSpecError, check_attacks, parse_attacks
-    from cwr_fast.defenses import DEFENSES
-    from cwr_fast.training.distributed import resolve_device
+    from cwr_fast.defenses import build_defense
 
-    def positive(name, value, allow_zero=False):
-        if value is None:
-            return
-        if isinstance(value, bool) or not (value >= 0 if allow_zero else value > 0):
-            raise ConfigError(f"--{name.replace('_', '-')} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
-
-    try:
-        resolve_device(cfg.device)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-    if cfg.eps < 0:
-        raise ConfigError(f"--eps must be >= 0, got {cfg.eps:g}")
-    if cfg.eps > 1:
-        raise ConfigError(f"--eps {cfg.eps:g} exceeds 1: budgets are in [0, 1] pixel units "
-                          f"(did you mean {cfg.eps:g}/255 = {cfg.eps / 255:.4f}?)")
+    reason = check_options(cfg)
+    if reason:
+        raise ConfigError(reason)
     if cfg.method != "standard" and cfg.eps == 0:
         raise ConfigError(f"--method {cfg.method} with --eps 0 is standard training: use --method standard")
-    positive("alpha", cfg.alpha, allow_zero=cfg.method == "standard")
-    for name in ("epochs", "batch_size", "steps", "val_steps", "val_every", "val_batch_size",
-                 "val_per_class"):
-        v = getattr(cfg, name)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be an integer >= 1, got {v}")
-    for name in ("train_per_class", "final_limit"):
-        v = getattr(cfg, name)
-        if v is not None and v < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+    if cfg.alpha is not None and not (cfg.alpha >= 0 if cfg.method == "standard" else cfg.alpha > 0):
+        raise ConfigError(f"--alpha must be {'>= 0' if cfg.method == 'standard' else '> 0'}, "
+                          f"got {cfg.alpha}")
     if cfg.final_limit is not None and cfg.final_limit < info.num_classes:
         raise ConfigError(f"--final-limit {cfg.final_limit} is below the number of classes "
                           f"({info.num_classes})")
-    positive("lr", cfg.lr)
-    positive("weight_decay", cfg.weight_decay, allow_zero=True)
-    positive("warmup_epochs", cfg.warmup_epochs, allow_zero=True)
-    positive("eps_warmup_epochs", cfg.eps_warmup_epochs, allow_zero=True)
-    positive("ckpt_every", cfg.ckpt_every, allow_zero=True)
-    positive("gamma", cfg.gamma)
-    if cfg.beta is not None and cfg.beta < 0:
-        raise ConfigError(f"--beta must be >= 0, got {cfg.beta:g}")
-    if not 0 <= cfg.calibrate_max_drop <= 1:
-        raise ConfigError(f"--calibrate-max-drop must be a fraction in [0, 1] (0.01 = 1 point of "
-                          f"mean accuracy), got {cfg.calibrate_max_drop:g}")
-    for name in ("calibrate_steps", "calibrate_rounds"):
-        v = getattr(cfg, name)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be an integer >= 1, got {v}")
-    if cfg.calibrate_params not in ("bias", "both"):
-        raise ConfigError(f"--calibrate-params must be bias or both, got {cfg.calibrate_params!r}")
-    if not 0 <= cfg.momentum < 1:
-        raise ConfigError(f"--momentum must lie in [0, 1), got {cfg.momentum:g}")
     if cfg.nesterov and cfg.momentum == 0:
         raise ConfigError("--nesterov needs --momentum > 0")
-    if not (cfg.ema == 0 or 0 < cfg.ema < 1):
-        raise ConfigError(f"--ema must be 0 (off) or a decay in (0, 1), got {cfg.ema:g}")
-    if any(m < 0 for m in cfg.milestones):
-        raise ConfigError(f"--milestones must be >= 0, got {cfg.milestones}")
-    if cfg.defense not in DEFENSES:
-        raise ConfigError(f"unknown defense {cfg.defense!r}; available: {', '.join(sorted(DEFENSES))}")
+    try:  # the defense with its options and the method, as the trainer will build them
+        build_defense(cfg.defense, cfg.defense_opt,
+                      method=build_method(cfg.method, steps=cfg.steps, beta=cfg.beta),
+                      num_classes=info.num_classes, eps=cfg.eps, alpha=cfg.alpha, beta=cfg.beta)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     if cfg.val_split != "holdout" and cfg.val_split not in info.splits:
         raise ConfigError(f"--val-split {cfg.val_split!r}: {info.name} has splits "
                           f"{', '.join(info.splits)} (or use 'holdout')")

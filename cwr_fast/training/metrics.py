@@ -18,7 +18,7 @@ import json
 import math
 from pathlib import Path
 
-from cwr_fast.training.checkpoint import write_text_atomic
+from cwr_fast.outputs import write_text
 
 
 def history_text(history: list[dict]) -> str:
@@ -27,7 +27,7 @@ def history_text(history: list[dict]) -> str:
 
 def write_history(history: list[dict], path: Path) -> None:
     """metrics.jsonl from the records (atomically: a resume re-writes it from the checkpoint)."""
-    write_text_atomic(history_text(history), path)
+    write_text(history_text(history), path)
 
 
 def _pct(v) -> str:

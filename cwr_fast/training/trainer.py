@@ -12,7 +12,6 @@ on the CPU (same thread count; on GPUs with --deterministic up to non-determinis
 from __future__ import annotations
 
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -26,12 +25,14 @@ from cwr_fast.classwise.engine import evaluate_classwise
 from cwr_fast.data.order import derive_seed
 from cwr_fast.models.registry import build_model
 from cwr_fast.training import checkpoint as ckpt
-from cwr_fast.training import distributed as dist_utils
+from cwr_fast import runtime
+from cwr_fast.defenses import build_defense
+from cwr_fast.defenses.base import RunContext
+from cwr_fast.methods import build_method
+from cwr_fast.outputs import save_torch, write_text
 from cwr_fast.training.config import TrainConfig
 from cwr_fast.training.data import build_loaders, build_test_loader
-from cwr_fast.defenses import build_defense
 from cwr_fast.training.ema import EMA
-from cwr_fast.training.methods import build_method
 from cwr_fast.training.metrics import epoch_line, plot_dynamics, write_history
 from cwr_fast.training.schedules import LRSchedule, eps_at
 
@@ -42,35 +43,16 @@ class TrainError(RuntimeError):
     """A run that cannot proceed (e.g. a batch size larger than the data)."""
 
 
-def set_determinism(cfg: TrainConfig) -> None:
-    torch.manual_seed(cfg.seed)
-    import random
-
-    import numpy as np
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed % 2 ** 32)
-    if cfg.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
-    elif torch.cuda.is_available():
-        torch.backends.cudnn.benchmark = True
-
-
-def _amp(cfg) -> str | None:
-    return None if cfg.amp == "off" else cfg.amp
-
-
 class Trainer:
-    def __init__(self, cfg: TrainConfig, run_dir: Path, dist: dist_utils.DistInfo,
+    def __init__(self, cfg: TrainConfig, run_dir: Path, dist: runtime.DistInfo,
                  resume: dict | None = None, progress: bool = False, plots: bool = True,
                  final_eval: bool = True, log=print):
         self.cfg, self.run_dir, self.dist = cfg, Path(run_dir), dist
         self.device = dist.device
         self.progress, self.plots, self.final_eval = progress, plots, final_eval
         self._log = log
-        set_determinism(cfg)
+        self.amp = runtime.resolve_amp(cfg.amp, self.device)
+        runtime.seed_everything(cfg.seed, cfg.deterministic)
 
         self.loaders = build_loaders(cfg, self.device, dist.rank, dist.world_size)
         self.info = self.loaders.info
@@ -90,33 +72,29 @@ class Trainer:
                              f"; an epoch would have no full batch")
         self.total_steps = self.steps_per_epoch * cfg.epochs
 
-        # model, class-wise policy, method
-        c, h, w = self.info.image_shape
-        model = build_model(cfg.arch, self.num_classes, self.info.mean, self.info.std, c)
+        # method, class-wise policy (built together: an incompatible pair fails here), model
+        self.method = build_method(cfg.method, steps=cfg.steps, beta=cfg.beta, amp=self.amp,
+                                   attack_bn=cfg.attack_bn, ops_impl=cfg.ops)
         try:
-            self.policy = build_defense(cfg.defense, cfg.defense_opt, num_classes=self.num_classes,
-                                        eps=cfg.eps, alpha=cfg.alpha, beta=cfg.beta)
+            self.policy = build_defense(cfg.defense, cfg.defense_opt, method=self.method,
+                                        num_classes=self.num_classes, eps=cfg.eps,
+                                        alpha=cfg.alpha, beta=cfg.beta)
         except ValueError as err:  # a bad --defense-opt: a clear error (exit code 2), no traceback
             raise TrainError(str(err)) from None
+        c, h, w = self.info.image_shape
+        model = build_model(cfg.arch, self.num_classes, self.info.mean, self.info.std, c)
         model = self.policy.modify_model(model)
         model = model.to(self.device)
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model  # the bare model: saved, evaluated, EMA source
-        self.method = build_method(cfg.method, steps=cfg.steps, beta=cfg.beta, amp=_amp(cfg),
-                                   attack_bn=cfg.attack_bn, ops_impl=cfg.ops)
         self.optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                          nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
         self.schedule = LRSchedule(cfg.schedule, cfg.lr, self.total_steps, self.steps_per_epoch,
                                    cfg.milestones, cfg.gamma, cfg.warmup_epochs)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
         self.ema = EMA(model, cfg.ema) if cfg.ema > 0 else None
-        # a defense may keep its own average of the weights (CFA's FAWA): policy.averaged_model(model)
-        # returns a module that is then validated, saved as best and reported instead of the
-        # training/EMA weights; the policy updates it (hook policy.before_validation) and keeps its
-        # weights in policy.state_dict()
-        make_avg = getattr(self.policy, "averaged_model", None)
-        self.policy_model = make_avg(model) if make_avg is not None else None
+        self.policy_model = self.policy.averaged_model(model)  # e.g. CFA's FAWA, else None
 
         # state
         self.epoch, self.batch, self.global_step = 0, 0, 0
@@ -136,8 +114,13 @@ class Trainer:
         self.eval_model = (self.policy_model if self.policy_model is not None
                            else self.ema.module if self.ema is not None else self.model)
         self.val_attacks = build_attacks(f"pgd-{cfg.val_steps}", self.eval_model, eps=cfg.eps,
-                                         track="any", amp=_amp(cfg), num_classes=self.num_classes)
+                                         track="any", amp=self.amp, num_classes=self.num_classes)
         self.val_label = next(iter(self.val_attacks))
+        self.context = RunContext(
+            method=self.method, eps=cfg.eps, alpha=cfg.alpha, num_classes=self.num_classes,
+            device=self.device, amp=self.amp, seed=cfg.seed, val_attack=self.val_label,
+            val_loader=self.loaders.val, model=self.model, eval_model=self.eval_model,
+            validate=self.validate)
 
     # ---- logging ----
     def log(self, msg: str) -> None:
@@ -215,7 +198,7 @@ class Trainer:
 
     def save(self, name: str = "last.pt") -> None:
         if self.dist.is_main:
-            ckpt.save_atomic(self.state_dict(), self.run_dir / "checkpoints" / name)
+            save_torch(self.state_dict(), self.run_dir / "checkpoints" / name)
 
     # ---- one step ----
     def _sync(self) -> None:
@@ -323,10 +306,10 @@ class Trainer:
     def _end_epoch(self, seconds: float) -> None:
         cfg = self.cfg
         s = self.sums
-        n = dist_utils.all_reduce_sum(s["n"]).cpu()
-        correct = dist_utils.all_reduce_sum(s["correct"]).cpu()
-        clean_correct = dist_utils.all_reduce_sum(s["clean_correct"]).cpu()
-        loss_sum = float(dist_utils.all_reduce_sum(s["loss"]))
+        n = runtime.all_reduce_sum(s["n"]).cpu()
+        correct = runtime.all_reduce_sum(s["correct"]).cpu()
+        clean_correct = runtime.all_reduce_sum(s["clean_correct"]).cpu()
+        loss_sum = float(runtime.all_reduce_sum(s["loss"]))
         total = int(n.sum())
         epoch = self.epoch + 1
         if not math.isfinite(loss_sum):
@@ -349,15 +332,13 @@ class Trainer:
             "val": None,
         }
         val_counts = None
-        before_validation = getattr(self.policy, "before_validation", None)
-        if before_validation is not None:  # e.g. FAWA: validate and maybe absorb the new weights
-            before_validation(epoch - 1, trainer=self)
+        self.policy.before_validation(epoch - 1, self.context)  # e.g. FAWA: maybe absorb the weights
         if epoch % cfg.val_every == 0 or epoch == cfg.epochs:
             val_counts, record["val"] = self.validate()
             self._track_best(record["val"], epoch)
         record["best"] = {k: dict(v) for k, v in self.best.items()}
         record["defense"] = self.policy.update(epoch - 1, val_counts, {"n": n, "correct": correct},
-                                                trainer=self) or {}
+                                                self.context) or {}
         self.history.append(record)
         self.epoch, self.batch = epoch, 0
         self._reset_sums()
@@ -372,14 +353,14 @@ class Trainer:
         """The per-epoch PGD check of `model` (default: the evaluated model) on the validation set."""
         start = time.perf_counter()
         model = self.eval_model if model is None else model
-        dist_utils.broadcast_buffers(self.model)
+        runtime.broadcast_buffers(self.model)
         if self.ema is not None:
-            dist_utils.broadcast_buffers(self.ema.module)
+            runtime.broadcast_buffers(self.ema.module)
         attacks = self.val_attacks if model is self.eval_model else build_attacks(
-            f"pgd-{self.cfg.val_steps}", model, eps=self.cfg.eps, track="any", amp=_amp(self.cfg),
+            f"pgd-{self.cfg.val_steps}", model, eps=self.cfg.eps, track="any", amp=self.amp,
             num_classes=self.num_classes)
         counts = evaluate_classwise(model, self.loaders.val, self.num_classes,
-                                    attacks, amp=_amp(self.cfg), seed=self.cfg.seed,
+                                    attacks, amp=self.amp, seed=self.cfg.seed,
                                     distributed=self.dist.enabled, progress=False, device=self.device)
         clean = counts.clean_accuracy()
         robust = counts.robust_accuracy(self.val_label)
@@ -404,7 +385,7 @@ class Trainer:
             if value is not None and value > self.best[key]["value"]:
                 self.best[key] = {"epoch": epoch, "value": value}
                 if self.dist.is_main:
-                    ckpt.save_atomic({
+                    save_torch({
                         "format": ckpt.BEST_FORMAT, "format_version": ckpt.FORMAT_VERSION,
                         "model": {k: v.detach().cpu() for k, v in self.eval_model.state_dict().items()},
                         "epoch": epoch, "criterion": f"{key} robust accuracy ({val['attack']})",
@@ -420,7 +401,7 @@ class Trainer:
         path = self.run_dir / "checkpoints" / f"best_{which.split('-')[1]}.pt"
         # rank 0 reads and sends: other nodes need not share the run directory's file system
         state = ckpt.load(path, expect=ckpt.BEST_FORMAT) if self.dist.is_main else None
-        state = dist_utils.broadcast_object(state)
+        state = runtime.broadcast_object(state)
         model = copy.deepcopy(self.eval_model)
         _load_model_state(model, state["model"], path.name)
         return model
@@ -431,11 +412,11 @@ class Trainer:
 
         cfg = self.cfg
         model = self.final_model()
-        dist_utils.broadcast_buffers(model)
+        runtime.broadcast_buffers(model)
         if cfg.calibrate:
             model = self.calibrate(model)
         loader = build_test_loader(cfg, self.device, cfg.val_batch_size)
-        attacks = build_attacks(cfg.final_attacks, model, eps=cfg.eps, track="any", amp=_amp(cfg),
+        attacks = build_attacks(cfg.final_attacks, model, eps=cfg.eps, track="any", amp=self.amp,
                                 num_classes=self.num_classes)
         split = self.info.eval_split
         self.log(f"final report: {', '.join(attacks)} at eps {cfg.eps:g} on {loader.num_samples} "
@@ -443,7 +424,7 @@ class Trainer:
                  f"{', EMA' if self.ema is not None else ''}"
                  f"{', class-wise calibrated' if cfg.calibrate else ''})")
         start = time.perf_counter()
-        counts = evaluate_classwise(model, loader, self.num_classes, attacks, amp=_amp(cfg),
+        counts = evaluate_classwise(model, loader, self.num_classes, attacks, amp=self.amp,
                                     seed=cfg.seed, distributed=self.dist.enabled,
                                     progress=self.progress and self.dist.is_main, device=self.device)
         config = {"source": "cwr_fast.train", "run_dir": str(self.run_dir), "dataset": cfg.dataset,
@@ -468,36 +449,23 @@ class Trainer:
         'calibrated') and calibration.json, and returns the calibrated model."""
         import json
 
-        from cwr_fast.defenses.calibration import fit_calibration
+        from cwr_fast.defenses.calibration import calibrate
 
         cfg = self.cfg
-        self.log(f"calibration: fitting logits' = s*z + b ({cfg.calibrate_params}) of the "
-                 f"{cfg.final_model} weights on {self.loaders.num_val} held-out validation images "
-                 f"against PGD-{cfg.calibrate_steps} at eps {cfg.eps:g}, mean drop <= "
-                 f"{cfg.calibrate_max_drop:g}")
-        cal, info = fit_calibration(model, self.loaders.val, self.num_classes, cfg.eps,
-                                    steps=cfg.calibrate_steps, max_mean_drop=cfg.calibrate_max_drop,
-                                    rounds=cfg.calibrate_rounds, amp=_amp(cfg), seed=cfg.seed,
-                                    device=self.device, progress=True, log=self.log,
-                                    params=cfg.calibrate_params)
-        dist_utils.broadcast_buffers(cal)  # rank 0's calibration everywhere
-        info["scale"], info["bias"] = cal.scale.tolist(), cal.bias.tolist()
+        cal, info = calibrate(model, self.loaders.val, self.num_classes, cfg.eps, cfg, amp=self.amp,
+                              seed=cfg.seed, device=self.device, log=self.log)
         info.update({"weights": cfg.final_model + (" (EMA)" if self.ema is not None else ""),
                      "data": f"held-out validation ({cfg.val_split}, {self.loaders.num_val} images)",
                      "checkpoint": "checkpoints/calibrated.pt"})
-        b, a = info["before"], info["after"]
-        self.log(f"calibration: validation worst-class robust {100 * b['robust_worst']:.1f}% -> "
-                 f"{100 * a['robust_worst']:.1f}%, mean robust {100 * b['robust_mean']:.1f}% -> "
-                 f"{100 * a['robust_mean']:.1f}%, clean {100 * b['clean_mean']:.1f}% -> "
-                 f"{100 * a['clean_mean']:.1f}% (round {info['chosen_round']} kept)")
+        after = info["after"]
         if self.dist.is_main:
-            ckpt.save_atomic({
+            save_torch({
                 "format": ckpt.BEST_FORMAT, "format_version": ckpt.FORMAT_VERSION,
                 "model": {k: v.detach().cpu() for k, v in cal.state_dict().items()},
                 "epoch": self.epoch, "criterion": "calibrated", "calibrated": True,
-                "value": a["robust_worst"], "calibration": info, "config": cfg.to_dict()},
+                "value": after["robust_worst"], "calibration": info, "config": cfg.to_dict()},
                 self.run_dir / "checkpoints" / "calibrated.pt")
-            ckpt.write_text_atomic(json.dumps(info, indent=1) + "\n", self.run_dir / "calibration.json")
+            write_text(json.dumps(info, indent=1) + "\n", self.run_dir / "calibration.json")
         return cal
 
 

@@ -18,10 +18,13 @@ Attack-time model mode, from each method's reference code (`attack_bn="auto"`):
   mart     eval mode, as Wang et al.'s code; start x + 0.001 N(0, 1), ascent on CE.
 Parameters never get gradients during the attack; the model's modes are restored afterwards.
 
-`ops="fused"` (default) uses cwr_fast.ops: the fused CE forward+backward gives dL/dlogits, the
+Every attack runs on the one loop of `cwr_fast.attacks.functional.perturb`: PGD-AT and FGSM-RS
+with its CE ascent and uniform start, TRADES with its start and KL gradient, MART with its start.
+
+`ops_impl="fused"` (default) uses cwr_fast.ops: the fused CE forward+backward gives dL/dlogits, the
 fused in-place PGD step moves and projects x_adv; the training CE is ops.temperature_cross_entropy.
-`ops="eager"` is the same loop written with plain PyTorch ops (F.cross_entropy, autograd,
-sign/clamp chains), kept as the baseline of bench/bench_train.py and as a cross-check in tests.
+`ops_impl="eager"` runs the same code on cwr_fast.reference (the same functions in plain PyTorch),
+the baseline of bench/bench_train.py and a cross-check in tests; the module is chosen once, here.
 """
 
 from __future__ import annotations
@@ -33,14 +36,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cwr_fast import ops
-from cwr_fast.attacks.functional import amp_dtype, autocast, perturb
+from cwr_fast.attacks.functional import ops_module, perturb
+from cwr_fast.runtime import amp_dtype, autocast
 from cwr_fast.attacks.model_mode import attack_mode
 
 METHODS = ("standard", "pgd-at", "trades", "mart", "fgsm-rs")
 ATTACK_BN = {"standard": None, "pgd-at": "train", "fgsm-rs": "train", "trades": "eval", "mart": "eval"}
 DEFAULT_BETA = {"trades": 6.0, "mart": 6.0}
-_FP16_SCALE = 1024.0  # keeps fp16 input gradients from underflowing; steps use only the sign
 _TRADES_MART_INIT = 0.001
 
 
@@ -72,8 +74,7 @@ class Method:
                  attack_bn: str = "auto", ops_impl: str = "fused"):
         if attack_bn not in ("auto", "train", "eval"):
             raise ValueError(f"attack_bn must be auto, train or eval, got {attack_bn!r}")
-        if ops_impl not in ("fused", "eager"):
-            raise ValueError(f"ops must be fused or eager, got {ops_impl!r}")
+        self.ops = ops_module(ops_impl)
         if not isinstance(steps, int) or steps < 1:
             raise ValueError(f"attack steps must be an int >= 1, got {steps!r}")
         self.steps, self.amp, self.ops_impl = steps, amp, ops_impl
@@ -91,71 +92,48 @@ class Method:
             yield model
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor, batch: BatchPolicy) -> Tensor:
+        """The training inputs of (x, y): x_adv under the method's attack mode, or x."""
         if not self.adversarial:
             return x
         with self.attack_context(model):
-            return self._perturb(model, x, y, batch).detach()
+            return self.attack(model, x, y, batch).detach()
 
-    def _perturb(self, model, x, y, batch) -> Tensor:
-        raise NotImplementedError
+    def attack(self, model: nn.Module, x: Tensor, y: Tensor, batch: BatchPolicy) -> Tensor:
+        """The method's inner maximisation in the model's current mode (the caller sets it, as
+        `perturb` does): `steps` Linf PGD steps from `_start` (None: uniform in the eps-ball) on
+        the gradient of `_loss_grad` (None: CE on y)."""
+        return perturb(model, x, y, norm="linf", eps=batch.eps, alpha=batch.alpha, steps=self.steps,
+                       loss="ce", random_start=True, track="final", amp=self.amp, score=False,
+                       start=self._start, loss_grad=self._loss_grad(model, x), ops=self.ops).x_adv
+
+    _start = None  # the uniform start in the eps-ball
+
+    def _loss_grad(self, model: nn.Module, x: Tensor):
+        return None  # CE on y
 
     # ---- outer minimisation ----
-    def loss(self, model: nn.Module, x: Tensor, x_train: Tensor, y: Tensor,
-             batch: BatchPolicy) -> StepOutput:
+    def per_sample_loss(self, model: nn.Module, x: Tensor, x_train: Tensor, y: Tensor,
+                        batch: BatchPolicy) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The training objective per sample, without the loss weights (differentiable [N]), the
+        logits of x_train and the clean logits (None where the method does not compute them).
+        Here CE(f(x_train), y)."""
         with autocast(x.device, self.dtype):
             logits = model(x_train)
-        return StepOutput(self._ce(logits, y, batch.weight), logits.detach())
+        return self._ce_per_sample(logits, y), logits, None
+
+    def loss(self, model: nn.Module, x: Tensor, x_train: Tensor, y: Tensor,
+             batch: BatchPolicy) -> StepOutput:
+        """mean_i w_i l_i of per_sample_loss; for CE, one fused op."""
+        with autocast(x.device, self.dtype):
+            logits = model(x_train)
+        loss = self.ops.temperature_cross_entropy(logits, y, 1.0, weight=batch.weight, reduction="mean")
+        return StepOutput(loss, logits.detach())
 
     def _beta(self, batch: BatchPolicy):
         return self.beta if batch.beta is None else batch.beta
 
-    def _ce(self, logits: Tensor, y: Tensor, weight: Tensor | None) -> Tensor:
-        if self.ops_impl == "fused":
-            return ops.temperature_cross_entropy(logits, y, 1.0, weight=weight, reduction="mean")
-        loss = F.cross_entropy(logits.float(), y, reduction="none")
-        return (loss * weight).mean() if weight is not None else loss.mean()
-
     def _ce_per_sample(self, logits: Tensor, y: Tensor) -> Tensor:
-        if self.ops_impl == "fused":
-            return ops.temperature_cross_entropy(logits, y, 1.0, reduction="none")
-        return F.cross_entropy(logits.float(), y, reduction="none")
-
-    # ---- the ascent loop for custom starts and losses (TRADES, MART, and the eager baseline) ----
-    def _ascent(self, model: nn.Module, x_nat: Tensor, x_start: Tensor, dloss_dlogits,
-                eps, alpha) -> Tensor:
-        """`steps` signed-gradient steps from x_start, each projected onto the Linf eps-ball of
-        x_nat and [0, 1]. dloss_dlogits(logits) -> dL/dlogits of the loss to ascend."""
-        scale = _FP16_SCALE if self.dtype == torch.float16 else None
-        x = x_start.detach().clone()
-        shape = (-1,) + (1,) * (x.dim() - 1)
-        for _ in range(self.steps):
-            x.requires_grad_(True)
-            with autocast(x.device, self.dtype):
-                logits = model(x)
-            if self.ops_impl == "eager":
-                loss = dloss_dlogits(logits, eager=True)
-                (grad,) = torch.autograd.grad(loss * (scale or 1.0), x)
-            else:
-                dz = dloss_dlogits(logits, eager=False)
-                if scale is not None:
-                    dz = dz * scale
-                (grad,) = torch.autograd.grad(logits, x, dz.to(logits.dtype))
-            x = x.detach()
-            if self.ops_impl == "fused":
-                ops.linf_pgd_step_(x, grad, x_nat, alpha, eps)
-            else:
-                a = alpha.view(shape) if isinstance(alpha, Tensor) else alpha
-                e = eps.view(shape) if isinstance(eps, Tensor) else eps
-                x = x + a * grad.sign()
-                x = torch.min(torch.max(x, x_nat - e), x_nat + e).clamp_(0.0, 1.0)
-        return x
-
-    def _ce_ascent_grad(self, y: Tensor):
-        def grad_fn(logits: Tensor, eager: bool):
-            if eager:
-                return F.cross_entropy(logits.float(), y, reduction="sum")
-            return ops.temperature_ce_fwd_bwd(logits, y, 1.0)[1]
-        return grad_fn
+        return self.ops.temperature_cross_entropy(logits, y, 1.0, reduction="none")
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(steps={self.steps}, beta={self.beta}, amp={self.amp}, "
@@ -175,14 +153,6 @@ class PGDAT(Method):
 
     name = "pgd-at"
 
-    def _perturb(self, model, x, y, batch):
-        if self.ops_impl == "fused":
-            return perturb(model, x, y, norm="linf", eps=batch.eps, alpha=batch.alpha,
-                           steps=self.steps, loss="ce", random_start=True, track="final",
-                           amp=self.amp, score=False).x_adv
-        return self._ascent(model, x, _uniform_start(x, batch.eps), self._ce_ascent_grad(y),
-                            batch.eps, batch.alpha)
-
 
 class FGSMRS(PGDAT):
     """FGSM with random start ("fast is better than free", Wong et al., ICLR 2020): uniform start
@@ -194,7 +164,30 @@ class FGSMRS(PGDAT):
         super().__init__(steps=1, **kwargs)
 
 
-class TRADES(Method):
+class _CleanAndAdversarial(Method):
+    """TRADES and MART: the attack starts at x + 0.001 N(0, I); the loss needs the clean and the
+    adversarial forward passes (two forwards, as the reference code: separate BatchNorm batch
+    statistics); loss() reduces per_sample_loss with the per-sample weights."""
+
+    def _start(self, x: Tensor) -> Tensor:
+        return x + _TRADES_MART_INIT * torch.randn_like(x)
+
+    def _forwards(self, model, x, x_train) -> tuple[Tensor, Tensor]:
+        with autocast(x.device, self.dtype):
+            return model(x), model(x_train)
+
+    def loss(self, model, x, x_train, y, batch):
+        per_sample, logits_adv, logits_nat = self.per_sample_loss(model, x, x_train, y, batch)
+        if batch.weight is not None:
+            per_sample = per_sample * batch.weight
+        return StepOutput(self._reduce(per_sample), logits_adv.detach(), logits_nat.detach())
+
+    @staticmethod
+    def _reduce(per_sample: Tensor) -> Tensor:
+        return per_sample.mean()
+
+
+class TRADES(_CleanAndAdversarial):
     """TRADES (Zhang et al., ICML 2019):
         L = CE(f(x), y) + beta * KL(softmax f(x) || softmax f(x')),
         x' = argmax_{||x'-x||<=eps} KL(softmax f(x) || softmax f(x')), from x + 0.001 N(0, I).
@@ -202,33 +195,24 @@ class TRADES(Method):
 
     name = "trades"
 
-    def _perturb(self, model, x, y, batch):
+    def _loss_grad(self, model, x):
         with torch.no_grad(), autocast(x.device, self.dtype):
             p_nat = torch.softmax(model(x).float(), dim=1)
 
-        def grad_fn(logits: Tensor, eager: bool):
-            if eager:
-                return F.kl_div(F.log_softmax(logits.float(), dim=1), p_nat, reduction="sum")
+        def kl_grad(logits: Tensor) -> Tensor:
             # d/dz sum_i KL(p_i || softmax(z_i)) = softmax(z_i) - p_i: closed form, no autograd
             return torch.softmax(logits.float(), dim=1) - p_nat
+        return kl_grad
 
-        start = x + _TRADES_MART_INIT * torch.randn_like(x)
-        return self._ascent(model, x, start, grad_fn, batch.eps, batch.alpha)
-
-    def loss(self, model, x, x_train, y, batch):
-        # two forwards, as the reference code (separate BatchNorm batch statistics)
-        with autocast(x.device, self.dtype):
-            logits_nat, logits_adv = model(x), model(x_train)
+    def per_sample_loss(self, model, x, x_train, y, batch):
+        logits_nat, logits_adv = self._forwards(model, x, x_train)
         ce = self._ce_per_sample(logits_nat, y)
         kl = F.kl_div(F.log_softmax(logits_adv.float(), dim=1), F.softmax(logits_nat.float(), dim=1),
                       reduction="none").sum(dim=1)
-        per_sample = ce + _per_sample_value(self._beta(batch), kl) * kl
-        if batch.weight is not None:
-            per_sample = per_sample * batch.weight
-        return StepOutput(per_sample.mean(), logits_adv.detach(), logits_nat.detach())
+        return ce + _per_sample_value(self._beta(batch), kl) * kl, logits_adv, logits_nat
 
 
-class MART(Method):
+class MART(_CleanAndAdversarial):
     """MART (Wang et al., ICLR 2020), as in the authors' code:
         L = BCE(f(x'), y) + beta * KL(softmax f(x) || softmax f(x')) * (1 - p_y(x)),
         BCE = CE(f(x'), y) - log(1 - max_{k != y} p_k(x')),
@@ -236,14 +220,8 @@ class MART(Method):
 
     name = "mart"
 
-    def _perturb(self, model, x, y, batch):
-        start = x + _TRADES_MART_INIT * torch.randn_like(x)
-        return self._ascent(model, x, start, self._ce_ascent_grad(y), batch.eps, batch.alpha)
-
-    def loss(self, model, x, x_train, y, batch):
-        n = x.shape[0]
-        with autocast(x.device, self.dtype):
-            logits_nat, logits_adv = model(x), model(x_train)
+    def per_sample_loss(self, model, x, x_train, y, batch):
+        logits_nat, logits_adv = self._forwards(model, x, x_train)
         adv_probs = F.softmax(logits_adv.float(), dim=1)
         top2 = torch.argsort(adv_probs, dim=1)[:, -2:]
         new_y = torch.where(top2[:, -1] == y, top2[:, -2], top2[:, -1])
@@ -253,10 +231,11 @@ class MART(Method):
         true_probs = nat_probs.gather(1, y[:, None]).squeeze(1)
         kl = (nat_probs * (torch.log(nat_probs + 1e-12) - torch.log(adv_probs + 1e-12))).sum(dim=1)
         robust = kl * (1.0000001 - true_probs)
-        per_sample = bce + _per_sample_value(self._beta(batch), robust) * robust
-        if batch.weight is not None:
-            per_sample = per_sample * batch.weight
-        return StepOutput(per_sample.sum() / n, logits_adv.detach(), logits_nat.detach())
+        return bce + _per_sample_value(self._beta(batch), robust) * robust, logits_adv, logits_nat
+
+    @staticmethod
+    def _reduce(per_sample: Tensor) -> Tensor:
+        return per_sample.sum() / per_sample.shape[0]  # the authors' sum / batch size
 
 
 _CLASSES = {cls.name: cls for cls in (Standard, PGDAT, TRADES, MART, FGSMRS)}
@@ -266,14 +245,6 @@ def build_method(name: str, **kwargs) -> Method:
     if name not in _CLASSES:
         raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
     return _CLASSES[name](**kwargs)
-
-
-def _uniform_start(x: Tensor, eps) -> Tensor:
-    if isinstance(eps, Tensor):
-        delta = (torch.rand_like(x) * 2 - 1) * eps.view((-1,) + (1,) * (x.dim() - 1))
-    else:
-        delta = torch.empty_like(x).uniform_(-eps, eps)
-    return torch.clamp(x + delta, 0.0, 1.0)
 
 
 def _per_sample_value(value, like: Tensor):

@@ -1,4 +1,5 @@
-"""torch.distributed helpers: set-up from torchrun's environment, rank-0-only writing, reductions.
+"""Where and how a run executes, for every tool (train, evaluate, compare, reproduce):
+the device, torchrun's process group and its reductions, mixed precision, and the seeds.
 
     torchrun --nproc_per_node 8 -m cwr_fast.train --dataset imagenet ...
     (CPU: gloo backend; GPU: nccl, one device per process, LOCAL_RANK)
@@ -6,9 +7,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+import random
 from dataclasses import dataclass
+
+import numpy as np
 
 import torch
 import torch.distributed as dist
@@ -52,6 +57,68 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return device
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (or buffer); the CPU for a stateless model."""
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+# ---- mixed precision: one spelling ---------------------------------------------------------------
+
+AMP_MODES = ("auto", "bf16", "fp16", "off")  # the --amp choices of every tool
+_AMP_DTYPES = {None: None, "off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+_FP16_LOSS_SCALE = 1024.0  # keeps fp16 input gradients from underflowing; steps use the direction only
+
+
+def resolve_amp(mode: str, device: torch.device | str) -> str | None:
+    """--amp -> the autocast mode of the run: 'auto' is bf16 on CUDA and off on the CPU
+    (where oneDNN emulates bf16 without AMX); None means float32."""
+    if mode not in AMP_MODES:
+        raise ValueError(f"--amp must be one of {', '.join(AMP_MODES)}, got {mode!r}")
+    if mode == "auto":
+        return "bf16" if torch.device(device).type == "cuda" else None
+    return None if mode == "off" else mode
+
+
+def amp_dtype(amp: str | None) -> torch.dtype | None:
+    if amp not in _AMP_DTYPES:
+        raise ValueError(f"amp must be one of {[k for k in _AMP_DTYPES if k]}, got {amp!r}")
+    return _AMP_DTYPES[amp]
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def fp16_loss_scale(dtype: torch.dtype | None) -> float | None:
+    """The factor on dL/dlogits under fp16 autocast (None otherwise)."""
+    return _FP16_LOSS_SCALE if dtype == torch.float16 else None
+
+
+# ---- seeds -----------------------------------------------------------------------------------------
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """torch, Python and NumPy global seeds; deterministic: torch's deterministic algorithms and
+    no cuDNN benchmark (else cuDNN benchmarks on CUDA)."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+    elif torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True
+
+
+# ---- torchrun --------------------------------------------------------------------------------------
+
 def world_size_from_env() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
@@ -69,6 +136,10 @@ def init(device_name: str, timeout_s: float = 1800.0) -> DistInfo:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                                 timeout=datetime.timedelta(seconds=timeout_s))
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, device)
+
+
+def is_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
 
 
 def cleanup() -> None:

@@ -1,0 +1,141 @@
+"""Options declared once. A configuration is a dataclass whose fields carry their command-line
+declaration (flag, help, group, type, whether a resumed run may change it, and a check), so the
+parser, the resume rules and the simple checks are all derived from one place, in the spirit of
+FFCV's examples (one declaration per parameter):
+
+    @dataclass
+    class Config:
+        epochs: int = option(8, "training epochs", "optimisation", type=integer, check=at_least(1))
+
+    add_options(parser, Config)               # --epochs, in the group "optimisation"
+    given = given_options(parser.parse_args(), Config)   # only what the user typed
+    check_options(cfg)                        # "--epochs must be an integer >= 1, got 0"
+
+The parser's defaults are suppressed: a namespace holds only the options given on the command
+line, and the configuration's code decides what an unset option means (a preset, a field default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Declaration:
+    help: str
+    group: str
+    type: Callable | None = None
+    choices: tuple | None = None
+    action: object = None            # "store_true", argparse.BooleanOptionalAction, ...
+    metavar: str | None = None
+    fixed_on_resume: bool = False    # part of a run's trajectory: a resumed run must not change it
+    check: Callable | None = None    # value -> the reason it is wrong ("must be >= 0, got -1") or None
+    shown_default: str | None = None  # what --help says the default is (default: the field's)
+
+
+def option(default, help: str, group: str, **declaration):
+    """A dataclass field with its command-line declaration (see Declaration)."""
+    meta = {"option": Declaration(help, group, **declaration)}
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def declared(cls) -> list[tuple[dataclasses.Field, Declaration]]:
+    return [(f, f.metadata["option"]) for f in dataclasses.fields(cls) if "option" in f.metadata]
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_options(parser: argparse.ArgumentParser, cls, groups: dict | None = None,
+                shown_defaults: dict | None = None) -> dict:
+    """Adds every declared option of `cls` to `parser`, in argument groups by declaration.group
+    (created on first use and returned, so a caller can add more to a group). shown_defaults:
+    {field name: text} overrides what --help says of a default (e.g. 'dataset preset')."""
+    groups = {} if groups is None else groups
+    shown_defaults = shown_defaults or {}
+    for f, d in declared(cls):
+        if d.group not in groups:
+            groups[d.group] = parser.add_argument_group(d.group)
+        shown = shown_defaults.get(f.name, d.shown_default)
+        if shown is None:
+            shown = _shown(f.default if f.default is not dataclasses.MISSING else f.default_factory())
+        kwargs = {"dest": f.name, "default": argparse.SUPPRESS,
+                  "help": f"{d.help} (default {shown})" if shown else d.help}
+        for key in ("type", "choices", "action", "metavar"):
+            value = getattr(d, key)
+            if value is not None:
+                kwargs[key] = value
+        groups[d.group].add_argument(flag(f.name), **kwargs)
+    return groups
+
+
+def _shown(value) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if value is None or value == [] or value == {}:
+        return ""
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def given_options(args: argparse.Namespace, cls) -> dict:
+    """{field name: value} of the declared options that were given on the command line."""
+    names = {f.name for f, _ in declared(cls)}
+    return {k: v for k, v in vars(args).items() if k in names}
+
+
+def resume_rules(cls) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(the fields a resumed run must keep, the fields it may change)."""
+    fixed = tuple(f.name for f, d in declared(cls) if d.fixed_on_resume)
+    free = tuple(f.name for f, d in declared(cls) if not d.fixed_on_resume)
+    return fixed, free
+
+
+def check_options(cfg) -> str | None:
+    """The first failed declared check, as '--flag <reason>', or None."""
+    for f, d in declared(type(cfg)):
+        if d.check is not None:
+            reason = d.check(getattr(cfg, f.name))
+            if reason:
+                return f"{flag(f.name)} {reason}"
+    return None
+
+
+# ---- the checks ---------------------------------------------------------------------------------
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def at_least(low: int, optional: bool = False):
+    """An integer >= low (None allowed when optional, i.e. 'no limit')."""
+    def check(v):
+        if optional:
+            return None if v is None or (_is_int(v) and v >= low) else f"must be >= {low}, got {v}"
+        return None if _is_int(v) and v >= low else f"must be an integer >= {low}, got {v}"
+    return check
+
+
+def positive(v):
+    return None if v is None or (not isinstance(v, bool) and v > 0) else f"must be > 0, got {v}"
+
+
+def non_negative(v):
+    return None if v is None or (not isinstance(v, bool) and v >= 0) else f"must be >= 0, got {v}"
+
+
+def fraction(v):
+    return None if 0 <= v <= 1 else (f"must be a fraction in [0, 1] (0.01 = 1 point of mean "
+                                     f"accuracy), got {v:g}")
+
+
+def one_of(*choices):
+    def check(v):
+        return None if v in choices else f"must be {' or '.join(map(str, choices))}, got {v!r}"
+    return check

@@ -1,0 +1,127 @@
+"""The layers of docs/ARCHITECTURE.md: a module imports only from its own layer or lower ones, and
+the import graph (module-level and function-level imports alike) has no cycles."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "cwr_fast"
+
+# lowest first; a module's layer is that of its longest listed prefix
+LAYERS = [
+    ["cwr_fast._C", "cwr_fast.ops", "cwr_fast.reference", "cwr_fast.cli_types",
+     "cwr_fast.options", "cwr_fast.outputs", "cwr_fast.runtime"],
+    ["cwr_fast.data", "cwr_fast.models"],
+    ["cwr_fast.attacks"],
+    ["cwr_fast.classwise", "cwr_fast.report"],
+    ["cwr_fast.methods"],
+    ["cwr_fast.defenses"],
+    ["cwr_fast.training"],
+    ["cwr_fast.train", "cwr_fast.evaluate", "cwr_fast.compare", "cwr_fast.findings",
+     "cwr_fast.findings_report", "cwr_fast.reproduce", "cwr_fast.__main__"],
+]
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def layer_of(module: str) -> int | None:
+    best = None
+    for level, prefixes in enumerate(LAYERS):
+        for prefix in prefixes:
+            if module == prefix or module.startswith(prefix + "."):
+                if best is None or len(prefix) > best[1]:
+                    best = (level, len(prefix))
+    return None if best is None else best[0]
+
+
+def imports_of(path: Path, modules: set[str], source: str | None = None) -> set[str]:
+    """The cwr_fast modules `path` imports, anywhere in the file (`from cwr_fast.x import y`
+    counts as cwr_fast.x.y when that is a module)."""
+    me = module_name(path)
+    package = me if path.name == "__init__.py" else me.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text() if source is None else source, str(path))):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1]
+                                + ([base] if base else []))
+            names = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base
+                     for a in node.names]
+        else:
+            continue
+        found.update(n for n in names if n.startswith("cwr_fast"))
+    found.discard(me)
+    return found
+
+
+def graph(planted: dict[str, str] | None = None) -> dict[str, set[str]]:
+    """{module: the modules it imports}; planted: {module: extra source appended to it}."""
+    files = [p for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts]
+    modules = {module_name(p) for p in files}
+    extra = planted or {}
+    return {module_name(p): imports_of(p, modules, p.read_text() + extra.get(module_name(p), ""))
+            for p in files}
+
+
+def upward_imports(g) -> list[str]:
+    return sorted(f"{m} (layer {layer_of(m)}) imports {t} (layer {layer_of(t)})"
+                  for m, targets in g.items() for t in targets
+                  if m != "cwr_fast" and layer_of(t) is not None and layer_of(t) > layer_of(m))
+
+
+def cycles_in(g) -> list[str]:
+    g = {m: t for m, t in g.items() if m != "cwr_fast"}  # the package itself only re-exports ops
+    state, cycles = {}, []
+
+    def visit(node, stack):
+        state[node] = "open"
+        stack.append(node)
+        for nxt in sorted(g.get(node, ())):
+            if nxt not in g:
+                continue
+            if state.get(nxt) == "open":
+                cycles.append(" -> ".join(stack[stack.index(nxt):] + [nxt]))
+            elif nxt not in state:
+                visit(nxt, stack)
+        stack.pop()
+        state[node] = "done"
+
+    for node in sorted(g):
+        if node not in state:
+            visit(node, [])
+    return cycles
+
+
+def test_every_module_has_a_layer():
+    assert [m for m in graph() if m != "cwr_fast" and layer_of(m) is None] == []
+
+
+def test_no_module_imports_a_higher_layer():
+    assert upward_imports(graph()) == []
+
+
+def test_the_import_graph_has_no_cycles():
+    assert cycles_in(graph()) == []
+
+
+LAZY_UPWARD = "\n\ndef _planted():\n    from cwr_fast.training.config import TrainConfig\n"
+
+
+def test_the_checks_see_a_planted_upward_import_and_cycle():
+    # a function-level import from the data layer up into training: upward, and a cycle
+    # (training.config imports the data registry)
+    g = graph({"cwr_fast.data.registry": LAZY_UPWARD})
+    assert any(line.startswith("cwr_fast.data.registry (layer 1) imports cwr_fast.training.config")
+               for line in upward_imports(g))
+    assert any("cwr_fast.data.registry" in c and "cwr_fast.training.config" in c for c in cycles_in(g))
