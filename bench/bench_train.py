@@ -73,7 +73,8 @@ RESULTS: dict[tuple, dict] = {}
 def make_trainer(model: str, ops: str, amp: str) -> Trainer:
     dataset, arch, batch, steps, eps, alpha = MODELS[model]()
     cfg = TrainConfig(dataset=dataset, arch=arch, method="pgd-at", eps=eps, alpha=alpha, steps=steps,
-                      ops=ops, amp=amp, batch_size=batch, epochs=1, val_per_class=1,
+                      ops=ops, amp=amp, batch_size=batch, epochs=1, eps_warmup_epochs=0.0,
+                      val_per_class=1,
                       train_per_class=max(batch * (TIMED_STEPS + 2) // 10 + 1, 8),
                       val_steps=1, lr=0.01, schedule="constant", milestones=[],
                       final_attacks="pgd-1", device=str(DEVICE), time_split=True,

@@ -33,17 +33,28 @@ def integer(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
 
 
-def comma_list(cast=str, what: str = "values"):
-    """An argparse type: 'a,b,c' -> [cast(a), cast(b), cast(c)], at least one item."""
+def comma_list(cast=str, what: str = "values", allow_empty: bool = False):
+    """An argparse type: 'a,b,c' -> [cast(a), cast(b), cast(c)], at least one item unless
+    allow_empty ('' -> [])."""
     def parse(text: str) -> list:
         values = [cast(t.strip()) for t in text.split(",") if t.strip()]
-        if not values:
+        if not values and not allow_empty:
             raise argparse.ArgumentTypeError(f"expected a comma-separated list of {what}")
         return values
     return parse
 
 
 numbers = comma_list(number, "numbers")
+
+
+def budget_problem(value: float) -> str | None:
+    """Why a Linf budget is not one (pixel units in [0, 1]), or None."""
+    if value < 0:
+        return f"must be >= 0, got {value:g}"
+    if value > 1:
+        return (f"must lie in [0, 1] pixel units, got {value:g} (did you mean {value:g}/255 = "
+                f"{value / 255:.4f}?)")
+    return None
 
 
 def fmt_budget(value: float) -> str:

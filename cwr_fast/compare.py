@@ -25,7 +25,7 @@ from pathlib import Path
 from cwr_fast.classwise.analysis import SCHEMA
 from cwr_fast.cli_types import comma_list, usage_error
 from cwr_fast.classwise.stats import wilson_interval
-from cwr_fast.outputs import OutputError, check_output_dir, write_files
+from cwr_fast.outputs import OutputError, check_output_dir, write_atomic, write_files
 from cwr_fast.report import csv_text, figure, pct, table
 
 COMPARE_SCHEMA = "cwr_fast.compare"
@@ -282,14 +282,7 @@ def plot_comparison(rows: Sequence[dict], path: str | os.PathLike, runs: Sequenc
         ax2.set_ylabel(f"robust accuracy, {accuracy} (%)")
         ax2.set_title("Per class")
         ax2.legend(fontsize="small")
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomic(path, "wb", lambda f: fig.savefig(f, format="png"))
 
 
 # ---- writing ------------------------------------------------------------------------------------

@@ -22,7 +22,8 @@ from cwr_fast import runtime
 from cwr_fast.attacks.spec import AttackSpecError, check_attacks, parse_attack, parse_attacks
 from cwr_fast.classwise.analysis import build_report, sweep_section
 from cwr_fast.classwise.engine import evaluate_classwise
-from cwr_fast.cli_types import ConfigError, fmt_budget, integer, interrupted, number, numbers, usage_error
+from cwr_fast.cli_types import (ConfigError, budget_problem, fmt_budget, integer, interrupted, number,
+                                numbers, usage_error)
 from cwr_fast.defenses.calibration import OPTIONS_GROUP, CalibrationConfig, calibrate
 from cwr_fast.models.calibration import ClasswiseCalibration, calibrated_num_classes, is_calibrated_state
 from cwr_fast.models.checkpoint import CheckpointMismatchError, load_weights, read_checkpoint
@@ -32,7 +33,6 @@ from cwr_fast.outputs import check_output_dir
 from cwr_fast.report import REPORT_KIND, format_summary, write_report
 
 DEFAULT_ATTACKS = "fgsm,pgd-20,cw-30"
-CliError = ConfigError  # a user error: printed as one line, exit status 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated, e.g. fgsm,pgd-20,tpgd-20:T=2,cw-30,aa (default %(default)s)")
     g.add_argument("--eps", type=number, help="Linf budget in [0, 1] pixel units, e.g. 8/255 "
                    "(default: the checkpoint's training eps when it was written by cwr_fast.train, "
-                   "else the dataset's: 0.3 for MNIST, 4/255 for ImageNet, 8/255 for the others)")
+                   "else the dataset's customary one, DatasetInfo.budget)")
     g.add_argument("--eps-l2", type=number, help="default budget of L2 attacks")
     g.add_argument("--track", choices=("any", "final"), default="any",
                    help="a sample is fooled if any iterate fools it (default), or only the last")
@@ -93,34 +93,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check_args(args) -> None:
     if (args.arch is None) == (args.model is None):
-        raise CliError("give exactly one of --arch NAME (with --checkpoint) or --model FILE.py:FACTORY")
+        raise ConfigError("give exactly one of --arch NAME (with --checkpoint) or --model FILE.py:FACTORY")
     if args.arch is not None:
         canonical_name(args.arch)
         if args.checkpoint is None:
-            raise CliError("--arch needs --checkpoint (a zoo model without weights is untrained)")
+            raise ConfigError("--arch needs --checkpoint (a zoo model without weights is untrained)")
     if args.checkpoint is not None and not Path(args.checkpoint).is_file():
-        raise CliError(f"checkpoint not found: {args.checkpoint}")
-    for name in ("eps", "eps_l2"):
-        value = getattr(args, name)
-        if value is not None and value < 0:
-            raise CliError(f"--{name.replace('_', '-')} must be >= 0, got {value:g}")
-    if args.eps is not None and args.eps > 1:
-        raise CliError(f"--eps {args.eps:g} exceeds 1: budgets are in [0, 1] pixel units "
-                       f"(did you mean {args.eps:g}/255?)")
+        raise ConfigError(f"checkpoint not found: {args.checkpoint}")
+    if args.eps is not None and budget_problem(args.eps):
+        raise ConfigError(f"--eps {budget_problem(args.eps)}")
+    if args.eps_l2 is not None and args.eps_l2 < 0:
+        raise ConfigError(f"--eps-l2 must be >= 0, got {args.eps_l2:g}")
     if args.eps_sweep and any(not 0 <= e <= 1 for e in args.eps_sweep):
-        raise CliError(f"--eps-sweep values must lie in [0, 1], got {args.eps_sweep}")
+        raise ConfigError(f"--eps-sweep values must lie in [0, 1], got {args.eps_sweep}")
     if args.tpgd_sweep and any(t <= 0 for t in args.tpgd_sweep):
-        raise CliError(f"--tpgd-sweep temperatures must be > 0, got {args.tpgd_sweep}")
+        raise ConfigError(f"--tpgd-sweep temperatures must be > 0, got {args.tpgd_sweep}")
     if args.calibrate_split is not None and args.calibrate_split == args.split:
-        raise CliError(f"--calibrate-split {args.calibrate_split} is the evaluated split: fit the "
+        raise ConfigError(f"--calibrate-split {args.calibrate_split} is the evaluated split: fit the "
                        "calibration on other images (e.g. --calibrate-split train)")
     reason = check_options(calibration_config(args))
     if reason:
-        raise CliError(reason)
+        raise ConfigError(reason)
     for name in ("calibrate_per_class", "batch_size", "sweep_steps", "limit"):
         value = getattr(args, name)
         if value is not None and value < 1:
-            raise CliError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     check_output_dir(args.out, REPORT_KIND, args.overwrite)
 
 
@@ -145,10 +142,10 @@ def _load_model(args, info, device: torch.device) -> tuple[torch.nn.Module, bool
         state, train_config = read_checkpoint(args.checkpoint, args.checkpoint_key)
         if is_calibrated_state(state):
             if calibrated_num_classes(state) != info.num_classes:
-                raise CliError(f"the calibrated checkpoint has {calibrated_num_classes(state)} "
+                raise ConfigError(f"the calibrated checkpoint has {calibrated_num_classes(state)} "
                                f"classes, {info.name} has {info.num_classes}")
             if args.calibrate_split is not None:
-                raise CliError(f"{args.checkpoint} is already calibrated: drop --calibrate-split, "
+                raise ConfigError(f"{args.checkpoint} is already calibrated: drop --calibrate-split, "
                                "or fit on the uncalibrated weights")
             model, calibrated = ClasswiseCalibration(model, info.num_classes), True
         load_weights(model, args.checkpoint, key=args.checkpoint_key, arch_name=label, state=state)
@@ -194,6 +191,11 @@ def run(args) -> dict:
     info.check_split(args.split)
     if args.calibrate_split is not None:
         info.check_split(args.calibrate_split)
+    per_class = None
+    if args.limit is not None:
+        per_class = args.limit // info.num_classes
+        if per_class < 1:
+            raise ConfigError(f"--limit {args.limit} is below the number of classes ({info.num_classes})")
     dist_info = runtime.init(args.device)
     device, rank, world = dist_info.device, dist_info.rank, dist_info.world_size
     model, from_checkpoint, train_config = _load_model(args, info, device)
@@ -202,12 +204,7 @@ def run(args) -> dict:
     sweeps = {"T": [sweep_base["T"].with_params(T=t) for t in args.tpgd_sweep or []],
               "eps": [sweep_base["eps"].with_params(eps=e) for e in args.eps_sweep or []]}
     check_attacks(specs + sweeps["T"] + sweeps["eps"], eps=eps, eps_l2=args.eps_l2,
-                  num_classes=info.num_classes)  # every setting, before any work
-    per_class = None
-    if args.limit is not None:
-        per_class = args.limit // info.num_classes
-        if per_class < 1:
-            raise CliError(f"--limit {args.limit} is below the number of classes ({info.num_classes})")
+                  num_classes=info.num_classes)  # every setting, before any attack runs
     amp = runtime.resolve_amp(args.amp, device)
     calibration = {"calibrated": from_checkpoint,
                    "calibration": "from the checkpoint" if from_checkpoint else None}
@@ -243,7 +240,7 @@ def run(args) -> dict:
               "eps_source": eps_source,
               "eps_l2": args.eps_l2, "track": args.track, "tpgd_sweep": args.tpgd_sweep,
               "eps_sweep": args.eps_sweep, "sweep_steps": args.sweep_steps,
-              "batch_size": args.batch_size, "amp": args.amp, "device": str(device),
+              "batch_size": args.batch_size, "amp": amp or "off", "device": str(device),
               "channels_last": not args.no_channels_last,
               "world_size": world, "limit": args.limit, "per_class": per_class, "seed": args.seed,
               **calibration,
@@ -266,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     started_group = not runtime.is_initialized()
     try:
         run(args)
-    except (CliError, AttackSpecError, CheckpointMismatchError, DatasetError, FileNotFoundError,
+    except (ConfigError, AttackSpecError, CheckpointMismatchError, DatasetError, FileNotFoundError,
             FileExistsError, ValueError, TypeError) as err:
         return usage_error("cwr_fast.evaluate", err)
     except KeyboardInterrupt:

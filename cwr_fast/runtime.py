@@ -1,4 +1,4 @@
-"""Where and how a run executes, for every tool (train, evaluate, compare, reproduce):
+"""Where and how a run executes, for the tools that run models (train, evaluate, reproduce):
 the device, torchrun's process group and its reductions, mixed precision, and the seeds.
 
     torchrun --nproc_per_node 8 -m cwr_fast.train --dataset imagenet ...
@@ -119,6 +119,10 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 # ---- torchrun --------------------------------------------------------------------------------------
 
+def is_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
 def world_size_from_env() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
@@ -138,12 +142,8 @@ def init(device_name: str, timeout_s: float = 1800.0) -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, device)
 
 
-def is_initialized() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
 def cleanup() -> None:
-    if dist.is_available() and dist.is_initialized():
+    if is_initialized():
         dist.destroy_process_group()
 
 
@@ -155,7 +155,7 @@ def _comm_device(tensor: torch.Tensor) -> torch.device:
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum over processes (returns a new tensor on tensor's device); identity for one process."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not is_initialized() or dist.get_world_size() == 1:
         return tensor
     t = tensor.detach().to(_comm_device(tensor)).clone()
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
@@ -165,7 +165,7 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
 def broadcast_buffers(module: nn.Module, src: int = 0) -> None:
     """Rank src's buffers (BatchNorm statistics) on every process, so that eval-mode forwards
     agree across ranks (DDP only broadcasts them at the start of each training forward)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not is_initialized() or dist.get_world_size() == 1:
         return
     for buf in module.buffers():
         t = buf.detach().to(_comm_device(buf))
@@ -175,13 +175,13 @@ def broadcast_buffers(module: nn.Module, src: int = 0) -> None:
 
 
 def barrier() -> None:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
 
 
 def broadcast_object(obj, src: int = 0):
     """A picklable object from rank src on every process."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not is_initialized() or dist.get_world_size() == 1:
         return obj
     box = [obj]
     dist.broadcast_object_list(box, src)

@@ -26,11 +26,11 @@ from cwr_fast.outputs import (OutputError, OutputExists, check_output_dir, check
                               write_manifest, write_text)
 from cwr_fast.training import checkpoint as ckpt
 from cwr_fast.training.config import (OVERRIDABLE_ON_RESUME, TRAJECTORY_KEYS, TrainConfig,
-                                      build_parser, default_run_dir, given, resolve)
+                                      build_parser, default_run, default_run_dir, given, resolve)
 
-REDUCED_NOTE = ("note: the default mnist-embedded preset is a REDUCED CPU budget (10 PGD steps of "
-                "0.04, eps ramped to 0.3 over 3 epochs, 8 epochs on 3,800 digits), not Madry et "
-                "al.'s 40 steps x ~100k iterations; expect lower robust accuracy than published.")
+REDUCED_NOTE = (f"note: the default mnist-embedded preset is a REDUCED CPU budget ({default_run()}), "
+                "not Madry et al.'s 40 steps x ~100k iterations; expect lower robust accuracy "
+                "than published.")
 
 
 def _same(a, b) -> bool:

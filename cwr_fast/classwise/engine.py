@@ -21,10 +21,9 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from cwr_fast.attacks.attack import Attack, check_pixel_range
-from cwr_fast.runtime import amp_dtype, autocast
-from cwr_fast.runtime import model_device
 from cwr_fast.attacks.model_mode import attack_mode, to_channels_last
 from cwr_fast.classwise.counts import ClasswiseCounts
+from cwr_fast.runtime import amp_dtype, autocast, model_device
 
 
 def _named_attacks(attacks: Mapping[str, Attack] | Sequence[Attack]) -> dict[str, Attack]:

@@ -50,12 +50,11 @@ from torch import Tensor, nn
 
 from cwr_fast import runtime
 from cwr_fast.attacks.functional import perturb
-from cwr_fast.runtime import amp_dtype, autocast
 from cwr_fast.attacks.model_mode import attack_mode
 from cwr_fast.cli_types import integer, number
 from cwr_fast.models.calibration import ClasswiseCalibration
-from cwr_fast.options import at_least, fraction, option
-from cwr_fast.runtime import model_device
+from cwr_fast.options import at_least, fraction, one_of, option
+from cwr_fast.runtime import amp_dtype, autocast, model_device
 
 PARAMS = ("bias", "both")
 OPTIONS_GROUP = "class-wise calibration (logits' = s*z + b, see cwr_fast.defenses.calibration)"
@@ -70,12 +69,12 @@ class CalibrationConfig:
         0.01, "largest drop of the mean robust and of the mean clean accuracy on the calibration "
               "images the calibration may cost, a fraction (0.01 = 1 point)",
         OPTIONS_GROUP, type=number, check=fraction)
-    calibrate_steps: int | None = option(10, "PGD steps of the calibration's attacks",
+    calibrate_steps: int = option(10, "PGD steps of the calibration's attacks",
                                          OPTIONS_GROUP, type=integer, check=at_least(1))
     calibrate_rounds: int = option(3, "attack / fit rounds of the calibration", OPTIONS_GROUP,
                                    type=integer, check=at_least(1))
     calibrate_params: str = option("bias", "fit the logit biases only, or the per-class scales too",
-                                   OPTIONS_GROUP, choices=PARAMS)
+                                   OPTIONS_GROUP, choices=PARAMS, check=one_of(*PARAMS))
 
 
 def calibrate(model: nn.Module, loader, num_classes: int, eps: float, cfg: CalibrationConfig, *,

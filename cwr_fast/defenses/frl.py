@@ -45,12 +45,11 @@ clean-correct and robust images of class k:
 Defaults (the authors' code, frlrmrw.py): tau1 = tau2 = 0.1 (option tau sets both), alpha1 = 0.05,
 alpha_bndy = 2 alpha1, alpha2 = 0.1, lim = 0.5, eps_scale_min = 0.98, eps_scale_max = 3.0. Not
 reproduced: the authors' halving of alpha1 every 40 epochs and their warm start from a
-pre-trained model (use --init). On epochs without a check nothing changes.
+pre-trained model. On epochs without a check nothing changes.
 
 The method must be TRADES (`--method trades`), as in the paper: the weights split the natural and
-the boundary (KL) term. The policy is built before the method, so the check happens at first use:
-the first batch of a method without a beta (standard, pgd-at, fgsm-rs) and, at the latest, the
-start (build_defense checks the method) raise a ConfigError.
+the boundary (KL) term. The defense is built with its method (check_method), so another method
+is a ConfigError at start-up, before any data is read.
 
 Logged per epoch (metrics.jsonl "defense"): updated, clean_err, bndy_err, g_nat, g_bndy, phi_nat,
 phi_bndy, phi_rm, class_weight, class_beta, class_eps_scale.

@@ -1,4 +1,5 @@
-"""Training checkpoints: atomic writes, `weights_only=True` reads, every RNG state.
+"""Training checkpoints: their format, `weights_only=True` reads, every RNG state (they are
+written atomically by cwr_fast.outputs.save_torch).
 
 A training checkpoint (`checkpoints/last.pt`) is a dict of tensors and plain Python values only:
 

