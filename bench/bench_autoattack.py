@@ -181,7 +181,5 @@ def profile(rows: int = 16) -> None:
 
 
 if __name__ == "__main__":
-    if "--profile" in sys.argv:
-        profile()
-    else:
-        raise SystemExit(pytest.main([__file__, "--benchmark-only", *sys.argv[1:]]))
+    from script import main
+    main(__file__, profile)

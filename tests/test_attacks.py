@@ -7,8 +7,8 @@ import torch
 import torchattacks
 from torch import nn
 
-from cwr_fast.attacks import (CW, FGSM, PGD, PGDL2, TPGD, AttackSpecError, TorchattacksAutoAttack,
-                              choose_targets, parse_attack, parse_attacks)
+from cwr_fast.attacks import (CW, FGSM, PGD, PGDL2, AttackSpecError, TemperaturePGD,
+                              TorchattacksAutoAttack, choose_targets, parse_attack, parse_attacks)
 
 EPS = 0.15
 
@@ -57,10 +57,10 @@ def test_tpgd_with_t1_equals_pgd_exactly(mnist_model, batch):
     torch.manual_seed(3)
     a = PGD(mnist_model, eps=EPS, alpha=0.03, steps=5).run(x, y)
     torch.manual_seed(3)
-    b = TPGD(mnist_model, eps=EPS, alpha=0.03, steps=5, temperature=1.0).run(x, y)
+    b = TemperaturePGD(mnist_model, eps=EPS, alpha=0.03, steps=5, temperature=1.0).run(x, y)
     assert torch.equal(a.x_adv, b.x_adv) and torch.equal(a.pred, b.pred)
     torch.manual_seed(3)
-    c = TPGD(mnist_model, eps=EPS, alpha=0.03, steps=5, temperature=4.0).run(x, y)
+    c = TemperaturePGD(mnist_model, eps=EPS, alpha=0.03, steps=5, temperature=4.0).run(x, y)
     assert not torch.equal(a.x_adv, c.x_adv)  # T matters
 
 
@@ -212,7 +212,7 @@ def test_bad_inputs_raise_clear_errors(mnist_model, batch):
     with pytest.raises(ValueError, match="target"):
         PGD(mnist_model, target="most")
     with pytest.raises(ValueError, match="temperature"):
-        TPGD(mnist_model, temperature=0)
+        TemperaturePGD(mnist_model, temperature=0)
     with pytest.raises(ValueError, match="amp"):
         PGD(mnist_model, amp="fp8")
     with pytest.raises(TypeError, match="nn.Module"):
@@ -282,3 +282,37 @@ def test_channels_last_inputs_keep_their_layout_and_results(mnist_model, batch):
     assert is_channels_last(fast.x_adv)
     assert (fast.pred != plain.pred).float().mean() <= 0.02
     assert (fast.x_adv != plain.x_adv).float().mean() <= 0.02
+
+
+# ---- torchattacks' conveniences -------------------------------------------------------------------
+
+def test_set_normalization_used_attacks_the_bare_network_in_pixel_space(mnist_model, batch):
+    """A network that expects normalised inputs, told its normalisation, is attacked exactly as
+    the same network with the normalisation inside (images and eps stay in [0, 1] pixel units)."""
+    x, y = batch
+    bare = mnist_model.net  # SmallCNN on (x - 0.1307) / 0.3081
+    mean, std = mnist_model.mean.flatten().tolist(), mnist_model.std.flatten().tolist()
+    torch.manual_seed(3)
+    inside = PGD(mnist_model, eps=EPS, steps=3).run(x, y)
+    torch.manual_seed(3)
+    told = PGD(bare, eps=EPS, steps=3).set_normalization_used(mean, std).run(x, y)
+    assert torch.equal(told.x_adv, inside.x_adv) and torch.equal(told.pred, inside.pred)
+    assert float(told.x_adv.min()) >= 0 and float(told.x_adv.max()) <= 1
+    torch.manual_seed(3)
+    untold = PGD(bare, eps=EPS, steps=3).run(x, y)  # attacking the bare net on pixels differs
+    assert not torch.equal(untold.x_adv, inside.x_adv)
+
+
+def test_torchattacks_mode_switches_map_onto_target(mnist_model, batch):
+    x, y = batch
+    for switch, mode in (("set_mode_targeted_random", "random"),
+                         ("set_mode_targeted_least_likely", "least")):
+        torch.manual_seed(4)
+        a = getattr(PGD(mnist_model, eps=EPS, steps=3), switch)().run(x, y)
+        torch.manual_seed(4)
+        b = PGD(mnist_model, eps=EPS, steps=3, target=mode).run(x, y)
+        assert torch.equal(a.x_adv, b.x_adv) and torch.equal(a.success, b.success), switch
+    atk = PGD(mnist_model, eps=EPS, steps=3, target="next").set_mode_default()
+    assert atk.target is None
+    with pytest.raises(ValueError, match="kth_min"):
+        PGD(mnist_model).set_mode_targeted_least_likely(kth_min=2)

@@ -12,14 +12,15 @@ from cwr_fast.attacks.attack import Attack, check_inputs
 from cwr_fast.attacks.autoattack import AutoAttack
 from cwr_fast.attacks.fab import FAB, FABT
 from cwr_fast.attacks.functional import perturb
-from cwr_fast.attacks.gradient import CW, FGSM, PGD, PGDL2, TPGD, GradientAttack, choose_targets
+from cwr_fast.attacks.gradient import (CW, FGSM, PGD, PGDL2, GradientAttack, TemperaturePGD,
+                                      choose_targets)
 from cwr_fast.attacks.model_mode import attack_mode
 from cwr_fast.attacks.result import AttackResult
 from cwr_fast.attacks.spec import AttackSpec, AttackSpecError, build_attacks, parse_attack, parse_attacks
 from cwr_fast.attacks.square import Square
 from cwr_fast.attacks.torchattacks_aa import TorchattacksAutoAttack
 
-__all__ = ["APGD", "APGDT", "CW", "FAB", "FABT", "FGSM", "PGD", "PGDL2", "TPGD", "Attack",
-           "AttackResult", "AttackSpec", "AttackSpecError", "AutoAttack", "GradientAttack", "Square",
+__all__ = ["APGD", "APGDT", "CW", "FAB", "FABT", "FGSM", "PGD", "PGDL2", "Attack", "AttackResult",
+           "AttackSpec", "AttackSpecError", "AutoAttack", "GradientAttack", "Square", "TemperaturePGD",
            "TorchattacksAutoAttack", "attack_mode", "build_attacks", "check_inputs", "choose_targets",
            "parse_attack", "parse_attacks", "perturb"]

@@ -92,6 +92,15 @@ class Attack:
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
 
+    def set_normalization_used(self, mean, std) -> "Attack":
+        """For a model that expects normalised inputs (torchattacks' convenience): the attack then
+        runs on NormalizedModel(model, mean, std), so images stay in [0, 1] pixel space and the
+        budget keeps its pixel units."""
+        from cwr_fast.models.normalize import NormalizedModel
+        from cwr_fast.runtime import model_device
+        self.model = NormalizedModel(self.model, mean, std).to(model_device(self.model))
+        return self
+
     def __call__(self, x: Tensor, y: Tensor) -> Tensor:
         return self.run(x, y).x_adv
 

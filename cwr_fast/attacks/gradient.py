@@ -73,6 +73,22 @@ class GradientAttack(Attack):
                 "temperature": self.temperature, "target": self.target, "track": self.track,
                 "amp": self.amp}
 
+    # torchattacks' mode switches, onto `target` (by_label is not offered: run(x, y) takes the
+    # true labels y; give the target rule instead)
+    def set_mode_default(self) -> "GradientAttack":
+        self.target = None
+        return self
+
+    def set_mode_targeted_random(self) -> "GradientAttack":
+        self.target = "random"
+        return self
+
+    def set_mode_targeted_least_likely(self, kth_min: int = 1) -> "GradientAttack":
+        if kth_min != 1:
+            raise ValueError(f"only the least likely class (kth_min=1) is supported, got {kth_min}")
+        self.target = "least"
+        return self
+
     def _targets(self, x: Tensor, y: Tensor) -> Tensor | None:
         if self.target is None:
             return None
@@ -98,8 +114,9 @@ class PGD(GradientAttack):
     name = "pgd"
 
 
-class TPGD(GradientAttack):
-    """Temperature-PGD: PGD on CE(softmax(f(x) / T), y) (Tian et al., 2021). T = 1 is PGD."""
+class TemperaturePGD(GradientAttack):
+    """Temperature-PGD: PGD on CE(softmax(f(x) / T), y) (Tian et al., 2021). T = 1 is PGD.
+    Its spec is `tpgd-N:T=t`. Not torchattacks' `TPGD`, which is TRADES' KL-divergence PGD."""
 
     name = "tpgd"
 

@@ -30,7 +30,7 @@ from cwr_fast.attacks.apgd import APGD, APGDT
 from cwr_fast.attacks.attack import Attack
 from cwr_fast.attacks.autoattack import VERSIONS, AutoAttack
 from cwr_fast.attacks.fab import FAB, FABT
-from cwr_fast.attacks.gradient import CW, FGSM, PGD, PGDL2, TARGET_MODES, TPGD
+from cwr_fast.attacks.gradient import CW, FGSM, PGD, PGDL2, TARGET_MODES, TemperaturePGD
 from cwr_fast.attacks.square import Square
 from cwr_fast.attacks.torchattacks_aa import TorchattacksAutoAttack
 from cwr_fast.cli_types import number
@@ -121,7 +121,7 @@ class AttackSpec:
             common = {"target": p.get("target"), "track": track, "amp": amp}
             if self.name == "fgsm":
                 return FGSM(model, eps=budget, temperature=p.get("T", 1.0), **common)
-            cls = {"pgd": PGD, "tpgd": TPGD, "cw": CW, "pgdl2": PGDL2}[self.name]
+            cls = {"pgd": PGD, "tpgd": TemperaturePGD, "cw": CW, "pgdl2": PGDL2}[self.name]
             kwargs = {"alpha": p.get("alpha"), "steps": self.steps, "restarts": p.get("restarts", 1),
                       "random_start": bool(p.get("rs", 1)), **common}
             if self.name != "cw":
