@@ -44,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="any model: FACTORY(num_classes=, in_channels=, mean=, std=) -> nn.Module taking [0, 1] images")
     g.add_argument("--checkpoint", help="weights, read with torch.load(weights_only=True)")
     g.add_argument("--checkpoint-key", help="key of the state dict inside the checkpoint (default: found)")
+    g.add_argument("--normalize", default="dataset", metavar="dataset|none|MEAN,STD",
+                   help="the input normalisation the weights were trained with, applied inside "
+                        "the model: the dataset's channel statistics (default), none (raw [0, 1] "
+                        "inputs, as TRADES' and MART's code train), or MEAN,STD (one value each, "
+                        "or one per channel: m1,m2,m3,s1,s2,s3)")
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="mnist")
     g.add_argument("--split", default="test")
@@ -129,17 +134,22 @@ def _load_model(args, info, device: torch.device) -> tuple[torch.nn.Module, bool
     """(model, whether the checkpoint held a class-wise calibrated model, now wrapped, the
     training configuration saved in the checkpoint or None)."""
     in_channels = info.image_shape[0]
+    mean, std = normalization(args.normalize, info)
     if args.arch is not None:
-        model = build_model(args.arch, info.num_classes, info.mean, info.std, in_channels)
+        model = build_model(args.arch, info.num_classes, mean, std, in_channels)
         label = f"architecture {canonical_name(args.arch)!r}"
     else:
         factory = load_factory(args.model)
         model = call_factory(factory, num_classes=info.num_classes, in_channels=in_channels,
-                             mean=info.mean, std=info.std)
+                             mean=mean, std=std)
         label = f"the model of {args.model}"
     calibrated, train_config = False, None
     if args.checkpoint is not None:
         state, train_config = read_checkpoint(args.checkpoint, args.checkpoint_key)
+        if args.normalize != "dataset" and any(k in state for k in ("mean", "model.mean")):
+            raise ConfigError(f"{args.checkpoint} carries its own normalisation (the mean/std "
+                              "buffers of a cwr_fast model), which is what it was trained with: "
+                              "drop --normalize")
         if is_calibrated_state(state):
             if calibrated_num_classes(state) != info.num_classes:
                 raise ConfigError(f"the calibrated checkpoint has {calibrated_num_classes(state)} "
@@ -150,6 +160,25 @@ def _load_model(args, info, device: torch.device) -> tuple[torch.nn.Module, bool
             model, calibrated = ClasswiseCalibration(model, info.num_classes), True
         load_weights(model, args.checkpoint, key=args.checkpoint_key, arch_name=label, state=state)
     return model.to(device), calibrated, train_config
+
+
+def normalization(text: str, info) -> tuple[tuple | None, tuple | None]:
+    """--normalize -> (mean, std) per channel, or (None, None) for raw [0, 1] inputs."""
+    if text == "dataset":
+        return tuple(info.mean), tuple(info.std)
+    if text == "none":
+        return None, None
+    channels = info.image_shape[0]
+    try:
+        values = [number(t) for t in text.split(",")]
+    except argparse.ArgumentTypeError:
+        values = []
+    if len(values) == 2:
+        values = [values[0]] * channels + [values[1]] * channels
+    if len(values) != 2 * channels or any(s <= 0 for s in values[channels:]):
+        raise ConfigError(f"--normalize {text!r}: give dataset, none, or MEAN,STD (one value each "
+                          f"or {channels} each, std > 0)")
+    return tuple(values[:channels]), tuple(values[channels:])
 
 
 def _budget(args, info, train_config: dict | None) -> tuple[float, str]:
@@ -236,7 +265,8 @@ def run(args) -> dict:
         e_sweep = sweep_section(sweep_counts, "eps", args.eps_sweep, sweep_base["eps"].label,
                                 info.class_names)
     config = {"dataset": info.name, "split": args.split, "arch": args.arch, "model": args.model,
-              "checkpoint": args.checkpoint, "attacks": [s.label for s in specs], "eps": eps,
+              "checkpoint": args.checkpoint, "normalize": args.normalize,
+              "attacks": [s.label for s in specs], "eps": eps,
               "eps_source": eps_source,
               "eps_l2": args.eps_l2, "track": args.track, "tpgd_sweep": args.tpgd_sweep,
               "eps_sweep": args.eps_sweep, "sweep_steps": args.sweep_steps,

@@ -231,3 +231,43 @@ def test_default_eps_follows_the_checkpoint_then_the_dataset(saved_config, expec
     config = json.loads((out / "report.json").read_text())["config"]
     assert config["eps"] == pytest.approx(expected_eps) and config["eps_source"] == source
     assert f"eps {expected_eps:g}: {source}" in capsys.readouterr().out
+
+
+# ---- --normalize: weights trained with another (or no) input normalisation -----------------------
+
+def _bare_checkpoint(mnist_model, path):
+    """The state dict of the bare network (as TRADES / MART repos save theirs): no mean/std."""
+    torch.save({"state_dict": {f"module.{k[4:]}": v for k, v in mnist_model.state_dict().items()
+                               if k.startswith("net.")}}, path)
+    return path
+
+
+def test_normalize_dataset_none_and_explicit(mnist_model, shared_data, tmp_path):
+    ckpt = _bare_checkpoint(mnist_model, tmp_path / "bare.pt")
+    clean = {}
+    for mode in ("dataset", "0.1307,0.3081", "none"):
+        out = tmp_path / mode.replace(",", "_")
+        rc = main(cli_args(ckpt, shared_data, out, "--no-plots", attacks="fgsm", limit=50,
+                           normalize=mode))
+        assert rc == 0, mode
+        report = json.loads((out / "report.json").read_text())
+        assert report["config"]["normalize"] == mode
+        clean[mode] = [r["clean_correct"] for r in report["clean"]["per_class"]]
+    assert clean["0.1307,0.3081"] == clean["dataset"]      # MNIST's statistics, written out
+    assert clean["none"] != clean["dataset"]                # raw inputs to a normalised net
+    assert sum(clean["dataset"]) >= 45                       # the net is ~95% accurate
+
+
+@pytest.mark.parametrize("value, message", [("1,2,3", "MEAN,STD"), ("0.5,0", "std > 0"),
+                                            ("x,y", "MEAN,STD")])
+def test_normalize_bad_values(value, message, mnist_model, shared_data, tmp_path, capsys):
+    ckpt = _bare_checkpoint(mnist_model, tmp_path / "bare.pt")
+    assert main(cli_args(ckpt, shared_data, tmp_path / "o", attacks="fgsm", normalize=value)) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_normalize_refused_for_a_checkpoint_with_its_own(mnist_checkpoint, shared_data, tmp_path,
+                                                        capsys):
+    assert main(cli_args(mnist_checkpoint, shared_data, tmp_path / "o", attacks="fgsm",
+                         normalize="none")) == 2
+    assert "carries its own normalisation" in capsys.readouterr().err
