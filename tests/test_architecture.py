@@ -16,7 +16,7 @@ LAYERS = [
      "cwr_fast.options", "cwr_fast.outputs", "cwr_fast.runtime"],
     ["cwr_fast.data", "cwr_fast.models"],
     ["cwr_fast.attacks"],
-    ["cwr_fast.classwise", "cwr_fast.report"],
+    ["cwr_fast.classwise", "cwr_fast.report", "cwr_fast.api"],
     ["cwr_fast.methods"],
     ["cwr_fast.defenses"],
     ["cwr_fast.training"],
