@@ -78,13 +78,12 @@ def _batches(data, batch_size: int) -> Iterable[tuple[Tensor, Tensor]]:
         return [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)]
     if isinstance(data, Tensor):
         raise TypeError("data must be (images, labels) or an iterable of such batches, not one tensor")
-    return data
+    return list(data) if iter(data) is data else data  # a one-shot iterator: keep its first batch
 
 
-def _num_classes(model: nn.Module, batches, class_names) -> int:
+def _num_classes(model: nn.Module, batches, class_names, info) -> int:
     if class_names is not None:
         return len(class_names)
-    info = getattr(batches, "info", None)  # a cwr_fast loader knows its dataset
     if info is not None:
         return info.num_classes
     x, _ = next(iter(batches))
@@ -102,9 +101,9 @@ def evaluate_model(model: nn.Module, data, attacks: str = "fgsm,pgd-20,cw-30", e
     "fp16" autocast of the model."""
     specs = parse_attacks(attacks)
     batches = _batches(data, batch_size)
-    num_classes = _num_classes(model, batches, class_names)
+    info = getattr(batches, "info", None)  # a cwr_fast loader knows its dataset
+    num_classes = _num_classes(model, batches, class_names, info)
     if class_names is None:
-        info = getattr(batches, "info", None)
         class_names = list(info.class_names) if info is not None else [str(c) for c in range(num_classes)]
     built = build_attacks(specs, model, eps=eps, eps_l2=eps_l2, track=track, amp=amp,
                           num_classes=num_classes)
@@ -114,7 +113,6 @@ def evaluate_model(model: nn.Module, data, attacks: str = "fgsm,pgd-20,cw-30", e
     config = {"source": "cwr_fast.evaluate_model", "attacks": list(built), "eps": eps,
               "eps_l2": eps_l2, "track": track, "amp": amp or "off", "seed": seed,
               "seconds": round(time.perf_counter() - started, 3)}
-    info = getattr(batches, "info", None)
     dataset = {"name": info.name} if info is not None else {}
     return ClasswiseReport(build_report(counts, class_names, attacks=built, config=config,
                                         dataset=dataset))

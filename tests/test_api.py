@@ -58,3 +58,11 @@ def test_bad_data_is_a_clear_error(mnist_model):
         cwr_fast.evaluate_model(mnist_model, torch.zeros(2, 1, 28, 28))
     with pytest.raises(ValueError, match="labels"):
         cwr_fast.evaluate_model(mnist_model, (torch.zeros(4, 1, 28, 28), torch.zeros(3, dtype=torch.long)))
+
+
+def test_a_one_shot_iterator_loses_no_batch(mnist_model, mnist_eval):
+    x, y = mnist_eval
+    x, y = x[:60], y[:60]
+    batches = iter([(x[:30], y[:30]), (x[30:], y[30:])])  # num_classes is found on the first batch
+    report = cwr_fast.evaluate_model(mnist_model, batches, attacks="fgsm", eps=0.1)
+    assert report.data["dataset"]["num_images"] == 60
