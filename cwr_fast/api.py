@@ -4,6 +4,8 @@
     print(report.summary())            # the one-screen table of python -m cwr_fast.evaluate
     report.robust_accuracy("pgd-20")   # per class
     report.save("reports/my-model")    # report.json, CSVs, report.md, plots (atomically)
+    report.outcomes.save("adv.npz")    # per image: predictions, the step/member that broke it
+    ClasswiseReport.from_outcomes("adv.npz")   # the report again, from a saved outcomes file
 
 `model` takes images in [0, 1] (normalisation inside it: see models.NormalizedModel); `data` is a
 pair of tensors (images [N, C, H, W] in [0, 1], int64 labels [N]) or any iterable of such batches
@@ -23,6 +25,7 @@ from torch import Tensor, nn
 from cwr_fast.attacks.spec import build_attacks, parse_attacks
 from cwr_fast.classwise.analysis import build_report
 from cwr_fast.classwise.engine import evaluate_classwise
+from cwr_fast.classwise.outcomes import PerImageOutcomes
 from cwr_fast.report import REPORT_KIND, format_summary, markdown, write_report
 from cwr_fast.runtime import model_device
 
@@ -34,8 +37,15 @@ class ClasswiseReport:
 
     kind = REPORT_KIND
 
-    def __init__(self, data: dict):
+    def __init__(self, data: dict, outcomes: PerImageOutcomes | None = None):
         self.data = data
+        self.outcomes = outcomes  # per image (classwise.outcomes): what each attack did to it
+
+    @classmethod
+    def from_outcomes(cls, path: str | Path) -> "ClasswiseReport":
+        """The report of the per-image outcomes saved by `evaluate --save-adv` or outcomes.save."""
+        outcomes = PerImageOutcomes.load(path)
+        return cls(outcomes.report(), outcomes)
 
     @property
     def class_names(self) -> list[str]:
@@ -94,11 +104,11 @@ def _num_classes(model: nn.Module, batches, class_names, info) -> int:
 def evaluate_model(model: nn.Module, data, attacks: str = "fgsm,pgd-20,cw-30", eps: float = 8 / 255,
                    *, eps_l2: float | None = None, class_names=None, batch_size: int = 256,
                    track: str = "any", amp: str | None = None, seed: int = 0,
-                   progress: bool = False) -> ClasswiseReport:
+                   keep_adv: bool = False, progress: bool = False) -> ClasswiseReport:
     """Class-wise robustness of `model` on `data` under `attacks` (the spec language of
     `--attacks`, e.g. "pgd-20,tpgd-20:T=2,aa") at Linf budget eps (pixel units); see the module
     docstring. class_names: default the loader's, else "0", "1", ...; amp: None, "bf16" or
-    "fp16" autocast of the model."""
+    "fp16" autocast of the model; keep_adv: keep the adversarial images in report.outcomes."""
     specs = parse_attacks(attacks)
     batches = _batches(data, batch_size)
     info = getattr(batches, "info", None)  # a cwr_fast loader knows its dataset
@@ -109,10 +119,10 @@ def evaluate_model(model: nn.Module, data, attacks: str = "fgsm,pgd-20,cw-30", e
                           num_classes=num_classes)
     started = time.perf_counter()
     counts = evaluate_classwise(model, batches, num_classes, built, amp=amp, seed=seed,
-                                progress=progress)
+                                progress=progress, per_image=True, keep_adv=keep_adv)
     config = {"source": "cwr_fast.evaluate_model", "attacks": list(built), "eps": eps,
               "eps_l2": eps_l2, "track": track, "amp": amp or "off", "seed": seed,
               "seconds": round(time.perf_counter() - started, 3)}
     dataset = {"name": info.name} if info is not None else {}
-    return ClasswiseReport(build_report(counts, class_names, attacks=built, config=config,
-                                        dataset=dataset))
+    report = build_report(counts, class_names, attacks=built, config=config, dataset=dataset)
+    return ClasswiseReport(report, counts.outcomes.describe(report, built))

@@ -5,7 +5,8 @@
 
 Each argument is a training run directory (`python -m cwr_fast.train`: reads report/report.json
 and config.json), an evaluation output directory (`python -m cwr_fast.evaluate --out DIR`:
-DIR/report.json) or a report.json. For each run and for clean accuracy, each requested attack and
+DIR/report.json), a report.json, or the per-image outcomes file of `evaluate --save-adv FILE.npz`
+(the report recomputed from them). For each run and for clean accuracy, each requested attack and
 the worst case over the run's attacks it shows the class mean, the worst and the best class with
 95% Wilson intervals. Prints the Markdown table; with --out, also writes compare.md, compare.csv,
 compare.json and compare.png (mean vs worst-class robust accuracy per run) there, each file
@@ -23,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cwr_fast.classwise.analysis import SCHEMA
+from cwr_fast.classwise.outcomes import PerImageOutcomes
 from cwr_fast.cli_types import comma_list, usage_error
 from cwr_fast.classwise.stats import wilson_interval
 from cwr_fast.outputs import OutputError, check_output_dir, write_atomic, write_files
@@ -72,6 +74,13 @@ def load_run(path: str | os.PathLike, name: str | None = None) -> dict:
     """{name, path, report_path, report, config} of a run: config is the training configuration
     (config.json) for a training run, else the report's own config. name defaults to the run's
     directory name."""
+    if Path(path).suffix == ".npz":  # the per-image outcomes of `evaluate --save-adv`
+        try:
+            report = PerImageOutcomes.load(path).report()
+        except (OSError, ValueError) as err:
+            raise CompareError(str(err)) from None
+        return {"name": name or Path(path).stem, "path": str(path), "report_path": str(path),
+                "report": report, "config": dict(report["config"])}
     report_path, folder = _report_path(Path(path))
     try:
         report = json.loads(report_path.read_text(encoding="utf-8"))
@@ -341,7 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m cwr_fast.compare", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", metavar="RUN",
-                   help="training run directory, evaluation output directory or report.json")
+                   help="training run directory, evaluation output directory, report.json, or "
+                        "the per-image outcomes of evaluate --save-adv (FILE.npz)")
     p.add_argument("--out", help="write compare.md, compare.csv, compare.json and compare.png here")
     p.add_argument("--attacks", type=_labels, help="attack labels to show, e.g. pgd-20,aa (default: all)")
     p.add_argument("--names", type=_labels, help="run names, one per RUN (default: directory names)")

@@ -12,6 +12,8 @@ per-class counts all-reduced; the result equals a single process exactly.
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -21,6 +23,7 @@ import torch
 from cwr_fast import runtime
 from cwr_fast.attacks.spec import AttackSpecError, check_attacks, parse_attack, parse_attacks
 from cwr_fast.classwise.analysis import build_report, sweep_section
+from cwr_fast.classwise.batch_log import BatchLog
 from cwr_fast.classwise.engine import evaluate_classwise
 from cwr_fast.cli_types import (ConfigError, budget_problem, fmt_budget, integer, interrupted, number,
                                 numbers, usage_error)
@@ -28,8 +31,9 @@ from cwr_fast.defenses.calibration import OPTIONS_GROUP, CalibrationConfig, cali
 from cwr_fast.models.calibration import ClasswiseCalibration, calibrated_num_classes, is_calibrated_state
 from cwr_fast.models.checkpoint import CheckpointMismatchError, load_weights, read_checkpoint
 from cwr_fast.models.registry import build_model, call_factory, canonical_name, load_factory
+from cwr_fast.models.sources import build_from_source, is_source_spec, parse_source_spec
 from cwr_fast.options import add_options, check_options, given_options
-from cwr_fast.outputs import check_output_dir
+from cwr_fast.outputs import check_output_dir, check_output_file, write_text
 from cwr_fast.report import REPORT_KIND, format_summary, write_report
 
 DEFAULT_ATTACKS = "fgsm,pgd-20,cw-30"
@@ -40,8 +44,19 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("model")
     g.add_argument("--arch", help="zoo architecture: small_cnn, preact_resnet18, wrn34_10, resnet50")
-    g.add_argument("--model", metavar="FILE.py:FACTORY",
-                   help="any model: FACTORY(num_classes=, in_channels=, mean=, std=) -> nn.Module taking [0, 1] images")
+    g.add_argument("--model", metavar="SPEC",
+                   help="any model: FILE.py:FACTORY, FACTORY(num_classes=, in_channels=, mean=, std=) "
+                        "-> nn.Module taking [0, 1] images; or a published one, never downloaded: "
+                        "robustbench:NAME (RobustBench's zoo, weights from --model-dir; "
+                        "robustbench:DATASET/NAME for an npz:/folder: copy of cifar10, cifar100 or "
+                        "imagenet), timm:NAME or torchvision:NAME (the architecture, weights from "
+                        "--checkpoint)")
+    g.add_argument("--threat-model", choices=("Linf", "L2", "corruptions"),
+                   help="RobustBench's leaderboard of a robustbench:NAME model (default Linf)")
+    g.add_argument("--model-dir", metavar="DIR",
+                   help="RobustBench's weights folder, in its layout DIR/<dataset>/<threat model>/"
+                        "<NAME>.pt, as robustbench.utils.load_model(NAME, model_dir=DIR) saves them "
+                        "(default ./models, RobustBench's)")
     g.add_argument("--checkpoint", help="weights, read with torch.load(weights_only=True)")
     g.add_argument("--checkpoint-key", help="key of the state dict inside the checkpoint (default: found)")
     g.add_argument("--normalize", default="dataset", metavar="dataset|none|MEAN,STD",
@@ -89,20 +104,128 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the weights' layout (default: channels-last, faster convolutions)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     g.add_argument("--seed", type=integer, default=0)
-    g.add_argument("--out", required=True, help="output directory (written atomically)")
-    g.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    g.add_argument("--out", help="output directory (written atomically once complete; until then "
+                   "each evaluated batch is kept in OUT.partial/)")
+    g.add_argument("--resume", metavar="OUT",
+                   help="continue the interrupted evaluation of OUT with its own settings (only "
+                        f"{', '.join(FREE_ON_RESUME)} may be given beside it); the report equals an "
+                        "uninterrupted run's")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace a non-empty --out, and start over an interrupted one")
+    g.add_argument("--save-adv", metavar="FILE.npz",
+                   help="save per image its index, label, clean prediction and, per attack, the "
+                        "adversarial prediction and the step (or AutoAttack member) that broke it "
+                        "(schema: cwr_fast/classwise/outcomes.py); read back by cwr_fast.compare")
+    g.add_argument("--save-adv-images", action="store_true",
+                   help="with --save-adv: the adversarial images too (float32: 4 bytes per pixel "
+                        "and attack)")
     g.add_argument("--no-plots", action="store_true")
     g.add_argument("--no-progress", action="store_true")
     return p
 
 
+# ---- an interrupted evaluation: OUT.partial/ holds the command and each evaluated batch ----
+PARTIAL_SUFFIX = ".partial"
+FREE_ON_RESUME = ("--device", "--no-progress", "--no-plots")  # what a resumed run may change
+_COMMAND = "command.json"
+
+
+def progress_dir(out: str | Path) -> Path:
+    return Path(f"{Path(out)}{PARTIAL_SUFFIX}")
+
+
+def _fingerprint(checkpoint: str | None) -> dict | None:
+    """What identifies the weights file: a resumed evaluation must read the same one."""
+    if checkpoint is None:
+        return None
+    stat = Path(checkpoint).stat()
+    return {"path": str(Path(checkpoint).resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def resumed_args(parser: argparse.ArgumentParser, argv: list[str], args):
+    """args itself, or for --resume OUT the arguments of the interrupted command, with those of
+    FREE_ON_RESUME given now."""
+    if args.resume is None:
+        if args.out is None:
+            raise ConfigError("give --out DIR (or --resume OUT to continue an interrupted evaluation)")
+        args.command_argv = argv
+        return args
+    flags = [t.split("=")[0] for t in argv if t.startswith("--")]
+    fixed = sorted(set(flags) - {"--resume", *FREE_ON_RESUME})
+    if fixed:
+        raise ConfigError(f"--resume continues an evaluation with its own settings: drop "
+                          f"{', '.join(fixed)} (only {', '.join(FREE_ON_RESUME)} may change)")
+    partial = progress_dir(args.resume)
+    try:
+        saved = json.loads((partial / _COMMAND).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        done = (Path(args.resume) / "report.json").is_file()
+        raise ConfigError(f"{args.resume} holds a complete report: nothing to resume" if done else
+                          f"no interrupted evaluation to resume at {args.resume} ({partial / _COMMAND} "
+                          "is missing)") from None
+    free = [t for i, t in enumerate(argv) if t.split("=")[0] in FREE_ON_RESUME
+            or (i and argv[i - 1] == "--device")]
+    resumed = parser.parse_args(saved["argv"] + free)
+    resumed.resumed_from, resumed.command_argv = saved, saved["argv"]
+    if _fingerprint(resumed.checkpoint) != saved.get("checkpoint"):
+        raise ConfigError(f"{resumed.checkpoint} changed since the interrupted evaluation began: "
+                          f"remove {partial} and evaluate again")
+    return resumed
+
+
+def _start_progress(args, argv_of_run: list[str] | None, rank: int) -> Path:
+    """The OUT.partial/ directory of this evaluation: made for a new one (refused when an
+    interrupted one is there, unless --overwrite), continued for --resume."""
+    partial = progress_dir(args.out)
+    resuming = getattr(args, "resumed_from", None) is not None
+    if rank == 0 and partial.exists() and not resuming:
+        if not args.overwrite:
+            raise ConfigError(f"{partial} holds an interrupted evaluation of {args.out}: continue it "
+                              f"with python -m cwr_fast.evaluate --resume {args.out}, or pass "
+                              "--overwrite to start over")
+        shutil.rmtree(partial)
+    if rank == 0 and not resuming:
+        partial.mkdir(parents=True, exist_ok=True)
+        write_text(json.dumps({"argv": argv_of_run, "checkpoint": _fingerprint(args.checkpoint)},
+                              indent=1) + "\n", partial / _COMMAND)
+    return partial
+
+
+def _remove_if_nothing_kept(args) -> None:
+    """A new evaluation that failed before its first batch leaves no OUT.partial behind."""
+    partial = progress_dir(args.out) if args.out and args.resume is None else None
+    if partial is not None and (partial / _COMMAND).is_file() and not any(partial.rglob("batch-*.pt")):
+        shutil.rmtree(partial, ignore_errors=True)
+
+
 def _check_args(args) -> None:
+    if args.save_adv_images and args.save_adv is None:
+        raise ConfigError("--save-adv-images needs --save-adv FILE.npz")
+    if args.save_adv is not None:
+        if not args.save_adv.endswith(".npz"):
+            raise ConfigError(f"--save-adv {args.save_adv}: give a .npz file name")
+        check_output_file(args.save_adv, args.overwrite)
     if (args.arch is None) == (args.model is None):
-        raise ConfigError("give exactly one of --arch NAME (with --checkpoint) or --model FILE.py:FACTORY")
+        raise ConfigError("give exactly one of --arch NAME (with --checkpoint) or --model FILE.py:FACTORY "
+                          "(or --model robustbench:NAME, timm:NAME, torchvision:NAME)")
     if args.arch is not None:
         canonical_name(args.arch)
         if args.checkpoint is None:
             raise ConfigError("--arch needs --checkpoint (a zoo model without weights is untrained)")
+    source = parse_source_spec(args.model) if is_source_spec(args.model) else None
+    if (source is None or source.source != "robustbench") and (args.threat_model or args.model_dir):
+        raise ConfigError("--threat-model and --model-dir belong to --model robustbench:NAME")
+    if source is not None and source.source == "robustbench":
+        if args.checkpoint is not None or args.checkpoint_key is not None:
+            raise ConfigError(f"--model {args.model} reads its weights from --model-dir "
+                              f"(DIR/<dataset>/<threat model>/{source.name}.pt): drop --checkpoint")
+        if args.normalize != "dataset":
+            raise ConfigError(f"--normalize {args.normalize}: RobustBench models normalise their "
+                              "inputs inside their own definition (they take [0, 1] images): drop it")
+    elif source is not None and args.checkpoint is None:
+        raise ConfigError(f"--model {args.model} needs --checkpoint: the architecture is built without "
+                          "pretrained weights (cwr_fast never downloads), and an untrained model's "
+                          "robustness means nothing")
     if args.checkpoint is not None and not Path(args.checkpoint).is_file():
         raise ConfigError(f"checkpoint not found: {args.checkpoint}")
     if args.eps is not None and budget_problem(args.eps):
@@ -135,9 +258,24 @@ def _load_model(args, info, device: torch.device) -> tuple[torch.nn.Module, bool
     training configuration saved in the checkpoint or None)."""
     in_channels = info.image_shape[0]
     mean, std = normalization(args.normalize, info)
+    args.model_source = None  # the report config's "source": what a published model loaded
     if args.arch is not None:
         model = build_model(args.arch, info.num_classes, mean, std, in_channels)
         label = f"architecture {canonical_name(args.arch)!r}"
+    elif is_source_spec(args.model):
+        from cwr_fast.data import dataset_info
+
+        dataset = info.name  # a copy of CIFAR-10/100 (npz:, folder:) is known by its class names
+        if dataset.startswith(("npz:", "folder:")):
+            dataset = next((n for n in ("cifar10", "cifar100")
+                            if list(info.class_names) == list(dataset_info(n).class_names)), dataset)
+        model, args.model_source = build_from_source(
+            args.model, dataset=dataset, num_classes=info.num_classes, in_channels=in_channels,
+            image_size=info.image_shape[1:], mean=mean, std=std,
+            threat_model=args.threat_model or "Linf", model_dir=args.model_dir)
+        if args.checkpoint is not None:
+            args.model_source["weights"] = args.checkpoint
+        label = args.model
     else:
         factory = load_factory(args.model)
         model = call_factory(factory, num_classes=info.num_classes, in_channels=in_channels,
@@ -248,14 +386,21 @@ def run(args) -> dict:
     build = {"eps": eps, "eps_l2": args.eps_l2, "track": args.track, "amp": amp,
              "num_classes": info.num_classes}
 
-    def evaluate(attack_specs, title):
+    def evaluate(attack_specs, title, per_image=False):
         attacks = {s.label: s.build(model, **build) for s in attack_specs}
+        log = BatchLog(partial / title.replace(" ", "-"))
         if rank == 0 and not args.no_progress:
-            print(f"[cwr_fast.evaluate] {title}: {', '.join(attacks)}", file=sys.stderr)
-        return attacks, evaluate_classwise(model, loader, attacks=attacks, **common)
+            kept = f" ({len(log)} batches from the interrupted run)" if len(log) else ""
+            print(f"[cwr_fast.evaluate] {title}: {', '.join(attacks)}{kept}", file=sys.stderr)
+        return attacks, evaluate_classwise(model, loader, attacks=attacks, log=log,
+                                           per_image=per_image, keep_adv=args.save_adv_images,
+                                           **common)
 
+    partial = _start_progress(args, getattr(args, "command_argv", None), rank)
+    if world > 1:
+        torch.distributed.barrier()  # OUT.partial/ is ready before any process writes a batch there
     started = time.perf_counter()
-    attacks, counts = evaluate(specs, "attacks")
+    attacks, counts = evaluate(specs, "attacks", per_image=args.save_adv is not None)
     t_sweep = e_sweep = None
     if args.tpgd_sweep:
         _, sweep_counts = evaluate(sweeps["T"], "temperature sweep")
@@ -266,6 +411,7 @@ def run(args) -> dict:
                                 info.class_names)
     config = {"dataset": info.name, "split": args.split, "arch": args.arch, "model": args.model,
               "checkpoint": args.checkpoint, "normalize": args.normalize,
+              "source": getattr(args, "model_source", None),
               "attacks": [s.label for s in specs], "eps": eps,
               "eps_source": eps_source,
               "eps_l2": args.eps_l2, "track": args.track, "tpgd_sweep": args.tpgd_sweep,
@@ -280,25 +426,36 @@ def run(args) -> dict:
                           temperature_sweep=t_sweep, eps_sweep=e_sweep)
     if rank == 0:
         write_report(report, args.out, plots=not args.no_plots, overwrite=args.overwrite)
+        if args.save_adv is not None:
+            counts.outcomes.describe(report, attacks).save(args.save_adv)
+        shutil.rmtree(partial, ignore_errors=True)
         print(format_summary(report))
         print(f"eps {fmt_budget(eps)}: {eps_source}")
-        print(f"report written to {args.out}")
+        print(f"report written to {args.out}"
+              + (f"; per-image outcomes to {args.save_adv}" if args.save_adv else ""))
     return report
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     from cwr_fast.data import DatasetError
 
     started_group = not runtime.is_initialized()
     try:
+        args = resumed_args(parser, argv, args)
         run(args)
     except (ConfigError, AttackSpecError, CheckpointMismatchError, DatasetError, FileNotFoundError,
             FileExistsError, ValueError, TypeError) as err:
+        _remove_if_nothing_kept(args)
         return usage_error("cwr_fast.evaluate", err)
     except KeyboardInterrupt:
-        return interrupted("cwr_fast.evaluate", f"nothing was written to {args.out} (a report is "
-                                                "written only once complete): run the same command again")
+        partial = progress_dir(args.out) if args.out else None
+        if partial is not None and partial.is_dir():
+            return interrupted("cwr_fast.evaluate", f"the evaluated batches are kept in {partial}: "
+                               f"continue with python -m cwr_fast.evaluate --resume {args.out}")
+        return interrupted("cwr_fast.evaluate", "nothing was written: run the same command again")
     finally:
         if started_group:
             runtime.cleanup()

@@ -66,3 +66,17 @@ def test_a_one_shot_iterator_loses_no_batch(mnist_model, mnist_eval):
     batches = iter([(x[:30], y[:30]), (x[30:], y[30:])])  # num_classes is found on the first batch
     report = cwr_fast.evaluate_model(mnist_model, batches, attacks="fgsm", eps=0.1)
     assert report.data["dataset"]["num_images"] == 60
+
+
+def test_the_outcomes_of_the_api_round_trip_through_a_file(mnist_model, mnist_eval, tmp_path):
+    x, y = mnist_eval
+    x, y = x[:50], y[:50]
+    report = cwr_fast.evaluate_model(mnist_model, (x, y), attacks="fgsm,pgd-3", eps=0.1, keep_adv=True)
+    outcomes = report.outcomes
+    assert len(outcomes) == len(y) and outcomes.x_adv.shape == (2, *x.shape)
+    assert outcomes.robust("pgd-3").sum().item() == sum(r["robust"] for r in report.per_class("pgd-3"))
+    path = outcomes.save(tmp_path / "adv.npz")
+    again = cwr_fast.ClasswiseReport.from_outcomes(path)
+    assert again.per_class() == report.per_class()
+    assert again.robust_accuracy("fgsm") == report.robust_accuracy("fgsm")
+    assert torch.equal(again.outcomes.x_adv, outcomes.x_adv)

@@ -95,6 +95,7 @@ def _run_once(model: nn.Module, x_nat: Tensor, y: Tensor, target: Tensor | None,
     if track == "any":  # the results of the samples that leave the batch
         out_x, out_pred = x_nat.clone(), y.clone()
         out_success = torch.zeros(x_nat.shape[0], dtype=torch.bool, device=x_nat.device)
+        out_step = torch.full((x_nat.shape[0],), -1, dtype=torch.int64, device=x_nat.device)
     step_ = ops.linf_pgd_step_ if norm == "linf" else ops.l2_pgd_step_
     scale = fp16_loss_scale(dtype)
 
@@ -130,11 +131,11 @@ def _run_once(model: nn.Module, x_nat: Tensor, y: Tensor, target: Tensor | None,
             done = success
             if bool(done.any()):
                 at = done.nonzero().squeeze(1) if index is None else index[done]
-                out_x[at], out_pred[at], out_success[at] = x[done], pred[done], True
+                out_x[at], out_pred[at], out_success[at], out_step[at] = x[done], pred[done], True, step
                 keep = ~done
                 index = keep.nonzero().squeeze(1) if index is None else index[keep]
                 if index.numel() == 0:
-                    return AttackResult(out_x, out_pred, out_success)
+                    return AttackResult(out_x, out_pred, out_success, step=out_step)
                 x, grad, x_nat = x[keep], grad[keep], x_nat[keep]
                 if channels_last:
                     x, grad, x_nat = to_channels_last(x), to_channels_last(grad), to_channels_last(x_nat)
@@ -144,10 +145,11 @@ def _run_once(model: nn.Module, x_nat: Tensor, y: Tensor, target: Tensor | None,
         step_(x, grad, x_nat, alpha, eps)
         del grad
     x = x.detach()
-    if index is None:
-        return AttackResult(x, pred, success)
-    out_x[index], out_pred[index], out_success[index] = x, pred, success
-    return AttackResult(out_x, out_pred, out_success)
+    last_step = torch.where(success, steps, -1)
+    if index is None:  # no sample left the batch early
+        return AttackResult(x, pred, success, step=last_step)
+    out_x[index], out_pred[index], out_success[index], out_step[index] = x, pred, success, last_step
+    return AttackResult(out_x, out_pred, out_success, step=out_step)
 
 
 def _per_sample(value: float | Tensor, name: str, n: int, device: torch.device) -> float | Tensor:
@@ -197,7 +199,7 @@ def perturb(model: nn.Module, x: Tensor, y: Tensor, *, norm: str = "linf", eps: 
     dtype = amp_dtype(amp)
     result = None
     todo = None  # positions not fooled yet (None: all)
-    for _ in range(restarts):
+    for restart in range(restarts):
         sub = (lambda t: t) if todo is None else (lambda t: t[todo] if isinstance(t, Tensor) else t)
         run = _run_once(model, sub(x), sub(y), None if target is None else sub(target), norm=norm,
                         eps=sub(eps), alpha=sub(alpha), steps=steps, loss=loss,
@@ -210,6 +212,7 @@ def perturb(model: nn.Module, x: Tensor, y: Tensor, *, norm: str = "linf", eps: 
             todo = (~run.success).nonzero().squeeze(1)
         else:
             result.x_adv[todo], result.pred[todo], result.success[todo] = run.x_adv, run.pred, run.success
+            result.step[todo] = torch.where(run.success, run.step + restart * (steps + 1), -1)
             todo = todo[~run.success]
         if todo.numel() == 0 or (start is None and not random_start):
             break  # without random start, a restart would repeat the same deterministic run

@@ -319,6 +319,30 @@ def model_flags(counts: ClasswiseCounts) -> list[dict]:
     return flags
 
 
+def clean_accuracy_flags(counts: ClasswiseCounts, expected: float | None = None,
+                         expected_from: str = "the checkpoint") -> list[dict]:
+    """Weights that load but do not fit the model as it is evaluated (another input normalisation,
+    class order or architecture variant) give a low clean accuracy and meaningless robustness:
+    a warning when the clean accuracy is below what the checkpoint recorded (outside the 95%
+    Wilson interval and at least 5 points lower), or near chance (at most 1.5 / classes)."""
+    correct, total, c = int(counts.clean_correct.sum()), counts.total, counts.num_classes
+    if total == 0:
+        return []
+    acc = correct / total
+    low, high = (float(v) for v in wilson_interval(np.array([correct]), np.array([total])))
+    hint = ("the weights may not fit the model as evaluated: check --normalize (TRADES and MART "
+            "train on raw [0, 1] inputs: --normalize none), the architecture and the class order")
+    if expected is not None and expected - acc >= 0.05 and not low <= expected <= high:
+        return [{"code": "clean_accuracy_below_recorded", "severity": "warning", "attacks": [],
+                 "message": f"clean accuracy {100 * acc:.1f}% (95% CI {100 * low:.1f}-{100 * high:.1f}) "
+                            f"is far below the {100 * expected:.1f}% that {expected_from} records: {hint}"}]
+    if c > 1 and acc <= 1.5 / c:
+        return [{"code": "clean_accuracy_near_chance", "severity": "warning", "attacks": [],
+                 "message": f"clean accuracy {100 * acc:.1f}% is near chance ({100 / c:.1f}% for "
+                            f"{c} classes): {hint}"}]
+    return []
+
+
 def _same(a, b) -> bool:
     return a is not None and b is not None and abs(float(a) - float(b)) <= 1e-12
 

@@ -25,6 +25,7 @@ class ClasswiseCounts:
     member_broken {attack: [M, C]}: images of class c that member m of the ensemble fooled first.
     seconds [K] (float64): time spent in each attack (summed over batches; max over processes).
     clean_seconds (float): time of the clean forward passes.
+    outcomes: the per-image outcomes (classwise.outcomes.PerImageOutcomes) when asked for.
     """
 
     attack_names: list[str]
@@ -38,6 +39,7 @@ class ClasswiseCounts:
     members: dict = field(default_factory=dict)
     member_broken: dict = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
+    outcomes: object = None  # PerImageOutcomes, when the evaluation was asked for them
 
     def __post_init__(self):
         k, c = len(self.attack_names), self.num_classes

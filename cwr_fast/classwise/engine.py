@@ -22,7 +22,10 @@ from torch import Tensor, nn
 
 from cwr_fast.attacks.attack import Attack, check_pixel_range
 from cwr_fast.attacks.model_mode import attack_mode, to_channels_last
+from cwr_fast.attacks.gradient import GradientAttack
+from cwr_fast.classwise.batch_log import BatchLog
 from cwr_fast.classwise.counts import ClasswiseCounts
+from cwr_fast.classwise.outcomes import PerImageOutcomes
 from cwr_fast.runtime import amp_dtype, autocast, model_device
 
 
@@ -40,11 +43,6 @@ def _named_attacks(attacks: Mapping[str, Attack] | Sequence[Attack]) -> dict[str
         if not isinstance(atk, Attack):
             raise TypeError(f"attack {label!r} is a {type(atk).__name__}, not a cwr_fast Attack")
     return named
-
-
-def _bincount2d(rows: Tensor, cols: Tensor, n_rows: int, n_cols: int | None = None) -> Tensor:
-    n_cols = n_rows if n_cols is None else n_cols
-    return torch.bincount(rows * n_cols + cols, minlength=n_rows * n_cols).view(n_rows, n_cols)
 
 
 def _progress_bar(enabled: bool, total: int | None):
@@ -87,8 +85,9 @@ def check_logits(logits, n: int, num_classes: int) -> None:
 def evaluate_classwise(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], num_classes: int,
                        attacks: Mapping[str, Attack] | Sequence[Attack], *, amp: str | None = None,
                        seed: int = 0, distributed: bool = False, progress: bool = False,
-                       channels_last: bool = True,
-                       device: torch.device | str | None = None) -> ClasswiseCounts:
+                       channels_last: bool = True, device: torch.device | str | None = None,
+                       per_image: bool = False, keep_adv: bool = False,
+                       log: BatchLog | None = None) -> ClasswiseCounts:
     """Class-wise clean and robust counts of `model` on `batches` of (images in [0, 1], labels).
 
     attacks: {label: Attack} (or a list of attacks, labelled by their name). Each attack runs on
@@ -99,6 +98,11 @@ def evaluate_classwise(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]
     progress: a tqdm bar with images/s and the current attack (rank 0 only).
     channels_last: 4-D weights and images in the channels-last layout during the evaluation
         (faster convolutions with oneDNN and cuDNN; the results are the same up to rounding).
+    per_image: also return what happened to each image, `counts.outcomes` (PerImageOutcomes, on
+        every process); keep_adv: with the adversarial images.
+    log: a BatchLog: each batch's results are saved there as soon as they are known, and batches
+        found there are read instead of evaluated, so an interrupted evaluation continues where it
+        stopped with the same result.
     Returns ClasswiseCounts on the CPU; the model's modes, requires_grad flags and weight tensors
     are restored.
     """
@@ -111,92 +115,136 @@ def evaluate_classwise(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]
         if not (dist.is_available() and dist.is_initialized()):
             raise RuntimeError("distributed=True needs an initialised torch.distributed process group")
         rank, world = dist.get_rank(), dist.get_world_size()
-    c = num_classes
     members = {label: list(atk.member_names) for label, atk in named.items()
                if getattr(atk, "member_names", None)}
-    counts = ClasswiseCounts(list(named), c, members=members)
-    acc = {"clean": torch.zeros(c, c, dtype=torch.int64, device=device),
-           "adv": torch.zeros(len(named), c, c, dtype=torch.int64, device=device),
-           "gain": torch.zeros(len(named), len(named), c, dtype=torch.int64, device=device),
-           "worst": torch.zeros(c, c, dtype=torch.int64, device=device),
-           "members": {label: torch.zeros(len(names), c, dtype=torch.int64, device=device)
-                       for label, names in members.items()}}
-    seconds = [0.0] * len(named)
-    nonfinite_logits = torch.zeros((), dtype=torch.int64, device=device)
-    counts.meta["nonfinite_weights"] = sorted(
+    units = ["member" if label in members else "step" if isinstance(atk, GradientAttack) else "fooled"
+             for label, atk in named.items()]
+    parts: list[tuple[int, dict]] = []   # (batch index, its record), this process's batches
+    nonfinite_weights = sorted(
         name for name, t in [*model.named_parameters(), *model.named_buffers()]
         if t.is_floating_point() and not bool(torch.isfinite(t).all()))
     member_seconds_before = {label: dict(getattr(named[label], "member_seconds", {})) for label in members}
-    clean_dtype = amp_dtype(amp)
+    indices = _dataset_indices(batches)
     bar = _progress_bar(progress and rank == 0, _len_or_none(batches))
     started = time.perf_counter()
     rng_devices = [device] if device.type == "cuda" else []
+    position = 0
     try:
         with attack_mode(model, channels_last), torch.random.fork_rng(devices=rng_devices):
             for batch_index, (x, y) in enumerate(batches):
+                first, position = position, position + len(y)
                 if batch_index % world != rank:
                     continue
-                x, y = _check_batch(x, y, c, device)
-                if channels_last:
-                    x = to_channels_last(x)
-                t0 = time.perf_counter()
-                clean_pred, nonfinite = _predict(model, x, clean_dtype, c)
-                nonfinite_logits += nonfinite
-                counts.clean_seconds += time.perf_counter() - t0
-                correct = clean_pred == y
-                acc["clean"] += _bincount2d(y, clean_pred, c)
-                robust_masks = []
-                worst_pred, worst_robust = clean_pred.clone(), correct.clone()
-                x_attack, y_attack = x[correct], y[correct]
-                for k, (label, atk) in enumerate(named.items()):
-                    if bar is not None:
-                        bar.set_postfix_str(label, refresh=False)
-                    torch.manual_seed(batch_seed(seed, batch_index, label))
-                    t0 = time.perf_counter()
-                    adv_pred = clean_pred.clone()
-                    if x_attack.shape[0]:
-                        result = atk.run(x_attack, y_attack)
-                        adv_pred[correct] = result.pred
-                        if label in members:
-                            hit = result.broken_by >= 0
-                            acc["members"][label] += _bincount2d(result.broken_by[hit], y_attack[hit],
-                                                                 len(members[label]), c)
-                    seconds[k] += time.perf_counter() - t0
-                    robust = adv_pred == y
-                    acc["adv"][k] += _bincount2d(y, adv_pred, c)
-                    newly_fooled = worst_robust & ~robust
-                    worst_pred[newly_fooled] = adv_pred[newly_fooled]
-                    worst_robust &= robust
-                    robust_masks.append(robust)
-                acc["worst"] += _bincount2d(y, worst_pred, c)
-                if robust_masks:
-                    r = torch.stack(robust_masks).to(torch.int64)           # [K, B]
-                    onehot = torch.nn.functional.one_hot(y, c).to(torch.int64)  # [B, C]
-                    # gain[i, j, c] = sum_b r[i, b] * (1 - r[j, b]) * onehot[b, c]
-                    acc["gain"] += torch.einsum("ib,jb,bc->ijc", r, 1 - r, onehot)
+                record = log.load(batch_index, list(named)) if log is not None else None
+                if record is None:
+                    record = _evaluate_batch(model, x, y, named, num_classes, device, amp, seed,
+                                             batch_index, channels_last, keep_adv, bar)
+                    record["index"] = (indices[first:position] if indices is not None
+                                       else torch.arange(first, position))
+                    if log is not None:
+                        log.save(batch_index, record, list(named))
+                parts.append((batch_index, record if per_image else _without_images(record)))
                 if bar is not None:
-                    bar.update(x.shape[0] * world)
+                    bar.update(len(y) * world)
     finally:
         if bar is not None:
             bar.close()
-    counts.clean_confusion = acc["clean"].cpu()
-    counts.adv_confusion = acc["adv"].cpu()
-    counts.gain = acc["gain"].cpu()
-    counts.worst_confusion = acc["worst"].cpu()
-    counts.member_broken = {label: t.cpu() for label, t in acc["members"].items()}
-    counts.seconds = torch.tensor(seconds, dtype=torch.float64)
+    outcomes = _outcomes(parts, list(named), num_classes, units, members)
+    counts = outcomes.counts()
+    counts.seconds = sum((r["seconds"] for _, r in parts), torch.zeros(len(named), dtype=torch.float64))
+    counts.clean_seconds = sum(float(r["clean_seconds"]) for _, r in parts)
     for label in members:  # ensembles time their members (this process's share of the work)
         now = getattr(named[label], "member_seconds", {})
         counts.meta.setdefault("member_seconds", {})[label] = {
             m: now[m] - member_seconds_before[label].get(m, 0.0) for m in now}
+    counts.meta["nonfinite_weights"] = nonfinite_weights
     counts.meta["wall_seconds"] = time.perf_counter() - started
-    counts.meta["nonfinite_logits"] = int(nonfinite_logits)
+    counts.meta["nonfinite_logits"] = sum(int(r["nonfinite"]) for _, r in parts)
     if distributed:
         counts.all_reduce()
     if counts.total == 0:
         raise ValueError("no images to evaluate: the batches were empty (an empty split, or a "
                          "--limit/subset that selects nothing)")
+    if per_image:
+        if distributed and world > 1:
+            gathered = [None] * world
+            dist.all_gather_object(gathered, parts)
+            parts = [part for rank_parts in gathered for part in rank_parts]
+            outcomes = _outcomes(parts, list(named), num_classes, units, members)
+        counts.outcomes = outcomes
     return counts
+
+
+def _evaluate_batch(model, x, y, named: dict[str, Attack], c: int, device, amp, seed: int,
+                    batch_index: int, channels_last: bool, keep_adv: bool, bar) -> dict:
+    """One batch: the clean prediction, then each attack on the clean-correct images. Returns its
+    record (CPU tensors): label, clean_pred, adv_pred [K, B], broken_at [K, B], optionally x_adv,
+    seconds [K], clean_seconds, nonfinite (images with non-finite logits)."""
+    x, y = _check_batch(x, y, c, device)
+    if channels_last:
+        x = to_channels_last(x)
+    t0 = time.perf_counter()
+    clean_pred, nonfinite = _predict(model, x, amp_dtype(amp), c)
+    clean_seconds = time.perf_counter() - t0
+    correct = clean_pred == y
+    x_attack, y_attack = x[correct], y[correct]
+    adv_preds, broken, images, seconds = [], [], [], []
+    for label, atk in named.items():
+        if bar is not None:
+            bar.set_postfix_str(label, refresh=False)
+        torch.manual_seed(batch_seed(seed, batch_index, label))
+        t0 = time.perf_counter()
+        adv_pred, broken_at = clean_pred.clone(), torch.full_like(y, -1)
+        x_adv = x.clone() if keep_adv else None
+        if x_attack.shape[0]:
+            result = atk.run(x_attack, y_attack)
+            adv_pred[correct] = result.pred
+            when = result.broken_by if result.broken_by is not None else result.step
+            fooled = result.pred != y_attack
+            broken_at[correct] = torch.where(fooled, when if when is not None else 0, -1)
+            if keep_adv:
+                x_adv[correct] = result.x_adv.to(x_adv.dtype)
+        seconds.append(time.perf_counter() - t0)
+        adv_preds.append(adv_pred)
+        broken.append(broken_at)
+        images.append(x_adv)
+    k = len(named)
+    record = {"label": y.cpu(), "clean_pred": clean_pred.cpu(),
+              "adv_pred": torch.stack(adv_preds).cpu() if k else torch.zeros(0, len(y), dtype=torch.int64),
+              "broken_at": torch.stack(broken).cpu() if k else torch.zeros(0, len(y), dtype=torch.int64),
+              "seconds": torch.tensor(seconds, dtype=torch.float64), "clean_seconds": clean_seconds,
+              "nonfinite": int(nonfinite)}
+    if keep_adv:
+        record["x_adv"] = torch.stack(images).contiguous().cpu()
+    return record
+
+
+def _without_images(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k != "x_adv"}
+
+
+def _outcomes(parts: list[tuple[int, dict]], attack_names: list[str], c: int, units: list[str],
+              members: dict) -> PerImageOutcomes:
+    parts = sorted(parts, key=lambda part: part[0])
+    empty = torch.zeros(0, dtype=torch.int64)
+    if not parts:
+        return PerImageOutcomes(attack_names, c, empty, empty, empty,
+                                torch.zeros(len(attack_names), 0, dtype=torch.int64),
+                                torch.zeros(len(attack_names), 0, dtype=torch.int64),
+                                broken_at_unit=units, members=members)
+    return PerImageOutcomes.cat([
+        PerImageOutcomes(attack_names, c, r["index"], r["label"], r["clean_pred"], r["adv_pred"],
+                         r["broken_at"], x_adv=r.get("x_adv"), broken_at_unit=units, members=members)
+        for _, r in parts])
+
+
+def _dataset_indices(batches) -> Tensor | None:
+    """The split's indices of the images, in the order a cwr_fast loader yields them (None for
+    other iterables, or a shuffled order)."""
+    order = getattr(batches, "order", None)
+    if order is None or getattr(order, "shuffle", True) or getattr(order, "world_size", 1) != 1:
+        return None
+    return order.for_epoch(0)
 
 
 def _len_or_none(batches) -> int | None:

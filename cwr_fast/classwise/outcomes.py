@@ -1,0 +1,170 @@
+"""Per-image outcomes of an evaluation: what each attack did to each image, one .npz file.
+
+    outcomes = PerImageOutcomes.load("reports/mnist/adv.npz")
+    outcomes.robust("pgd-20")               # [N] bool
+    outcomes.counts()                       # the ClasswiseCounts of the report, recomputed
+
+Schema of the file (numpy arrays; N images, K attacks in evaluation order):
+    index       [N] int64   the image's index in the evaluated split (its position in the data when
+                            the loader does not know the split's indices)
+    label       [N] int64   true class
+    clean_pred  [N] int64   prediction on the clean image
+    adv_pred    [K, N] int64  prediction on attack k's adversarial image (the clean prediction for
+                            images the model already misclassifies: they are not attacked)
+    broken_at   [K, N] int64  what fooled the image first, in the unit `broken_at_unit[k]`: "step"
+                            (gradient attacks: the iterate, 0 = the start point, restart r counted
+                            from r * (steps + 1)), "member" (AutoAttack: the index into
+                            members[label]), "fooled" (attacks that do not say: 0); -1 where
+                            attack k did not fool it or did not run on it
+    x_adv       [K, N, C, H, W] float32, optional  the adversarial images (clean images where the
+                            attack did not run)
+    meta        a JSON string: {"schema", "attack_names", "broken_at_unit", "members",
+                            "num_classes", "class_names", "dataset", "config", "attacks"}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from cwr_fast.classwise.analysis import build_report, describe_attack
+from cwr_fast.classwise.counts import ClasswiseCounts
+from cwr_fast.outputs import write_atomic
+
+OUTCOMES_SCHEMA = "cwr_fast.per_image"
+UNITS = ("step", "member", "fooled")
+_ARRAYS = ("index", "label", "clean_pred", "adv_pred", "broken_at")
+
+
+@dataclass
+class PerImageOutcomes:
+    attack_names: list[str]
+    num_classes: int
+    index: Tensor
+    label: Tensor
+    clean_pred: Tensor
+    adv_pred: Tensor
+    broken_at: Tensor
+    x_adv: Tensor | None = None
+    broken_at_unit: list[str] = field(default_factory=list)
+    members: dict = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)   # class_names, dataset, config, attacks (for the file)
+
+    def __post_init__(self):
+        k, n = len(self.attack_names), self.label.shape[0]
+        for name in _ARRAYS:
+            expected = (k, n) if name in ("adv_pred", "broken_at") else (n,)
+            if tuple(getattr(self, name).shape) != expected:
+                raise ValueError(f"{name} has shape {tuple(getattr(self, name).shape)}, expected {expected}")
+        if not self.broken_at_unit:
+            self.broken_at_unit = ["member" if a in self.members else "fooled" for a in self.attack_names]
+        if len(self.broken_at_unit) != k or any(u not in UNITS for u in self.broken_at_unit):
+            raise ValueError(f"broken_at_unit must give one of {UNITS} per attack, got {self.broken_at_unit}")
+
+    def __len__(self) -> int:
+        return self.label.shape[0]
+
+    def robust(self, attack: str) -> Tensor:
+        """[N] bool: the image is classified correctly after `attack` (so also when clean)."""
+        return self.adv_pred[self._k(attack)] == self.label
+
+    def _k(self, attack: str) -> int:
+        if attack not in self.attack_names:
+            raise KeyError(f"no attack {attack!r}; the outcomes have {self.attack_names}")
+        return self.attack_names.index(attack)
+
+    @classmethod
+    def cat(cls, parts: list["PerImageOutcomes"]) -> "PerImageOutcomes":
+        """The outcomes of consecutive parts (batches) of one evaluation, in order."""
+        first = parts[0]
+        images = [p.x_adv for p in parts]
+        return cls(first.attack_names, first.num_classes,
+                   *(torch.cat([getattr(p, name) for p in parts], dim=-1) for name in _ARRAYS),
+                   x_adv=torch.cat(images, dim=1) if all(t is not None for t in images) else None,
+                   broken_at_unit=list(first.broken_at_unit), members=dict(first.members),
+                   meta=dict(first.meta))
+
+    def sorted_by_index(self) -> "PerImageOutcomes":
+        order = torch.argsort(self.index)
+        return PerImageOutcomes(
+            self.attack_names, self.num_classes, *(getattr(self, n)[..., order] for n in _ARRAYS),
+            x_adv=None if self.x_adv is None else self.x_adv[:, order],
+            broken_at_unit=list(self.broken_at_unit), members=dict(self.members), meta=dict(self.meta))
+
+    def counts(self) -> ClasswiseCounts:
+        """The class-wise counts these outcomes amount to (those of the engine, without timings)."""
+        c, y = self.num_classes, self.label
+        counts = ClasswiseCounts(list(self.attack_names), c, members=dict(self.members))
+        counts.clean_confusion = _confusion(y, self.clean_pred, c)
+        robust = self.adv_pred == y                                               # [K, N]
+        counts.adv_confusion = torch.stack([_confusion(y, p, c) for p in self.adv_pred]) \
+            if self.attack_names else torch.zeros(0, c, c, dtype=torch.int64)
+        onehot = torch.nn.functional.one_hot(y, c).to(torch.int64)               # [N, C]
+        r = robust.to(torch.int64)
+        counts.gain = torch.einsum("in,jn,nc->ijc", r, 1 - r, onehot)             # robust to i, not j
+        worst_pred, still_robust = self.clean_pred.clone(), self.clean_pred == y
+        for k in range(len(self.attack_names)):     # the first attack, in order, that fools it
+            newly_fooled = still_robust & ~robust[k]
+            worst_pred[newly_fooled] = self.adv_pred[k][newly_fooled]
+            still_robust &= robust[k]
+        counts.worst_confusion = _confusion(y, worst_pred, c)
+        for label, names in self.members.items():
+            at = self.broken_at[self._k(label)]
+            hit = at >= 0
+            counts.member_broken[label] = _confusion(at[hit], y[hit], len(names), c)
+        return counts
+
+    def describe(self, report: dict, attacks: dict) -> "PerImageOutcomes":
+        """Records what the file needs to rebuild `report` (its class names, dataset, config and
+        attacks {label: Attack}); returns self."""
+        self.meta = {"class_names": report["dataset"]["class_names"], "dataset": report["dataset"],
+                     "config": report["config"],
+                     "attacks": {label: describe_attack(atk) for label, atk in attacks.items()}}
+        return self
+
+    def report(self) -> dict:
+        """The class-wise report these outcomes amount to (that of the evaluation that saved
+        them, without timings)."""
+        class_names = self.meta.get("class_names") or [str(c) for c in range(self.num_classes)]
+        return build_report(self.counts(), class_names, attacks=self.meta.get("attacks"),
+                            config=self.meta.get("config"), dataset=self.meta.get("dataset"))
+
+    # ---- the file ----
+    def save(self, path: str | os.PathLike) -> Path:
+        """Writes the .npz file (schema above), atomically."""
+        meta = {"schema": OUTCOMES_SCHEMA, "attack_names": self.attack_names,
+                "broken_at_unit": self.broken_at_unit, "members": self.members,
+                "num_classes": self.num_classes, **self.meta}
+        arrays = {name: getattr(self, name).numpy() for name in _ARRAYS}
+        if self.x_adv is not None:
+            arrays["x_adv"] = self.x_adv.numpy()
+        return write_atomic(path, "wb", lambda f: np.savez_compressed(
+            f, meta=np.array(json.dumps(meta)), **arrays))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "PerImageOutcomes":
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                meta = json.loads(str(data["meta"]))
+                arrays = {name: torch.from_numpy(data[name].astype(np.int64)) for name in _ARRAYS}
+                x_adv = torch.from_numpy(data["x_adv"]) if "x_adv" in data.files else None
+        except (OSError, KeyError, ValueError) as err:
+            raise ValueError(f"cannot read per-image outcomes from {path}: {err}") from None
+        if meta.get("schema") != OUTCOMES_SCHEMA:
+            raise ValueError(f"{path} is not a cwr_fast per-image outcomes file (--save-adv)")
+        own = ("schema", "attack_names", "broken_at_unit", "members", "num_classes")
+        return cls(meta["attack_names"], meta["num_classes"], **arrays, x_adv=x_adv,
+                   broken_at_unit=meta["broken_at_unit"], members=meta["members"],
+                   meta={k: v for k, v in meta.items() if k not in own})
+
+
+def _confusion(rows: Tensor, cols: Tensor, n_rows: int, n_cols: int | None = None) -> Tensor:
+    n_cols = n_rows if n_cols is None else n_cols
+    return torch.bincount(rows * n_cols + cols, minlength=n_rows * n_cols).view(n_rows, n_cols)
