@@ -192,7 +192,7 @@ def _start_progress(args, argv_of_run: list[str] | None, rank: int) -> Path:
 
 
 def _remove_if_nothing_kept(args) -> None:
-    """A new evaluation that failed before its first batch leaves no OUT.partial behind."""
+    """A new evaluation stopped before its first batch leaves no OUT.partial behind."""
     partial = progress_dir(args.out) if args.out and args.resume is None else None
     if partial is not None and (partial / _COMMAND).is_file() and not any(partial.rglob("batch-*.pt")):
         shutil.rmtree(partial, ignore_errors=True)
@@ -451,6 +451,7 @@ def main(argv: list[str] | None = None) -> int:
         _remove_if_nothing_kept(args)
         return usage_error("cwr_fast.evaluate", err)
     except KeyboardInterrupt:
+        _remove_if_nothing_kept(args)
         partial = progress_dir(args.out) if args.out else None
         if partial is not None and partial.is_dir():
             return interrupted("cwr_fast.evaluate", f"the evaluated batches are kept in {partial}: "

@@ -382,5 +382,10 @@ def test_ctrl_c_in_evaluate_keeps_nothing_half_written(mnist_checkpoint, shared_
     out = tmp_path / "out"
     args = evaluate_args(mnist_checkpoint, shared_data, out, "--attacks", "aa", "--limit", "200")
     proc = _interrupt_when(["cwr_fast.evaluate", *args], "[cwr_fast.evaluate] attacks", "stderr")
-    assert_refused(proc, "interrupted", "nothing was written", code=130)
+    partial = Path(f"{out}.partial")
+    if partial.exists():  # a batch was complete: it is kept for --resume
+        assert_refused(proc, "interrupted", f"--resume {out}", code=130)
+        assert list((partial / "attacks").glob("batch-*.pt"))
+    else:
+        assert_refused(proc, "interrupted", "nothing was written", code=130)
     assert not out.exists()
