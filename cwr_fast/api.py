@@ -71,8 +71,9 @@ class ClasswiseReport:
         return markdown(self.data)
 
     def save(self, out_dir: str | Path, plots: bool = True, overwrite: bool = False) -> Path:
-        """Writes the report files into out_dir, as `python -m cwr_fast.evaluate --out` does."""
-        return write_report(self.data, out_dir, plots=plots, overwrite=overwrite)
+        """Writes the report files into out_dir, as `python -m cwr_fast.evaluate --out` does
+        (with outcomes.npz, for `compare --paired`, when the per-image outcomes are known)."""
+        return write_report(self.data, out_dir, plots=plots, overwrite=overwrite, outcomes=self.outcomes)
 
     def __repr__(self) -> str:
         worst = self.data["worst_case"]

@@ -11,6 +11,9 @@ the worst case over the run's attacks it shows the class mean, the worst and the
 95% Wilson intervals. Prints the Markdown table; with --out, also writes compare.md, compare.csv,
 compare.json and compare.png (mean vs worst-class robust accuracy per run) there, each file
 atomically (--overwrite replaces an earlier comparison there; other files are never touched). Runs on different datasets, splits or class sets are refused unless --allow-mismatch.
+With --paired, two runs evaluated on the same images are also compared image by image
+(cwr_fast/compare_paired.py): per class, for the mean and for the worst class, B - A with an
+interval and a p-value.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from pathlib import Path
 from cwr_fast.classwise.analysis import SCHEMA
 from cwr_fast.classwise.outcomes import PerImageOutcomes
 from cwr_fast.cli_types import comma_list, usage_error
-from cwr_fast.classwise.stats import wilson_interval
+from cwr_fast.classwise.stats import wilson_interval, worst_class_statistics
+from cwr_fast.compare_paired import PairedError, paired_markdown, paired_sections
 from cwr_fast.outputs import OutputError, check_output_dir, write_atomic, write_files
 from cwr_fast.report import csv_text, figure, pct, table
 
@@ -36,12 +40,15 @@ WORST_CASE = "worst case"
 MISSING = "-"
 ROW_FIELDS = ["run", "method", "defense", "dataset", "split", "images", "accuracy", "kind", "present",
               "attacks", "overall", "mean", "mean_ci_low", "mean_ci_high", "worst_class",
-              "worst_acc", "worst_ci_low", "worst_ci_high", "best_class", "best_acc",
+              "worst_acc", "worst_ci_low", "worst_ci_high", "worst_share", "best_class", "best_acc",
               "best_ci_low", "best_ci_high", "std", "gap"]
 CAPTION = ("Accuracies in %. *mean*: mean of the per-class accuracies; its 95% CI is the Wilson "
            "interval of the pooled accuracy over all images, as in the report's `overall` (the "
-           "same number as the class mean on class-balanced sets). *worst / best class*: the class "
-           "with the lowest / highest accuracy, with that class's 95% Wilson interval. "
+           "same number as the class mean on class-balanced sets). *worst class*: the class with the "
+           "lowest accuracy, with a simultaneous 95% interval for the lowest class accuracy "
+           "(whichever class it is: Bonferroni-adjusted Clopper-Pearson over the classes) and the "
+           "share of bootstrap draws in which that class is the worst. *best class*: the class with "
+           "the highest accuracy, with its 95% Wilson interval. "
            "*worst case*: robust only if every attack of the run fails (AutoAttack's rule)")
 
 
@@ -166,6 +173,13 @@ def _stats(section: dict, acc_field: str, count_field: str, overall: dict) -> di
         out.update({f"{which}_class": pick["class_name"] if pick else None,
                     f"{which}_acc": record[acc_field] if record else None,
                     f"{which}_ci_low": low, f"{which}_ci_high": high})
+    worst = s.get("worst_stats") or worst_class_statistics(  # reports before schema version 3
+        [r[count_field] for r in section["per_class"]], [r["n"] for r in section["per_class"]])
+    if s["worst"] is not None and worst is not None:
+        out.update({"worst_ci_low": worst["ci_low"], "worst_ci_high": worst["ci_high"],
+                    "worst_share": worst["worst_frequency"][s["worst"]["class"]]})
+    else:
+        out["worst_share"] = None
     return out
 
 
@@ -210,8 +224,11 @@ def _interval(low, high) -> str:
 def _class_cell(row: dict, which: str) -> str:
     if row[f"{which}_class"] is None:
         return pct(None)
-    return (f"{row[f'{which}_class']}: {pct(row[f'{which}_acc'])} "
+    cell = (f"{row[f'{which}_class']}: {pct(row[f'{which}_acc'])} "
             f"{_interval(row[f'{which}_ci_low'], row[f'{which}_ci_high'])}")
+    if which == "worst" and row.get("worst_share") is not None:
+        cell += f", worst in {100 * row['worst_share']:.0f}%"
+    return cell
 
 
 def markdown_table(rows: Sequence[dict]) -> str:
@@ -309,7 +326,9 @@ def comparison(runs: Sequence[dict], attacks: Sequence[str] | None = None,
         "attacks": attack_labels(runs, attacks),
         "missing": missing_attacks(runs, attacks),
         "warnings": list(warnings),
-        "ci": "mean: Wilson interval of the pooled accuracy; worst/best class: per-class Wilson interval",
+        "ci": "mean: Wilson interval of the pooled accuracy; worst class: simultaneous interval of "
+              "the lowest class accuracy (cwr_fast.classwise.stats.WORST_CLASS_METHOD), worst_share: "
+              "how often that class is the worst in bootstrap draws; best class: its Wilson interval",
         "rows": comparison_rows(runs, attacks),
     }
 
@@ -324,14 +343,18 @@ def comparison_markdown(result: dict) -> str:
 
 def write_comparison(runs: Sequence[dict], out_dir: str | os.PathLike | None,
                      attacks: Sequence[str] | None = None, allow_mismatch: bool = False,
-                     per_class: bool = True, overwrite: bool = False) -> dict:
+                     per_class: bool = True, overwrite: bool = False, paired: bool = False) -> dict:
     """Checks the runs fit together and, if out_dir is given, writes compare.md, compare.csv,
     compare.json and compare.png there (cwr_fast.outputs: an earlier comparison's files are
-    replaced only with overwrite=True, other files are left alone). Returns the compare.json
-    content plus its Markdown under "markdown"."""
+    replaced only with overwrite=True, other files are left alone). paired: two runs on the same
+    images, compared image by image (cwr_fast.compare_paired), under "paired". Returns the
+    compare.json content plus its Markdown under "markdown"."""
     warnings = check_compatible(runs, allow_mismatch)
     result = comparison(runs, attacks, warnings)
     text = comparison_markdown(result)
+    if paired:
+        result["paired"] = paired_sections(runs, attacks)
+        text += "\n" + paired_markdown(result["paired"])
     if out_dir is not None:
         write_files(out_dir, COMPARISON_KIND, overwrite=overwrite, files={
             "compare.md": text,
@@ -359,6 +382,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compare runs on different datasets, splits or class sets (with a warning)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier comparison in --out")
     p.add_argument("--no-per-class", action="store_true", help="leave the per-class panel out of the plot")
+    p.add_argument("--paired", action="store_true",
+                   help="two runs on the same images: per class, mean and worst class, the "
+                        "difference with a 95%% interval and its p-value (McNemar, Holm-corrected; "
+                        "paired bootstrap and randomisation), from the per-image outcomes")
     return p
 
 
@@ -372,8 +399,9 @@ def main(argv: list[str] | None = None) -> int:
         names = args.names or [None] * len(args.runs)
         runs = [load_run(path, name) for path, name in zip(args.runs, names)]
         result = write_comparison(runs, args.out, args.attacks, args.allow_mismatch,
-                                  per_class=not args.no_per_class, overwrite=args.overwrite)
-    except (CompareError, OutputError, OSError) as err:
+                                  per_class=not args.no_per_class, overwrite=args.overwrite,
+                                  paired=args.paired)
+    except (CompareError, PairedError, OutputError, OSError) as err:
         return usage_error("cwr_fast.compare", err)
     for w in result["warnings"]:
         print(f"cwr_fast.compare: warning: {w}", file=sys.stderr)

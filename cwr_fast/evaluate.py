@@ -22,7 +22,7 @@ import torch
 
 from cwr_fast import runtime
 from cwr_fast.attacks.spec import AttackSpecError, check_attacks, parse_attack, parse_attacks
-from cwr_fast.classwise.analysis import build_report, sweep_section
+from cwr_fast.classwise.analysis import build_report, clean_accuracy_flags, sweep_section
 from cwr_fast.classwise.batch_log import BatchLog
 from cwr_fast.classwise.engine import evaluate_classwise
 from cwr_fast.cli_types import (ConfigError, budget_problem, fmt_budget, integer, interrupted, number,
@@ -281,9 +281,9 @@ def _load_model(args, info, device: torch.device) -> tuple[torch.nn.Module, bool
         model = call_factory(factory, num_classes=info.num_classes, in_channels=in_channels,
                              mean=mean, std=std)
         label = f"the model of {args.model}"
-    calibrated, train_config = False, None
+    calibrated, train_config, args.recorded_clean = False, None, None
     if args.checkpoint is not None:
-        state, train_config = read_checkpoint(args.checkpoint, args.checkpoint_key)
+        state, train_config, args.recorded_clean = read_checkpoint(args.checkpoint, args.checkpoint_key)
         if args.normalize != "dataset" and any(k in state for k in ("mean", "model.mean")):
             raise ConfigError(f"{args.checkpoint} carries its own normalisation (the mean/std "
                               "buffers of a cwr_fast model), which is what it was trained with: "
@@ -400,7 +400,7 @@ def run(args) -> dict:
     if world > 1:
         torch.distributed.barrier()  # OUT.partial/ is ready before any process writes a batch there
     started = time.perf_counter()
-    attacks, counts = evaluate(specs, "attacks", per_image=args.save_adv is not None)
+    attacks, counts = evaluate(specs, "attacks", per_image=True)
     t_sweep = e_sweep = None
     if args.tpgd_sweep:
         _, sweep_counts = evaluate(sweeps["T"], "temperature sweep")
@@ -424,8 +424,11 @@ def run(args) -> dict:
     report = build_report(counts, info.class_names, attacks=attacks, config=config,
                           dataset={"name": info.name, "split": args.split},
                           temperature_sweep=t_sweep, eps_sweep=e_sweep)
+    expected, where = args.recorded_clean or (None, "")
+    report["flags"] += clean_accuracy_flags(counts, expected, where)
     if rank == 0:
-        write_report(report, args.out, plots=not args.no_plots, overwrite=args.overwrite)
+        write_report(report, args.out, plots=not args.no_plots, overwrite=args.overwrite,
+                     outcomes=counts.outcomes)
         if args.save_adv is not None:
             counts.outcomes.describe(report, attacks).save(args.save_adv)
         shutil.rmtree(partial, ignore_errors=True)

@@ -137,13 +137,26 @@ def _summary_rows(report: dict) -> list[list[str]]:
         if s["worst"] is None:
             continue
         rows.append([label, pct(o["robust_acc"]), f"[{pct(o['ci_low'])}, {pct(o['ci_high'])}]",
-                     pct(s["mean"]), f"{s['worst']['class_name']} ({pct(s['worst']['value'])})",
+                     pct(s["mean"]), worst_class_cell(s),
                      f"{s['best']['class_name']} ({pct(s['best']['value'])})",
                      pct(s["std"]), pct(s["gap"])])
     return rows
 
 
-_SUMMARY_HEADER = ["attack", "robust", "95% CI", "class mean", "worst class", "best class", "std", "gap"]
+def worst_class_cell(summary: dict) -> str:
+    """'cat (12.0) [3.1, 30.2], worst in 64% of draws': the worst class, its accuracy, the
+    simultaneous interval of the lowest class accuracy and how often the class is the worst
+    (summary.worst_stats; older reports without it show the first two only)."""
+    worst, stats = summary["worst"], summary.get("worst_stats")
+    cell = f"{worst['class_name']} ({pct(worst['value'])})"
+    if stats:
+        share = stats["worst_frequency"][worst["class"]]
+        cell += f" [{pct(stats['ci_low'])}, {pct(stats['ci_high'])}], worst in {100 * share:.0f}% of draws"
+    return cell
+
+
+_SUMMARY_HEADER = ["attack", "robust", "95% CI", "class mean",
+                   "worst class [simultaneous 95% CI], how often worst", "best class", "std", "gap"]
 
 
 def format_summary(report: dict) -> str:
@@ -187,6 +200,8 @@ def markdown(report: dict) -> str:
     out += ["Worst case: robust only if every attack fails (AutoAttack's rule). "
             "95% Wilson intervals per class are in report.json and per_class.csv.", ""]
     out += ["## Summaries (%)", ""] + table(_SUMMARY_HEADER, _summary_rows(report)) + [""]
+    if report.get("methods", {}).get("worst_stats"):
+        out += [f"The worst class: {report['methods']['worst_stats']}.", ""]
     if report["rank_agreement"]:
         out += ["## Rank agreement of classes (Spearman)", ""]
         out += table(["attack A", "attack B", "Spearman"],
@@ -392,8 +407,16 @@ def report_files(report: dict, plots: bool = True) -> dict[str, object]:
     return files
 
 
-def write_report(report: dict, out_dir: str | Path, plots: bool = True, overwrite: bool = False) -> Path:
+def write_report(report: dict, out_dir: str | Path, plots: bool = True, overwrite: bool = False,
+                 outcomes=None) -> Path:
     """Writes all report files to out_dir (cwr_fast.outputs: a directory holding an earlier
-    report has its files replaced only with overwrite=True; anything else in it stays). Returns
-    out_dir."""
-    return write_files(out_dir, REPORT_KIND, report_files(report, plots), overwrite).resolve()
+    report has its files replaced only with overwrite=True; anything else in it stays), with the
+    per-image outcomes (PerImageOutcomes or RobustBits) as outcomes.npz, one bit per image and
+    attack, for paired comparisons. Returns out_dir."""
+    from cwr_fast.classwise.outcomes import ROBUST_FILE, PerImageOutcomes, RobustBits
+
+    files = report_files(report, plots)
+    if outcomes is not None:
+        bits = RobustBits.from_outcomes(outcomes) if isinstance(outcomes, PerImageOutcomes) else outcomes
+        files[ROBUST_FILE] = bits.save
+    return write_files(out_dir, REPORT_KIND, files, overwrite).resolve()

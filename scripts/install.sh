@@ -11,6 +11,9 @@ with_ffcv=0
 
 "$PYTHON" -m pip install --quiet --disable-pip-version-check -r requirements/test.txt
 "$PYTHON" -m pip install --quiet --disable-pip-version-check --no-deps -r requirements/embedded.txt
+# RobustBench's model zoo and timm (--model robustbench:/timm:), without their download code:
+# see requirements/robustbench.txt for why --no-deps
+"$PYTHON" -m pip install --quiet --disable-pip-version-check --no-deps -r requirements/robustbench.txt
 
 if (( with_ffcv )); then
   # FFCV compiles against libturbojpeg and OpenCV (Debian packages).

@@ -52,7 +52,7 @@ def test_cli_writes_every_file(full_run):
 
 def test_report_json_follows_the_schema(full_run):
     report = json.loads((full_run / "report.json").read_text())
-    assert report["schema"] == "cwr_fast.classwise_report" and report["schema_version"] == 2
+    assert report["schema"] == "cwr_fast.classwise_report" and report["schema_version"] == 3
     assert report["dataset"]["class_names"] == [str(c) for c in range(10)]
     assert report["dataset"]["num_images"] == 60 and report["config"]["per_class"] == 6
     assert [a["label"] for a in report["attacks"]] == ATTACKS

@@ -2,9 +2,9 @@
 confidence intervals, summaries, worst case over attacks, rank agreement, gain attribution,
 sweeps and sanity flags. Pure functions of `ClasswiseCounts`.
 
-Report schema, version 2 (`report["schema"] == "cwr_fast.classwise_report"`; version 2 adds
-`autoattack`). Accuracies are
-fractions in [0, 1]; null where a class has no images. Class indices are ints, names strings.
+Report schema, version 3 (`report["schema"] == "cwr_fast.classwise_report"`; version 3 adds
+`summary.worst_stats` and `methods`, version 2 `autoattack`). Accuracies are fractions in [0, 1];
+null where a class has no images. Class indices are ints, names strings.
 
     schema, schema_version, created (ISO time), software {cwr_fast, torch, ops_backend}
     config            what was run (dataset, split, model, eps, attacks, batch_size, amp, ...)
@@ -34,6 +34,12 @@ fractions in [0, 1]; null where a class has no images. Class indices are ints, n
                     its robust accuracy needed), or null}],
        worst_class {class, class_name, robust_acc, last_needed}}]
 
+    methods           {worst_stats: how summary.worst_stats is computed, in words}
+
+    summary = {mean, std, gap, worst {class, class_name, value}, best {...}, worst_stats
+               {estimate, level, ci_low, ci_high (simultaneous interval of the lowest class
+               accuracy), bootstrap_ci_low, bootstrap_ci_high, worst_frequency [per class: share
+               of bootstrap draws in which it is the worst], draws, seed}} (stats.py)
     record = {class, class_name, n, clean_correct, clean_acc, robust, robust_acc, ci_low, ci_high}
              (the CI is the 95% Wilson interval of robust_acc; for `clean`, of clean_acc)
 """
@@ -49,10 +55,11 @@ import numpy as np
 import torch
 
 from cwr_fast.classwise.counts import ClasswiseCounts
-from cwr_fast.classwise.stats import class_summary, spearman, wilson_interval
+from cwr_fast.classwise.stats import (WORST_CLASS_METHOD, class_summary, spearman, wilson_interval,
+                                      worst_class_statistics)
 
 SCHEMA = "cwr_fast.classwise_report"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def _num(value) -> float | None:
@@ -90,6 +97,11 @@ def _acc(k: np.ndarray, n: np.ndarray) -> np.ndarray:
         return np.where(n > 0, k / np.maximum(n, 1), np.nan)
 
 
+def _summary(k: np.ndarray, n: np.ndarray, class_names: Sequence[str]) -> dict:
+    """class_summary of k / n, with the worst class's uncertainty (worst_class_statistics)."""
+    return {**class_summary(_acc(k, n), class_names), "worst_stats": worst_class_statistics(k, n)}
+
+
 def describe_attack(attack) -> dict:
     """{name, params} of an Attack object or of a dict already in that form."""
     if isinstance(attack, Mapping):
@@ -115,7 +127,7 @@ def attack_sections(counts: ClasswiseCounts, class_names: Sequence[str],
             "attack": describe_attack(attacks[label]) if attacks and label in attacks else None,
             "overall": _overall(int(robust.sum()), int(n.sum()), int(clean_correct.sum())),
             "per_class": _records(robust, n, clean_correct, class_names),
-            "summary": class_summary(_acc(robust, n), class_names),
+            "summary": _summary(robust, n, class_names),
             "confusion": counts.adv_confusion[k].tolist(),
             "seconds": seconds,
             "images_per_s": _num(n.sum() / seconds) if seconds > 0 else None,
@@ -168,7 +180,7 @@ def worst_case_section(counts: ClasswiseCounts, class_names: Sequence[str]) -> d
     return {"attacks": list(counts.attack_names),
             "overall": _overall(int(robust.sum()), int(n.sum()), int(counts.clean_correct.sum())),
             "per_class": _records(robust, n, counts.clean_correct.numpy(), class_names),
-            "summary": class_summary(_acc(robust, n), class_names),
+            "summary": _summary(robust, n, class_names),
             "confusion": counts.worst_confusion.tolist()}
 
 
@@ -329,7 +341,7 @@ def clean_accuracy_flags(counts: ClasswiseCounts, expected: float | None = None,
     if total == 0:
         return []
     acc = correct / total
-    low, high = (float(v) for v in wilson_interval(np.array([correct]), np.array([total])))
+    low, high = (float(v[0]) for v in wilson_interval(np.array([correct]), np.array([total])))
     hint = ("the weights may not fit the model as evaluated: check --normalize (TRADES and MART "
             "train on raw [0, 1] inputs: --normalize none), the architecture and the class order")
     if expected is not None and expected - acc >= 0.05 and not low <= expected <= high:
@@ -374,7 +386,7 @@ def build_report(counts: ClasswiseCounts, class_names: Sequence[str], *,
                     "class_names": class_names, "num_images": counts.total},
         "clean": {"accuracy": overall_clean["robust_acc"], "ci_low": overall_clean["ci_low"],
                   "ci_high": overall_clean["ci_high"], "per_class": clean_records,
-                  "summary": class_summary(_acc(clean_correct, n), class_names),
+                  "summary": _summary(clean_correct, n, class_names),
                   "confusion": counts.clean_confusion.tolist(), "seconds": counts.clean_seconds},
         "attacks": attack_sections(counts, class_names, attacks),
         "worst_case": worst_case_section(counts, class_names),
@@ -383,4 +395,5 @@ def build_report(counts: ClasswiseCounts, class_names: Sequence[str], *,
         "sweeps": {"temperature": temperature_sweep, "eps": eps_sweep},
         "flags": sanity_flags(counts, attacks, eps_sweep),
         "autoattack": autoattack_sections(counts, class_names),
+        "methods": {"worst_stats": WORST_CLASS_METHOD},
     }

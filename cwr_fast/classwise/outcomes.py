@@ -168,3 +168,68 @@ class PerImageOutcomes:
 def _confusion(rows: Tensor, cols: Tensor, n_rows: int, n_cols: int | None = None) -> Tensor:
     n_cols = n_rows if n_cols is None else n_cols
     return torch.bincount(rows * n_cols + cols, minlength=n_rows * n_cols).view(n_rows, n_cols)
+
+
+# ---- the compact form in every report: one bit per image and attack -------------------------------
+
+ROBUST_FILE = "outcomes.npz"
+ROBUST_SCHEMA = "cwr_fast.robust_bits"
+CLEAN, WORST_CASE = "clean", "worst case"
+
+
+@dataclass
+class RobustBits:
+    """Which images each attack left correctly classified: what paired comparisons of two models
+    on the same images need (cwr_fast.classwise.paired), saved as `outcomes.npz` in every report
+    directory. File: index [N] int64, label [N] int64, clean and robust as np.packbits of [N] and
+    [K, N] booleans (little bit order), meta JSON {schema, attack_names, num_classes, n}."""
+    attack_names: list[str]
+    num_classes: int
+    index: np.ndarray       # [N] int64
+    label: np.ndarray       # [N] int64
+    clean: np.ndarray       # [N] bool: classified correctly without attack
+    robust: np.ndarray      # [K, N] bool: correctly classified after attack k
+
+    @classmethod
+    def from_outcomes(cls, outcomes: PerImageOutcomes) -> "RobustBits":
+        y = outcomes.label
+        robust = (outcomes.adv_pred == y).numpy().reshape(len(outcomes.attack_names), len(y))
+        return cls(list(outcomes.attack_names), outcomes.num_classes, outcomes.index.numpy(),
+                   y.numpy(), (outcomes.clean_pred == y).numpy(), robust)
+
+    def correct(self, accuracy: str) -> np.ndarray:
+        """[N] bool for `accuracy`: "clean", an attack's label, or "worst case" (every attack)."""
+        if accuracy == CLEAN:
+            return self.clean
+        if accuracy == WORST_CASE:
+            return self.robust.all(axis=0) & self.clean
+        if accuracy not in self.attack_names:
+            raise KeyError(f"no attack {accuracy!r}; the outcomes have {self.attack_names}")
+        return self.robust[self.attack_names.index(accuracy)]
+
+    def save(self, path: str | os.PathLike) -> Path:
+        meta = {"schema": ROBUST_SCHEMA, "attack_names": self.attack_names,
+                "num_classes": self.num_classes, "n": int(len(self.label))}
+        return write_atomic(path, "wb", lambda f: np.savez_compressed(
+            f, meta=np.array(json.dumps(meta)), index=self.index.astype(np.int64),
+            label=self.label.astype(np.int64), clean=np.packbits(self.clean, bitorder="little"),
+            robust=np.packbits(self.robust, axis=-1, bitorder="little")))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "RobustBits":
+        """From a report's outcomes.npz, or from the per-image outcomes of --save-adv."""
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                meta = json.loads(str(data["meta"]))
+                if meta.get("schema") == OUTCOMES_SCHEMA:
+                    return cls.from_outcomes(PerImageOutcomes.load(path))
+                if meta.get("schema") != ROBUST_SCHEMA:
+                    raise ValueError("not a cwr_fast outcomes file")
+                n, k = meta["n"], len(meta["attack_names"])
+                clean = np.unpackbits(data["clean"], count=n, bitorder="little").astype(bool)
+                robust = np.unpackbits(data["robust"], axis=-1, count=n, bitorder="little").astype(bool)
+                return cls(meta["attack_names"], meta["num_classes"], data["index"], data["label"],
+                           clean, robust.reshape(k, n))
+        except (OSError, KeyError, ValueError) as err:
+            raise ValueError(f"cannot read per-image outcomes from {path}: {err}") from None

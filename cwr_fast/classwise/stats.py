@@ -79,3 +79,54 @@ def class_summary(accuracy: Sequence[float], class_names: Sequence[str]) -> dict
         "worst": {"class": worst, "class_name": class_names[worst], "value": float(acc[worst])},
         "best": {"class": best, "class_name": class_names[best], "value": float(acc[best])},
     }
+
+
+def clopper_pearson(successes, n, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """Exact (Clopper-Pearson) two-sided 1 - alpha interval of a binomial proportion; NaN where
+    n == 0. Its coverage is at least 1 - alpha for every true proportion."""
+    from scipy.stats import beta
+
+    k = np.asarray(successes, dtype=np.float64)
+    n = np.asarray(n, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        low = np.where(k > 0, beta.ppf(alpha / 2, k, n - k + 1), 0.0)
+        high = np.where(k < n, beta.ppf(1 - alpha / 2, k + 1, n - k), 1.0)
+    return np.where(n > 0, low, np.nan), np.where(n > 0, high, np.nan)
+
+
+WORST_CLASS_METHOD = (
+    "ci: simultaneous interval for the lowest true class accuracy, [min over classes of the lower "
+    "bounds, min of the upper bounds] of exact Clopper-Pearson intervals at level 1 - alpha / C "
+    "(Bonferroni over the C classes): all C intervals hold together with probability >= 1 - alpha, "
+    "and then the minimum lies inside, whichever class it is. worst_frequency: the share of "
+    "bootstrap draws (images resampled with replacement within each class; a class's robust count "
+    "is then Binomial(n_c, observed accuracy)) in which each class has the lowest accuracy, ties "
+    "shared; bootstrap_ci: the percentile interval of the minimum over those draws, which like the "
+    "observed minimum is biased low when several classes are close")
+
+
+def worst_class_statistics(successes, n, *, level: float = 0.95, draws: int = 2000,
+                           seed: int = 0) -> dict | None:
+    """Uncertainty of the worst class's accuracy, min over classes of successes / n (classes with
+    n == 0 left out): see WORST_CLASS_METHOD. Seeded: the same counts give the same numbers.
+    None when no class has images."""
+    k = np.asarray(successes, dtype=np.int64)
+    n = np.asarray(n, dtype=np.int64)
+    valid = np.flatnonzero(n > 0)
+    if len(valid) == 0:
+        return None
+    alpha = 1 - level
+    low, high = clopper_pearson(k[valid], n[valid], alpha / len(valid))
+    rng = np.random.default_rng(seed)
+    drawn = rng.binomial(n[valid], k[valid] / n[valid], size=(draws, len(valid))) / n[valid]
+    lowest = drawn.min(axis=1, keepdims=True)
+    is_worst = drawn == lowest
+    share = (is_worst / is_worst.sum(axis=1, keepdims=True)).mean(axis=0)
+    frequency = np.full(len(n), np.nan)
+    frequency[valid] = share
+    boot_low, boot_high = np.quantile(lowest[:, 0], [alpha / 2, 1 - alpha / 2])
+    return {"estimate": float((k[valid] / n[valid]).min()), "level": level,
+            "ci_low": float(low.min()), "ci_high": float(high.min()),
+            "bootstrap_ci_low": float(boot_low), "bootstrap_ci_high": float(boot_high),
+            "worst_frequency": [None if math.isnan(f) else float(f) for f in frequency],
+            "draws": draws, "seed": seed}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -13,6 +14,12 @@ from cwr_fast.models.calibration import ClasswiseCalibration, is_calibrated_stat
 # where training scripts commonly put the weights inside a checkpoint dict, in order of preference
 _STATE_KEYS = ("model_ema", "ema", "model", "state_dict", "model_state_dict", "net")
 _PREFIXES = ("module.", "_orig_mod.")
+# tensors that published checkpoints carry but their models never use, dropped when the model has
+# no such tensors: TRADES' and MART's WideResNet define a block `sub_block1` that forward skips
+_UNUSED_PREFIXES = ("sub_block1.",)
+# where training scripts record the clean test accuracy beside the weights (robust_overfitting:
+# test_acc), as a fraction or in percent
+_ACCURACY_KEYS = ("test_acc", "clean_acc", "test_nat_acc", "nat_acc", "natural_acc", "best_acc", "acc")
 
 
 class CheckpointMismatchError(ValueError):
@@ -45,6 +52,12 @@ def extract_state_dict(checkpoint: object, key: str | None = None) -> dict[str, 
     return state
 
 
+def _without_unused(state: Mapping[str, torch.Tensor], model: nn.Module) -> Mapping[str, torch.Tensor]:
+    own = model.state_dict()
+    unused = [p for p in _UNUSED_PREFIXES if not any(k.startswith(p) for k in own)]
+    return {k: v for k, v in state.items() if not k.startswith(tuple(unused))} if unused else state
+
+
 def state_dict_mismatch(model: nn.Module, state: Mapping[str, torch.Tensor]) -> list[str]:
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
@@ -61,10 +74,34 @@ def state_dict_mismatch(model: nn.Module, state: Mapping[str, torch.Tensor]) -> 
     return problems
 
 
-def read_checkpoint(path: str | Path, key: str | None = None) -> tuple[dict[str, torch.Tensor], dict | None]:
-    """(the model's state dict in a checkpoint file (see extract_state_dict), the training
-    configuration saved beside it by cwr_fast.train (its "config" dict) or None);
-    FileNotFoundError or CheckpointMismatchError."""
+class Checkpoint(NamedTuple):
+    state: dict[str, torch.Tensor]      # the model's state dict (extract_state_dict)
+    config: dict | None                 # the training configuration cwr_fast.train saved beside it
+    clean_accuracy: tuple[float, str] | None  # (the clean accuracy it records, where), if any
+
+
+def recorded_clean_accuracy(checkpoint: object) -> tuple[float, str] | None:
+    """The clean accuracy a checkpoint records, as a fraction, and where it was found: the last
+    validation of a cwr_fast training run, or a key such as robust_overfitting's test_acc."""
+    if not isinstance(checkpoint, Mapping):
+        return None
+    history = checkpoint.get("history")
+    if isinstance(history, list):
+        vals = [h["val"] for h in history if isinstance(h, Mapping) and isinstance(h.get("val"), Mapping)]
+        if vals and isinstance(vals[-1].get("clean_mean"), (int, float)):
+            return float(vals[-1]["clean_mean"]), "the checkpoint's last validation"
+    for key in _ACCURACY_KEYS:
+        value = checkpoint.get(key)
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.item()
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 100:
+            return (value / 100 if value > 1 else float(value)), f"the checkpoint's {key!r}"
+    return None
+
+
+def read_checkpoint(path: str | Path, key: str | None = None) -> Checkpoint:
+    """The model's state dict in a checkpoint file (see extract_state_dict), with what the file
+    records beside it (Checkpoint); FileNotFoundError or CheckpointMismatchError."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -73,12 +110,13 @@ def read_checkpoint(path: str | Path, key: str | None = None) -> tuple[dict[str,
     except Exception as err:  # pickle errors, truncated files, non-tensor objects
         raise CheckpointMismatchError(f"cannot read checkpoint {path} with weights_only=True: {err}") from err
     config = checkpoint.get("config") if isinstance(checkpoint, Mapping) else None
-    return extract_state_dict(checkpoint, key), config if isinstance(config, dict) else None
+    return Checkpoint(extract_state_dict(checkpoint, key), config if isinstance(config, dict) else None,
+                      recorded_clean_accuracy(checkpoint))
 
 
 def read_state_dict(path: str | Path, key: str | None = None) -> dict[str, torch.Tensor]:
     """The model's state dict in a checkpoint file (see read_checkpoint)."""
-    return read_checkpoint(path, key)[0]
+    return read_checkpoint(path, key).state
 
 
 def load_weights(model: nn.Module, path: str | Path, key: str | None = None,
@@ -103,6 +141,7 @@ def load_weights(model: nn.Module, path: str | Path, key: str | None = None,
     targets = [model] + ([model.net] if isinstance(getattr(model, "net", None), nn.Module) else [])
     problems = {}
     for target in targets:
+        state = _without_unused(state, target)
         problems[target] = state_dict_mismatch(target, state)
         if not problems[target]:
             target.load_state_dict(state, strict=True)

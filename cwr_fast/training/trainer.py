@@ -425,7 +425,7 @@ class Trainer:
                  f"{', class-wise calibrated' if cfg.calibrate else ''})")
         start = time.perf_counter()
         counts = evaluate_classwise(model, loader, self.num_classes, attacks, amp=self.amp,
-                                    seed=cfg.seed, distributed=self.dist.enabled,
+                                    seed=cfg.seed, distributed=self.dist.enabled, per_image=True,
                                     progress=self.progress and self.dist.is_main, device=self.device)
         config = {"source": "cwr_fast.train", "run_dir": str(self.run_dir), "dataset": cfg.dataset,
                   "split": split, "arch": cfg.arch, "method": cfg.method,
@@ -439,7 +439,8 @@ class Trainer:
         report = build_report(counts, self.class_names, attacks=attacks, config=config,
                               dataset={"name": cfg.dataset, "split": split})
         if self.dist.is_main:
-            write_report(report, self.run_dir / "report", plots=self.plots, overwrite=True)
+            write_report(report, self.run_dir / "report", plots=self.plots, overwrite=True,
+                         outcomes=counts.outcomes)
         return report
 
 
