@@ -1,8 +1,9 @@
 """The checkpoints of the repositories people bring load as those repositories saved them:
 TRADES and MART (WideResNet-34-10 with its unused `sub_block1`, raw [0, 1] inputs),
-robust_overfitting (DataParallel `module.` keys; model_best.pth = {'state_dict', 'test_acc', ...};
-CIFAR mean/std applied outside the model) and fast_adversarial (a plain PreActResNet-18 state
-dict, the same normalisation outside). The weights are random, saved by the test in each layout."""
+robust_overfitting (DataParallel `module.` keys; model_best.pth = {'state_dict', 'test_acc', ...}
+or a plain state dict; CIFAR mean/std applied outside the model). The weights are random, saved
+by the test in each layout. (fast_adversarial's PreActResNet-18 has no BatchNorm before the
+classifier, unlike ours: it loads as RobustBench's Wong2020Fast, tests/test_model_sources.py.)"""
 
 import json
 
@@ -19,7 +20,7 @@ from cwr_fast.models.checkpoint import CheckpointMismatchError, read_checkpoint,
 from cwr_fast.models.preact_resnet import preact_resnet18
 from cwr_fast.models.wide_resnet import wrn34_10
 
-# robust_overfitting's and fast_adversarial's utils.py: cifar10_mean, cifar10_std
+# robust_overfitting's (and fast_adversarial's) utils.py: cifar10_mean, cifar10_std
 LOCUSLAB_MEAN, LOCUSLAB_STD = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
 LOCUSLAB = ",".join(map(str, LOCUSLAB_MEAN + LOCUSLAB_STD))
 
@@ -95,15 +96,15 @@ def test_robust_overfitting_best_checkpoint_with_module_prefix(cifar, tmp_path):
     assert "test_acc" in codes["clean_accuracy_below_recorded"]["message"]
 
 
-def test_fast_adversarial_plain_state_dict_and_its_normalisation(cifar, tmp_path):
+def test_plain_preact_resnet_state_dict_and_its_normalisation(cifar, tmp_path):
     net = seeded(preact_resnet18, seed=2)
     with torch.no_grad():  # a random deep net predicts one class; larger weights spread its logits
         net.linear.weight.mul_(30)
-    path = tmp_path / "model.pth"                      # torch.save(model.state_dict(), ...)
+    path = tmp_path / "model_199.pth"     # robust_overfitting's per-epoch torch.save(model.state_dict())
     torch.save(net.state_dict(), path)
-    right = evaluate_clean(cifar, path, LOCUSLAB, tmp_path / "fa")
+    right = evaluate_clean(cifar, path, LOCUSLAB, tmp_path / "normalised")
     assert right["clean"]["confusion"] == expected_confusion(net, LOCUSLAB_MEAN, LOCUSLAB_STD, cifar)
-    raw = evaluate_clean(cifar, path, "none", tmp_path / "fa-raw")   # the wrong normalisation
+    raw = evaluate_clean(cifar, path, "none", tmp_path / "raw")   # the wrong normalisation
     assert raw["clean"]["confusion"] == expected_confusion(net, None, None, cifar)
     assert len({p for row in right["clean"]["confusion"] for p, n in enumerate(row) if n}) > 1
     assert raw["clean"]["confusion"] != right["clean"]["confusion"]
