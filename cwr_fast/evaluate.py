@@ -401,10 +401,11 @@ def run(args) -> dict:
         torch.distributed.barrier()  # OUT.partial/ is ready before any process writes a batch there
     started = time.perf_counter()
     attacks, counts = evaluate(specs, "attacks", per_image=True)
-    t_sweep = e_sweep = None
-    if args.tpgd_sweep:
-        _, sweep_counts = evaluate(sweeps["T"], "temperature sweep")
+    t_sweep = e_sweep = t_outcomes = None
+    if args.tpgd_sweep:  # per image too: findings pick T per class on some images, test it on others
+        _, sweep_counts = evaluate(sweeps["T"], "temperature sweep", per_image=True)
         t_sweep = sweep_section(sweep_counts, "T", args.tpgd_sweep, sweep_base["T"].label, info.class_names)
+        t_outcomes = sweep_counts.outcomes
     if args.eps_sweep:
         _, sweep_counts = evaluate(sweeps["eps"], "eps sweep")
         e_sweep = sweep_section(sweep_counts, "eps", args.eps_sweep, sweep_base["eps"].label,
@@ -428,7 +429,7 @@ def run(args) -> dict:
     report["flags"] += clean_accuracy_flags(counts, expected, where)
     if rank == 0:
         write_report(report, args.out, plots=not args.no_plots, overwrite=args.overwrite,
-                     outcomes=counts.outcomes)
+                     outcomes=counts.outcomes, sweep_outcomes={"temperature": t_outcomes})
         if args.save_adv is not None:
             counts.outcomes.describe(report, attacks).save(args.save_adv)
         shutil.rmtree(partial, ignore_errors=True)

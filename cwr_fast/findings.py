@@ -16,6 +16,13 @@ the numbers of that run say, not an opinion:
   temperature     some T != 1 of Temperature-PGD lowers robust accuracy by >= 1 point below
                   T = 1 (= PGD) at the same steps and budget (a smaller difference is a handful of
                   images, within the noise of the random start)
+  per-class T     a T chosen per class on half of the test images (the selection half) lowers the
+                  robust accuracy of the other half below T = 1, significantly (paired
+                  randomisation test, p < 0.05); likewise for one global T chosen on that half
+  defense         a class-wise defense raises the worst class's robust accuracy against the
+                  baseline of its method: the gain is positive for every seed and the paired test
+                  on the same images (randomisation test of the worst-class difference) has
+                  p < 0.05 for at least half of the seeds; otherwise "not significant"
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from cwr_fast.classwise.stats import spearman
 from cwr_fast.report import figure
 
 THRESHOLDS = {"disparity_gap": 0.10, "concentration_top2": 0.5, "consistency": 0.7,
-              "gain_share": 0.5, "temperature_gain": 0.01}
+              "gain_share": 0.5, "temperature_gain": 0.01, "significance": 0.05}
 
 
 # ---- numbers ----------------------------------------------------------------------------------
@@ -171,6 +178,63 @@ def temperature_effect(report: dict, pgd_label: str) -> dict | None:
     return {"values": values, "overall": overall, "worst_class": worst_class, "at_one": at_one,
             "pgd": pgd, "strongest": strongest, "reproduced": lowers,
             "stronger_classes": stronger_classes}
+
+
+def per_class_temperature(correct, labels, index, values: Sequence[float],
+                          class_names: Sequence[str]) -> dict | None:
+    """Does choosing Temperature-PGD's T per class beat PGD (T = 1)? correct [K, N]: image n is
+    still classified correctly after the sweep's attack k (temperature values[k]), labels [N],
+    index [N] the images' dataset indices. The images at even positions in index order are the
+    selection half: per class (and globally) the T that leaves the fewest of them robust is
+    chosen (T = 1 on ties); the other half measures it against T = 1 with the paired tests of
+    cwr_fast.classwise.paired. None without T = 1 in the sweep."""
+    from cwr_fast.classwise.paired import paired_comparison
+
+    values = [float(v) for v in values]
+    if 1.0 not in values:
+        return None
+    correct, labels = np.asarray(correct, dtype=bool), np.asarray(labels)
+    order = np.argsort(np.asarray(index), kind="stable")
+    select, test = order[0::2], order[1::2]
+    one = values.index(1.0)
+
+    def pick(robust_counts: np.ndarray) -> int:
+        return one if robust_counts[one] == robust_counts.min() else int(np.argmin(robust_counts))
+
+    chosen = []
+    for c, name in enumerate(class_names):
+        mine = select[labels[select] == c]
+        k = pick(correct[:, mine].sum(axis=1)) if len(mine) else one
+        chosen.append({"class": c, "class_name": name, "T": values[k], "k": k,
+                       "selection_robust_acc": [float(v) for v in correct[:, mine].mean(axis=1)] if len(mine) else None})
+    k_global = pick(correct[:, select].sum(axis=1))
+    y = labels[test]
+    pgd = correct[one, test]
+    per_class_t = correct[np.array([chosen[c]["k"] for c in y], dtype=np.int64), test]
+    comparisons = {"per_class_T": paired_comparison(pgd, per_class_t, y, class_names),
+                   "global_T": paired_comparison(pgd, correct[k_global, test], y, class_names)}
+    out = {"values": values, "chosen": chosen, "global_value": values[k_global],
+           "selection_images": int(len(select)), "test_images": int(len(test))}
+    for key, cmp in comparisons.items():
+        mean = cmp["mean"]
+        out[key] = {"pgd": mean["a"], "robust_acc": mean["b"], "diff": mean["diff"],
+                    "ci_low": mean["ci_low"], "ci_high": mean["ci_high"], "p": mean["p"],
+                    "worst_pgd": cmp["worst"]["a"], "worst": cmp["worst"]["b"], "worst_p": cmp["worst"]["p"],
+                    "reproduced": mean["diff"] < 0 and mean["p"] < THRESHOLDS["significance"]}
+    out["reproduced"] = out["per_class_T"]["reproduced"]
+    return out
+
+
+def defense_verdict(seeds: Sequence[dict]) -> dict:
+    """The defense rule (module docstring) over seeds: each {seed, worst_gain, p} of a defense
+    against its baseline of the same seed, on the same images (the paired test's worst class)."""
+    gains = [s["worst_gain"] for s in seeds]
+    significant = sum(s["p"] < THRESHOLDS["significance"] for s in seeds)
+    reproduced = bool(seeds) and all(g > 0 for g in gains) and 2 * significant >= len(seeds)
+    return {"seeds": len(seeds), "gain_mean": float(np.mean(gains)) if gains else math.nan,
+            "gain_std": float(np.std(gains)) if gains else math.nan,
+            "significant_seeds": significant, "reproduced": reproduced,
+            "wording": "significant" if reproduced else "not significant"}
 
 
 def class_record_summary(report: dict, label: str) -> dict:

@@ -12,13 +12,21 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from cwr_fast import findings as F
-from cwr_fast.report import pct, plot_confusion, table
+from cwr_fast.classwise.outcomes import ROBUST_FILE, RobustBits
+from cwr_fast.classwise.paired import paired_comparison
+from cwr_fast.compare_paired import aligned
+from cwr_fast.report import pct, plot_confusion, sweep_outcomes_file, table
 from cwr_fast.outputs import write_text
 
 BASELINES = ("pgd-at", "trades")
+# the published per-class pattern on CIFAR-10 (Tian et al. 2021; Xu et al. 2021): least and most
+# robust classes under adversarial training
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+PUBLISHED_LEAST, PUBLISHED_MOST = ("cat", "bird", "deer", "dog"), ("automobile", "truck", "ship")
 PAPER = "Tian et al., *Analysis and Applications of Class-wise Robustness in Adversarial Training*, KDD 2021"
 
 
@@ -63,6 +71,14 @@ def collect(out: Path, settings: dict, reports: dict, sweeps: dict) -> dict:
             "autoattack_variants": F.autoattack_variants(report, aa),
             "autoattack_breakdown": next((x for x in report.get("autoattack", []) if x["label"] == aa), None),
         }
+        bits = out / "sweeps" / name / sweep_outcomes_file("temperature")
+        if bits.is_file():
+            sweep = RobustBits.load(bits)
+            result["baselines"][name]["per_class_T"] = F.per_class_temperature(
+                sweep.robust, sweep.label, sweep.index, sweeps[name]["sweeps"]["temperature"]["values"],
+                report["dataset"]["class_names"])
+        if tuple(report["dataset"]["class_names"]) == CIFAR10_CLASSES:
+            result["baselines"][name]["published_pattern"] = published_pattern(report, aa)
     result["defense_agreement"] = F.rank_agreement({n: F.robust_acc(r, aa) for n, r in reports.items()})
     rows = []
     for name, report in reports.items():
@@ -77,11 +93,75 @@ def collect(out: Path, settings: dict, reports: dict, sweeps: dict) -> dict:
         b = by_name[row["baseline"]]
         row["worst_gain"] = row[aa]["worst"] - b[aa]["worst"]
         row["mean_cost"] = b[aa]["mean"] - row[aa]["mean"]
+        if row["name"] != row["baseline"]:
+            row["paired"] = paired_against(out, row["baseline"], row["name"], aa)
     defenses = [r for r in rows if r["name"] not in BASELINES]
     result["defenses"] = rows
     result["best_defense"] = max(defenses, key=lambda r: (r[aa]["worst"], r[aa]["mean"]))["name"] \
         if defenses else None
+    result["seeds"] = seed_statistics(out, settings, methods, aa)
+    best = next((r for r in rows if r["name"] == result["best_defense"]), None)
+    if best is not None:
+        per_seed = result["seeds"].get("paired", {}).get(best["name"]) or [
+            {"seed": settings["seed"], "worst_gain": best["paired"]["worst"]["diff"], "p": best["paired"]["worst"]["p"]}]
+        result["best_defense_verdict"] = F.defense_verdict(per_seed)
     return result
+
+
+def _bits(out: Path, run: str) -> RobustBits:
+    return RobustBits.load(out / "runs" / run / "report" / ROBUST_FILE)
+
+
+def paired_against(out: Path, baseline: str, run: str, label: str) -> dict:
+    """`run` against `baseline` on the same test images under `label` (cwr_fast.classwise.paired)."""
+    a, b = _bits(out, baseline), _bits(out, run)
+    order_a, order_b = aligned(a, b, [baseline, run])
+    names = json.loads((out / "runs" / run / "report" / "report.json").read_text())["dataset"]["class_names"]
+    return paired_comparison(a.correct(label)[order_a], b.correct(label)[order_b], a.label[order_a], names)
+
+
+def seed_statistics(out: Path, settings: dict, methods: dict, label: str) -> dict:
+    """For each run trained with several seeds: clean, mean and worst-class `label` accuracy per
+    seed and their mean and std; for each seeded defense, its paired test against the baseline of
+    the same seed, per seed."""
+    result = {"seeds": settings.get("seeds", [settings["seed"]]), "runs": {}, "paired": {}}
+    for name, runs in settings.get("seed_runs", {}).items():
+        per_seed = []
+        for seed, run in zip(result["seeds"], runs):
+            report = _load(out / "runs" / run / "report" / "report.json")
+            summary = F.class_record_summary(report, label)
+            per_seed.append({"seed": seed, "run": run, "clean": report["clean"]["accuracy"],
+                             "mean": summary["mean"], "worst": summary["worst"]})
+        result["runs"][name] = {"per_seed": per_seed, **{
+            f"{key}_{stat}": float(fn([r[key] for r in per_seed]))
+            for key in ("clean", "mean", "worst") for stat, fn in (("mean", np.mean), ("std", np.std))}}
+    for name, runs in settings.get("seed_runs", {}).items():
+        baseline = "pgd-at" if methods.get(name) == "pgd-at" else "trades"
+        if name in BASELINES or baseline not in settings["seed_runs"]:
+            continue
+        result["paired"][name] = []
+        for seed, run, base in zip(result["seeds"], runs, settings["seed_runs"][baseline]):
+            cmp = paired_against(out, base, run, label)
+            result["paired"][name].append({"seed": seed, "worst_gain": cmp["worst"]["diff"],
+                                           "p": cmp["worst"]["p"], "mean_gain": cmp["mean"]["diff"],
+                                           "mean_p": cmp["mean"]["p"]})
+    return result
+
+
+def published_pattern(report: dict, label: str) -> dict:
+    """This run's four least and three most robust CIFAR-10 classes under `label`, against the
+    published pattern (PUBLISHED_LEAST, PUBLISHED_MOST)."""
+    records = [r for r in F.attack_section(report, label)["per_class"] if r["robust_acc"] is not None]
+    ranked = [r["class_name"] for r in sorted(records, key=lambda r: (r["robust_acc"], r["class"]))]
+    least, most = ranked[:len(PUBLISHED_LEAST)], ranked[-len(PUBLISHED_MOST):]
+    shared_least = sorted(set(least) & set(PUBLISHED_LEAST))
+    shared_most = sorted(set(most) & set(PUBLISHED_MOST))
+    overlap = len(shared_least) + len(shared_most)
+    total = len(PUBLISHED_LEAST) + len(PUBLISHED_MOST)
+    return {"least": least, "most": most, "shared_least": shared_least, "shared_most": shared_most,
+            "overlap": overlap, "of": total,
+            "agreement": "agrees" if overlap >= total - 1 else "partly agrees" if overlap >= total / 2
+            else "disagrees"}
 
 
 def _strongest_tpgd(sweep_report: dict) -> list[float | None]:
@@ -105,10 +185,13 @@ def _variant_gap_sentence(gaps: list[tuple[str, float, float]], s: dict) -> str:
 
 
 def _settings_lines(s: dict) -> list[str]:
-    lines = [f"- Dataset **{s['dataset']}**, model **{s['arch']}**, seed {s['seed']}, mode **{s['mode']}**."]
+    seeds = s.get("seeds", [s["seed"]])
+    lines = [f"- Dataset **{s['dataset']}**, model **{s['arch']}**, mode **{s['mode']}**, seed {s['seed']}"
+             + (f"; the baselines and the best defense also at seeds {', '.join(map(str, seeds[1:]))}" if len(seeds) > 1 else "")
+             + "."]
     if s["mode"] == "cpu":
         lines.append(
-            f"- **Reduced budget** (so that the whole study runs in under 30 minutes on a 2-core CPU): "
+            f"- **Reduced budget** (so that the whole study runs in under 60 minutes on a 2-core CPU): "
             f"training on a class-balanced subset of {s['train_per_class']} images per class "
             f"({s['val_per_class']} more per class held out for validation, the defenses' statistics "
             f"and the calibration), {s['epochs']} epochs, PGD-{s['steps']} of step {s['alpha']:g} in training "
@@ -203,15 +286,31 @@ def document(result: dict, reports: dict, sweeps: dict) -> str:
              f"strongest T = {t['strongest']['value']:g}: {pct(t['strongest']['robust_acc'])}% vs "
              f"{pct(t['at_one'])}% at T = 1", _yes(t["reproduced"])],
         ]
+        pc = b[name].get("per_class_T")
+        if pc is not None:
+            x = pc["per_class_T"]
+            summary.append([f"4b. a T chosen per class beats PGD on held-out images ({name})",
+                            f"{pct(x['robust_acc'])}% vs {pct(x['pgd'])}% ({_signed(x['diff'])} points "
+                            f"[{_signed(x['ci_low'])}, {_signed(x['ci_high'])}], p = {F.num(x['p'], 3)})",
+                            _yes(x["reproduced"]) + ("" if x["reproduced"] else " (not significant)")])
+        pattern = b[name].get("published_pattern")
+        if pattern is not None:
+            summary.append([f"1d. the published CIFAR-10 pattern ({name}, {aa})",
+                            f"least robust here: {', '.join(pattern['least'])}; most: {', '.join(pattern['most'])} "
+                            f"({pattern['overlap']} of {pattern['of']} as published)", pattern["agreement"]])
     da = result["defense_agreement"]
     summary.append(["2. per-class ranks agree across defenses",
                     f"mean Spearman {F.num(da['mean'])} over {len(da['pairs'])} pairs ({aa})", _yes(da["reproduced"])])
     if result["best_defense"]:
         best = next(r for r in result["defenses"] if r["name"] == result["best_defense"])
+        v = result["best_defense_verdict"]
+        seeds = (f"; over {v['seeds']} seeds {_signed(v['gain_mean'])} ± {100 * v['gain_std']:.1f}, "
+                 f"significant in {v['significant_seeds']} of {v['seeds']}" if v["seeds"] > 1 else
+                 f", paired p = {F.num(best['paired']['worst']['p'], 3)}")
         summary.append(["5. class-wise defenses raise the worst class",
                         f"best: {best['name']}, worst-class {aa} {pct(best[aa]['worst'])}% "
-                        f"({_signed(best['worst_gain'])} vs {best['baseline']}), mean {pct(best[aa]['mean'])}% "
-                        f"({_signed(-best['mean_cost'])})", _yes(best["worst_gain"] > 0)])
+                        f"({_signed(best['worst_gain'])} vs {best['baseline']}{seeds}), mean {pct(best[aa]['mean'])}% "
+                        f"({_signed(-best['mean_cost'])})", _yes(v["reproduced"]) + ("" if v["reproduced"] else " (not significant)")])
     add(markdown_table(["finding", "this run", "reproduced?"], summary))
     add("")
 
@@ -230,6 +329,19 @@ def document(result: dict, reports: dict, sweeps: dict) -> str:
                 f"{x['best']['class_name']} at {pct(x['best']['robust_acc'])}% [{pct(x['best']['ci_low'])}, "
                 f"{pct(x['best']['ci_high'])}]: a gap of {100 * x['gap']:.1f} points; the intervals "
                 f"{'do not overlap' if x['ci_disjoint'] else 'overlap'}. {F.verdict(x['reproduced'])}")
+        ws = F.attack_section(reports[name], aa)["summary"].get("worst_stats")
+        if ws:
+            share = ws["worst_frequency"][d[aa]["worst"]["class"]]
+            add(f"- The lowest class accuracy under {aa}, whichever class it is: simultaneous 95% interval "
+                f"[{pct(ws['ci_low'])}, {pct(ws['ci_high'])}]; class {d[aa]['worst']['class_name']} is the worst in "
+                f"{100 * share:.0f}% of bootstrap draws (method in report.json `methods`).")
+        pattern = b[name].get("published_pattern")
+        if pattern is not None:
+            add(f"- Published CIFAR-10 pattern (least robust {', '.join(PUBLISHED_LEAST)}; most "
+                f"{', '.join(PUBLISHED_MOST)}): here under {aa} the four least robust are "
+                f"{', '.join(pattern['least'])} and the three most robust {', '.join(pattern['most'])}: "
+                f"{pattern['overlap']} of {pattern['of']} in the published groups, so this run "
+                f"**{pattern['agreement']}** with it.")
         add("")
     add("![per-class robust accuracy](plots/per_class_robust.png)\n")
 
@@ -309,6 +421,27 @@ def document(result: dict, reports: dict, sweeps: dict) -> str:
             f"Each T has its own random start: {pgd} itself (T = 1, another start) gives {pct(t['pgd'])}%, so "
             f"differences up to {100 * abs(t['pgd'] - t['at_one']):.1f} points are random-start noise.\n")
     add("![temperature sweep](plots/temperature_sweep.png)\n")
+    if any(b[name].get("per_class_T") for name in b):
+        add("### A temperature per class\n")
+        add("The sweep's per-image outcomes are split in two halves by image index: on the selection half, "
+            "each class gets the T that leaves the fewest of its images robust (T = 1 on ties), and one global "
+            "T is chosen the same way; the other half measures both against T = 1 (PGD), paired on the same "
+            "images (difference of class-mean robust accuracy, randomisation-test p, bootstrap 95% interval).\n")
+    for name in b:
+        pc = b[name].get("per_class_T")
+        if pc is None:
+            continue
+        add(f"**{name}:** T per class: " + ", ".join(f"{c['class_name']} {c['T']:g}" for c in pc["chosen"])
+            + f"; global T {pc['global_value']:g} ({pc['selection_images']} selection, {pc['test_images']} test images).\n")
+        rows = [[label, pct(x["pgd"]), pct(x["robust_acc"]), f"{_signed(x['diff'])} [{_signed(x['ci_low'])}, {_signed(x['ci_high'])}]",
+                 F.num(x["p"], 3), f"{pct(x['worst_pgd'])} → {pct(x['worst'])} (p = {F.num(x['worst_p'], 3)})"]
+                for label, x in (("T per class", pc["per_class_T"]), (f"global T = {pc['global_value']:g}", pc["global_T"]))]
+        add(markdown_table(["attack", "PGD (T = 1) (%)", "robust (%)", "difference (points) [95% CI]", "p",
+                            "worst class (%)"], rows))
+        x = pc["per_class_T"]
+        add("\n" + ("A per-class T beats PGD on the held-out half, significantly. **Reproduced.**" if x["reproduced"] else
+                    f"A per-class T does not beat PGD significantly on the held-out half (p = {F.num(x['p'], 3)}): "
+                    "**not significant.**") + "\n")
 
     # AutoAttack
     add("## AutoAttack: the reference protocol, per class and per member\n")
@@ -357,11 +490,40 @@ def document(result: dict, reports: dict, sweeps: dict) -> str:
     add(markdown_table(["run", "method", "clean", f"{pgd} mean", f"{pgd} worst", f"{aa} mean", f"{aa} worst",
                  f"{aa} best", "Δ worst vs baseline", "Δ mean vs baseline"], rows))
     add("\n![defenses](compare/compare.png)\n")
+    paired_rows = [[r["name"], r["baseline"],
+                    f"{_signed(r['paired']['worst']['diff'])} [{_signed(r['paired']['worst']['ci_low'])}, "
+                    f"{_signed(r['paired']['worst']['ci_high'])}]", F.num(r["paired"]["worst"]["p"], 3),
+                    f"{_signed(r['paired']['mean']['diff'])} [{_signed(r['paired']['mean']['ci_low'])}, "
+                    f"{_signed(r['paired']['mean']['ci_high'])}]", F.num(r["paired"]["mean"]["p"], 3),
+                    ", ".join(f"{c['class_name']} {_signed(c['diff'])}" for c in r["paired"]["per_class"] if c["significant"]) or "none"]
+                   for r in result["defenses"] if "paired" in r]
+    if paired_rows:
+        add(f"Paired on the same test images ({aa}; `python -m cwr_fast.compare BASELINE RUN --paired`): the "
+            "worst-class and class-mean differences with paired-bootstrap 95% intervals and randomisation-test "
+            "p-values, and the classes whose difference is significant after Holm's correction (exact McNemar):\n")
+        add(markdown_table(["run", "against", "Δ worst (points) [95% CI]", "p", "Δ mean [95% CI]", "p",
+                            "classes significantly changed"], paired_rows))
+        add("")
+    sd = result["seeds"]
+    if sd["runs"]:
+        add(f"**Seeds** ({', '.join(map(str, sd['seeds']))}; the baselines and the best defense at the first seed), "
+            f"{aa} robust accuracy (%), mean ± std over seeds:\n")
+        rows = [[name, len(r["per_seed"]), f"{pct(r['clean_mean'])} ± {100 * r['clean_std']:.1f}",
+                 f"{pct(r['mean_mean'])} ± {100 * r['mean_std']:.1f}", f"{pct(r['worst_mean'])} ± {100 * r['worst_std']:.1f}",
+                 ", ".join(pct(x["worst"]) for x in r["per_seed"])] for name, r in sd["runs"].items()]
+        add(markdown_table(["run", "seeds", "clean", f"{aa} mean", f"{aa} worst class", "worst class per seed"], rows))
+        for name, per_seed in sd["paired"].items():
+            add(f"\n{name} against its baseline of the same seed: worst class "
+                + "; ".join(f"seed {x['seed']}: {_signed(x['worst_gain'])} (p = {F.num(x['p'], 3)})" for x in per_seed) + ".")
+        add("")
     if result["best_defense"]:
         best = next(r for r in result["defenses"] if r["name"] == result["best_defense"])
+        v = result["best_defense_verdict"]
         add(f"The highest worst-class {aa} robust accuracy is **{best['name']}**: {pct(best[aa]['worst'])}%, "
             f"{_signed(best['worst_gain'])} points against {best['baseline']}, at a cost of "
-            f"{100 * best['mean_cost']:.1f} points of mean {aa} robust accuracy.\n")
+            f"{100 * best['mean_cost']:.1f} points of mean {aa} robust accuracy. Rule (`cwr_fast/findings.py`): "
+            f"the gain is positive at every seed and significant (paired p < 0.05) at half of them or more: "
+            f"here {v['significant_seeds']} of {v['seeds']} seeds significant, so **{v['wording']}**.\n")
     add("Defenses: `cwr` is our formulation of the paper's training change (per-class loss weight and "
         "budget from the validation robust accuracy, re-estimated every epoch); `+calibration` adds the "
         "paper's inference-time change as we formulate it (per-class logit scale and bias fitted on the "
@@ -451,3 +613,33 @@ def _json_safe(value):
     if isinstance(value, float) and math.isnan(value):
         return None
     return value
+
+
+def write_combined_findings(out: Path, paths: list[Path], timing: dict) -> Path:
+    """OUT/FINDINGS.md of a study over several datasets: each dataset's FINDINGS.md (in its own
+    folder OUT/<dataset>/, with its plots) one heading level down, its links made relative to OUT."""
+    out = Path(out)
+    parts = [f"# Findings: class-wise robustness on {len(paths)} datasets, measured by cwr_fast\n",
+             f"One run of `python -m cwr_fast.reproduce` over {', '.join(p.parent.name for p in paths)}: "
+             f"total wall time {_minutes(timing['wall'])}{_calls(timing)}. Each dataset's study is in its "
+             "own folder (runs, logs, plots, findings.json); its document follows.\n",
+             "## Contents\n"]
+    parts += [f"- [{p.parent.name}](#{_anchor(p)})" for p in paths]
+    parts.append("")
+    for path in paths:
+        folder = path.parent.relative_to(out).as_posix()
+        text = path.read_text(encoding="utf-8")
+        text = text.replace("](plots/", f"]({folder}/plots/").replace("](compare/", f"]({folder}/compare/")
+        parts.append("\n".join("#" + line if line.startswith("#") else line for line in text.splitlines()))
+        parts.append("")
+    target = out / "FINDINGS.md"
+    write_text("\n".join(parts) + "\n", target)
+    return target
+
+
+def _anchor(path: Path) -> str:
+    """GitHub's anchor of a dataset document's first heading."""
+    import re
+
+    first = path.read_text(encoding="utf-8").splitlines()[0].lstrip("# ").lower()
+    return re.sub(r"[^a-z0-9 -]", "", first).replace(" ", "-")

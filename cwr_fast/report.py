@@ -408,15 +408,25 @@ def report_files(report: dict, plots: bool = True) -> dict[str, object]:
 
 
 def write_report(report: dict, out_dir: str | Path, plots: bool = True, overwrite: bool = False,
-                 outcomes=None) -> Path:
+                 outcomes=None, sweep_outcomes: dict | None = None) -> Path:
     """Writes all report files to out_dir (cwr_fast.outputs: a directory holding an earlier
     report has its files replaced only with overwrite=True; anything else in it stays), with the
     per-image outcomes (PerImageOutcomes or RobustBits) as outcomes.npz, one bit per image and
-    attack, for paired comparisons. Returns out_dir."""
+    attack, for paired comparisons, and those of the sweeps ({"temperature": outcomes}) as
+    sweep_<name>_outcomes.npz. Returns out_dir."""
     from cwr_fast.classwise.outcomes import ROBUST_FILE, PerImageOutcomes, RobustBits
+
+    def bits(o):
+        return RobustBits.from_outcomes(o) if isinstance(o, PerImageOutcomes) else o
 
     files = report_files(report, plots)
     if outcomes is not None:
-        bits = RobustBits.from_outcomes(outcomes) if isinstance(outcomes, PerImageOutcomes) else outcomes
-        files[ROBUST_FILE] = bits.save
+        files[ROBUST_FILE] = bits(outcomes).save
+    for name, o in (sweep_outcomes or {}).items():
+        if o is not None:
+            files[sweep_outcomes_file(name)] = bits(o).save
     return write_files(out_dir, REPORT_KIND, files, overwrite).resolve()
+
+
+def sweep_outcomes_file(sweep: str) -> str:
+    return f"sweep_{sweep}_outcomes.npz"

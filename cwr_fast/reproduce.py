@@ -1,6 +1,8 @@
 """`python -m cwr_fast.reproduce`: the paper's findings, measured end to end by this tool.
 
-    python -m cwr_fast.reproduce --dataset mnist --data-dir ../shared/data      # CPU, < 30 min
+    python -m cwr_fast.reproduce --dataset mnist --data-dir ../shared/data      # CPU
+    python -m cwr_fast.reproduce --dataset mnist,npz:../shared/data/cifar10-subset/cifar10_subset.npz \
+        --data-dir ../shared/data --seeds 0,1,2                                 # CPU, < 60 min
     python -m cwr_fast.reproduce --dataset cifar10 --full                       # paper scale, GPU
 
 Trains PGD-AT, TRADES and every class-wise defense (`python -m cwr_fast.train`, each in its own
@@ -9,12 +11,17 @@ the same class-balanced test images, runs the Temperature-PGD sweep on the two b
 writes OUT/FINDINGS.md, its plots and findings.json (cwr_fast.findings computes every number and
 verdict; cwr_fast.compare makes the defense table).
 
+Several datasets (comma-separated) make one study each, in OUT/<dataset>/, and one FINDINGS.md
+in OUT with all of them. --seeds trains the two baselines and the best defense (the highest
+worst-class AutoAttack accuracy at the first seed) once more per further seed, in
+runs/NAME@seedS, and the findings report mean +- std over the seeds and use the paired tests.
+
 Interrupt it at any time and run the same command again: finished runs are kept, an unfinished
 training resumes from its last checkpoint, and the evaluations that are missing are redone.
 
 Budgets. The default (CPU) mode trains on a class-balanced subset with short PGD and fewer
-epochs than the papers, so that MNIST finishes in under 30 minutes on 2 cores; FINDINGS.md says
-so. `--full` uses the dataset presets of cwr_fast.train (paper-scale PGD-AT settings) and the whole
+epochs than the papers, so that MNIST and the CIFAR-10 subset with three seeds finish in under
+60 minutes on 2 cores; FINDINGS.md says so. `--full` uses the dataset presets of cwr_fast.train (paper-scale PGD-AT settings) and the whole
 test set; `--tiny` is a seconds-long smoke test (the numbers mean nothing).
 """
 
@@ -48,6 +55,7 @@ RUNS: list[tuple[str, str, list[str]]] = [
 
 STUDY_KIND = "reproduce study"  # its kind in cwr_fast.outputs
 STUDY_FILES = ("runs", "logs", "sweeps", "compare", "plots", "FINDINGS.md", "findings.json", "timings.json")
+SEED_MARK = "@seed"  # runs/NAME@seedS: the run NAME trained with another seed
 
 # Budgets per mode. None = the dataset preset of cwr_fast.train / the whole split.
 MODES = {
@@ -61,6 +69,12 @@ MODES = {
                  batch_size=25, eps_warmup_epochs=0.0, test_per_class=3, attack_steps=2,
                  temperatures=(1.0, 2.0)),
 }
+# colour images (the CIFAR-10 subset of ../shared/data: ~500 training images per class) on a CPU:
+# the small CNN (a ResNet is too slow to train and attack there), all the subset's training
+# images, PGD-5 at the dataset's budget
+RGB_MODES = {"cpu": dict(arch="small_cnn", train_per_class=450, val_per_class=50, epochs=12, steps=5,
+                         alpha=0.0125, eps_warmup_epochs=3.0, test_per_class=30),
+             "tiny": dict(arch="small_cnn")}
 
 
 class ReproduceError(RuntimeError):
@@ -80,7 +94,9 @@ class Job:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m cwr_fast.reproduce", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 2)[2])
-    p.add_argument("--dataset", default="mnist", help="a dataset of cwr_fast.train (default mnist)")
+    p.add_argument("--dataset", default="mnist",
+                   help="a dataset of cwr_fast.train, or several comma-separated (each a study in "
+                        "OUT/<dataset>/; one FINDINGS.md); default mnist")
     p.add_argument("--data-dir", help="dataset root (default: $CWR_FAST_DATA, else ~/.cache/cwr_fast/data)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--full", action="store_true", help="paper-scale settings (GPU)")
@@ -94,7 +110,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="runs/reproduce", help="output directory (default %(default)s)")
     p.add_argument("--seed", type=integer, default=0)
+    p.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2: the first trains every run, the "
+                   "others the baselines and the best defense again (default: --seed only)")
     return p
+
+
+def parse_seeds(args) -> list[int]:
+    if not args.seeds:
+        return [args.seed]
+    try:
+        seeds = [int(v) for v in args.seeds.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds takes comma-separated integers, got {args.seeds!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds needs distinct seeds, got {args.seeds!r}")
+    return seeds
+
+
+def study_name(dataset: str) -> str:
+    """The folder of a dataset's study: its name, or the file stem of an npz:/folder: source."""
+    if ":" in dataset:
+        return Path(dataset.split(":", 1)[1]).stem or "data"
+    return dataset
+
+
+def run_name(name: str, seed: int, first_seed: int) -> str:
+    return name if seed == first_seed else f"{name}{SEED_MARK}{seed}"
 
 
 def selected_runs(text: str | None) -> list[tuple[str, str, list[str]]]:
@@ -124,17 +165,23 @@ def _scaled_options(name: str, epochs: int | None) -> list[str]:
     return []
 
 
-def plan(args, mode: str, num_classes: int, cpu: bool) -> tuple[list[Job], dict]:
-    """The training and evaluation jobs, and the settings FINDINGS.md reports."""
+def plan(args, mode: str, info, cpu: bool, out: Path, seed: int | None = None,
+         names: list[str] | None = None) -> tuple[list[Job], dict]:
+    """The training and evaluation jobs of one dataset's study in `out`, and the settings
+    FINDINGS.md reports. seed: the first seed (default) trains `names` (default all runs) and the
+    sweeps; another seed trains `names` as runs/NAME@seedS."""
     from cwr_fast.training.config import preset_for
 
-    m = MODES[mode]
-    out = Path(args.out)
-    arch = args.arch or preset_for(args.dataset)["arch"]
+    dataset, num_classes = args.dataset, info.num_classes
+    first_seed = parse_seeds(args)[0]
+    tag = "" if out == Path(args.out) else f"{out.name}: "  # job names, when several datasets run
+    seed = first_seed if seed is None else seed
+    m = {**MODES[mode], **(RGB_MODES.get(mode, {}) if info.image_shape[0] == 3 else {})}
+    arch = args.arch or m.get("arch") or preset_for(dataset)["arch"]
     steps = m["attack_steps"]
     limit = None if m["test_per_class"] is None else m["test_per_class"] * num_classes
     attacks = f"fgsm,pgd-{steps},cw-{steps},aa"
-    common = ["--dataset", args.dataset, "--progress", "off", "--seed", str(args.seed),
+    common = ["--dataset", dataset, "--progress", "off", "--seed", str(seed),
               "--device", args.device]
     common += _optional("--data-dir", args.data_dir) + ["--arch", arch]
     common += _optional("--eps", args.eps) + _optional("--final-limit", limit)
@@ -146,32 +193,33 @@ def plan(args, mode: str, num_classes: int, cpu: bool) -> tuple[list[Job], dict]
         common += ["--threads", "1"]
     jobs = []
     runs = [(name, method, extra + _scaled_options(name, m["epochs"])) for name, method, extra
-            in selected_runs(args.runs)]
-    for name, method, extra in runs:
+            in selected_runs(args.runs) if names is None or name in names]
+    for base_name, method, extra in runs:
+        name = run_name(base_name, seed, first_seed)
         run_dir = out / "runs" / name
         # the baselines are also attacked with torchattacks' AutoAttack, for FINDINGS.md's comparison
         final = ["--final-attacks", attacks + (",aa-ta" if name in BASELINES else "")]
         argv = [sys.executable, "-m", "cwr_fast.train", "--method", method, *extra, *common, *final,
                 "--out", str(run_dir)]
-        jobs.append(Job(f"train {name}", argv, out / "logs" / f"train-{name}.log",
+        jobs.append(Job(f"{tag}train {name}", argv, out / "logs" / f"train-{name}.log",
                         run_dir / "summary.txt", env=env))
-    for name in BASELINES:
+    for name in BASELINES if seed == first_seed else ():
         run_dir = out / "runs" / name
-        argv = [sys.executable, "-m", "cwr_fast.evaluate", "--dataset", args.dataset,
+        argv = [sys.executable, "-m", "cwr_fast.evaluate", "--dataset", dataset,
                 "--checkpoint", str(run_dir / "checkpoints" / "last.pt"), "--checkpoint-key", "model",
                 "--attacks", f"pgd-{steps}", "--tpgd-sweep", ",".join(f"{t:g}" for t in m["temperatures"]),
-                "--sweep-steps", str(steps), "--device", args.device, "--seed", str(args.seed),
+                "--sweep-steps", str(steps), "--device", args.device, "--seed", str(seed),
                 "--out", str(out / "sweeps" / name), "--overwrite", "--no-progress"]
         argv += _optional("--data-dir", args.data_dir) + _optional("--eps", args.eps)
         argv += _optional("--limit", limit) + ["--arch", arch]
-        jobs.append(Job(f"sweep {name}", argv, out / "logs" / f"sweep-{name}.log",
-                        out / "sweeps" / name / "report.json", after=(f"train {name}",), env=env))
-    settings = {"mode": mode, "dataset": args.dataset, "arch": arch, "attacks": attacks, "attack_steps": steps,
+        jobs.append(Job(f"{tag}sweep {name}", argv, out / "logs" / f"sweep-{name}.log",
+                        out / "sweeps" / name / "report.json", after=(f"{tag}train {name}",), env=env))
+    settings = {"mode": mode, "dataset": dataset, "arch": arch, "attacks": attacks, "attack_steps": steps,
                 "temperatures": list(m["temperatures"]), "test_per_class": m["test_per_class"],
                 **{k: m[k] for k in ("train_per_class", "val_per_class", "epochs", "steps", "alpha",
                                       "batch_size", "eps_warmup_epochs")},
                 "runs": [{"name": n, "method": meth, "extra": extra} for n, meth, extra in runs],
-                "seed": args.seed}
+                "seed": seed, "seeds": parse_seeds(args), "seed_runs": {}}
     return jobs, settings
 
 
@@ -181,7 +229,7 @@ _KEPT_ON_RESUME = ("--data-dir", "--device", "--final-attacks", "--final-limit",
 def _resume_args(job: Job) -> list[str]:
     """An interrupted training continues from its last checkpoint (with this call's evaluation
     settings, which cwr_fast.train lets a resume change)."""
-    if not job.name.startswith("train "):
+    if "train " not in job.name:
         return job.argv
     run_dir = Path(job.argv[job.argv.index("--out") + 1])
     if (run_dir / "checkpoints" / "last.pt").is_file():
@@ -261,6 +309,21 @@ def _tail(path: Path, lines: int = 25) -> str:
         return ""
 
 
+def best_defense(out: Path, settings: dict) -> str | None:
+    """The defense with the highest worst-class AutoAttack accuracy (then mean) at the first seed."""
+    from cwr_fast.findings import class_record_summary
+
+    best, key = None, None
+    for run in settings["runs"]:
+        if run["name"] in BASELINES:
+            continue
+        report = json.loads((out / "runs" / run["name"] / "report" / "report.json").read_text())
+        summary = class_record_summary(report, "aa")
+        if key is None or (summary["worst"], summary["mean"]) > key:
+            best, key = run["name"], (summary["worst"], summary["mean"])
+    return best
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from cwr_fast.data import DatasetError, dataset_info
@@ -271,9 +334,13 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
         if args.eps is not None and not 0 <= args.eps <= 1:
             raise ValueError(f"--eps must lie in [0, 1] (pixel units), got {args.eps:g}")
+        seeds = parse_seeds(args)
         # an earlier study in --out is continued; anything else there is refused
         check_output_dir(args.out, STUDY_KIND, overwrite=False, resumable=True)
-        info = dataset_info(args.dataset)
+        datasets = [d.strip() for d in args.dataset.split(",") if d.strip()]
+        if len({study_name(d) for d in datasets}) != len(datasets):
+            raise ValueError(f"--dataset names a dataset twice: {args.dataset}")
+        infos = {d: dataset_info(d) for d in datasets}
         import torch
 
         from cwr_fast.runtime import resolve_device
@@ -281,24 +348,52 @@ def main(argv: list[str] | None = None) -> int:
         cpu = device.type == "cpu"
         if args.jobs is None:
             args.jobs = min(2, os.cpu_count() or 1) if cpu else 1
-        jobs, settings = plan(args, mode, info.num_classes, cpu)
-        settings["device"] = f"CPU, {os.cpu_count()} cores" if cpu else torch.cuda.get_device_name(device)
+        out = Path(args.out)
+        studies = {}  # dataset -> (its folder, its first-seed settings)
+        jobs = []
+        for d in datasets:
+            folder = out if len(datasets) == 1 else out / study_name(d)
+            study_args = argparse.Namespace(**{**vars(args), "dataset": d})
+            d_jobs, settings = plan(study_args, mode, infos[d], cpu, folder)
+            settings["device"] = f"CPU, {os.cpu_count()} cores" if cpu else torch.cuda.get_device_name(device)
+            studies[d] = (folder, settings, study_args)
+            jobs += d_jobs
     except (ValueError, DatasetError) as err:
         return usage_error("cwr_fast.reproduce", err)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_manifest(out, STUDY_KIND, STUDY_FILES)
-    print(f"cwr_fast.reproduce: {mode} mode, {args.dataset}, {len(settings['runs'])} trainings and "
-          f"{len(BASELINES)} sweeps, {args.jobs} at a time -> {out}", flush=True)
+    write_manifest(out, STUDY_KIND, STUDY_FILES + tuple(study_name(d) for d in datasets if len(datasets) > 1))
+    for folder, _, _ in studies.values():
+        folder.mkdir(parents=True, exist_ok=True)
+        if folder != out:
+            write_manifest(folder, STUDY_KIND, STUDY_FILES)
+    trainings = sum(len(s["runs"]) for _, s, _ in studies.values())
+    print(f"cwr_fast.reproduce: {mode} mode, {', '.join(datasets)}, {trainings} trainings and "
+          f"{len(BASELINES) * len(datasets)} sweeps at seed {seeds[0]}"
+          + (f", then the baselines and the best defense at seeds {','.join(map(str, seeds[1:]))}" if len(seeds) > 1 else "")
+          + f", {args.jobs} at a time -> {out}", flush=True)
     started = time.perf_counter()
+    log = lambda m: print(m, flush=True)  # noqa: E731
     try:
-        seconds = run_jobs(jobs, args.jobs, log=lambda m: print(m, flush=True))
+        seconds = run_jobs(jobs, args.jobs, log=log)
+        if len(seeds) > 1:  # the seeds' runs: known only once the first seed's defenses are measured
+            jobs = []
+            for d, (folder, settings, study_args) in studies.items():
+                best = best_defense(folder, settings)
+                names = list(BASELINES) + ([best] if best else [])
+                for seed in seeds[1:]:
+                    jobs += plan(study_args, mode, infos[d], cpu, folder, seed=seed, names=names)[0]
+                settings["seed_runs"] = {n: [run_name(n, s, seeds[0]) for s in seeds] for n in names}
+            seconds.update(run_jobs(jobs, args.jobs, log=log))
     except ReproduceError as err:
         print(f"cwr_fast.reproduce: error: {err}", file=sys.stderr)
         return 1
-    from cwr_fast.findings_report import write_findings
-    settings["seconds"] = record_time(out / "timings.json", seconds, time.perf_counter() - started)
-    path = write_findings(out, settings)
+    from cwr_fast.findings_report import write_combined_findings, write_findings
+    timing = record_time(out / "timings.json", seconds, time.perf_counter() - started)
+    paths = []
+    for folder, settings, _ in studies.values():
+        settings["seconds"] = timing
+        paths.append(write_findings(folder, settings))
+    path = paths[0] if len(paths) == 1 else write_combined_findings(out, paths, timing)
     print(f"findings written to {path} ({time.perf_counter() - started:.0f} s)", flush=True)
     return 0
 

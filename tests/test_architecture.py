@@ -20,7 +20,7 @@ LAYERS = [
     ["cwr_fast.methods"],
     ["cwr_fast.defenses"],
     ["cwr_fast.training"],
-    ["cwr_fast.train", "cwr_fast.evaluate", "cwr_fast.compare", "cwr_fast.findings",
+    ["cwr_fast.train", "cwr_fast.evaluate", "cwr_fast.compare", "cwr_fast.compare_paired", "cwr_fast.findings",
      "cwr_fast.findings_report", "cwr_fast.reproduce", "cwr_fast.__main__"],
 ]
 

@@ -313,3 +313,25 @@ def test_every_version_and_norm_runs_within_the_budget(mnist_robust, version, no
     again = atk.run(x, y)
     assert torch.equal(torch.random.get_rng_state(), state)
     assert torch.equal(again.broken_by, result.broken_by)
+
+
+def test_torchattacks_variant_gets_input_gradients_in_the_default_memory_format():
+    """torchattacks' FAB `.view`s input gradients, which fails on the channels_last gradients of a
+    channels_last model (seen on the CIFAR-10 subset's trained small CNN); aa-ta hands it the
+    model through a wrapper that makes them contiguous."""
+    from torch import nn
+
+    from cwr_fast.attacks.torchattacks_aa import _ContiguousGradients
+
+    class ChannelsLastView(nn.Module):
+        def forward(self, x):
+            return x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+
+    torch.manual_seed(0)
+    model = nn.Sequential(ChannelsLastView(), nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 10))
+    x = torch.rand(2, 3, 8, 8, requires_grad=True)
+    raw, = torch.autograd.grad(model(x).sum(), x)
+    assert not raw.is_contiguous()
+    wrapped, = torch.autograd.grad(_ContiguousGradients(model)(x).sum(), x)
+    assert wrapped.is_contiguous() and torch.equal(wrapped, raw)
+    wrapped.view(2, 3, -1)  # what FAB does

@@ -41,7 +41,8 @@ def test_cli_writes_every_file(full_run):
                 "confusion_worst_case.csv", "confusion_worst_case.png", "per_class_robust.png",
                 "sweep_temperature.csv", "sweep_temperature.png", "sweep_eps.csv", "sweep_eps.png",
                 "confusion_fgsm.csv", "confusion_pgd-3.csv", "confusion_tpgd-3_T=2.csv", "confusion_cw-3.csv",
-                "confusion_fgsm.png", "confusion_pgd-3.png", "confusion_tpgd-3_T=2.png", "confusion_cw-3.png"}
+                "confusion_fgsm.png", "confusion_pgd-3.png", "confusion_tpgd-3_T=2.png", "confusion_cw-3.png",
+                "outcomes.npz", "sweep_temperature_outcomes.npz"}   # per image, for paired comparisons
     assert expected | {".cwr_fast.json"} == names
     manifest = json.loads((full_run / ".cwr_fast.json").read_text())
     assert manifest == {"kind": "evaluation report", "files": sorted(expected)}, "what --overwrite may replace"
@@ -63,7 +64,10 @@ def test_report_json_follows_the_schema(full_run):
         confusion = section["confusion"]
         assert [sum(row) for row in confusion] == [6] * 10
         assert [confusion[c][c] for c in range(10)] == [r["robust"] for r in section["per_class"]]
-        assert set(section["summary"]) == {"mean", "std", "gap", "worst", "best"}
+        assert set(section["summary"]) == {"mean", "std", "gap", "worst", "best", "worst_stats"}
+        stats = section["summary"]["worst_stats"]
+        assert stats["ci_low"] <= section["summary"]["worst"]["value"] <= stats["ci_high"]
+        assert sum(f for f in stats["worst_frequency"] if f is not None) == pytest.approx(1.0)
         assert section["attack"]["name"] in ("fgsm", "pgd", "tpgd", "cw")
     assert report["attacks"][2]["attack"]["params"]["temperature"] == 2.0
     assert len(report["rank_agreement"]) == len(ATTACKS) * (len(ATTACKS) - 1) // 2

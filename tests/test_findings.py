@@ -3,6 +3,8 @@ answers are known."""
 
 import math
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -105,3 +107,37 @@ def test_strongest_gain_is_the_weakest_to_strongest_pair():
     g = F.strongest_gain(r)
     assert (g["weaker"], g["stronger"]) == ("fgsm", "aa") and g["reproduced"]
     assert F.strongest_gain(report(attack("fgsm", [0.9] * 4))) is None
+
+
+def sweep_outcomes(effect: float, per_class: int = 100, seed: int = 0):
+    """(correct [3, N], labels, index) of a T sweep over (0.5, 1, 5): T = 1 leaves 60% of each
+    class robust; T = 5 additionally fools a share `effect` of class 0's robust images; T = 0.5
+    is T = 1 again."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(4), per_class)
+    one = rng.random(len(labels)) < 0.6
+    five = one & ~((labels == 0) & (rng.random(len(labels)) < effect))
+    index = rng.permutation(len(labels))
+    return np.stack([one, one, five]), labels, index
+
+
+def test_per_class_temperature_finds_a_planted_class_and_nothing_in_the_null():
+    correct, labels, index = sweep_outcomes(effect=0.5)
+    result = F.per_class_temperature(correct, labels, index, [0.5, 1.0, 5.0], NAMES)
+    assert [c["T"] for c in result["chosen"]] == [5.0, 1.0, 1.0, 1.0]   # ties keep T = 1
+    assert result["per_class_T"]["diff"] < 0 and result["per_class_T"]["reproduced"]
+    assert result["selection_images"] == result["test_images"] == 200
+    null = F.per_class_temperature(*sweep_outcomes(effect=0.0), [0.5, 1.0, 5.0], NAMES)
+    assert all(c["T"] == 1.0 for c in null["chosen"]) and null["global_value"] == 1.0
+    assert null["per_class_T"]["diff"] == 0 and null["per_class_T"]["p"] == 1 and not null["reproduced"]
+    assert F.per_class_temperature(correct, labels, index, [0.5, 2.0, 5.0], NAMES) is None
+
+
+def test_defense_verdict_needs_every_seed_up_and_half_significant():
+    up = [{"worst_gain": 0.1, "p": 0.01}, {"worst_gain": 0.05, "p": 0.2}, {"worst_gain": 0.08, "p": 0.03}]
+    assert F.defense_verdict(up)["reproduced"] and F.defense_verdict(up)["significant_seeds"] == 2
+    mixed = up[:2] + [{"worst_gain": -0.02, "p": 0.5}]
+    assert F.defense_verdict(mixed)["wording"] == "not significant"
+    weak = [{"worst_gain": 0.1, "p": 0.2}, {"worst_gain": 0.1, "p": 0.3}, {"worst_gain": 0.1, "p": 0.01}]
+    assert not F.defense_verdict(weak)["reproduced"]
+    assert F.defense_verdict(up)["gain_mean"] == pytest.approx(0.0766666, abs=1e-6)

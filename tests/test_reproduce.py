@@ -73,3 +73,35 @@ def test_second_call_resumes(tiny_study, shared_data):
 def test_bad_arguments(argv, message, capsys, tmp_path):
     assert main(["--tiny", "--out", str(tmp_path / "x"), *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_two_datasets_and_seeds(shared_data, cifar_subset, tmp_path):
+    """Both real datasets in one study with two seeds: each dataset's study in its own folder,
+    the baselines and the best defense trained again at the second seed, one FINDINGS.md with
+    the seeds' statistics, the paired tests, the per-class temperature and, on CIFAR-10, the
+    comparison with the published per-class pattern."""
+    out = tmp_path / "study"
+    proc = reproduce(out, shared_data, "--dataset", f"mnist,{cifar_subset}", "--seeds", "0,1",
+                     "--runs", "pgd-at,trades,cfa")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for study in ("mnist", "cifar10_subset"):
+        runs = sorted(p.name for p in (out / study / "runs").iterdir())
+        assert runs == ["cfa", "cfa@seed1", "pgd-at", "pgd-at@seed1", "trades", "trades@seed1"]
+        config = json.loads((out / study / "runs" / "cfa@seed1" / "report" / "report.json").read_text())["config"]
+        assert config["seed"] == 1
+        result = json.loads((out / study / "findings.json").read_text())
+        assert result["seeds"]["seeds"] == [0, 1] and set(result["seeds"]["runs"]) == {"pgd-at", "trades", "cfa"}
+        assert len(result["seeds"]["paired"]["cfa"]) == 2
+        assert result["best_defense"] == "cfa" and result["best_defense_verdict"]["seeds"] == 2
+        cfa = next(r for r in result["defenses"] if r["name"] == "cfa")
+        assert 0 <= cfa["paired"]["worst"]["p"] <= 1 and len(cfa["paired"]["per_class"]) == 10
+        per_class_t = result["baselines"]["pgd-at"]["per_class_T"]
+        assert per_class_t["values"] == [1.0, 2.0] and len(per_class_t["chosen"]) == 10
+    cifar = json.loads((out / "cifar10_subset" / "findings.json").read_text())
+    assert cifar["settings"]["arch"] == "small_cnn"
+    assert len(cifar["baselines"]["pgd-at"]["published_pattern"]["least"]) == 4
+    text = (out / "FINDINGS.md").read_text()
+    assert text.startswith("# Findings: class-wise robustness on 2 datasets")
+    assert "## Findings: class-wise robustness on mnist" in text and "cifar10_subset/plots/" in text
+    assert "**Seeds** (0, 1" in text and "### A temperature per class" in text
+    assert "Published CIFAR-10 pattern" in text and "airplane" in text

@@ -42,7 +42,7 @@ class TorchattacksAutoAttack(Attack):
             raise ValueError(f"AutoAttack version must be one of {tuple(VERSIONS)}, got {version!r}")
         if not isinstance(eps, (int, float)) or not eps >= 0 or (norm == "linf" and eps > 1):
             raise ValueError(f"AutoAttack eps must be a number in [0, 1] for linf (>= 0 for l2), got {eps!r}")
-        self._impl = _torchattacks().AutoAttack(model, norm=AA_NORMS[norm], eps=float(eps),
+        self._impl = _torchattacks().AutoAttack(_ContiguousGradients(model), norm=AA_NORMS[norm], eps=float(eps),
                                                 version=version, n_classes=int(num_classes), seed=seed)
         self.eps, self.norm, self.version, self.num_classes, self.seed = eps, norm, version, num_classes, seed
 
@@ -52,7 +52,21 @@ class TorchattacksAutoAttack(Attack):
 
     def _run(self, x: Tensor, y: Tensor) -> AttackResult:
         self._impl.set_device(x.device)
-        x_adv = self._impl(x, y).detach().float()
+        x_adv = self._impl(x.contiguous(), y).detach().float()
         with torch.no_grad():
             pred = self.model(x_adv).argmax(dim=1)
         return AttackResult(x_adv, pred, pred != y)
+
+
+class _ContiguousGradients(nn.Module):
+    """The model as torchattacks sees it: input gradients in the default memory format, since its
+    FAB `.view`s them (a channels_last model otherwise hands back channels_last gradients)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.requires_grad:
+            x.register_hook(lambda grad: grad.contiguous())
+        return self.model(x)
