@@ -23,6 +23,10 @@ the numbers of that run say, not an opinion:
                   baseline of its method: the gain is positive for every seed and the paired test
                   on the same images (randomisation test of the worst-class difference) has
                   p < 0.05 for at least half of the seeds; otherwise "not significant"
+  pattern         the classes published as the most robust have a higher pooled robust accuracy
+                  than those published as the least robust, significantly (one-sided Fisher exact
+                  test on the images of the two groups, p < 0.05); a gap in the published direction
+                  with p >= 0.05 is "same direction, not significant", any other gap "disagrees"
 """
 
 from __future__ import annotations
@@ -235,6 +239,37 @@ def defense_verdict(seeds: Sequence[dict]) -> dict:
             "gain_std": float(np.std(gains)) if gains else math.nan,
             "significant_seeds": significant, "reproduced": reproduced,
             "wording": "significant" if reproduced else "not significant"}
+
+
+def published_pattern(per_class: Sequence[dict], least: Sequence[str], most: Sequence[str]) -> dict:
+    """The pattern rule (module docstring) on a report's per-class records ({class_name, n,
+    robust}) against published groups of least and most robust class names. Also this run's own
+    len(least) least and len(most) most robust classes; a class tied with the last one in is in
+    too, so the lists can be longer than the published ones."""
+    from scipy.stats import fisher_exact
+
+    records = {r["class_name"]: r for r in per_class if r["n"]}
+    missing = sorted((set(least) | set(most)) - set(records))
+    if missing:
+        raise ValueError(f"no test images of the published classes {missing}")
+    acc = {name: r["robust"] / r["n"] for name, r in records.items()}
+    ascending = sorted(acc.values())
+    own_least = [c for c in sorted(acc, key=acc.get) if acc[c] <= ascending[len(least) - 1]]
+    own_most = [c for c in sorted(acc, key=acc.get, reverse=True) if acc[c] >= ascending[-len(most)]]
+    groups = {}
+    for key, names in (("least", least), ("most", most)):
+        robust, n = sum(records[c]["robust"] for c in names), sum(records[c]["n"] for c in names)
+        groups[key] = {"classes": list(names), "robust": robust, "n": n, "robust_acc": robust / n}
+    table = [[groups["most"]["robust"], groups["most"]["n"] - groups["most"]["robust"]],
+             [groups["least"]["robust"], groups["least"]["n"] - groups["least"]["robust"]]]
+    p = float(fisher_exact(table, alternative="greater").pvalue)
+    gap = groups["most"]["robust_acc"] - groups["least"]["robust_acc"]
+    agreement = ("agrees" if p < THRESHOLDS["significance"] else
+                 "same direction, not significant" if gap > 0 else "disagrees")
+    shared = len(set(own_least) & set(least)) + len(set(own_most) & set(most))
+    return {"least": own_least, "most": own_most, "groups": groups, "gap": gap, "p": p,
+            "overlap": shared, "of": len(least) + len(most), "agreement": agreement,
+            "reproduced": agreement == "agrees"}
 
 
 def class_record_summary(report: dict, label: str) -> dict:

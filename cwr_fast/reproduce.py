@@ -60,7 +60,7 @@ SEED_MARK = "@seed"  # runs/NAME@seedS: the run NAME trained with another seed
 # Budgets per mode. None = the dataset preset of cwr_fast.train / the whole split.
 MODES = {
     "cpu": dict(train_per_class=300, val_per_class=50, epochs=10, steps=10, alpha=0.04,
-                batch_size=50, eps_warmup_epochs=3.0, test_per_class=15, attack_steps=20,
+                batch_size=50, eps_warmup_epochs=3.0, test_per_class=20, attack_steps=20,
                 temperatures=(0.5, 1.0, 2.0, 5.0, 10.0)),
     "full": dict(train_per_class=None, val_per_class=None, epochs=None, steps=None, alpha=None,
                  batch_size=None, eps_warmup_epochs=None, test_per_class=None, attack_steps=40,
@@ -73,7 +73,7 @@ MODES = {
 # the small CNN (a ResNet is too slow to train and attack there), all the subset's training
 # images, PGD-5 at the dataset's budget
 RGB_MODES = {"cpu": dict(arch="small_cnn", train_per_class=450, val_per_class=50, epochs=12, steps=5,
-                         alpha=0.0125, eps_warmup_epochs=3.0, test_per_class=30),
+                         alpha=0.0125, eps_warmup_epochs=3.0, test_per_class=50),
              "tiny": dict(arch="small_cnn")}
 
 

@@ -141,3 +141,32 @@ def test_defense_verdict_needs_every_seed_up_and_half_significant():
     weak = [{"worst_gain": 0.1, "p": 0.2}, {"worst_gain": 0.1, "p": 0.3}, {"worst_gain": 0.1, "p": 0.01}]
     assert not F.defense_verdict(weak)["reproduced"]
     assert F.defense_verdict(up)["gain_mean"] == pytest.approx(0.0766666, abs=1e-6)
+
+
+def _pattern_records(robust: dict[str, int], n: int = 50) -> list[dict]:
+    return [{"class_name": name, "n": n, "robust": r} for name, r in robust.items()]
+
+
+PUBLISHED = (("c", "d"), ("a", "b"))  # (least, most) robust, as published
+
+
+def test_published_pattern_detects_a_planted_gap_and_not_a_null_one():
+    planted = F.published_pattern(_pattern_records({"a": 30, "b": 28, "c": 10, "d": 12, "e": 20}), *PUBLISHED)
+    assert planted["agreement"] == "agrees" and planted["reproduced"]
+    assert planted["groups"]["most"] == {"classes": ["a", "b"], "robust": 58, "n": 100, "robust_acc": 0.58}
+    assert planted["gap"] == pytest.approx(0.58 - 0.22) and planted["p"] < 1e-5
+    assert planted["least"] == ["c", "d"] and planted["most"] == ["a", "b"] and planted["overlap"] == 4
+
+    null = F.published_pattern(_pattern_records({"a": 21, "b": 20, "c": 20, "d": 20, "e": 20}), *PUBLISHED)
+    assert null["agreement"] == "same direction, not significant" and 0.3 < null["p"] < 1
+
+    reversed_ = F.published_pattern(_pattern_records({"a": 10, "b": 12, "c": 30, "d": 28, "e": 20}), *PUBLISHED)
+    assert reversed_["agreement"] == "disagrees" and reversed_["p"] > 0.99 and reversed_["overlap"] == 0
+
+
+def test_published_pattern_keeps_ties_and_refuses_missing_classes():
+    tied = F.published_pattern(_pattern_records({"a": 5, "b": 0, "c": 0, "d": 0, "e": 9}), *PUBLISHED)
+    assert sorted(tied["least"]) == ["b", "c", "d"]  # three classes at 0%: none is "the" second lowest
+    assert tied["most"] == ["e", "a"]
+    with pytest.raises(ValueError, match="published classes"):
+        F.published_pattern(_pattern_records({"a": 5, "b": 1, "c": 2}), *PUBLISHED)
