@@ -552,6 +552,12 @@ def document(result: dict, reports: dict, sweeps: dict) -> str:
         if r["name"] != r["baseline"] and r["mean_cost"] >= 0.05:
             notes.append(f"- {r['name']} costs {100 * r['mean_cost']:.1f} points of mean {aa} robust accuracy "
                          f"against {r['baseline']} (worst class {_signed(r['worst_gain'])}).")
+    floor = [r["name"] for r in result["defenses"] if r["name"] in BASELINES and r[aa]["worst"] == 0]
+    if floor:
+        notes.append(f"- The worst class of {' and '.join(floor)} is at 0% under {aa}: a defense's worst-class "
+                     "gain is then measured at the floor, where only a defense that lifts that class off zero "
+                     "registers; a stronger model (more data, epochs and capacity, a GPU) is needed to "
+                     "compare defenses on the worst class here.")
     if s["mode"] == "cpu":
         notes.append("- The reduced budget (subset, short PGD, few epochs) and "
                      f"{s['test_per_class']} test images per class limit the precision: differences of a "
