@@ -275,7 +275,7 @@ def summary_rows(result: dict) -> list[list[str]]:
             g = pattern["groups"]
             summary.append([f"1d. the published CIFAR-10 pattern ({name}, {aa})",
                             f"published most robust {pct(g['most']['robust_acc'])}% vs least robust "
-                            f"{pct(g['least']['robust_acc'])}% (p = {F.num(pattern['p'], 3)}); least robust "
+                            f"{pct(g['least']['robust_acc'])}% (p {_p(pattern['p'])}); least robust "
                             f"here: {', '.join(pattern['least'])}; most: {', '.join(pattern['most'])}",
                             pattern["agreement"]])
     da = result["defense_agreement"]
@@ -345,7 +345,7 @@ def document(result: dict, reports: dict, sweeps: dict) -> str:
                 f"{g['most']['robust']} of {g['most']['n']} images ({pct(g['most']['robust_acc'])}%), the "
                 f"published least robust {g['least']['robust']} of {g['least']['n']} "
                 f"({pct(g['least']['robust_acc'])}%): a gap of {_signed(pattern['gap'])} points, one-sided "
-                f"Fisher exact p = {F.num(pattern['p'], 3)}, so this run **{pattern['agreement']}**. Its own "
+                f"Fisher exact p {_p(pattern['p'])}, so this run **{pattern['agreement']}**. Its own "
                 f"least robust classes are {', '.join(pattern['least'])} and most robust "
                 f"{', '.join(pattern['most'])} (ties included), {pattern['overlap']} of {pattern['of']} "
                 f"in the published groups.")
@@ -528,8 +528,8 @@ def document(result: dict, reports: dict, sweeps: dict) -> str:
         best = next(r for r in result["defenses"] if r["name"] == result["best_defense"])
         v = result["best_defense_verdict"]
         add(f"The highest worst-class {aa} robust accuracy is **{best['name']}**: {pct(best[aa]['worst'])}%, "
-            f"{_signed(best['worst_gain'])} points against {best['baseline']}, at a cost of "
-            f"{100 * best['mean_cost']:.1f} points of mean {aa} robust accuracy. Rule (`cwr_fast/findings.py`): "
+            f"{_signed(best['worst_gain'])} points against {best['baseline']}, mean {aa} robust accuracy "
+            f"{_signed(-best['mean_cost'])} points. Rule (`cwr_fast/findings.py`): "
             f"the gain is positive at every seed and significant (paired p < 0.05) at half of them or more: "
             f"here {v['significant_seeds']} of {v['seeds']} seeds significant, so **{v['wording']}**.\n")
     add("Defenses: `cwr` is our formulation of the paper's training change (per-class loss weight and "
@@ -573,6 +573,10 @@ def markdown_table(header, rows) -> str:
 
 def _yes(ok: bool) -> str:
     return "yes" if ok else "no"
+
+
+def _p(value: float) -> str:
+    return "< 0.001" if value < 0.001 else f"= {value:.3f}"
 
 
 def _signed(value: float) -> str:
