@@ -13,9 +13,13 @@ and the seconds per member in extra_info; the cwr_fast variants also record the 
 reference in the same run and the agreement with it (overall gap in points, and the classes
 outside the reference's 95% interval), and fail if the overall gap exceeds 0.5 point.
 
-Groups: `mnist` and `cifar` (500 images each; reference, cwr_fast, cwr_fast_nchw) and `bf16`
-(100 MNIST images: cwr_fast in fp32 and under bf16 autocast, and the reference; bf16 is only fast
-on CPUs with AVX-512 BF16 / AMX or on GPUs, so it gets few images).
+Groups: `mnist` and `cifar` (200 images each; reference, cwr_fast) and `bf16` (100 MNIST
+images: cwr_fast in fp32, under bf16 autocast and under `--amp auto`'s choice, and the reference).
+CWR_FAST_BENCH_FULL=1 gives the full sizes (500 images per model, and cwr_fast with NCHW weights);
+the default keeps the whole `pytest bench --benchmark-only` suite under 20 minutes on 2 cores.
+cwr_fast's variants also record `model_share`: the seconds its model's own forward and backward
+passes take (every pass counted by batch size and kind, then timed alone at those sizes) over the
+whole run: the protocol's floor on this model and device.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -35,13 +41,18 @@ REPO = Path(__file__).resolve().parents[1]
 BATCH = 250
 MAX_GAP_POINTS = 0.5
 CACHE = Path(os.environ.get("CWR_FAST_BENCH_CACHE", Path.home() / ".cache" / "cwr_fast" / "bench"))
-MODELS = {  # name: (source, eps, training arguments): the recipes of tests/conftest.py
+MODELS = {  # name: (source, eps, training arguments): the small CNNs are tests/conftest.py's recipes
     "mnist": ("mnist", 0.25, ["--train-per-class", "300", "--epochs", "8", "--steps", "5", "--alpha", "0.06",
                              "--eps", "0.2", "--eps-warmup-epochs", "3", "--batch-size", "50"]),
     "cifar": ("npz:{shared}/cifar10-subset/cifar10_subset.npz", 8 / 255,
               ["--arch", "small_cnn", "--epochs", "6", "--steps", "4", "--alpha", "3/255",
                "--batch-size", "50", "--lr", "0.02", "--schedule", "cosine", "--eps-warmup-epochs", "2",
                "--weight-decay", "0"]),
+    # where the model's own passes dominate both sides (CWR_FAST_BENCH_FULL=1 only: minutes on 2 cores)
+    "resnet": ("npz:{shared}/cifar10-subset/cifar10_subset.npz", 8 / 255,
+               ["--arch", "preact_resnet18", "--epochs", "2", "--steps", "2", "--alpha", "4/255",
+                "--train-per-class", "200", "--batch-size", "64", "--lr", "0.05", "--schedule", "cosine",
+                "--eps-warmup-epochs", "1"]),
 }
 RESULTS: dict[tuple[str, str], dict] = {}
 
@@ -70,7 +81,8 @@ def robust_model(name: str):
                         "--val-per-class", "5", "--no-final-eval", "--progress", "off", "--seed", "0",
                         "--out", str(run), "--overwrite", *args], check=True, cwd=REPO, env=env)
     info = dataset_info(source)
-    model = build_model("small_cnn", info.num_classes, info.mean, info.std, info.image_shape[0])
+    arch = args[args.index("--arch") + 1] if "--arch" in args else "small_cnn"
+    model = build_model(arch, info.num_classes, info.mean, info.std, info.image_shape[0])
     load_weights(model, checkpoint)
     return model.eval(), source, eps
 
@@ -95,13 +107,69 @@ def reference_aa(model, x, y, eps) -> dict:
     return {"robust_per_class": torch.bincount(y[robust], minlength=10).tolist()}
 
 
+class PassCounter(torch.nn.Module):
+    """The model, counting its passes: {(batch size, with input gradient, autocast dtype): calls}."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.passes = model, Counter()
+
+    def forward(self, x):
+        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+        self.passes[x.shape[0], bool(x.requires_grad and torch.is_grad_enabled()), dtype] += 1
+        return self.model(x)
+
+
+def model_seconds(model, passes: Counter, like: torch.Tensor, channels_last: bool) -> float:
+    """The passes of `passes` timed alone (each kind once, best of 3, times its count)."""
+    from cwr_fast.attacks.model_mode import attack_mode, to_channels_last
+
+    total = 0.0
+    with attack_mode(model, channels_last):
+        for (n, with_grad, dtype), calls in passes.items():
+            x = torch.rand(n, *like.shape[1:])
+            x = to_channels_last(x) if channels_last else x
+            best = float("inf")
+            for _ in range(4):
+                xx = x.detach().requires_grad_(with_grad)
+                started = time.perf_counter()
+                with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None), \
+                        torch.set_grad_enabled(with_grad):
+                    logits = model(xx)
+                    if with_grad:
+                        torch.autograd.grad(logits, xx, torch.ones_like(logits))
+                best = min(best, time.perf_counter() - started)
+            total += best * calls
+    return total
+
+
 def cwr_fast_aa(model, x, y, eps, amp=None, channels_last=True) -> dict:
-    attack = parse_attack("aa:seed=0").build(model, eps=eps, amp=amp)
+    from cwr_fast.attacks.model_mode import bf16_speedup
+    from cwr_fast.runtime import choose_amp
+
+    choice = None
+    if amp == "auto":
+        amp, choice = choose_amp("auto", "cpu", lambda: bf16_speedup(model, x[:64], channels_last))
+    counted = PassCounter(model)
+    attack = parse_attack("aa:seed=0").build(counted, eps=eps, amp=amp)
     batches = [(x[i:i + BATCH], y[i:i + BATCH]) for i in range(0, len(y), BATCH)]
-    counts = evaluate_classwise(model, batches, 10, {"aa": attack}, channels_last=channels_last)
+    started = time.perf_counter()
+    counts = evaluate_classwise(counted, batches, 10, {"aa": attack}, channels_last=channels_last)
     return {"robust_per_class": counts.robust("aa").tolist(),
             "fooled_first_by": dict(zip(counts.members["aa"], counts.member_broken["aa"].sum(dim=1).tolist())),
-            "member_seconds": counts.meta["member_seconds"]["aa"]}
+            "member_seconds": counts.meta["member_seconds"]["aa"], "amp": amp, "amp_choice": choice,
+            "aa_seconds": time.perf_counter() - started, "passes": counted.passes,
+            "channels_last": channels_last}
+
+
+def add_model_share(model, x, result: dict) -> dict:
+    """After the timed run: the share of it that the model's own passes take, timed alone."""
+    passes = result.pop("passes", None)
+    if passes is not None:
+        result["model_seconds"] = model_seconds(model, passes, x, result.pop("channels_last"))
+        result["model_share"] = result["model_seconds"] / result["aa_seconds"]
+        result["model_passes"] = sum(passes.values())
+    return result
 
 
 def _record(benchmark, group: str, variant: str, y: torch.Tensor, result: dict) -> None:
@@ -120,10 +188,11 @@ def _record(benchmark, group: str, variant: str, y: torch.Tensor, result: dict) 
         low, high = wilson_interval(torch.tensor(reference["robust_per_class"]).numpy(), n.numpy())
         acc = (robust.double() / n.double()).numpy()
         info["gap_points_vs_reference"] = gap
+        info["per_class_identical_to_reference"] = result["robust_per_class"] == reference["robust_per_class"]
         info["classes_outside_reference_ci"] = [c for c in range(10) if not low[c] - 1e-12 <= acc[c] <= high[c] + 1e-12]
         if seconds and reference.get("seconds"):
             info["speedup_vs_reference"] = reference["seconds"] / seconds
-        if variant != "cwr_fast_bf16" and len(y) >= 100:
+        if not variant.startswith(("cwr_fast_bf16", "cwr_fast_auto")) and len(y) >= 100:
             assert gap <= MAX_GAP_POINTS, f"{group}/{variant}: {gap:.2f} points from the reference"
     benchmark.extra_info.update(info)
     RESULTS[(group, variant)] = info
@@ -133,11 +202,14 @@ def _time(benchmark, fn):
     return benchmark.pedantic(fn, rounds=1, iterations=1, warmup_rounds=0)
 
 
-CASES = [("mnist", "mnist", 50), ("cifar", "cifar", 50), ("bf16", "mnist", 10)]
+FULL = os.environ.get("CWR_FAST_BENCH_FULL") == "1"
+CASES = [("mnist", "mnist", 50 if FULL else 20), ("cifar", "cifar", 50 if FULL else 20), ("bf16", "mnist", 10)]
+CASES += [("resnet", "resnet", 2)] if FULL else []
 VARIANTS = {
-    "mnist": ["reference", "cwr_fast", "cwr_fast_nchw"],
-    "cifar": ["reference", "cwr_fast", "cwr_fast_nchw"],
-    "bf16": ["reference", "cwr_fast", "cwr_fast_bf16"],
+    "mnist": ["reference", "cwr_fast"] + (["cwr_fast_nchw"] if FULL else []),
+    "cifar": ["reference", "cwr_fast"] + (["cwr_fast_nchw"] if FULL else []),
+    "bf16": ["reference", "cwr_fast", "cwr_fast_bf16", "cwr_fast_auto"],
+    "resnet": ["reference", "cwr_fast"],
 }
 
 
@@ -164,8 +236,9 @@ def test_autoattack(benchmark, setups, group, model_name, per_class, variant):
     run = {"reference": lambda: reference_aa(model, x, y, eps),
            "cwr_fast": lambda: cwr_fast_aa(model, x, y, eps),
            "cwr_fast_nchw": lambda: cwr_fast_aa(model, x, y, eps, channels_last=False),
-           "cwr_fast_bf16": lambda: cwr_fast_aa(model, x, y, eps, amp="bf16")}[variant]
-    _record(benchmark, group, variant, y, _time(benchmark, run))
+           "cwr_fast_bf16": lambda: cwr_fast_aa(model, x, y, eps, amp="bf16"),
+           "cwr_fast_auto": lambda: cwr_fast_aa(model, x, y, eps, amp="auto")}[variant]
+    _record(benchmark, group, variant, y, add_model_share(model, x, _time(benchmark, run)))
 
 
 def profile(rows: int = 16) -> None:

@@ -11,6 +11,12 @@ Each op at each size runs in four variants that share one benchmark group ("<op>
            Steps read x_adv, grad, x_nat and write x_adv (4 tensors of traffic), so the copy is
            over tensors of twice the size; losses read the logits and write dz (2 tensors).
 
+The Square Attack's Linf query (square_linf_query) replaces a whole query of the attack: its fused
+variant includes the op's one torch.rand draw, eager is the chain of PyTorch ops the attack used
+before the op (linf_query_eager: three draws, the window mask and the corner), and compile is
+torch.compile of that chain. The query reads
+x_nat and x_best and writes the output (3 tensors), at the window side of query 500 (p = 0.1).
+
     pytest bench/bench_ops.py --benchmark-only                 # time everything
     pytest bench/bench_ops.py --benchmark-disable              # run each once (smoke test)
     pytest bench/bench_ops.py --benchmark-only --benchmark-json=out.json && python bench/ratios.py out.json
@@ -26,11 +32,14 @@ import torch
 import torch.nn.functional as F
 
 from cwr_fast import ops
+from cwr_fast.attacks.square import p_selection, window_side
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 STEP_SIZES = {"512x3x32x32": (512, 3, 32, 32), "256x3x224x224": (256, 3, 224, 224)}
 LOSS_SIZES = {"512x10": (512, 10), "256x1000": (256, 1000)}
 PROJECTION_SIZES = {"500x784": (500, 784), "500x3072": (500, 3072)}  # FAB on MNIST / CIFAR batches
+SQUARE_SIZES = {"256x1x28x28": (256, 1, 28, 28), "512x3x32x32": (512, 3, 32, 32)}  # Square Attack queries
+SQUARE_QUERY = 500  # the query whose window side the Square benchmarks use
 VARIANTS = ["fused", "eager", "compile", "copy"]
 DTYPE = torch.float32
 ALPHA, EPS = 2 / 255, 8 / 255          # Linf budgets
@@ -136,9 +145,22 @@ def margin_autograd_eager(logits, target):
     return (z_other - z_true).mean()
 
 
+def linf_query_eager(x: Tensor, x_best: Tensor, eps: float, side: int) -> Tensor:
+    """The Square Attack's Linf query as separate PyTorch ops (the attack's code before the fused op)."""
+    m, c, h, w = x.shape
+    top = (torch.rand(m, device=x.device) * (h - side)).long()
+    left = (torch.rand(m, device=x.device) * (w - side)).long()
+    rows, cols = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
+    in_rows = (rows >= top[:, None]) & (rows < top[:, None] + side)
+    in_cols = (cols >= left[:, None]) & (cols < left[:, None] + side)
+    window = in_rows[:, None, :, None] & in_cols[:, None, None, :]
+    up = torch.rand((m, c, 1, 1), device=x.device) >= 0.5
+    return torch.where(window, torch.clamp(x + torch.where(up, eps, -eps), 0.0, 1.0), x_best)
+
+
 _COMPILED = {fn.__name__: torch.compile(fn, dynamic=False)
              for fn in (linf_step_eager, l2_step_eager, ce_manual, margin_manual, dlr_manual,
-                        projection_eager, ce_autograd_eager, margin_autograd_eager)}
+                        projection_eager, ce_autograd_eager, margin_autograd_eager, linf_query_eager)}
 
 
 # ---- inputs (kept between the variants of one group) ----------------------------------------------
@@ -340,3 +362,34 @@ def test_temperature_cross_entropy_backward(benchmark, device, size, variant):
 @_param_grid(LOSS_SIZES)
 def test_margin_loss_backward(benchmark, device, size, variant):
     _bench_autograd_loss(benchmark, device, size, variant, "margin_loss")
+
+
+# ---- the Square Attack's Linf query ----------------------------------------------------------------
+
+@functools.lru_cache(maxsize=1)
+def square_inputs(shape, device):
+    gen = torch.Generator(device=device).manual_seed(0)
+    x_nat = torch.rand(shape, generator=gen, device=device, dtype=DTYPE)
+    signs = torch.rand(shape, generator=gen, device=device, dtype=DTYPE) < 0.5
+    x_best = torch.clamp(x_nat + torch.where(signs, EPS, -EPS), 0, 1)
+    return x_nat, x_best
+
+
+@_param_grid(SQUARE_SIZES)
+def test_square_linf_query(benchmark, device, size, variant):
+    shape = SQUARE_SIZES[size]
+    m, c, h, w = shape
+    x_nat, x_best = square_inputs(shape, device)
+    side = window_side(p_selection(0.8, SQUARE_QUERY), h, w, "linf")
+    nbytes = 3 * x_nat.numel() * x_nat.element_size()  # read x_nat, x_best; write the query
+    if variant == "fused":
+        require_fused_backend(device)
+        fn = lambda: ops.square_linf_query(x_nat, x_best, torch.rand(m, 2 + c, device=device), EPS, side)  # noqa: E731
+    elif variant == "eager":
+        fn = lambda: linf_query_eager(x_nat, x_best, EPS, side)  # noqa: E731
+    elif variant == "compile":
+        fn = lambda: _COMPILED["linf_query_eager"](x_nat, x_best, EPS, side)  # noqa: E731
+    else:
+        src, dst = copy_buffers(x_nat.numel() * 3 // 2, device)
+        fn = lambda: dst.copy_(src)  # noqa: E731
+    run(benchmark, fn, device=device, op="square_linf_query", size=size, variant=variant, nbytes=nbytes)

@@ -1,5 +1,8 @@
 #include "checks.h"
 
+#include <ATen/MemoryOverlap.h>
+
+#include <algorithm>
 #include <cmath>
 #include <string>
 
@@ -30,6 +33,27 @@ void check_per_sample(const std::optional<at::Tensor>& t, const char* name, cons
   TORCH_CHECK(v.device() == x.device(), name, " must be on ", x.device(), " like x_adv, got ",
               v.device());
   check_finite_non_negative(v, name);
+}
+
+// A batch of images [M, C, H, W] in a supported float dtype, and a second batch with its dtype,
+// shape and device.
+void check_image_pair(const at::Tensor& a, const char* a_name, const at::Tensor& b, const char* b_name) {
+  TORCH_CHECK(is_supported_float(a.scalar_type()), a_name,
+              " must be float32, float16, bfloat16 or float64 (images in [0, 1]), got ", a.scalar_type());
+  TORCH_CHECK(a.dim() == 4, a_name, " must have shape [M, C, H, W], got ", a.sizes());
+  TORCH_CHECK(b.scalar_type() == a.scalar_type(), b_name, " must have the dtype of ", a_name, " (",
+              a.scalar_type(), "), got ", b.scalar_type());
+  TORCH_CHECK(b.sizes() == a.sizes(), b_name, " must have the shape of ", a_name, " ", a.sizes(),
+              ", got ", b.sizes());
+  TORCH_CHECK(b.device() == a.device(), b_name, " must be on ", a.device(), " like ", a_name, ", got ",
+              b.device());
+}
+
+// A tensor an op writes in place: two of its elements sharing memory would be written by two threads.
+void check_writable(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(at::has_internal_overlap(t) != at::MemOverlap::Yes, name,
+              " is written in place, so its elements must not share memory (an expanded tensor?), "
+              "got strides ", t.strides());
 }
 
 }  // namespace
@@ -124,6 +148,53 @@ void check_projection_args(const at::Tensor& points, const at::Tensor& w, const 
               w.device());
   TORCH_CHECK(b.device() == points.device(), "b must be on ", points.device(), " like points, got ",
               b.device());
+}
+
+void check_square_query_args(const at::Tensor& x_nat, const at::Tensor& x_best, const at::Tensor& u,
+                             double eps, int64_t side) {
+  check_image_pair(x_nat, "x_nat", x_best, "x_best");
+  const int64_t m = x_nat.size(0), c = x_nat.size(1), h = x_nat.size(2), w = x_nat.size(3);
+  TORCH_CHECK(u.scalar_type() == at::kFloat, "u must be float32 (uniform draws in [0, 1)), got ",
+              u.scalar_type());
+  TORCH_CHECK(u.dim() == 2 && u.size(0) == m && u.size(1) == 2 + c, "u must have shape [M, 2 + C] = [",
+              m, ", ", 2 + c, "] (the window's row and column, then one sign per channel), got ", u.sizes());
+  TORCH_CHECK(u.device() == x_nat.device(), "u must be on ", x_nat.device(), " like x_nat, got ",
+              u.device());
+  TORCH_CHECK(std::isfinite(eps) && eps >= 0, "eps must be a finite number >= 0, got ", eps);
+  const int64_t max_side = std::min(h, w);
+  TORCH_CHECK(side >= 1 && side <= max_side, "side must lie in [1, min(H, W)] = [1, ", max_side,
+              "] for images of ", h, " x ", w, " pixels, got ", side);
+  if (u.device().is_cpu() && u.numel() > 0) {  // on CUDA the check would synchronise every query
+    TORCH_CHECK(at::logical_and(u >= 0, u <= 1).all().item<bool>(),
+                "u must hold values in [0, 1] (uniform draws), got values outside it or NaN");
+  }
+}
+
+void check_square_accept_args(const at::Tensor& x_best, const at::Tensor& margin_best,
+                              const at::Tensor& x_new, const at::Tensor& logits, const at::Tensor& y) {
+  check_image_pair(x_best, "x_best", x_new, "x_new");
+  const int64_t m = x_best.size(0);
+  TORCH_CHECK(is_supported_float(logits.scalar_type()),
+              "logits must be float32, float16, bfloat16 or float64, got ", logits.scalar_type());
+  TORCH_CHECK(logits.dim() == 2 && logits.size(0) == m, "logits must have shape [M, K] with M = ", m,
+              " (one row per image), got ", logits.sizes());
+  TORCH_CHECK(logits.size(1) >= 1, "logits must have at least one class (K >= 1), got ", logits.sizes());
+  TORCH_CHECK(logits.device() == x_best.device(), "logits must be on ", x_best.device(),
+              " like x_best, got ", logits.device());
+  TORCH_CHECK(y.scalar_type() == at::kLong, "y must be int64 class indices, got ", y.scalar_type());
+  TORCH_CHECK(y.dim() == 1 && y.size(0) == m, "y must have shape [M] = [", m, "], got ", y.sizes());
+  TORCH_CHECK(y.device() == x_best.device(), "y must be on ", x_best.device(), " like x_best, got ",
+              y.device());
+  TORCH_CHECK(margin_best.scalar_type() == at::kFloat, "margin_best must be float32, got ",
+              margin_best.scalar_type());
+  TORCH_CHECK(margin_best.dim() == 1 && margin_best.size(0) == m, "margin_best must have shape [M] = [",
+              m, "], got ", margin_best.sizes());
+  TORCH_CHECK(margin_best.device() == x_best.device(), "margin_best must be on ", x_best.device(),
+              " like x_best, got ", margin_best.device());
+  check_writable(x_best, "x_best");
+  check_writable(margin_best, "margin_best");
+  TORCH_CHECK(at::get_overlap_status(x_best, x_new) != at::MemOverlapStatus::Partial,
+              "x_new must not partly overlap x_best in memory (it is read while x_best is written)");
 }
 
 }  // namespace cwr_fast

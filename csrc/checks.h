@@ -29,4 +29,14 @@ void check_dlr_args(const at::Tensor& logits, const at::Tensor& target,
 // The hyperplane projections.
 void check_projection_args(const at::Tensor& points, const at::Tensor& w, const at::Tensor& b);
 
+// The Square Attack's Linf query. The values of u (in [0, 1]) are checked on the CPU only; the
+// CUDA kernel clamps the window into the image instead (square_math.h).
+void check_square_query_args(const at::Tensor& x_nat, const at::Tensor& x_best, const at::Tensor& u,
+                             double eps, int64_t side);
+
+// The Square Attack's accept step. The values of y are checked by the kernels (the CPU kernel
+// before it writes anything, the CUDA kernel asserts on the device).
+void check_square_accept_args(const at::Tensor& x_best, const at::Tensor& margin_best,
+                              const at::Tensor& x_new, const at::Tensor& logits, const at::Tensor& y);
+
 }  // namespace cwr_fast

@@ -7,6 +7,8 @@
 
 #include "checks.h"
 
+#include <algorithm>
+#include <array>
 #include <optional>
 #include <utility>
 
@@ -121,6 +123,42 @@ inline LossTensors prepare_loss(const at::Tensor& logits, const at::Tensor& targ
           at::empty({n, c}, logits.options()),
           n,
           c};
+}
+
+// ---- batches of images [M, C, H, W] (the Square Attack's ops) ---------------------------------
+
+// Dims 1, 2, 3 of the 4-d tensor `t` in its memory order, innermost (smallest stride) first:
+// {3, 2, 1} for a contiguous tensor, {1, 3, 2} for channels_last. Dims of size 1 go outermost
+// (their strides mean nothing); ties keep the logical order.
+inline std::array<int, 3> image_dims_inner_first(const at::Tensor& t) {
+  std::array<int, 3> dims{3, 2, 1};
+  std::stable_sort(dims.begin(), dims.end(), [&](int a, int b) {
+    const bool a_one = t.size(a) == 1, b_one = t.size(b) == 1;
+    if (a_one != b_one) return b_one;
+    return t.stride(a) < t.stride(b);
+  });
+  return dims;
+}
+
+// True when each image of `t` (dims 1..3) is one dense block of memory: C*H*W elements with no
+// gaps, in some order of the dims.
+inline bool images_dense(const at::Tensor& t) {
+  int64_t expected = 1;
+  for (const int d : image_dims_inner_first(t)) {
+    if (t.size(d) == 1) continue;
+    if (t.stride(d) != expected) return false;
+    expected *= t.size(d);
+  }
+  return true;
+}
+
+// True when image i of `b` can be copied onto image i of `a` as one flat block: both dense
+// blocks with the same strides in dims 1..3 (the batch strides may differ).
+inline bool same_dense_images(const at::Tensor& a, const at::Tensor& b) {
+  for (int d = 1; d < 4; ++d) {
+    if (a.size(d) != 1 && a.stride(d) != b.stride(d)) return false;
+  }
+  return images_dense(a) && images_dense(b);
 }
 
 }  // namespace cwr_fast

@@ -82,4 +82,38 @@ TORCH_LIBRARY(cwr_fast, m) {
   // with w = 0 (L2: |w| <= 1e-8) stay 0.
   m.def("hyperplane_projection_linf(Tensor points, Tensor w, Tensor b) -> Tensor");
   m.def("hyperplane_projection_l2(Tensor points, Tensor w, Tensor b) -> Tensor");
+
+  // ---- the Square Attack's Linf query loop (cwr_fast/attacks/square.py) ----
+  // Per-element arithmetic shared by both devices: square_math.h.
+  //
+  // One query per image. x_nat, x_best: [M, C, H, W], one dtype (float32, float16, bfloat16 or
+  // float64), one device, any strides (each its own). u: [M, 2 + C] float32 on that device, any
+  // strides: uniform draws in [0, 1] (one torch.rand call; a value outside [0, 1] or NaN: the CPU
+  // kernel raises, the CUDA kernel clamps the window into the image). eps finite and >= 0;
+  // 1 <= side <= min(H, W). Per image i, the window's first row and column
+  //   top  = floor(u[i, 0] * (H - side)),  left = floor(u[i, 1] * (W - side))
+  // with the products rounded to float32 (as (torch.rand(m) * (H - side)).long()), in [0, H - side]
+  // and [0, W - side]; the sign of channel c is +1 where u[i, 2 + c] >= 0.5, else -1. Returns
+  //   out[i, c, r, q] = clamp(x_nat + sign_c * eps, 0, 1)  for r in [top, top + side), q in [left, left + side)
+  //                   = x_best[i, c, r, q]                 elsewhere,
+  // a new tensor in x_best's dtype and memory layout (empty_like(x_best)). Computed in float32
+  // (float64 for float64 images; eps rounded to that type) and rounded once to the dtype; equal
+  // bit for bit to square.py's _linf_query in float32 given the same draws. Not differentiable.
+  m.def("square_linf_query(Tensor x_nat, Tensor x_best, Tensor u, float eps, int side) -> Tensor");
+  // The accept step, in place on x_best and margin_best. x_best, x_new: [M, C, H, W] as above
+  // (one dtype, shape and device; any strides, each its own; x_new may be x_best itself but not
+  // partly overlap it). logits: [M, K], float32, float16, bfloat16 or float64, K >= 1, any
+  // strides. y: int64 [M], values in [0, K) (outside: the CPU kernel raises before writing
+  // anything, the CUDA kernel asserts on the device). margin_best: float32 [M], any stride. Per row
+  // i, in float32 (logits rounded to float32 first, as the attack's logits.float()):
+  //   margin_i = z_iy - max_{j != y_i} z_ij    (NaN if a competitor is NaN; K == 1: z_iy - (-inf),
+  //                                             i.e. +inf for a finite z_iy)
+  //   if margin_i < margin_best_i:  margin_best_i = margin_i, x_best[i] = x_new[i] (the whole image)
+  // (a NaN margin or NaN margin_best_i never accepts). Returns pred: int64 [M], the first index of
+  // the largest logit of each row in the logits' own dtype, as torch.argmax (NaN is largest).
+  // Equal bit for bit to square.py's _margin, torch.where(better, ...) and logits.argmax(dim=1).
+  // Not differentiable (run it under torch.no_grad()).
+  m.def(
+      "square_accept_(Tensor(a!) x_best, Tensor(b!) margin_best, Tensor x_new, Tensor logits, "
+      "Tensor y) -> Tensor");
 }

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from cwr_fast import runtime
+from cwr_fast.attacks.model_mode import bf16_speedup
 from cwr_fast.attacks.spec import AttackSpecError, check_attacks, parse_attack, parse_attacks
 from cwr_fast.classwise.analysis import build_report, clean_accuracy_flags, sweep_section
 from cwr_fast.classwise.batch_log import BatchLog
@@ -99,7 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=integer, default=256)
     g.add_argument("--amp", choices=runtime.AMP_MODES, default="off",
                    help="autocast dtype of the model during attacks, images stay float32 (default "
-                        "%(default)s; auto: bf16 on CUDA)")
+                        "%(default)s; auto: bf16 on CUDA, and on a CPU with AMX or AVX-512 BF16 "
+                        "where it measures faster on the model; an image counts as robust only "
+                        "where float32 agrees)")
     g.add_argument("--no-channels-last", action="store_true",
                    help="keep the weights' layout (default: channels-last, faster convolutions)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
@@ -372,7 +375,11 @@ def run(args) -> dict:
               "eps": [sweep_base["eps"].with_params(eps=e) for e in args.eps_sweep or []]}
     check_attacks(specs + sweeps["T"] + sweeps["eps"], eps=eps, eps_l2=args.eps_l2,
                   num_classes=info.num_classes)  # every setting, before any attack runs
-    amp = runtime.resolve_amp(args.amp, device)
+    sample = torch.rand(min(args.batch_size, 64), *info.image_shape, device=device)
+    amp, amp_choice = runtime.choose_amp(
+        args.amp, device, lambda: bf16_speedup(model, sample, not args.no_channels_last))
+    if rank == 0 and args.amp in ("auto", "bf16"):
+        print(f"[cwr_fast.evaluate] {amp_choice}", file=sys.stderr)
     calibration = {"calibrated": from_checkpoint,
                    "calibration": "from the checkpoint" if from_checkpoint else None}
     if args.calibrate_split is not None:
@@ -417,7 +424,8 @@ def run(args) -> dict:
               "eps_source": eps_source,
               "eps_l2": args.eps_l2, "track": args.track, "tpgd_sweep": args.tpgd_sweep,
               "eps_sweep": args.eps_sweep, "sweep_steps": args.sweep_steps,
-              "batch_size": args.batch_size, "amp": amp or "off", "device": str(device),
+              "batch_size": args.batch_size, "amp": amp or "off", "amp_choice": amp_choice,
+              "device": str(device),
               "channels_last": not args.no_channels_last,
               "world_size": world, "limit": args.limit, "per_class": per_class, "seed": args.seed,
               **calibration,

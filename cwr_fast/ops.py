@@ -8,8 +8,8 @@
 The kernels live in the compiled extension `cwr_fast._C` and are also reachable as
 `torch.ops.cwr_fast.*`: the Linf and L2 PGD steps; temperature CE, margin and DLR losses
 (forward+backward in one pass, and as differentiable training losses whose autograd is C++);
-FAB's hyperplane projections. Each op has a fake (meta) kernel, so `torch.compile(fullgraph=True)`
-traces it, and the *_fwd_bwd losses also have autograd formulas here. Without the extension, every function here falls back
+FAB's hyperplane projections; the Square Attack's Linf query and accept step. Each op has a fake
+(meta) kernel, so `torch.compile(fullgraph=True)` traces it, and the *_fwd_bwd losses also have autograd formulas here. Without the extension, every function here falls back
 to `cwr_fast.reference` (with one warning); `backend()` says which is in use. Set
 `CWR_FAST_BACKEND=reference` to force the fallback.
 """
@@ -135,6 +135,32 @@ def hyperplane_projection_l2(points: Tensor, w: Tensor, b: Tensor) -> Tensor:
     return torch.ops.cwr_fast.hyperplane_projection_l2(points, w, b)
 
 
+def square_linf_query(x_nat: Tensor, x_best: Tensor, u: Tensor, eps: float, side: int) -> Tensor:
+    """One Linf Square Attack query per image, as a new tensor in x_best's dtype and memory layout:
+    x_best, except in a side x side window where it is clamp(x_nat + sign_c * eps, 0, 1).
+
+    x_nat, x_best: [M, C, H, W] (one float dtype and device, any strides). u: [M, 2 + C] float32
+    uniform draws in [0, 1) (`torch.rand(m, 2 + c)`): the window's top row floor(u[:, 0] * (H - side)),
+    its left column floor(u[:, 1] * (W - side)), and the sign of channel c, +1 where
+    u[:, 2 + c] >= 0.5. 1 <= side <= min(H, W). Not differentiable (inputs that require grad are
+    refused while grad mode is on)."""
+    if not _COMPILED:
+        return reference.square_linf_query(x_nat, x_best, u, eps, side)
+    return torch.ops.cwr_fast.square_linf_query(x_nat, x_best, u, float(eps), int(side))
+
+
+def square_accept_(x_best: Tensor, margin_best: Tensor, x_new: Tensor, logits: Tensor, y: Tensor) -> Tensor:
+    """The Square Attack's accept step, in place: per image, margin = z_y - max_{j != y} z_j (float32;
+    +inf for a single class); where margin < margin_best, margin_best <- margin and x_best[i] <- x_new[i].
+
+    x_best, x_new: [M, C, H, W] (one dtype, any strides); margin_best: float32 [M]; logits: [M, K],
+    any float dtype; y: int64 [M]. Returns the predictions logits.argmax(dim=1) (int64 [M]). Not
+    differentiable, like square_linf_query."""
+    if not _COMPILED:
+        return reference.square_accept_(x_best, margin_best, x_new, logits, y)
+    return torch.ops.cwr_fast.square_accept_(x_best, margin_best, x_new, logits, y)
+
+
 def _check_weight_not_trained(weight: Tensor | None) -> None:
     if weight is not None and weight.requires_grad:
         raise ValueError("weight must not require grad: the fused losses give no gradient for the "
@@ -241,6 +267,18 @@ def _register_python_side() -> None:
 
     torch.library.register_fake("cwr_fast::hyperplane_projection_linf", projection_fake)
     torch.library.register_fake("cwr_fast::hyperplane_projection_l2", projection_fake)
+
+    @torch.library.register_fake("cwr_fast::square_linf_query")
+    def _(x_nat, x_best, u, eps, side):
+        _check_same_device("x_nat", x_nat, x_best=x_best, u=u)
+        torch._check(x_best.shape == x_nat.shape,
+                     lambda: f"x_best must have the shape of x_nat {list(x_nat.shape)}, got {list(x_best.shape)}")
+        return torch.empty_like(x_best)  # the kernels' output: x_best's dtype and memory layout
+
+    @torch.library.register_fake("cwr_fast::square_accept_")
+    def _(x_best, margin_best, x_new, logits, y):
+        _check_same_device("x_best", x_best, margin_best=margin_best, x_new=x_new, logits=logits, y=y)
+        return logits.new_empty(logits.shape[0], dtype=torch.int64)
 
     def reduced_fake(logits, reduction):
         loss_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32

@@ -23,14 +23,15 @@ def _per_sample(value, x: Tensor) -> Tensor:
     return v.reshape(-1, *([1] * (x.dim() - 1))) if v.dim() == 1 else v
 
 
-def _refuse_grad(op: str, **inputs) -> None:
-    """The steps' contract (csrc/steps_autograd.cpp): not differentiable, so while grad mode is on
-    an input that requires grad is refused."""
+def _refuse_grad(op: str, *, what: str = "the PGD step is", **inputs) -> None:
+    """The contract of the steps and the Square Attack's ops (csrc/steps_autograd.cpp,
+    csrc/square_autograd.cpp): not differentiable, so while grad mode is on an input that requires
+    grad is refused."""
     if not torch.is_grad_enabled():
         return
     for name, t in inputs.items():
         if isinstance(t, Tensor) and t.requires_grad:
-            raise RuntimeError(f"cwr_fast::{op}: {name} requires grad, but the PGD step is not "
+            raise RuntimeError(f"cwr_fast::{op}: {name} requires grad, but {what} not "
                                "differentiable: call it under torch.no_grad() or on detached tensors")
 
 
@@ -265,3 +266,50 @@ def hyperplane_projection_l2(points: Tensor, w: Tensor, b: Tensor) -> Tensor:
     d = -torch.sign(w) * torch.minimum(lam[:, None] * w.abs(), cap)
     d = torch.where(reachable[:, None], d, box)
     return torch.where(active, d, 0.0)
+
+
+# ---- the Square Attack's Linf query loop ----------------------------------------------------------
+# One query per image: a random square window of side `side` set to the corner x_nat +- eps of the
+# Linf ball (one sign per channel), clamped to [0, 1]; and the accept step, which keeps a query
+# where the margin loss z_y - max_{j != y} z_j drops. The draws come in one tensor u [M, 2 + C] of
+# uniform numbers: the window's row and column, then the signs.
+
+_SQUARE_OPS_ARE = "the Square Attack's ops are"
+
+
+def square_linf_query(x_nat: Tensor, x_best: Tensor, u: Tensor, eps: float, side: int) -> Tensor:
+    """x_best with, in each image's window, clamp(x_nat + sign_c * eps, 0, 1); the window's corner
+    is (floor(u0 * (H - side)), floor(u1 * (W - side))) with float32 products, sign_c = +1 where
+    u[2 + c] >= 0.5, else -1. Computed in float32 (float64 for float64), rounded to x_best's dtype."""
+    _refuse_grad("square_linf_query", what=_SQUARE_OPS_ARE, x_nat=x_nat, x_best=x_best, u=u)
+    m, c, h, w = x_nat.shape
+    top = (u[:, 0] * (h - side)).long()
+    left = (u[:, 1] * (w - side)).long()
+    rows, cols = torch.arange(h, device=u.device), torch.arange(w, device=u.device)
+    in_rows = (rows >= top[:, None]) & (rows < top[:, None] + side)          # [m, h]
+    in_cols = (cols >= left[:, None]) & (cols < left[:, None] + side)        # [m, w]
+    window = in_rows[:, None, :, None] & in_cols[:, None, None, :]           # [m, 1, h, w]
+    dt = _compute_dtype(x_nat)
+    sign = torch.where(u[:, 2:] >= 0.5, 1.0, -1.0).to(dt)[:, :, None, None]  # [m, c, 1, 1]
+    corner = torch.clamp(x_nat.to(dt) + sign * eps, 0.0, 1.0)
+    out = torch.where(window, corner.to(x_best.dtype), x_best)
+    return torch.empty_like(x_best).copy_(out)  # in x_best's memory layout, as the op
+
+
+def square_margin(logits: Tensor, y: Tensor) -> Tensor:
+    """z_y - max_{j != y} z_j in float32 (+inf for a single class with a finite z_y)."""
+    z = logits.float()
+    rows = torch.arange(z.shape[0], device=z.device)
+    return z[rows, y] - z.scatter(1, y[:, None], float("-inf")).amax(dim=1)
+
+
+def square_accept_(x_best: Tensor, margin_best: Tensor, x_new: Tensor, logits: Tensor, y: Tensor) -> Tensor:
+    """Where the margin of the new images is below margin_best: margin_best <- margin and
+    x_best[i] <- x_new[i], in place. Returns logits.argmax(dim=1)."""
+    _refuse_grad("square_accept_", what=_SQUARE_OPS_ARE, x_best=x_best, margin_best=margin_best, x_new=x_new,
+                 logits=logits, y=y)
+    margin = square_margin(logits, y)
+    better = margin < margin_best
+    x_best.copy_(torch.where(better[:, None, None, None], x_new, x_best))
+    margin_best.copy_(torch.where(better, margin, margin_best))
+    return logits.argmax(dim=1)

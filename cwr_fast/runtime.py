@@ -83,6 +83,45 @@ def resolve_amp(mode: str, device: torch.device | str) -> str | None:
     return None if mode == "off" else mode
 
 
+BF16_MIN_SPEEDUP = 1.1  # 'auto' picks bf16 on a CPU only where it measured at least this much faster
+
+
+def cpu_has_native_bf16() -> bool:
+    """AMX or AVX-512 BF16: without either, oneDNN emulates bf16 and it is slower than float32."""
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
+def choose_amp(mode: str, device: torch.device | str, measure_bf16=None) -> tuple[str | None, str]:
+    """--amp for an evaluation -> (autocast mode, a line saying what was chosen and why).
+
+    'auto': bf16 on CUDA; on a CPU, bf16 only where it has native bf16 (AMX, AVX-512 BF16) and
+    `measure_bf16()` (the float32 time over the bf16 time of the model's forward and backward
+    passes) is at least BF16_MIN_SPEEDUP; else float32. An explicit 'bf16' on a CPU is kept, with a
+    warning in the line when it measured slower than float32."""
+    if mode not in AMP_MODES:
+        raise ValueError(f"--amp must be one of {', '.join(AMP_MODES)}, got {mode!r}")
+    on_cpu = torch.device(device).type == "cpu"
+    if mode == "auto" and not on_cpu:
+        return "bf16", "amp auto: bf16 (CUDA)"
+    if mode == "auto":
+        if not cpu_has_native_bf16() or measure_bf16 is None:
+            return None, "amp auto: float32 (this CPU has no native bf16: no AMX or AVX-512 BF16)"
+        factor = measure_bf16()
+        if factor >= BF16_MIN_SPEEDUP:
+            return "bf16", f"amp auto: bf16 (measured {factor:.2f}x float32 on this CPU)"
+        return None, f"amp auto: float32 (bf16 measured {factor:.2f}x float32 on this CPU)"
+    amp = None if mode == "off" else mode
+    if amp == "bf16" and on_cpu and measure_bf16 is not None:
+        factor = measure_bf16()
+        if factor < 1.0:
+            return amp, (f"warning: --amp bf16 is slower than float32 on this CPU (measured "
+                         f"{factor:.2f}x: {1 / factor:.1f} times the float32 time); --amp auto picks "
+                         "the faster")
+        return amp, f"amp bf16 (measured {factor:.2f}x float32 on this CPU)"
+    return amp, f"amp {amp or 'off'}"
+
+
 def amp_dtype(amp: str | None) -> torch.dtype | None:
     if amp not in _AMP_DTYPES:
         raise ValueError(f"amp must be one of {[k for k in _AMP_DTYPES if k]}, got {amp!r}")

@@ -323,3 +323,52 @@ def run_projection(name, t, w, b, what=""):
     assert_close_ulp(d, expected, what=f"{name} projection {what} {tuple(t.shape)} {t.dtype}",
                      **projection_tolerance(t.dtype))
     return d
+
+
+# ---- the Square Attack's Linf query loop ---------------------------------------------------------
+
+SQUARE_EPS = 8 / 255
+
+
+def square_draws(m, c, device, seed=0) -> Tensor:
+    """u [m, 2 + c] float32 in [0, 1), with edge draws in the first rows: all 0 (window at the
+    corner, signs -1), the largest float32 below 1 (the window's start rounds up to H - side), and
+    exactly 0.5 (sign +1)."""
+    gen = generator(seed + 3000)
+    u = torch.rand((m, 2 + c), generator=gen, dtype=torch.float32)
+    edges = [0.0, 1.0 - 2.0 ** -24, 0.5]
+    for row, value in zip(range(m), edges):
+        u[row] = value
+    return u.to(device)
+
+
+def square_query_inputs(shape, dtype, device, seed=0, eps=SQUARE_EPS):
+    """(x_nat, x_best, u): x_nat in [0, 1] with some exact 0s and 1s (so the clamp bites), x_best
+    within eps of it in [0, 1]."""
+    gen = generator(seed)
+    x_nat = rand(shape, torch.float64, "cpu", gen)
+    pick = rand(shape, torch.float64, "cpu", gen)
+    x_nat = torch.where(pick < 0.05, 0.0, torch.where(pick > 0.95, 1.0, x_nat))
+    x_best = (x_nat + rand(shape, torch.float64, "cpu", gen, -eps, eps)).clamp(0.0, 1.0)
+    u = square_draws(shape[0], shape[1], device, seed)
+    return x_nat.to(dtype=dtype, device=device), x_best.to(dtype=dtype, device=device), u
+
+
+def square_accept_inputs(shape, k, image_dtype, logit_dtype, device, seed=0):
+    """(x_best, margin_best, x_new, logits, y): logits with ties (small integers) in some rows;
+    margin_best a mix of +inf, values around the margins and the exact margin of some rows (not
+    accepted: the rule is strict)."""
+    gen = generator(seed)
+    m = shape[0]
+    x_best = rand(shape, torch.float64, "cpu", gen).to(dtype=image_dtype, device=device)
+    x_new = rand(shape, torch.float64, "cpu", gen).to(dtype=image_dtype, device=device)
+    logits = randn((m, k), torch.float64, "cpu", gen, std=3.0)
+    ties = rand((m,), torch.float64, "cpu", gen) < 0.3
+    logits = torch.where(ties[:, None], logits.round().clamp(-1, 1), logits).to(logit_dtype)
+    y = torch.randint(0, k, (m,), generator=gen)
+    margin = reference.square_margin(logits, y)
+    best = margin + randn((m,), torch.float64, "cpu", gen).float()
+    kind = torch.randint(0, 4, (m,), generator=gen)
+    best = torch.where(kind == 0, float("inf"), torch.where(kind == 1, margin, best))
+    return (x_best, best.to(device), x_new, logits.to(device), y.to(device))
+

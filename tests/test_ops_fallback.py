@@ -31,6 +31,12 @@ OPS_SMOKE = textwrap.dedent("""
     assert loss.shape == (5,) and dz.shape == (5, 10)
     ops.dlr_loss(z, y).backward()
     assert z.grad is not None and z.grad.isfinite().all()
+    x_best = x_nat.clone()
+    x_new = ops.square_linf_query(x_nat, x_best, torch.rand(4, 5), 0.1, 3)
+    assert x_new.shape == x_nat.shape and not torch.equal(x_new, x_best)
+    pred = ops.square_accept_(x_best, torch.full((4,), float("inf")), x_new, torch.randn(4, 10),
+                              torch.randint(0, 10, (4,)))
+    assert pred.shape == (4,) and torch.equal(x_best, x_new)
     print("BACKEND", ops.backend())
 """)
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import devices
-from ops_helpers import as_layout, budgets, loss_inputs, projection_inputs, step_inputs, weights
+from ops_helpers import (SQUARE_EPS, as_layout, budgets, loss_inputs, projection_inputs, square_accept_inputs,
+                         square_query_inputs, step_inputs, weights)
 
 pytestmark = pytest.mark.usefixtures("validating_backend")
 
@@ -107,6 +108,49 @@ def test_opcheck_projections(name, sample, device):
     if sample == "empty":
         t, w, b = t[:0], w[:0], b[:0]
     _opcheck(getattr(torch.ops.cwr_fast, name).default, (t, w, b))
+
+
+def square_query_samples(device):
+    """(x_nat, x_best, u, eps, side)."""
+    x_nat, x_best, u = square_query_inputs((4, 3, 8, 8), torch.float32, device, seed=8)
+    h_nat, h_best, h_u = square_query_inputs((3, 3, 5, 6), torch.float16, device, seed=9)
+    return {
+        "f32": (x_nat, x_best, u, SQUARE_EPS, 3),
+        "channels_last_f16": (as_layout(h_nat, "channels_last"), as_layout(h_best, "channels_last"), h_u,
+                              SQUARE_EPS, 2),
+        "mixed_layouts_f64": (as_layout(x_nat.double(), "sliced"), as_layout(x_best.double(), "channels_last"),
+                              u, SQUARE_EPS, 1),
+        "full_window": (x_nat, x_best, u, SQUARE_EPS, 8),
+        "empty_batch": (x_nat[:0], x_best[:0], u[:0], SQUARE_EPS, 3),
+    }
+
+
+def square_accept_samples(device):
+    """(x_best, margin_best, x_new, logits, y)."""
+    x_best, best, x_new, logits, y = square_accept_inputs((6, 3, 5, 5), 10, torch.float32, torch.float32,
+                                                          device, seed=10)
+    cl = square_accept_inputs((5, 3, 4, 4), 1000, torch.float16, torch.bfloat16, device, seed=11)
+    return {
+        "f32": (x_best, best, x_new, logits, y),
+        "channels_last_f16_bf16_logits": (as_layout(cl[0], "channels_last"), *cl[1:]),
+        "mixed_layouts_transposed_logits": (x_best, best, as_layout(x_new, "channels_last"),
+                                            as_layout(logits, "transposed"), y),
+        "single_class": square_accept_inputs((4, 1, 3, 3), 1, torch.float32, torch.float64, device, seed=12),
+        "empty_batch": (x_best[:0], best[:0], x_new[:0], logits[:0], y[:0]),
+    }
+
+
+@on_devices
+@pytest.mark.parametrize("sample", ["f32", "channels_last_f16", "mixed_layouts_f64", "full_window", "empty_batch"])
+def test_opcheck_square_linf_query(sample, device):
+    _opcheck(torch.ops.cwr_fast.square_linf_query.default, square_query_samples(device)[sample])
+
+
+@on_devices
+@pytest.mark.parametrize("sample", ["f32", "channels_last_f16_bf16_logits", "mixed_layouts_transposed_logits",
+                                    "single_class", "empty_batch"])
+def test_opcheck_square_accept_(sample, device):
+    _opcheck(torch.ops.cwr_fast.square_accept_.default, square_accept_samples(device)[sample])
 
 
 @on_devices

@@ -15,6 +15,13 @@ on the fused ops of `cwr_fast.ops`. The schedule is the reference implementation
 A sample counts as fooled at the first iterate that fools the model and then leaves the batch, so
 no compute is spent on it; every quantity is per sample, so the others' trajectories are the same
 as in a full batch. Restarts and target classes run only on the samples not fooled yet.
+
+Randomised models (APGD with eot > 1, AutoAttack's version rand) follow the reference's other rule
+instead (`autopgd_base.perturb`, `attack_single_run`, and `run_standard_evaluation`): a noisy clean
+pass picks the images to attack; every one of them runs all the steps (track="last"), its
+adversarial image is the last iterate whose noisy prediction was wrong (the clean image where no
+iterate fooled it), and a fresh forward pass on that image decides whether it counts as fooled.
+The model's train/eval mode is then left as the caller set it (dropout stays random).
 """
 
 from __future__ import annotations
@@ -28,10 +35,13 @@ from cwr_fast.attacks.ensemble import run_until_fooled
 from cwr_fast.attacks.functional import NORMS
 from cwr_fast.runtime import amp_dtype, autocast, fp16_loss_scale
 from cwr_fast.attacks.model_mode import is_channels_last, to_channels_last
+from cwr_fast.attacks.noise import normal_like, uniform_like
+from cwr_fast.attacks.precision import confirm_fooled, float32_predict
 from cwr_fast.attacks.result import AttackResult
 from cwr_fast.reference import check_dlr_classes
 
 APGD_LOSSES = ("ce", "dlr")
+APGD_TRACKS = ("first", "last")
 
 
 def checkpoints(steps: int) -> dict[int, int]:
@@ -69,9 +79,9 @@ def _project(x: Tensor, x_nat: Tensor, eps: float, norm: str) -> Tensor:
 
 
 def random_start(x_nat: Tensor, eps: float, norm: str) -> Tensor:
-    """x + eps * u / ||u||: u uniform in [-1, 1]^d (Linf) or Gaussian (L2); clamped to [0, 1]."""
-    plain = {"memory_format": torch.contiguous_format}
-    u = torch.rand_like(x_nat, **plain) * 2 - 1 if norm == "linf" else torch.randn_like(x_nat, **plain)
+    """x + eps * u / ||u||: u uniform in [-1, 1]^d (Linf) or Gaussian (L2); clamped to [0, 1]. u is
+    drawn as the reference draws it, on the CPU and then copied (`cwr_fast.attacks.noise`)."""
+    u = uniform_like(x_nat) * 2 - 1 if norm == "linf" else normal_like(x_nat)
     x = torch.clamp(x_nat + eps * _normalize(u, norm), 0.0, 1.0)
     return to_channels_last(x) if is_channels_last(x_nat) else x
 
@@ -122,11 +132,17 @@ def _loss_and_grad(model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None
 
 def apgd(model: nn.Module, x_nat: Tensor, y: Tensor, *, eps: float, norm: str = "linf",
          steps: int = 100, loss: str = "ce", target: Tensor | None = None, rho: float = 0.75,
-         eot: int = 1, amp: str | None = None, return_best_loss: bool = False):
+         eot: int = 1, amp: str | None = None, return_best_loss: bool = False,
+         track: str = "first"):
     """One APGD run on (x_nat, y); loss "ce" or "dlr", and with `target` ([N] classes) the targeted
     DLR loss. The model must be in attack mode (see `attack_mode`). Returns AttackResult: x_adv is
-    the first fooling iterate where one exists, else the start of the run; with return_best_loss,
-    also the highest loss each sample reached (until it was fooled), as (result, best_loss)."""
+    the first fooling iterate where one exists (a fooled sample then leaves the batch), else the
+    start of the run; with track="last" (randomised models, the reference's rule) every sample runs
+    all the steps and x_adv is the last iterate that fooled it; pred is the prediction there
+    (success: some iterate fooled it). With return_best_loss, also the highest loss each sample
+    reached (until it was fooled, with track="first"), as (result, best_loss)."""
+    if track not in APGD_TRACKS:
+        raise ValueError(f"APGD track must be one of {APGD_TRACKS}, got {track!r}")
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
     if loss not in APGD_LOSSES:
@@ -150,18 +166,20 @@ def apgd(model: nn.Module, x_nat: Tensor, y: Tensor, *, eps: float, norm: str = 
     out_x.copy_(s.x)
 
     def evaluate() -> bool:
-        """Loss and gradient at s.x; records and drops the samples it fools (True: none left)."""
+        """Loss and gradient at s.x; records the samples it fools, and with track="first" drops
+        them (True: none left)."""
         if channels_last:
             s.x = to_channels_last(s.x)
         logits, s.loss, s.grad = _loss_and_grad(model, s.x, s.y, s.target, loss, dtype, eot)
         pred = logits.argmax(dim=1)
-        fooled = pred != s.y
+        fooled, pred = confirm_fooled(model, s.x, s.y, pred != s.y, pred, dtype)
         if bool(fooled.any()):
             at = s.index[fooled]
             out_x[at], out_pred[at], out_success[at] = s.x[fooled], pred[fooled], True
-            best = s.loss if s.loss_best is None else torch.maximum(s.loss, s.loss_best)
-            out_best[at] = best[fooled].to(out_best.dtype)
-            s.keep(~fooled, channels_last)
+            if track == "first":
+                best = s.loss if s.loss_best is None else torch.maximum(s.loss, s.loss_best)
+                out_best[at] = best[fooled].to(out_best.dtype)
+                s.keep(~fooled, channels_last)
         return s.index.numel() == 0
 
     if evaluate():
@@ -201,6 +219,11 @@ def apgd(model: nn.Module, x_nat: Tensor, y: Tensor, *, eps: float, norm: str = 
             s.rises = torch.zeros_like(s.rises)
     if s.index.numel():
         out_best[s.index] = s.loss_best.to(out_best.dtype)
+        if dtype is not None and track == "first":  # under amp: the best points, in float32
+            pred32 = float32_predict(model, s.x_best)
+            fooled = pred32 != s.y
+            at = s.index[fooled]
+            out_x[at], out_pred[at], out_success[at] = s.x_best[fooled], pred32[fooled], True
     return finish()
 
 
@@ -212,6 +235,13 @@ def target_ranking(model: nn.Module, x: Tensor, amp: str | None) -> Tensor:
     return logits.float().argsort(dim=1, descending=True, stable=True)
 
 
+@torch.no_grad()
+def _predict(model: nn.Module, x: Tensor, amp: str | None) -> Tensor:
+    """[N] classes the model predicts at x (one forward pass; a noisy one for randomised models)."""
+    with autocast(x.device, amp_dtype(amp)):
+        return model(x).argmax(dim=1)
+
+
 def _check_apgd(eps, norm, steps, restarts, rho, eot, amp) -> None:
     check_member_settings("APGD", eps, norm, amp, steps=steps, restarts=restarts, eot=eot)
     if not 0 < rho <= 1:
@@ -221,7 +251,9 @@ def _check_apgd(eps, norm, steps, restarts, rho, eot, amp) -> None:
 class APGD(Attack):
     """APGD-CE (loss="ce") or APGD-DLR (loss="dlr"): `restarts` runs from random starts, each on
     the samples the earlier ones did not fool. eot > 1 averages the gradient over that many passes
-    (AutoAttack's version for randomised defenses)."""
+    (AutoAttack's version for randomised defenses) and follows the reference's rule for randomised
+    models (module docstring): the model keeps its train/eval mode, every image runs all the steps,
+    and a fresh forward pass on the last fooling iterate decides whether it is fooled."""
 
     def __init__(self, model: nn.Module, eps: float = 8 / 255, norm: str = "linf", steps: int = 100,
                  loss: str = "ce", restarts: int = 1, rho: float = 0.75, eot: int = 1,
@@ -238,7 +270,14 @@ class APGD(Attack):
         return {"eps": self.eps, "norm": self.norm, "steps": self.steps, "restarts": self.restarts,
                 "rho": self.rho, "eot": self.eot, "amp": self.amp}
 
+    @property
+    def keeps_model_mode(self) -> bool:
+        return self.eot > 1
+
     def _run(self, x: Tensor, y: Tensor) -> AttackResult:
+        if self.eot > 1:
+            return self._run_randomised(x, y)
+
         def one_run(x_todo: Tensor, y_todo: Tensor, _) -> AttackResult:
             return apgd(self.model, x_todo, y_todo, eps=self.eps, norm=self.norm, steps=self.steps,
                         loss=self.loss, rho=self.rho, eot=self.eot, amp=self.amp)
@@ -246,6 +285,26 @@ class APGD(Attack):
         result = run_until_fooled(x, y, [one_run] * self.restarts)
         result.broken_by = None
         return result
+
+    def _run_randomised(self, x: Tensor, y: Tensor) -> AttackResult:
+        """The reference's `perturb` on a randomised model, scored as its `run_standard_evaluation`
+        scores it: a noisy clean pass picks the images to attack; each restart attacks those no
+        earlier iterate fooled, to the last step; x_adv is the last fooling iterate (the clean
+        image where none fooled it); pred, and so success, come from a fresh pass at x_adv."""
+        todo = _predict(self.model, x, self.amp) == y
+        x_adv = x.clone()
+        for _ in range(self.restarts):
+            index = todo.nonzero().flatten()
+            if index.numel() == 0:
+                break
+            x_todo = to_channels_last(x[index]) if is_channels_last(x) else x[index]
+            run = apgd(self.model, x_todo, y[index], eps=self.eps, norm=self.norm, steps=self.steps,
+                       loss=self.loss, rho=self.rho, eot=self.eot, amp=self.amp, track="last")
+            fooled = index[run.success]
+            x_adv[fooled] = run.x_adv[run.success]
+            todo[fooled] = False
+        pred = float32_predict(self.model, x_adv)
+        return AttackResult(x_adv, pred, pred != y)
 
 
 class APGDT(Attack):

@@ -83,9 +83,12 @@ class Attack:
     `atk(x, y)` returns the adversarial images; `atk.run(x, y)` the full AttackResult (with the
     prediction at x_adv and per-sample success) that the class-wise evaluator uses. During the
     attack the model is in eval mode with no parameter gradients; the caller's flags are restored.
+    Attacks for randomised models (`keeps_model_mode` True: AutoAttack's version rand, APGD with
+    eot > 1) leave each module's train/eval mode as the caller set it, as the reference does.
     """
 
     name = "attack"
+    keeps_model_mode = False
 
     def __init__(self, model: nn.Module):
         if not isinstance(model, nn.Module):
@@ -109,7 +112,7 @@ class Attack:
         x = x.detach()
         if x.dtype in (torch.float16, torch.bfloat16):
             x = x.float()
-        with attack_mode(self.model):
+        with attack_mode(self.model, eval_mode=not self.keeps_model_mode):
             if x.shape[0] == 0:
                 empty = y.new_zeros(0)
                 return AttackResult(x.clone(), empty, empty.bool())

@@ -11,6 +11,20 @@ APGD and FAB run 100 iterations; targeted members use min(9, C - 1) target class
 are cwr_fast's own implementations on the fused ops. The result says, per sample, which member
 fooled it first (`AttackResult.broken_by`, an index into `member_names`), for the report's
 per-class breakdown.
+
+The model's mode: standard and plus put every module in eval mode while they attack (a dropout or
+batch-norm layer is then deterministic, and that deterministic model is what they evaluate);
+rand leaves each module's train/eval mode as the caller set it, as the reference does (which never
+touches it), so a dropout left in train mode stays random. rand also scores as the reference does
+on a randomised model: its APGD runs every step, keeps the last fooling iterate, and counts an
+image as fooled only if a fresh forward pass there misclassifies it (`cwr_fast.attacks.apgd`). In
+every version the parameters' requires_grad flags are off during the attack, and all flags are
+restored afterwards.
+
+On its first call, AutoAttack runs the reference's automatic checks on the images it was given
+(`cwr_fast.attacks.checks`: randomised outputs, except under rand; probabilities instead of logits;
+a forward pass that calls autograd; zero DLR gradients; too few classes for the targets) and keeps
+the flags in `check_flags`; the class-wise report lists them with what to do.
 """
 
 from __future__ import annotations
@@ -22,6 +36,7 @@ from torch import Tensor, nn
 
 from cwr_fast.attacks.apgd import APGD, APGDT
 from cwr_fast.attacks.attack import Attack, check_budget
+from cwr_fast.attacks.checks import first_batch_flags
 from cwr_fast.attacks.ensemble import run_until_fooled
 from cwr_fast.attacks.fab import FAB, FABT
 from cwr_fast.attacks.functional import NORMS
@@ -67,6 +82,7 @@ class AutoAttack(Attack):
         self.members = {name: cls(model, eps=self.eps, norm=norm, amp=amp, **settings)
                         for name, cls, settings in VERSIONS[version]}
         self.member_seconds = dict.fromkeys(self.members, 0.0)  # summed over calls: where the time goes
+        self.check_flags: list[dict] | None = None  # the reference's checks, on the first call's images
 
     @property
     def member_names(self) -> list[str]:
@@ -76,7 +92,16 @@ class AutoAttack(Attack):
         return {"eps": self.eps, "norm": self.norm, "version": self.version, "seed": self.seed,
                 "amp": self.amp}
 
+    @property
+    def keeps_model_mode(self) -> bool:
+        return self.version == "rand"
+
     def _run(self, x: Tensor, y: Tensor) -> AttackResult:
+        if self.check_flags is None:
+            targets = {name: atk.targets for name, atk in self.members.items() if hasattr(atk, "targets")}
+            self.check_flags = first_batch_flags(self.model, x, y, randomised=self.version != "rand",
+                                                 targets=targets)
+
         def member(name: str, atk: Attack):
             def run(x_todo: Tensor, y_todo: Tensor, _) -> AttackResult:
                 started = time.perf_counter()

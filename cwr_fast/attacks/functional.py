@@ -28,6 +28,7 @@ from cwr_fast import ops as fused_ops
 from cwr_fast import reference
 from cwr_fast.attacks.model_mode import is_channels_last, to_channels_last
 from cwr_fast.attacks.result import AttackResult
+from cwr_fast.attacks.precision import confirm_fooled
 from cwr_fast.runtime import amp_dtype, autocast, fp16_loss_scale
 
 NORMS = ("linf", "l2")
@@ -111,7 +112,8 @@ def _run_once(model: nn.Module, x_nat: Tensor, y: Tensor, target: Tensor | None,
             return AttackResult(x.detach(), None, None)
         if not last:
             x.requires_grad_(True)
-        with torch.set_grad_enabled(not last), autocast(x.device, dtype):
+        # the last iterate is scored in float32 under any amp (attacks/precision.py)
+        with torch.set_grad_enabled(not last), autocast(x.device, None if last else dtype):
             logits = model(x)
         if last or track == "any":
             pred = logits.argmax(dim=1)
@@ -128,7 +130,7 @@ def _run_once(model: nn.Module, x_nat: Tensor, y: Tensor, target: Tensor | None,
         x = x.detach()
         del logits, dz
         if track == "any":
-            done = success
+            done, pred = confirm_fooled(model, x, y, success, pred, dtype, target)
             if bool(done.any()):
                 at = done.nonzero().squeeze(1) if index is None else index[done]
                 out_x[at], out_pred[at], out_success[at], out_step[at] = x[done], pred[done], True, step

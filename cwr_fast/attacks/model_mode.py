@@ -28,15 +28,20 @@ def is_channels_last(t: torch.Tensor) -> bool:
 
 
 @contextlib.contextmanager
-def attack_mode(model: nn.Module, channels_last: bool = False) -> Iterator[nn.Module]:
+def attack_mode(model: nn.Module, channels_last: bool = False,
+                eval_mode: bool = True) -> Iterator[nn.Module]:
     """Within the block: every module in eval mode and no parameter requires grad, so backward
     passes compute input gradients only; with channels_last, 4-D weights (convolutions) in the
-    channels-last layout that oneDNN and cuDNN prefer. On exit, also on error, the caller's
-    per-module training flags, per-parameter requires_grad flags and weight tensors are restored."""
+    channels-last layout that oneDNN and cuDNN prefer. eval_mode=False leaves each module's
+    train/eval flag as the caller set it (attacks on randomised models: a dropout left in train
+    mode stays random, as the reference AutoAttack's version rand sees it). On exit, also on error,
+    the caller's per-module training flags, per-parameter requires_grad flags and weight tensors
+    are restored."""
     training = [(m, m.training) for m in model.modules()]
     requires_grad = [(p, p.requires_grad) for p in model.parameters()]
     relaid = []
-    model.eval()
+    if eval_mode:
+        model.eval()
     for p, _ in requires_grad:
         p.requires_grad_(False)
     if channels_last:
@@ -54,3 +59,29 @@ def attack_mode(model: nn.Module, channels_last: bool = False) -> Iterator[nn.Mo
             m.training = flag
         for p, flag in requires_grad:
             p.requires_grad_(flag)
+
+
+def bf16_speedup(model: nn.Module, sample: torch.Tensor, channels_last: bool = True,
+                 repeats: int = 3) -> float:
+    """The float32 time over the bf16-autocast time of the attacks' unit of work on this device:
+    one forward pass and one input-gradient backward pass of `model` in attack mode on `sample`
+    (images in [0, 1]); best of `repeats` after a warm-up. > 1: bf16 is faster."""
+    import time
+
+    sample = to_channels_last(sample) if channels_last else sample
+
+    def seconds(dtype) -> float:
+        best = float("inf")
+        for _ in range(repeats + 1):  # the first is the warm-up (oneDNN primitive creation)
+            x = sample.detach().requires_grad_(True)
+            started = time.perf_counter()
+            with torch.autocast(sample.device.type, dtype=dtype, enabled=dtype is not None):
+                logits = model(x)
+            torch.autograd.grad(logits.float().sum(), x)
+            if sample.device.type == "cuda":
+                torch.cuda.synchronize(sample.device)
+            best = min(best, time.perf_counter() - started)
+        return best
+
+    with attack_mode(model, channels_last):
+        return seconds(None) / seconds(torch.bfloat16)

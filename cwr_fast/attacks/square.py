@@ -24,10 +24,12 @@ import math
 import torch
 from torch import Tensor, nn
 
+from cwr_fast import ops
 from cwr_fast.attacks.attack import Attack, check_member_settings
 from cwr_fast.attacks.ensemble import run_until_fooled
 from cwr_fast.runtime import amp_dtype, autocast
 from cwr_fast.attacks.model_mode import is_channels_last, to_channels_last
+from cwr_fast.attacks.precision import confirm_fooled, float32_logits, float32_predict
 from cwr_fast.attacks.result import AttackResult
 
 _P_HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -124,12 +126,9 @@ def _l2_start(x: Tensor, eps: float) -> Tensor:
 
 def _linf_query(x: Tensor, x_best: Tensor, eps: float, side: int) -> Tensor:
     """The window moves to x_best +- 2 eps projected onto the ball, which is x +- eps (x_best is in
-    the ball), clamped to [0, 1]."""
-    m, c, h, w = x.shape
-    _, window = _window_index(m, side, h, w, x.device)
-    up = torch.rand((m, c, 1, 1), device=x.device) >= 0.5
-    corner = torch.clamp(x + torch.where(up, eps, -eps), 0.0, 1.0)
-    return torch.where(window, corner, x_best)
+    the ball), clamped to [0, 1]: one fused op (window corner and signs from one draw per image)."""
+    m, c = x.shape[:2]
+    return ops.square_linf_query(x, x_best, torch.rand(m, 2 + c, device=x.device), eps, side)
 
 
 def _l2_query(x: Tensor, x_best: Tensor, eps: float, side: int) -> Tensor:
@@ -153,39 +152,46 @@ def _l2_query(x: Tensor, x_best: Tensor, eps: float, side: int) -> Tensor:
 def square(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, norm: str = "linf",
            queries: int = 5000, p_init: float = 0.8, amp: str | None = None) -> AttackResult:
     """One Square Attack run on [N, C, H, W] images in [0, 1]; at most `queries` queries after the
-    start. The model must be in attack mode."""
+    start. The model must be in attack mode. Under amp the verdicts are float32's (precision.py)."""
     dtype = amp_dtype(amp)
     n, _, h, w = x.shape
     if norm == "l2" and min(h, w) < 5:
         raise ValueError(f"the L2 Square Attack needs images of at least 5 x 5 pixels, got {h} x {w}")
-    channels_last = is_channels_last(x)
+    layout = to_channels_last if is_channels_last(x) else (lambda t: t)
 
-    def margins(images: Tensor) -> tuple[Tensor, Tensor]:
+    def logits_at(images: Tensor) -> Tensor:
         with autocast(images.device, dtype):
-            logits = model(to_channels_last(images) if channels_last else images)
-        return _margin(logits, y_active), logits.argmax(dim=1)
+            return model(images)
 
     out_x, out_pred = x.clone(), y.clone()
     out_success = torch.zeros(n, dtype=torch.bool, device=x.device)
     index, x_active, y_active = torch.arange(n, device=x.device), x, y
-    x_best = _linf_start(x, eps) if norm == "linf" else _l2_start(x, eps)
+    x_best = layout(_linf_start(x, eps) if norm == "linf" else _l2_start(x, eps))
     query = _linf_query if norm == "linf" else _l2_query
-    best, pred = margins(x_best)
+    best = torch.full((n,), float("inf"), device=x.device)
+    pred = ops.square_accept_(x_best, best, x_best, logits_at(x_best), y_active)
     for i in range(queries + 1):
         done = best <= 0
         if bool(done.any()):
+            if dtype is not None:  # float32's verdict; where it disagrees, search on from its margin
+                done, pred = confirm_fooled(model, x_best, y_active, done, pred, dtype)
+                wrong = (best <= 0) & ~done
+                if bool(wrong.any()):
+                    best[wrong] = _margin(float32_logits(model, x_best[wrong]), y_active[wrong])
             at = index[done]
             out_x[at], out_pred[at], out_success[at] = x_best[done], pred[done], pred[done] != y_active[done]
             keep = ~done
             index, x_active, y_active, x_best, best = (t[keep] for t in (index, x_active, y_active, x_best, best))
+            x_best = layout(x_best)
         if index.numel() == 0 or i == queries:
             break
-        x_new = query(x_active, x_best, eps, window_side(p_selection(p_init, i), h, w, norm))
-        margin, pred_new = margins(x_new)
-        better = margin < best
-        x_best = torch.where(better[:, None, None, None], x_new, x_best)
-        best = torch.where(better, margin, best)
-        pred = pred_new
+        x_new = layout(query(x_active, x_best, eps, window_side(p_selection(p_init, i), h, w, norm)))
+        pred = ops.square_accept_(x_best, best, x_new, logits_at(x_new), y_active)
+    if dtype is not None and index.numel():  # the best points of the images still robust, in float32
+        pred32 = float32_predict(model, x_best)
+        fooled = pred32 != y_active
+        at = index[fooled]
+        out_x[at], out_pred[at], out_success[at] = x_best[fooled], pred32[fooled], True
     return AttackResult(out_x, out_pred, out_success)
 
 

@@ -24,7 +24,10 @@ null where a class has no images. Class indices are ints, names strings.
                       {parameter, attack, values, overall_robust_acc [per value],
                        per_class: [{class, class_name, robust_acc [per value], strongest}],
                        strongest {value, robust_acc}, rank_agreement}
-    flags             [{code, severity, message, attacks}] sanity checks against gradient masking
+    flags             [{code, severity, message, attacks}] sanity checks against gradient masking,
+                      with the reference AutoAttack's automatic checks (cwr_fast.attacks.checks:
+                      randomised_model, softmax_output, dynamic_model, zero_gradients,
+                      fewer_target_classes, square_stronger)
     autoattack: [     one per ensemble attack (aa), members run in order on what is still robust
       {label, members [names], member_seconds {member: seconds} (null if not timed),
        overall {member: images fooled first by it, robust, clean_wrong},
@@ -54,6 +57,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
+from cwr_fast.attacks.checks import square_success_flag
 from cwr_fast.classwise.counts import ClasswiseCounts
 from cwr_fast.classwise.stats import (WORST_CLASS_METHOD, class_summary, spearman, wilson_interval,
                                       worst_class_statistics)
@@ -297,6 +301,11 @@ def sanity_flags(counts: ClasswiseCounts, attacks: Mapping[str, object] | None =
                               "attacks": [a, b],
                               "message": f"robust accuracy rises from {pct(a):.2f}% ({a}) to "
                                          f"{pct(b):.2f}% ({b}) with more {varied}"})
+    for label, names in counts.members.items():  # the reference's check, after every member ran
+        fooled = counts.member_broken[label].sum(dim=1).tolist()
+        flag = square_success_flag(counts.total, int(clean.sum()), list(zip(names, fooled)))
+        if flag is not None:
+            flags.append({**flag, "attacks": [label], "message": f"{label}: {flag['message']}"})
     if eps_sweep is not None:
         values, overall = eps_sweep["values"], eps_sweep["overall_robust_acc"]
         for i, j in _rises(values, overall):
@@ -309,7 +318,8 @@ def sanity_flags(counts: ClasswiseCounts, attacks: Mapping[str, object] | None =
 
 def model_flags(counts: ClasswiseCounts) -> list[dict]:
     """A model with NaN/inf weights or logits, or one that predicts a single class for every image,
-    gives meaningless (often perfect-looking) class-wise numbers: flagged as errors."""
+    gives meaningless (often perfect-looking) class-wise numbers: flagged as errors. Then the
+    automatic checks the attacks ran on the model (counts.meta["check_flags"], AutoAttack's)."""
     flags = []
     bad_weights = counts.meta.get("nonfinite_weights") or []
     if bad_weights:
@@ -328,6 +338,8 @@ def model_flags(counts: ClasswiseCounts) -> list[dict]:
         flags.append({"code": "single_class_predictions", "severity": "error", "attacks": [],
                       "message": f"the model predicts class {only} for every one of the {counts.total} "
                                  "clean images"})
+    for label, found in counts.meta.get("check_flags", {}).items():
+        flags += [{**flag, "attacks": [label], "message": f"{label}: {flag['message']}"} for flag in found]
     return flags
 
 

@@ -6,8 +6,9 @@ image, batch by batch, accumulated into `ClasswiseCounts`.
     counts.robust_accuracy("pgd-20")          # [C]
 
 Cheap enough for a training loop's per-epoch check on a small class-balanced subset. Attack noise
-is seeded per (batch, attack) from `seed`, so results do not depend on how batches are spread over
-processes, on which other attacks run, or on the caller's RNG state (which is left untouched).
+(and a randomised model's own, in the clean pass too) is seeded per (batch, attack) from `seed`,
+so results do not depend on how batches are spread over processes, on which other attacks run,
+or on the caller's RNG state (which is left untouched).
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ from torch import Tensor, nn
 from cwr_fast.attacks.attack import Attack, check_pixel_range
 from cwr_fast.attacks.model_mode import attack_mode, to_channels_last
 from cwr_fast.attacks.gradient import GradientAttack
+from cwr_fast.attacks.precision import float32_logits
 from cwr_fast.classwise.batch_log import BatchLog
 from cwr_fast.classwise.counts import ClasswiseCounts
 from cwr_fast.classwise.outcomes import PerImageOutcomes
-from cwr_fast.runtime import amp_dtype, autocast, model_device
+from cwr_fast.runtime import amp_dtype, model_device
 
 
 def _named_attacks(attacks: Mapping[str, Attack] | Sequence[Attack]) -> dict[str, Attack]:
@@ -59,10 +61,9 @@ def batch_seed(seed: int, batch_index: int, label: str) -> int:
 
 
 @torch.no_grad()
-def _predict(model: nn.Module, x: Tensor, dtype, num_classes: int) -> tuple[Tensor, Tensor]:
-    """(predicted classes, number of images whose logits are not all finite)."""
-    with autocast(x.device, dtype):
-        logits = model(x)
+def _predict(model: nn.Module, x: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
+    """(predicted classes, number of images whose logits are not all finite), in float32."""
+    logits = float32_logits(model, x)
     check_logits(logits, x.shape[0], num_classes)
     return logits.argmax(dim=1), (~torch.isfinite(logits).all(dim=1)).sum()
 
@@ -92,7 +93,9 @@ def evaluate_classwise(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]
 
     attacks: {label: Attack} (or a list of attacks, labelled by their name). Each attack runs on
         every clean-correct image; use track="any" attacks for speed (the CLI does).
-    amp: autocast for the clean forward pass (attacks carry their own setting).
+    amp: checked, and otherwise not used here: the clean pass decides which images count, so it
+        runs in float32 whatever amp says, as every verdict does (attacks/precision.py; the
+        attacks carry their own amp for their search).
     distributed: shard the batches over the processes of the default group (batch i goes to rank
         i mod world size; every process iterates the same batches) and all-reduce the counts.
     progress: a tqdm bar with images/s and the current attack (rank 0 only).
@@ -104,9 +107,14 @@ def evaluate_classwise(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]
         found there are read instead of evaluated, so an interrupted evaluation continues where it
         stopped with the same result.
     Returns ClasswiseCounts on the CPU; the model's modes, requires_grad flags and weight tensors
-    are restored.
+    are restored. The model is in eval mode throughout, unless an attack keeps the caller's mode
+    (`keeps_model_mode`: AutoAttack's version rand, APGD with eot > 1): then the clean pass, and
+    those attacks, see the model in the mode the caller set (the other attacks still put it in
+    eval mode while they run). counts.meta["check_flags"] {attack: [flag]}: the automatic checks
+    an attack ran (AutoAttack's, on its first batch), for the report.
     """
     named = _named_attacks(attacks)
+    amp_dtype(amp)
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     device = torch.device(device) if device is not None else model_device(model)
@@ -128,9 +136,10 @@ def evaluate_classwise(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]
     bar = _progress_bar(progress and rank == 0, _len_or_none(batches))
     started = time.perf_counter()
     rng_devices = [device] if device.type == "cuda" else []
+    eval_mode = not any(getattr(atk, "keeps_model_mode", False) for atk in named.values())
     position = 0
     try:
-        with attack_mode(model, channels_last), torch.random.fork_rng(devices=rng_devices):
+        with attack_mode(model, channels_last, eval_mode), torch.random.fork_rng(devices=rng_devices):
             for batch_index, (x, y) in enumerate(batches):
                 first, position = position, position + len(y)
                 if batch_index % world != rank:
@@ -157,6 +166,10 @@ def evaluate_classwise(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]
         now = getattr(named[label], "member_seconds", {})
         counts.meta.setdefault("member_seconds", {})[label] = {
             m: now[m] - member_seconds_before[label].get(m, 0.0) for m in now}
+    checked = {label: list(atk.check_flags) for label, atk in named.items()
+               if getattr(atk, "check_flags", None) is not None}
+    if checked:
+        counts.meta["check_flags"] = checked
     counts.meta["nonfinite_weights"] = nonfinite_weights
     counts.meta["wall_seconds"] = time.perf_counter() - started
     counts.meta["nonfinite_logits"] = sum(int(r["nonfinite"]) for _, r in parts)
@@ -184,7 +197,8 @@ def _evaluate_batch(model, x, y, named: dict[str, Attack], c: int, device, amp, 
     if channels_last:
         x = to_channels_last(x)
     t0 = time.perf_counter()
-    clean_pred, nonfinite = _predict(model, x, amp_dtype(amp), c)
+    torch.manual_seed(batch_seed(seed, batch_index, ""))  # a randomised model's clean pass draws
+    clean_pred, nonfinite = _predict(model, x, c)
     clean_seconds = time.perf_counter() - t0
     correct = clean_pred == y
     x_attack, y_attack = x[correct], y[correct]
