@@ -34,6 +34,15 @@ class Disagrees(nn.Module):
         return torch.stack([spread * 0, z1, *others], dim=1)
 
 
+def bf16_attack(spec: str, model):
+    attack = parse_attack(spec).build(model, eps=EPS, amp="bf16")
+    for member in getattr(attack, "members", {}).values():  # aa, shortened: the rule is tested
+        for key in ("steps", "queries"):
+            if hasattr(member, key):
+                setattr(member, key, 3)
+    return attack
+
+
 def grey_images(n=6):
     return torch.full((n, 1, 8, 8), 0.5), torch.zeros(n, dtype=torch.int64)
 
@@ -42,12 +51,7 @@ def grey_images(n=6):
 def test_bf16_never_reports_robust_where_float32_is_fooled(spec):
     model = Disagrees(fooled_in_float32=True)
     x, y = grey_images()
-    attack = parse_attack(spec).build(model, eps=EPS, amp="bf16")
-    if spec.startswith("aa"):  # shortened members: the verdict rule is what is tested
-        for member in attack.members.values():
-            for key in ("steps", "queries"):
-                if hasattr(member, key):
-                    setattr(member, key, 3)
+    attack = bf16_attack(spec, model)
     counts = evaluate_classwise(model, [(x, y)], 10, {"atk": attack}, amp="bf16")
     assert int(counts.clean_correct.sum()) == len(y)
     assert int(counts.robust("atk").sum()) == 0, "bf16 counted images robust that float32 misclassifies"
@@ -57,12 +61,7 @@ def test_bf16_never_reports_robust_where_float32_is_fooled(spec):
 def test_bf16_never_reports_fooled_where_float32_is_not(spec):
     model = Disagrees(fooled_in_float32=False)
     x, y = grey_images()
-    attack = parse_attack(spec).build(model, eps=EPS, amp="bf16")
-    if spec.startswith("aa"):
-        for member in attack.members.values():
-            for key in ("steps", "queries"):
-                if hasattr(member, key):
-                    setattr(member, key, 3)
+    attack = bf16_attack(spec, model)
     counts = evaluate_classwise(model, [(x, y)], 10, {"atk": attack}, amp="bf16")
     assert int(counts.robust("atk").sum()) == len(y), "a bf16-only success was counted"
 

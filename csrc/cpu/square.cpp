@@ -53,10 +53,27 @@ void query_images(const at::Tensor& x_nat, const at::Tensor& x_best, const float
   const std::array<int64_t, 4> os = strides_of(out), ns = strides_of(x_nat), bs = strides_of(x_best);
   const int64_t n0 = out.size(d0), n1 = out.size(d1), n2 = out.size(d2);
   const int64_t os2 = os[d2], ns2 = ns[d2], bs2 = bs[d2];
+  // Where out and x_best are dense images of one layout (always, for the attack's tensors): each
+  // image is one block copy of x_best, then only the window's side * side * C values are written.
+  const bool block = same_dense_images(out, x_best);
+  const int64_t per_image = c * h * w;
   at::parallel_for(0, m, image_grain(out), [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const float* ui = u + i * (2 + c);
       const Window win = square::window_of(ui, h, w, side);
+      if (block) {
+        std::copy_n(xb + i * bs[0], per_image, o + i * os[0]);
+        for (int64_t r = win.top; r < win.top + side; ++r) {
+          for (int64_t q = win.left; q < win.left + side; ++q) {
+            for (int64_t k = 0; k < c; ++k) {
+              const std::array<int64_t, 4> at{i, k, r, q};
+              o[offset(os, at)] = static_cast<scalar_t>(square::corner_value<T>(
+                  static_cast<T>(xn[offset(ns, at)]), eps_t, square::sign_up(ui[2 + k])));
+            }
+          }
+        }
+        continue;
+      }
       std::array<int64_t, 4> idx{i, 0, 0, 0};
       for (int64_t a = 0; a < n0; ++a) {
         idx[d0] = a;

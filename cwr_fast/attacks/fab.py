@@ -44,6 +44,23 @@ def _dual_norm(t: Tensor, norm: str) -> Tensor:
     return flat.abs().sum(dim=2) if norm == "linf" else flat.norm(dim=2)
 
 
+def _flat(t: Tensor, like: Tensor) -> Tensor:
+    """[N, C, H, W] -> [N, D], the coordinates in the memory order of `like` (a view where t has
+    like's layout). The projection and the norms do not depend on the order of the coordinates,
+    so channels-last images need no copy to NCHW order."""
+    if is_channels_last(like):
+        return t.permute(0, 2, 3, 1).reshape(t.shape[0], -1)
+    return t.reshape(t.shape[0], -1)
+
+
+def _unflat(d: Tensor, like: Tensor) -> Tensor:
+    """The inverse of _flat: [N, D] in like's memory order -> like's shape and layout (a view)."""
+    if is_channels_last(like):
+        n, c, h, w = like.shape
+        return d.view(n, h, w, c).permute(0, 3, 1, 2)
+    return d.view_as(like)
+
+
 def _boundary_gradients(model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None,
                         dtype: torch.dtype | None) -> tuple[Tensor, Tensor, Tensor]:
     """(logits, f [N, K], g [N, K, ...]): f_j = z_j - z_y and its input gradient, for the target
@@ -100,12 +117,16 @@ def fab(model: nn.Module, x0: Tensor, y: Tensor, *, eps: float, norm: str = "lin
             x1 = to_channels_last(x1)
         _, f, g = _boundary_gradients(model, x1, y, target, dtype)
         m = x1.shape[0]
-        rows = torch.arange(m, device=x1.device)
-        closest = (f.abs() / (1e-12 + _dual_norm(g, norm))).argmin(dim=1)
-        w = g[rows, closest].flatten(1)
-        b = -f[rows, closest] + (w * x1.flatten(1)).sum(dim=1)
-        d = project(torch.cat([x1.flatten(1), x0.flatten(1)]), torch.cat([w, w]), torch.cat([b, b]))
-        d1, d2 = d[:m].view_as(x1), d[m:].view_as(x1)
+        if f.shape[1] == 1:  # targeted: one boundary
+            f, g = f[:, 0], g[:, 0]
+        else:
+            rows = torch.arange(m, device=x1.device)
+            closest = (f.abs() / (1e-12 + _dual_norm(g, norm))).argmin(dim=1)
+            f, g = f[rows, closest], g[rows, closest]
+        w, x1_flat = _flat(g, x1), _flat(x1, x1)
+        b = -f + (w * x1_flat).sum(dim=1)
+        d = project(torch.cat([x1_flat, _flat(x0, x1)]), torch.cat([w, w]), torch.cat([b, b]))
+        d1, d2 = _unflat(d[:m], x1), _unflat(d[m:], x1)
         size = _norm(d, norm).clamp_min(1e-8)
         alpha = (size[:m] / (size[:m] + size[m:])).clamp(0.0, ALPHA_MAX).view(shape)
         x1 = ((x1 + ETA * d1) * (1 - alpha) + (x0 + ETA * d2) * alpha).clamp(0.0, 1.0)

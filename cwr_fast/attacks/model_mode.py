@@ -62,26 +62,27 @@ def attack_mode(model: nn.Module, channels_last: bool = False,
 
 
 def bf16_speedup(model: nn.Module, sample: torch.Tensor, channels_last: bool = True,
-                 repeats: int = 3) -> float:
+                 repeats: int = 7) -> float:
     """The float32 time over the bf16-autocast time of the attacks' unit of work on this device:
     one forward pass and one input-gradient backward pass of `model` in attack mode on `sample`
-    (images in [0, 1]); best of `repeats` after a warm-up. > 1: bf16 is faster."""
+    (images in [0, 1]); medians of `repeats` after a warm-up, the two precisions interleaved so
+    that a busy moment of the machine slows both. > 1: bf16 is faster."""
+    import statistics
     import time
 
     sample = to_channels_last(sample) if channels_last else sample
 
     def seconds(dtype) -> float:
-        best = float("inf")
-        for _ in range(repeats + 1):  # the first is the warm-up (oneDNN primitive creation)
-            x = sample.detach().requires_grad_(True)
-            started = time.perf_counter()
-            with torch.autocast(sample.device.type, dtype=dtype, enabled=dtype is not None):
-                logits = model(x)
-            torch.autograd.grad(logits.float().sum(), x)
-            if sample.device.type == "cuda":
-                torch.cuda.synchronize(sample.device)
-            best = min(best, time.perf_counter() - started)
-        return best
+        x = sample.detach().requires_grad_(True)
+        started = time.perf_counter()
+        with torch.autocast(sample.device.type, dtype=dtype, enabled=dtype is not None):
+            logits = model(x)
+        torch.autograd.grad(logits.float().sum(), x)
+        if sample.device.type == "cuda":
+            torch.cuda.synchronize(sample.device)
+        return time.perf_counter() - started
 
     with attack_mode(model, channels_last):
-        return seconds(None) / seconds(torch.bfloat16)
+        seconds(None), seconds(torch.bfloat16)  # warm-up: oneDNN builds its primitives
+        pairs = [(seconds(None), seconds(torch.bfloat16)) for _ in range(repeats)]
+    return statistics.median(f32 for f32, _ in pairs) / statistics.median(bf16 for _, bf16 in pairs)
