@@ -34,7 +34,7 @@ from cwr_fast.models.checkpoint import CheckpointMismatchError, load_weights, re
 from cwr_fast.models.registry import build_model, call_factory, canonical_name, load_factory
 from cwr_fast.models.sources import build_from_source, is_source_spec, parse_source_spec
 from cwr_fast.options import add_options, check_options, given_options
-from cwr_fast.outputs import check_output_dir, check_output_file, write_text
+from cwr_fast.outputs import check_output_dir, check_output_file, record_written_file, write_text
 from cwr_fast.report import REPORT_KIND, format_summary, write_report
 
 DEFAULT_ATTACKS = "fgsm,pgd-20,cw-30"
@@ -201,13 +201,25 @@ def _remove_if_nothing_kept(args) -> None:
         shutil.rmtree(partial, ignore_errors=True)
 
 
+def _run_inputs(args) -> dict:
+    """{what: path} of the files this run reads, which no output of it may replace."""
+    from cwr_fast.data import GENERIC_PREFIXES
+
+    inputs = {"the checkpoint": args.checkpoint}
+    if args.dataset.startswith(GENERIC_PREFIXES):
+        inputs["the dataset"] = args.dataset.split(":", 1)[1]
+    if args.model is not None and not is_source_spec(args.model):
+        inputs["the model file"] = args.model.rpartition(":")[0] or None
+    return inputs
+
+
 def _check_args(args) -> None:
     if args.save_adv_images and args.save_adv is None:
         raise ConfigError("--save-adv-images needs --save-adv FILE.npz")
     if args.save_adv is not None:
         if not args.save_adv.endswith(".npz"):
             raise ConfigError(f"--save-adv {args.save_adv}: give a .npz file name")
-        check_output_file(args.save_adv, args.overwrite)
+        check_output_file(args.save_adv, args.overwrite, inputs=_run_inputs(args))
     if (args.arch is None) == (args.model is None):
         raise ConfigError("give exactly one of --arch NAME (with --checkpoint) or --model FILE.py:FACTORY "
                           "(or --model robustbench:NAME, timm:NAME, torchvision:NAME)")
@@ -439,7 +451,7 @@ def run(args) -> dict:
         write_report(report, args.out, plots=not args.no_plots, overwrite=args.overwrite,
                      outcomes=counts.outcomes, sweep_outcomes={"temperature": t_outcomes})
         if args.save_adv is not None:
-            counts.outcomes.describe(report, attacks).save(args.save_adv)
+            record_written_file(counts.outcomes.describe(report, attacks).save(args.save_adv))
         shutil.rmtree(partial, ignore_errors=True)
         print(format_summary(report))
         print(f"eps {fmt_budget(eps)}: {eps_source}")

@@ -82,17 +82,75 @@ def check_output_dir(out: str | os.PathLike, kind: str, overwrite: bool,
     return out
 
 
-def check_output_file(out: str | os.PathLike, overwrite: bool) -> Path:
-    """Like check_output_dir, for one file (a .beton): an existing file only with `overwrite`,
-    never a directory; the folder must be writable."""
+FILES_REGISTRY = ".cwr_fast-files.json"  # the single files cwr_fast wrote in a folder
+
+
+def check_output_file(out: str | os.PathLike, overwrite: bool,
+                      inputs: Mapping[str, str | os.PathLike | None] | None = None) -> Path:
+    """Like check_output_dir, for one file (a .beton, per-image outcomes): never a directory, never
+    one of the run's `inputs` ({what: path}, e.g. {"the dataset": "data/mine.npz"}) whatever
+    overwrite says, and an existing file only with `overwrite` and only if cwr_fast wrote it (as
+    its folder's registry records it, unchanged since); the folder must be writable."""
     out = Path(out)
     if out.is_dir():
         raise OutputError(f"{out} is a directory: give the path of the file to write")
-    if out.exists() and not overwrite:
-        raise OutputError(f"{out} exists (pass --overwrite to replace it)")
+    for what, path in (inputs or {}).items():
+        if path is not None and same_file(out, path):
+            raise OutputError(f"{out} is {what} of this run: an output never replaces an input, "
+                              "whatever --overwrite says; choose another file name")
+    if out.exists():
+        if not overwrite:
+            raise OutputError(f"{out} exists (pass --overwrite to replace it)")
+        if not written_by_cwr_fast(out):
+            raise OutputError(f"{out} was not written by cwr_fast (or changed since): --overwrite "
+                              "replaces only cwr_fast's own files; choose another name, or remove "
+                              "the file yourself")
     check_writable(out.parent)
     remove_stale_temporaries(out.parent)
     return out
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """The same file: one resolved path, or one file reached through two names (a link)."""
+    a, b = Path(a), Path(b)
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+def _registry(directory: Path) -> dict:
+    try:
+        entries = json.loads((directory / FILES_REGISTRY).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return entries if isinstance(entries, dict) else {}
+
+
+def _fingerprint(path: Path) -> dict:
+    stat = path.stat()
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def record_written_file(path: str | os.PathLike) -> None:
+    """Notes in the folder's registry that cwr_fast wrote `path` (its size and time), so that a
+    later --overwrite may replace it, and nothing else."""
+    path = Path(path)
+    entries = _registry(path.parent)
+    entries[path.name] = _fingerprint(path)
+    text = json.dumps(entries, indent=1, sort_keys=True) + "\n"
+    write_atomic(path.parent / FILES_REGISTRY, "w", lambda f: f.write(text))
+
+
+def written_by_cwr_fast(path: str | os.PathLike) -> bool:
+    path = Path(path)
+    entry = _registry(path.parent).get(path.name)
+    try:
+        return isinstance(entry, dict) and entry == _fingerprint(path)
+    except OSError:
+        return False
 
 
 def check_writable(directory: Path) -> None:

@@ -131,6 +131,96 @@ def test_beton_refuses_an_existing_file_or_folder(shared_data, tmp_path):
     assert snapshot(tmp_path) == before
 
 
+# ---- 2b. an output never lands on an input; a single file is replaced only if cwr_fast wrote it -----
+
+@pytest.fixture(scope="module")
+def npz_dataset(tmp_path_factory) -> Path:
+    """A user's own dataset (npz: uint8 arrays) and a bare small_cnn state dict, in their folder."""
+    from cwr_fast.models import build_model
+
+    root = tmp_path_factory.mktemp("own")
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (40, 28, 28), generator=gen, dtype=torch.uint8).numpy()
+    labels = (torch.arange(40) % 10).numpy()
+    import numpy as np
+    (root / "data").mkdir()
+    np.savez(root / "data" / "mine.npz", train_images=images, train_labels=labels,
+             test_images=images, test_labels=labels)
+    torch.save(build_model("small_cnn", 10, (0.5,), (0.5,), 1).state_dict(), root / "m.pt")
+    return root
+
+
+def test_save_adv_never_replaces_the_dataset_being_evaluated(npz_dataset, tmp_path):
+    """Issue 25, item 1: --save-adv data/mine.npz --overwrite used to replace the dataset."""
+    before = snapshot(npz_dataset)
+    data = npz_dataset / "data" / "mine.npz"
+    common = ["--dataset", f"npz:{data}", "--arch", "small_cnn", "--checkpoint", npz_dataset / "m.pt",
+              "--limit", "20", "--attacks", "fgsm", "--eps", "0.1", "--no-plots", "--out", tmp_path / "r",
+              "--overwrite"]
+    assert_refused(cli("cwr_fast.evaluate", *common, "--save-adv", data), str(data), "input", "dataset")
+    link = npz_dataset / "data" / "alias.npz"  # the same file under another name
+    os.symlink(data, link)
+    try:
+        assert_refused(cli("cwr_fast.evaluate", *common, "--save-adv", link), "input", "dataset")
+    finally:
+        link.unlink()
+    assert_refused(cli("cwr_fast.evaluate", *common, "--save-adv", npz_dataset / "m.pt"), "input",
+                   "checkpoint")
+    assert snapshot(npz_dataset) == before
+
+
+def test_save_adv_overwrite_replaces_only_its_own_file(npz_dataset, tmp_path):
+    data = npz_dataset / "data" / "mine.npz"
+    common = ["--dataset", f"npz:{data}", "--arch", "small_cnn", "--checkpoint", npz_dataset / "m.pt",
+              "--limit", "20", "--attacks", "fgsm", "--eps", "0.1", "--no-plots", "--overwrite"]
+    theirs = tmp_path / "theirs.npz"
+    theirs.write_bytes(b"someone else's file")
+    proc = cli("cwr_fast.evaluate", *common, "--out", tmp_path / "r1", "--save-adv", theirs)
+    assert_refused(proc, str(theirs), "not written by cwr_fast")
+    assert theirs.read_bytes() == b"someone else's file"
+    ours = tmp_path / "ours.npz"
+    for run in ("r2", "r3"):  # written once, then replaced by the same command with --overwrite
+        proc = cli("cwr_fast.evaluate", *common, "--out", tmp_path / run, "--save-adv", ours)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    ours.write_bytes(ours.read_bytes() + b"")  # touched by hand: no longer what cwr_fast wrote
+    os.utime(ours, ns=(0, 0))
+    assert_refused(cli("cwr_fast.evaluate", *common, "--out", tmp_path / "r4", "--save-adv", ours),
+                   "not written by cwr_fast")
+
+
+def test_beton_never_replaces_its_own_source(npz_dataset, tmp_path):
+    """Issue 25, item 2: the beton writer with --out on its source npz and --overwrite."""
+    pytest.importorskip("ffcv")  # CI installs FFCV (scripts/test.sh --with-ffcv): this runs there
+    before = snapshot(npz_dataset)
+    data = npz_dataset / "data" / "mine.npz"
+    proc = cli("cwr_fast.data.beton", "--dataset", f"npz:{data}", "--split", "test", "--out", data,
+               "--overwrite")
+    assert_refused(proc, str(data), "input")
+    assert snapshot(npz_dataset) == before
+    out = tmp_path / "mine-test.beton"
+    for _ in range(2):  # its own earlier output it may replace
+        proc = cli("cwr_fast.data.beton", "--dataset", f"npz:{data}", "--split", "test", "--out", out,
+                   "--overwrite")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_output_checks_by_content_of_the_registry(tmp_path):
+    """The rule itself: same_file sees links; a file is cwr_fast's only while unchanged."""
+    a = tmp_path / "a.bin"
+    a.write_bytes(b"1")
+    os.link(a, tmp_path / "hard.bin")
+    assert outputs.same_file(a, tmp_path / "hard.bin") and outputs.same_file(a, tmp_path / "x" / ".." / "a.bin")
+    assert not outputs.written_by_cwr_fast(a)
+    outputs.record_written_file(a)
+    assert outputs.written_by_cwr_fast(a)
+    a.write_bytes(b"22")
+    assert not outputs.written_by_cwr_fast(a)
+    with pytest.raises(outputs.OutputError, match="not written by cwr_fast"):
+        outputs.check_output_file(a, overwrite=True)
+    with pytest.raises(outputs.OutputError, match="is the dataset of this run"):
+        outputs.check_output_file(tmp_path / "hard.bin", overwrite=True, inputs={"the dataset": a})
+
+
 # ---- 3. an unwritable --out is found before any compute ---------------------------------------------
 
 def test_unwritable_out_is_refused_before_any_work(mnist_checkpoint, shared_data, tmp_path):

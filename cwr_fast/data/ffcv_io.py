@@ -22,7 +22,7 @@ from cwr_fast.data.decode import DecodedFiles
 from cwr_fast.data.errors import DatasetError
 from cwr_fast.data.registry import data_root, dataset_info, is_generic
 from cwr_fast.data.sources import file_samples, load_arrays
-from cwr_fast.outputs import check_output_file, temporary_prefix
+from cwr_fast.outputs import check_output_file, record_written_file, temporary_prefix
 
 WRITE_MODES = ("raw", "jpg", "proportion", "smart")
 FFCV_HINT = ("FFCV is an optional extra: install Debian's libturbojpeg0-dev libopencv-dev "
@@ -71,14 +71,16 @@ def write_beton(name: str, split: str, out: str | os.PathLike | None = None, dat
 
     The file is written under a temporary name in the same folder and renamed at the end, so a
     file with the final name is always complete; an existing file is replaced only with
-    overwrite=True (cwr_fast.outputs). FFCV shows a progress bar.
+    overwrite=True and only if cwr_fast wrote it, and never the source being written
+    (cwr_fast.outputs). FFCV shows a progress bar.
     """
     info = dataset_info(name)
     info.check_split(split)
     out = Path(out) if out is not None else default_beton_path(name, split, data_dir)
     if out is None:
         raise ValueError(f"{name}: give the output path (out=...) for a generic source")
-    check_output_file(out, overwrite)
+    source = name.split(":", 1)[1] if is_generic(name) else None
+    check_output_file(out, overwrite, inputs={"the dataset being written": source})
     if write_mode is not None and write_mode not in WRITE_MODES:
         raise ValueError(f"write_mode must be one of {', '.join(WRITE_MODES)}, got {write_mode!r}")
     if not 1 <= jpeg_quality <= 100 or not 0 <= compress_probability <= 1:
@@ -111,6 +113,7 @@ def write_beton(name: str, split: str, out: str | os.PathLike | None = None, dat
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
+    record_written_file(out)
     return out
 
 
