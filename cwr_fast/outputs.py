@@ -82,7 +82,10 @@ def check_output_dir(out: str | os.PathLike, kind: str, overwrite: bool,
     return out
 
 
-FILES_REGISTRY = ".cwr_fast-files.json"  # the single files cwr_fast wrote in a folder
+# The single files cwr_fast wrote (absolute path -> size, time, inode), kept out of the users'
+# folders; $CWR_FAST_STATE overrides the place (the tests use their own)
+def files_registry() -> Path:
+    return Path(os.environ.get("CWR_FAST_STATE", "~/.cache/cwr_fast")).expanduser() / "written-files.json"
 
 
 def check_output_file(out: str | os.PathLike, overwrite: bool,
@@ -90,7 +93,7 @@ def check_output_file(out: str | os.PathLike, overwrite: bool,
     """Like check_output_dir, for one file (a .beton, per-image outcomes): never a directory, never
     one of the run's `inputs` ({what: path}, e.g. {"the dataset": "data/mine.npz"}) whatever
     overwrite says, and an existing file only with `overwrite` and only if cwr_fast wrote it (as
-    its folder's registry records it, unchanged since); the folder must be writable."""
+    the registry of written files records it, unchanged since); the folder must be writable."""
     out = Path(out)
     if out.is_dir():
         raise OutputError(f"{out} is a directory: give the path of the file to write")
@@ -121,9 +124,9 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     return a.resolve() == b.resolve()
 
 
-def _registry(directory: Path) -> dict:
+def _registry() -> dict:
     try:
-        entries = json.loads((directory / FILES_REGISTRY).read_text(encoding="utf-8"))
+        entries = json.loads(files_registry().read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     return entries if isinstance(entries, dict) else {}
@@ -131,22 +134,27 @@ def _registry(directory: Path) -> dict:
 
 def _fingerprint(path: Path) -> dict:
     stat = path.stat()
-    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "inode": stat.st_ino}
 
 
-def record_written_file(path: str | os.PathLike) -> None:
-    """Notes in the folder's registry that cwr_fast wrote `path` (its size and time), so that a
-    later --overwrite may replace it, and nothing else."""
+def record_written_file(path: str | os.PathLike) -> Path:
+    """Notes in the registry of written files that cwr_fast wrote `path` (its size, time and
+    inode), so that a later --overwrite may replace it, and nothing else. Best effort: where the
+    registry cannot be written, the file is simply not replaceable with --overwrite."""
     path = Path(path)
-    entries = _registry(path.parent)
-    entries[path.name] = _fingerprint(path)
+    entries = {k: v for k, v in _registry().items() if Path(k).exists()}  # forget removed files
+    entries[str(path.resolve())] = _fingerprint(path)
     text = json.dumps(entries, indent=1, sort_keys=True) + "\n"
-    write_atomic(path.parent / FILES_REGISTRY, "w", lambda f: f.write(text))
+    try:
+        write_atomic(files_registry(), "w", lambda f: f.write(text))
+    except OSError:
+        pass
+    return path
 
 
 def written_by_cwr_fast(path: str | os.PathLike) -> bool:
     path = Path(path)
-    entry = _registry(path.parent).get(path.name)
+    entry = _registry().get(str(path.resolve()))
     try:
         return isinstance(entry, dict) and entry == _fingerprint(path)
     except OSError:

@@ -2,12 +2,19 @@
 and FAIL when it is missing: CI must never skip them silently."""
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config):
+    # cwr_fast's registry of the files it wrote (cwr_fast.outputs) goes to this test session's own
+    # folder, and the CLIs the tests start inherit it
+    os.environ.setdefault("CWR_FAST_STATE", tempfile.mkdtemp(prefix="cwr_fast-state-"))
 
 
 def shared_data_dir() -> Path:
