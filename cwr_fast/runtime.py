@@ -11,6 +11,7 @@ import contextlib
 import datetime
 import os
 import random
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -168,8 +169,18 @@ def world_size_from_env() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+JOIN_TIMEOUT_ENV = "CWR_FAST_JOIN_TIMEOUT"  # seconds the processes wait for each other at the start
+
+
+class RendezvousError(ValueError):
+    """The processes torchrun's variables describe did not all join in time."""
+
+
 def init(device_name: str, timeout_s: float = 1800.0) -> DistInfo:
-    """Joins the process group torchrun describes (WORLD_SIZE > 1), else a single process."""
+    """Joins the process group torchrun describes (WORLD_SIZE > 1), else a single process. Rank 0
+    says at once what it waits for; the processes give up after $CWR_FAST_JOIN_TIMEOUT seconds
+    (default 300) if they have not all joined, with a RendezvousError saying why. timeout_s
+    bounds each collective operation afterwards."""
     world = world_size_from_env()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device_name, local_rank)
@@ -178,9 +189,34 @@ def init(device_name: str, timeout_s: float = 1800.0) -> DistInfo:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                timeout=datetime.timedelta(seconds=timeout_s))
+        rank = int(os.environ.get("RANK", "0"))
+        store = _join(rank, world, float(os.environ.get(JOIN_TIMEOUT_ENV, "300")))
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=store, rank=rank,
+                                world_size=world, timeout=datetime.timedelta(seconds=timeout_s))
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, device)
+
+
+def _join(rank: int, world: int, join_s: float):
+    """The rendezvous of torchrun's env:// method (MASTER_ADDR, MASTER_PORT), with its own time
+    limit and a message while it waits."""
+    addr = os.environ.get("MASTER_ADDR", "127.0.0.1")
+    port = int(os.environ.get("MASTER_PORT", "29500"))
+    where = f"{addr}:{port}"
+    if rank == 0:
+        print(f"cwr_fast: waiting for {world} processes to join at {where} (WORLD_SIZE={world} in the "
+              f"environment: torchrun sets it); giving up after {join_s:g} s", file=sys.stderr, flush=True)
+    timeout = datetime.timedelta(seconds=join_s)
+    try:
+        if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":  # torchrun's agent hosts it
+            return dist.TCPStore(addr, port, world, is_master=False, timeout=timeout)
+        return dist.TCPStore(addr, port, world, is_master=rank == 0, wait_for_workers=True,
+                             multi_tenant=True, timeout=timeout)
+    except (RuntimeError, OSError) as err:  # DistStoreError is a RuntimeError
+        raise RendezvousError(
+            f"the {world} processes of WORLD_SIZE={world} did not all join at {where} within "
+            f"{join_s:g} s ({str(err).splitlines()[0] if str(err) else type(err).__name__}): start "
+            f"them with torchrun, or unset WORLD_SIZE/RANK for one process "
+            f"(${JOIN_TIMEOUT_ENV} sets the wait)") from None
 
 
 def cleanup() -> None:
