@@ -274,6 +274,10 @@ class APGD(Attack):
     def keeps_model_mode(self) -> bool:
         return self.eot > 1
 
+    @property
+    def min_classes(self) -> int:
+        return 3 if self.loss == "dlr" else 2  # the DLR loss reads the 3rd largest logit
+
     def _run(self, x: Tensor, y: Tensor) -> AttackResult:
         if self.eot > 1:
             return self._run_randomised(x, y)
@@ -313,6 +317,7 @@ class APGDT(Attack):
     the samples no earlier one fooled, and a sample is fooled when it is misclassified."""
 
     name = "apgd-t"
+    min_classes = 4  # the targeted DLR loss reads the 4th largest logit
 
     def __init__(self, model: nn.Module, eps: float = 8 / 255, norm: str = "linf", steps: int = 100,
                  targets: int = 9, restarts: int = 1, rho: float = 0.75, amp: str | None = None):

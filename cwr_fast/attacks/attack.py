@@ -89,6 +89,7 @@ class Attack:
 
     name = "attack"
     keeps_model_mode = False
+    min_classes = 2  # the fewest classes the attack can work with (spec.build refuses fewer)
 
     def __init__(self, model: nn.Module):
         if not isinstance(model, nn.Module):

@@ -96,6 +96,11 @@ class AutoAttack(Attack):
     def keeps_model_mode(self) -> bool:
         return self.version == "rand"
 
+    @property
+    def min_classes(self) -> int:
+        """The reference cannot run a version with fewer classes either (its DLR members fail)."""
+        return max(atk.min_classes for atk in self.members.values())
+
     def _run(self, x: Tensor, y: Tensor) -> AttackResult:
         if self.check_flags is None:
             targets = {name: atk.targets for name, atk in self.members.items() if hasattr(atk, "targets")}

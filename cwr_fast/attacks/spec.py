@@ -102,6 +102,14 @@ class AttackSpec:
     def build(self, model: nn.Module, *, eps: float, eps_l2: float | None = None,
               track: str = "any", amp: str | None = None, num_classes: int = 10) -> Attack:
         """The attack object; eps/eps_l2 are the defaults for a spec that gives no eps."""
+        atk = self._build(model, eps=eps, eps_l2=eps_l2, track=track, amp=amp, num_classes=num_classes)
+        if num_classes < atk.min_classes:
+            raise AttackSpecError(
+                f"attack {self.label!r} needs at least {atk.min_classes} classes and the data has "
+                f"{num_classes}: {_FEW_CLASSES.get(atk.min_classes, '')}")
+        return atk
+
+    def _build(self, model: nn.Module, *, eps, eps_l2, track, amp, num_classes) -> Attack:
         p = self.params
         budget = self.eps(eps, eps_l2)
         try:
@@ -129,6 +137,14 @@ class AttackSpec:
             return cls(model, eps=budget, **kwargs)
         except (ValueError, TypeError) as err:
             raise AttackSpecError(f"attack {self.label!r}: {err}") from err
+
+
+_FEW_CLASSES = {  # what to run instead, by the number of classes an attack needs
+    3: "the DLR loss reads the 3rd largest logit; use apgd-ce (or aa with C >= 4)",
+    4: "APGD-T's targeted DLR loss reads the 4th largest logit, and the reference AutoAttack cannot "
+       "run either; use --attacks apgd-ce,fab-t,square (AutoAttack's members that work with "
+       "2 or 3 classes)",
+}
 
 
 def _format(value) -> str:
