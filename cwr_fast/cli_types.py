@@ -78,6 +78,23 @@ def usage_error(tool: str, err) -> int:
     return USAGE_ERROR
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, handled as Ctrl-C is: the CLI says what was kept and how to go on."""
+
+
+def interrupt_on_signals() -> None:
+    """SIGTERM and SIGHUP raise Stopped (a KeyboardInterrupt) in the main thread, so that a CLI
+    stopped by `kill`, a closed terminal or a job scheduler ends as it does on Ctrl-C."""
+    import signal
+
+    def stop(signum, _frame):
+        raise Stopped(signal.Signals(signum).name)
+
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), stop)
+
+
 def interrupted(tool: str, what_was_kept: str) -> int:
     print(f"{tool}: interrupted; {what_was_kept}", file=sys.stderr)
     return INTERRUPTED

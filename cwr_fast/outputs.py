@@ -14,6 +14,7 @@ behind; the next run in the same place removes it and says so.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -23,6 +24,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 MANIFEST = ".cwr_fast.json"
+LOCK = ".cwr_fast.lock"  # the pid of the process writing the directory now (writer_lock)
 TMP_PREFIX = ".cwr_fast-tmp-"  # + "<pid>-": a temporary whose process is gone is stale
 
 Content = str | Callable[[Path], object]  # text, or a function writing the file at the given path
@@ -65,7 +67,8 @@ def check_output_dir(out: str | os.PathLike, kind: str, overwrite: bool,
         raise OutputError(f"{out} exists and is not a directory")
     if out.is_dir():
         remove_stale_temporaries(out)
-        present = sorted(p.name for p in out.iterdir() if p.name != MANIFEST and not _is_temporary(p.name))
+        present = sorted(p.name for p in out.iterdir()
+                         if p.name not in (MANIFEST, LOCK) and not _is_temporary(p.name))
         if present:
             manifest = read_manifest(out)
             if manifest is None:
@@ -213,6 +216,50 @@ def write_files(out: str | os.PathLike, kind: str, files: Mapping[str, Content],
         raise
     shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+@contextlib.contextmanager
+def writer_lock(directory: str | os.PathLike, tool: str):
+    """One writer at a time: while the block runs, directory/.cwr_fast.lock holds this process's
+    pid, and another process asking for the lock is refused (OutputError) as long as that pid
+    runs; a lock left by a process that is gone is taken over. A directory the lock created is
+    removed again on exit if nothing else was written into it."""
+    directory = Path(directory)
+    created = not directory.exists()
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / LOCK
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            owner = _lock_owner(path)
+            if owner is not None and owner != os.getpid() and _process_alive(owner):
+                raise OutputError(f"another {tool} (pid {owner}) is writing {directory} now: wait "
+                                  "for it to finish or stop it first (two writers would mix their "
+                                  "files)") from None
+            path.unlink(missing_ok=True)  # left by a process that is gone
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        break
+    else:
+        raise OutputError(f"cannot take the lock {path}")
+    try:
+        yield directory
+    finally:
+        if _lock_owner(path) == os.getpid():
+            path.unlink(missing_ok=True)
+        if created:
+            with contextlib.suppress(OSError):
+                directory.rmdir()  # only if empty
+
+
+def _lock_owner(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
 
 
 def remove_stale_temporaries(directory: Path) -> list[Path]:

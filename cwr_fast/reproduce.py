@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cwr_fast.cli_types import integer, number, usage_error
+from cwr_fast.cli_types import integer, interrupt_on_signals, interrupted, number, usage_error
 from cwr_fast.outputs import check_output_dir, write_manifest
 from cwr_fast.findings_report import BASELINES
 
@@ -242,6 +242,8 @@ def _resume_args(job: Job) -> list[str]:
 def run_jobs(jobs: list[Job], parallel: int, log=print) -> dict[str, float]:
     """Runs the jobs `parallel` at a time, respecting `after`; skips finished ones. Returns the
     seconds each job took."""
+    from cwr_fast.runtime import PARENT_ENV  # the trainings die with this process
+
     pending = [j for j in jobs if not j.done.is_file()]
     finished = {j.name for j in jobs if j.done.is_file()}
     for j in jobs:
@@ -263,7 +265,7 @@ def run_jobs(jobs: list[Job], parallel: int, log=print) -> dict[str, float]:
                     f.write("$ " + " ".join(argv) + "\n")
                     f.flush()
                     proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT,
-                                            env={**os.environ, **j.env})
+                                            env={**os.environ, **j.env, PARENT_ENV: str(os.getpid())})
                     running[j.name] = (j, proc, time.perf_counter(), f)
             if not running:
                 missing = [j.name for j in pending]
@@ -326,6 +328,7 @@ def best_defense(out: Path, settings: dict) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    interrupt_on_signals()
     from cwr_fast.data import DatasetError, dataset_info
 
     mode = "full" if args.full else "tiny" if args.tiny else "cpu"
@@ -387,6 +390,11 @@ def main(argv: list[str] | None = None) -> int:
     except ReproduceError as err:
         print(f"cwr_fast.reproduce: error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP: the running trainings were stopped
+        done = sum(j.done.is_file() for j in jobs)
+        return interrupted("cwr_fast.reproduce", f"{done} of {len(jobs)} jobs of this stage finished and "
+                           f"are kept in {out}, and each stopped training keeps its last checkpoint: "
+                           "run the same command again to continue")
     from cwr_fast.findings_report import write_combined_findings, write_findings
     timing = record_time(out / "timings.json", seconds, time.perf_counter() - started)
     paths = []

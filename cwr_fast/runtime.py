@@ -159,6 +159,29 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         torch.backends.cudnn.benchmark = True
 
 
+# ---- child processes -------------------------------------------------------------------------------
+
+PARENT_ENV = "CWR_FAST_PARENT_PID"  # set by cwr_fast.reproduce for the trainings it starts
+
+
+def die_with_parent() -> None:
+    """In a process started by a cwr_fast parent ($CWR_FAST_PARENT_PID): Linux sends it SIGTERM
+    when that parent dies, even by SIGKILL (PR_SET_PDEATHSIG), so no orphan keeps writing a run
+    the parent's rerun resumes; if the parent is gone already, it stops now."""
+    parent = os.environ.get(PARENT_ENV, "")
+    if not parent.isdigit() or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != int(parent):
+        raise SystemExit(f"cwr_fast: the parent process {parent} is gone; stopping")
+
+
 # ---- torchrun --------------------------------------------------------------------------------------
 
 def is_initialized() -> bool:

@@ -12,6 +12,7 @@ ending in the class-wise robustness report of the evaluation engine.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
@@ -21,8 +22,9 @@ from pathlib import Path
 import torch
 
 from cwr_fast import runtime
-from cwr_fast.cli_types import INTERRUPTED, ConfigError, fmt_budget, interrupted, usage_error
-from cwr_fast.outputs import (OutputError, OutputExists, check_output_dir, check_writable,
+from cwr_fast.cli_types import (INTERRUPTED, ConfigError, fmt_budget, interrupt_on_signals, interrupted,
+                                usage_error)
+from cwr_fast.outputs import (OutputError, OutputExists, check_output_dir, check_writable, writer_lock,
                               write_manifest, write_text)
 from cwr_fast.training import checkpoint as ckpt
 from cwr_fast.training.config import (OVERRIDABLE_ON_RESUME, TRAJECTORY_KEYS, TrainConfig,
@@ -183,10 +185,15 @@ def run(args) -> int:
         threads = 1
     if threads is not None:
         torch.set_num_threads(threads)
+    stack = contextlib.ExitStack()
     try:
         if dist.is_main:
             run_dir = run_dir or (Path(cfg.out) if cfg.out else default_run_dir(cfg))
-            error = _prepare_run_dir(cfg, run_dir, args.overwrite, state is not None)
+            try:  # one writer per run directory, from before anything in it changes
+                stack.enter_context(writer_lock(run_dir, "cwr_fast.train"))
+                error = _prepare_run_dir(cfg, run_dir, args.overwrite, state is not None)
+            except OutputError as err:
+                error = str(err)
         else:
             error = None
         run_dir, error = runtime.broadcast_object((run_dir, error))
@@ -220,6 +227,7 @@ def run(args) -> int:
             write_text(text + "\n", run_dir / "summary.txt")
             print(text, flush=True)
     finally:
+        stack.close()
         runtime.cleanup()
         torch.set_num_threads(threads_before)  # main() may be called from Python, several times
     return 0
@@ -227,6 +235,8 @@ def run(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    interrupt_on_signals()
+    runtime.die_with_parent()
     from cwr_fast.attacks.spec import AttackSpecError
     from cwr_fast.data import DatasetError
     from cwr_fast.training.trainer import TrainError

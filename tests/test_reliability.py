@@ -432,8 +432,8 @@ def test_resume_rewrites_a_damaged_metrics_file(tmp_path):
     assert [json.loads(line)["epoch"] for line in lines] == [1]
 
 
-def _interrupt_when(cmd: list, marker: str, stream: str) -> subprocess.CompletedProcess:
-    """Runs a CLI, sends it Ctrl-C (SIGINT) once `marker` appears on `stream`, and waits."""
+def _interrupt_when(cmd: list, marker: str, stream: str, sig=None) -> subprocess.CompletedProcess:
+    """Runs a CLI, sends it Ctrl-C (SIGINT; or `sig`) once `marker` appears on `stream`, and waits."""
     import signal
 
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
@@ -448,7 +448,7 @@ def _interrupt_when(cmd: list, marker: str, stream: str) -> subprocess.Completed
     for line in watched:
         seen.append(line)
         if marker in line:
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(sig or signal.SIGINT)
             break
     stdout, stderr = proc.communicate(timeout=300)
     if stream == "stdout":
