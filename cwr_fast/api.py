@@ -81,25 +81,115 @@ class ClasswiseReport:
                 f"{len(self.class_names)} classes, worst case {worst.get('accuracy')})")
 
 
+def _check_batch(batch, i: int) -> tuple[Tensor, Tensor]:
+    """One batch of `data` as (images, labels), or a TypeError/ValueError naming what is wrong."""
+    if isinstance(batch, dict):
+        raise TypeError(f"data: batch {i} is a dict (keys {list(batch)[:4]}); evaluate_model needs "
+                        "(images, labels) batches: map it, e.g. ((b['image'], b['label']) for b in loader)")
+    if not (isinstance(batch, (tuple, list)) and len(batch) >= 2
+            and isinstance(batch[0], Tensor) and isinstance(batch[1], Tensor)):
+        raise TypeError(f"data: batch {i} is a {type(batch).__name__}, not (images, labels) tensors")
+    x, y = batch[0], batch[1]
+    if x.dim() < 2:
+        raise ValueError(f"data: images must be a tensor [N, C, H, W], got shape {list(x.shape)}")
+    if y.dim() != 1:
+        hint = " (use labels.squeeze(1))" if y.dim() == 2 and y.shape[1] == 1 else ""
+        raise ValueError(f"data: labels must be a tensor [N] of class indices, got shape {list(y.shape)}{hint}")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"data: {x.shape[0]} images but {y.shape[0]} labels")
+    if y.is_complex() or y.dtype == torch.bool:
+        raise TypeError(f"data: labels must be integer class indices, got {y.dtype}")
+    if y.is_floating_point() and y.numel() and not bool((torch.isfinite(y) & (y == y.round())).all()):
+        bad = y[~(torch.isfinite(y) & (y == y.round()))][0].item()
+        raise ValueError(f"data: labels must be whole class indices, got {bad!r} "
+                         "(a fractional float label would be truncated to another class)")
+    return x, y
+
+
+class _CheckedBatches:
+    """The batches of `data`, each checked (_check_batch) as it is yielded; a loader's attributes
+    (info, order, dataset, num_samples) stay visible to the engine. ValueError when no batch
+    holds an image."""
+
+    def __init__(self, batches):
+        self._batches = batches
+
+    def __iter__(self):
+        images = 0
+        for i, batch in enumerate(self._batches):
+            x, y = _check_batch(batch, i)
+            images += y.shape[0]
+            yield x, y
+        if images == 0:
+            raise ValueError("data holds no images")
+
+    def __getattr__(self, name):
+        if name.startswith("__") or name == "_batches":
+            raise AttributeError(name)
+        return getattr(self._batches, name)
+
+
 def _batches(data, batch_size: int) -> Iterable[tuple[Tensor, Tensor]]:
     if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
-        x, y = data
-        if x.shape[0] != y.shape[0]:
-            raise ValueError(f"{x.shape[0]} images but {y.shape[0]} labels")
-        return [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)]
+        x, y = _check_batch(data, 0)
+        if x.shape[0] == 0:
+            raise ValueError("data holds no images")
+        return _CheckedBatches([(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
     if isinstance(data, Tensor):
         raise TypeError("data must be (images, labels) or an iterable of such batches, not one tensor")
-    return list(data) if iter(data) is data else data  # a one-shot iterator: keep its first batch
+    if isinstance(data, (str, bytes, dict)) or not isinstance(data, Iterable):
+        raise TypeError(f"data must be (images, labels) tensors or an iterable of such batches, "
+                        f"not a {type(data).__name__}")
+    return _CheckedBatches(list(data) if iter(data) is data else data)  # a one-shot iterator: keep it
 
 
-def _num_classes(model: nn.Module, batches, class_names, info) -> int:
-    if class_names is not None:
-        return len(class_names)
-    if info is not None:
-        return info.num_classes
-    x, _ = next(iter(batches))
-    with torch.no_grad():
-        return int(model(x[:1].to(model_device(model))).shape[1])
+def _check_model(model) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, not a {type(model).__name__}")
+    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+        raise ValueError("model has tensors on the meta device (no weights): materialise it first, "
+                         "e.g. model.to_empty(device='cpu') and load_state_dict")
+
+
+def _probe(model: nn.Module, batches) -> int:
+    """The number of classes the model predicts: its logits for the first image, in eval mode,
+    without gradients or random draws, every module's mode restored (a model in train mode keeps
+    its BatchNorm statistics). TypeError/ValueError when it returns no floating-point logits."""
+    first = next(iter(batches), None)
+    if first is None:
+        raise ValueError("data holds no images")
+    x = first[0][:1]
+    if x.shape[0] == 0:
+        raise ValueError("data: its first batch holds no images")
+    device = model_device(model)
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            logits = model(x.to(device))
+    finally:
+        for module, training in modes:
+            module.training = training
+    if not isinstance(logits, Tensor):
+        raise TypeError(f"model must return logits, a tensor [N, num_classes]; it returned a "
+                        f"{type(logits).__name__}")
+    if not logits.is_floating_point():
+        raise TypeError(f"model must return floating-point logits; it returned {logits.dtype} "
+                        "(argmax indices or integers cannot be attacked: return the scores)")
+    if logits.dim() != 2 or logits.shape[1] < 1:
+        raise ValueError(f"model must return logits [N, num_classes]; it returned shape {list(logits.shape)}")
+    return int(logits.shape[1])
+
+
+def _attack_text(attacks) -> str:
+    if isinstance(attacks, str):
+        return attacks
+    if isinstance(attacks, (list, tuple)) and all(isinstance(a, str) for a in attacks):
+        return ",".join(attacks)
+    kind = type(attacks).__name__ if not isinstance(attacks, (list, tuple)) else \
+        f"{type(attacks).__name__} of {', '.join(sorted({type(a).__name__ for a in attacks}))}"
+    raise TypeError(f"attacks must be a spec string such as 'pgd-20,aa' (or a list of such strings), "
+                    f"not a {kind}; to run Attack objects use cwr_fast.classwise.evaluate_classwise")
 
 
 def evaluate_model(model: nn.Module, data, attacks: str = "fgsm,pgd-20,cw-30", eps: float = 8 / 255,
@@ -110,10 +200,19 @@ def evaluate_model(model: nn.Module, data, attacks: str = "fgsm,pgd-20,cw-30", e
     `--attacks`, e.g. "pgd-20,tpgd-20:T=2,aa") at Linf budget eps (pixel units); see the module
     docstring. class_names: default the loader's, else "0", "1", ...; amp: None, "bf16" or
     "fp16" autocast of the model; keep_adv: keep the adversarial images in report.outcomes."""
-    specs = parse_attacks(attacks)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    specs = parse_attacks(_attack_text(attacks))
+    _check_model(model)
     batches = _batches(data, batch_size)
     info = getattr(batches, "info", None)  # a cwr_fast loader knows its dataset
-    num_classes = _num_classes(model, batches, class_names, info)
+    # a cwr_fast loader knows its classes, and is not iterated twice (its epoch would move on)
+    predicted = _probe(model, batches) if info is None else None
+    num_classes = len(class_names) if class_names is not None else \
+        info.num_classes if info is not None else predicted
+    if predicted is not None and predicted != num_classes:
+        given = "class_names" if class_names is not None else "the loader's dataset"
+        raise ValueError(f"model returns {predicted} logits per image but {given} has {num_classes} classes")
     if class_names is None:
         class_names = list(info.class_names) if info is not None else [str(c) for c in range(num_classes)]
     built = build_attacks(specs, model, eps=eps, eps_l2=eps_l2, track=track, amp=amp,

@@ -32,7 +32,7 @@ from cwr_fast.cli_types import comma_list, usage_error
 from cwr_fast.classwise.stats import wilson_interval, worst_class_statistics
 from cwr_fast.compare_paired import PairedError, paired_markdown, paired_sections
 from cwr_fast.outputs import OutputError, check_output_dir, write_atomic, write_files
-from cwr_fast.report import csv_text, figure, pct, table
+from cwr_fast.report import csv_text, decode_report, figure, pct, table
 
 COMPARE_SCHEMA = "cwr_fast.compare"
 COMPARISON_KIND = "comparison"  # its kind in cwr_fast.outputs
@@ -77,31 +77,75 @@ def _report_path(path: Path) -> tuple[Path, Path]:
     return report, folder
 
 
+def _read_json(path: Path):
+    """The JSON in path; CompareError naming the file when it cannot be read, is not JSON, holds an
+    integer longer than Python reads (4,300 digits) or nests too deep."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError:
+        raise CompareError(f"cannot read {path}: its JSON nests too deep") from None
+    except (OSError, UnicodeDecodeError, ValueError) as err:  # JSONDecodeError, too-long integers
+        if "digits" in str(err) and not isinstance(err, json.JSONDecodeError):
+            err = "it holds an integer of more than 4,300 digits"
+        raise CompareError(f"cannot read {path}: {err}") from None
+
+
+def _check_report(report: dict, path: Path) -> None:
+    """CompareError naming the file and the first missing or malformed part of a report that the
+    comparison reads (dataset, clean, attacks, worst case and their per-class records); the
+    confusion matrices are made dense again where report.json stores them sparse."""
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise CompareError(f"{path} is damaged or incomplete: {what}")
+
+    need(isinstance(report.get("dataset"), dict), "no 'dataset' section")
+    names = report["dataset"].get("class_names")
+    need(isinstance(names, list) and len(names) > 0, "no 'dataset.class_names' list")
+    need(isinstance(report.get("config") or {}, dict), "'config' is not an object")
+    sections = [("clean", report.get("clean")), ("worst_case", report.get("worst_case"))]
+    need(isinstance(report.get("attacks"), list), "no 'attacks' list")
+    sections += [(f"attacks[{i}]", a) for i, a in enumerate(report["attacks"])]
+    for where, section in sections:
+        need(isinstance(section, dict), f"no '{where}' section")
+        need(isinstance(section.get("per_class"), list) and all(isinstance(r, dict) for r in section["per_class"]),
+             f"'{where}.per_class' is not a list of per-class records")
+        need(isinstance(section.get("overall", {}), dict), f"'{where}.overall' is not an object")
+    for i, a in enumerate(report["attacks"]):
+        need(isinstance(a.get("label"), str), f"'attacks[{i}]' has no label")
+    try:
+        decode_report(report)
+    except ValueError as err:
+        raise CompareError(f"{path} is damaged: {err}") from None
+
+
 def load_run(path: str | os.PathLike, name: str | None = None) -> dict:
     """{name, path, report_path, report, config} of a run: config is the training configuration
     (config.json) for a training run, else the report's own config. name defaults to the run's
     directory name."""
     if Path(path).suffix == ".npz":  # the per-image outcomes of `evaluate --save-adv`
         try:
-            report = PerImageOutcomes.load(path).report()
+            outcomes = PerImageOutcomes.load(path)
         except (OSError, ValueError) as err:
             raise CompareError(str(err)) from None
+        try:
+            report = outcomes.report()
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as err:
+            raise CompareError(f"cannot read per-image outcomes from {path}: damaged "
+                               f"({type(err).__name__}: {err})") from None
         return {"name": name or Path(path).stem, "path": str(path), "report_path": str(path),
                 "report": report, "config": dict(report["config"])}
     report_path, folder = _report_path(Path(path))
-    try:
-        report = json.loads(report_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CompareError(f"cannot read {report_path}: {err}") from None
+    report = _read_json(report_path)
     if not isinstance(report, dict) or report.get("schema") != SCHEMA:
         raise CompareError(f"{report_path} is not a cwr_fast class-wise report (schema "
                            f"{report.get('schema') if isinstance(report, dict) else None!r})")
+    _check_report(report, report_path)
     config = dict(report.get("config") or {})
     if (folder / "config.json").is_file():
-        try:
-            config = {**config, **json.loads((folder / "config.json").read_text(encoding="utf-8"))}
-        except (OSError, json.JSONDecodeError) as err:
-            raise CompareError(f"cannot read {folder / 'config.json'}: {err}") from None
+        extra = _read_json(folder / "config.json")
+        if not isinstance(extra, dict):
+            raise CompareError(f"cannot read {folder / 'config.json'}: not a JSON object")
+        config = {**config, **extra}
     return {"name": name or folder.resolve().name, "path": str(folder),
             "report_path": str(report_path), "report": report, "config": config}
 
@@ -389,6 +433,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _damaged(runs: Sequence[dict], err: Exception) -> CompareError:
+    """The one-line error for a report that passed _check_report but lacks a field the comparison
+    reads: names the first run whose report alone fails, and the field."""
+    for run in runs:
+        try:
+            comparison_markdown(comparison([run], None, []))
+        except (KeyError, TypeError, IndexError, AttributeError) as own:
+            return CompareError(f"{run['report_path']} is damaged or incomplete: "
+                                f"{type(own).__name__} {own}")
+    return CompareError(f"the reports do not fit together: {type(err).__name__} {err}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -398,9 +454,12 @@ def main(argv: list[str] | None = None) -> int:
             raise CompareError(f"--names has {len(args.names)} names for {len(args.runs)} runs")
         names = args.names or [None] * len(args.runs)
         runs = [load_run(path, name) for path, name in zip(args.runs, names)]
-        result = write_comparison(runs, args.out, args.attacks, args.allow_mismatch,
-                                  per_class=not args.no_per_class, overwrite=args.overwrite,
-                                  paired=args.paired)
+        try:
+            result = write_comparison(runs, args.out, args.attacks, args.allow_mismatch,
+                                      per_class=not args.no_per_class, overwrite=args.overwrite,
+                                      paired=args.paired)
+        except (KeyError, TypeError, IndexError, AttributeError) as err:
+            raise _damaged(runs, err) from None
     except (CompareError, PairedError, OutputError, OSError) as err:
         return usage_error("cwr_fast.compare", err)
     for w in result["warnings"]:

@@ -33,7 +33,10 @@ def load_outcomes(run: dict) -> RobustBits:
     if not path.is_file():
         raise PairedError(f"{run['name']} has no per-image outcomes ({path} is missing): reports "
                           "written before cwr_fast 0.1 lack them; evaluate the model again")
-    return RobustBits.load(path)
+    try:
+        return RobustBits.load(path)
+    except ValueError as err:  # damaged, truncated or foreign: one line naming the file
+        raise PairedError(str(err)) from None
 
 
 def aligned(a: RobustBits, b: RobustBits, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:

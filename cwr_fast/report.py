@@ -1,9 +1,12 @@
 """Writing a class-wise robustness report (the dict of `cwr_fast.classwise.analysis.build_report`,
 whose docstring documents the report.json schema) to a directory, atomically:
 
-    report.json                 everything, versioned schema
+    report.json                 everything, versioned schema; above SPARSE_CONFUSION_ABOVE classes
+                                each confusion matrix as {"sparse": [[true, pred, count], ...],
+                                "shape": [C, C]} (read_report gives the dense form back)
     per_class.csv               one row per (attack, class), plus the worst case over attacks
-    confusion_<attack>.csv      adversarial confusion matrix (rows: true class, columns: prediction);
+    confusion_<attack>.csv      adversarial confusion matrix (rows: true class, columns: prediction;
+                                above SPARSE_CONFUSION_ABOVE classes one row per non-zero cell);
                                 also confusion_clean.csv and confusion_worst_case.csv
     sweep_temperature.csv, sweep_eps.csv   per-class robust accuracy per swept value (if run)
     autoattack_<attack>.csv     per class: images each AutoAttack member fooled first, robust ones
@@ -12,6 +15,8 @@ whose docstring documents the report.json schema) to a directory, atomically:
                                 T-sweep and eps-sweep curves, AutoAttack breakdown (stacked bars)
                                 (matplotlib, Agg canvas)
 
+Text cells are made safe: a CSV cell starting with = + - @ (formula injection) gets a leading ',
+a Markdown cell has | escaped and line breaks replaced.
 Each file is written under a temporary name and renamed into place (cwr_fast.outputs), so an
 error never leaves a half-written file; --overwrite replaces only an earlier report's own files.
 """
@@ -45,11 +50,27 @@ def pct(value) -> str:
 
 # ---- CSV ----------------------------------------------------------------------------------------
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value):
+    """A CSV cell safe to open in a spreadsheet: a text starting with = + - @, a tab or a carriage
+    return (a class or run name such as '=cmd()') gets a leading ' (OWASP's advice against formula
+    injection); numbers, and texts that read as numbers or are a lone '-', stay as they are."""
+    if not isinstance(value, str) or not value.startswith(_FORMULA_START) or value == "-":
+        return value
+    try:
+        float(value)
+        return value
+    except ValueError:
+        return "'" + value
+
+
 def csv_text(header: Sequence[str], rows: Sequence[Sequence]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
+    writer.writerow([csv_cell(c) for c in header])
+    writer.writerows([csv_cell(c) for c in row] for row in rows)
     return buf.getvalue()
 
 
@@ -64,8 +85,81 @@ def per_class_csv(report: dict) -> str:
 
 
 def confusion_csv(matrix: Sequence[Sequence[int]], class_names: Sequence[str]) -> str:
+    """The matrix as a table (rows: true class, columns: prediction); above
+    SPARSE_CONFUSION_ABOVE classes one row per non-zero cell instead (true class, prediction, count)."""
+    if len(class_names) > SPARSE_CONFUSION_ABOVE:
+        header = ["true_class", "true_name", "predicted_class", "predicted_name", "count"]
+        return csv_text(header, [[i, class_names[i], j, class_names[j], n] for i, j, n in sparse_cells(matrix)])
     header = ["true\\pred"] + list(class_names)
     return csv_text(header, [[class_names[i]] + list(row) for i, row in enumerate(matrix)])
+
+
+# ---- report.json: confusion matrices stored sparse above SPARSE_CONFUSION_ABOVE classes -----------
+
+SPARSE_CONFUSION_ABOVE = 100  # classes; a dense C x C matrix per attack is 28 MB of JSON at C = 1,000
+
+
+def sparse_cells(matrix: Sequence[Sequence[int]]) -> list[list[int]]:
+    """[[true class, prediction, count], ...]: the non-zero cells of a confusion matrix, row by row."""
+    return [[i, j, int(n)] for i, row in enumerate(matrix) for j, n in enumerate(row) if n]
+
+
+def _confusion_holders(report: dict) -> list[dict]:
+    """The report's sections holding a 'confusion' matrix: clean, each attack, the worst case."""
+    holders = [report.get("clean"), report.get("worst_case")] + list(report.get("attacks") or [])
+    return [h for h in holders if isinstance(h, dict) and "confusion" in h]
+
+
+def encode_report(report: dict) -> dict:
+    """The report as report.json stores it: above SPARSE_CONFUSION_ABOVE classes each confusion
+    matrix becomes {"sparse": [[true, pred, count], ...], "shape": [C, C]} (the non-zero cells).
+    The report itself is left unchanged (its sections are copied)."""
+    num_classes = len(report.get("dataset", {}).get("class_names") or [])
+    if num_classes <= SPARSE_CONFUSION_ABOVE:
+        return report
+    encoded = dict(report)
+    for key in ("clean", "worst_case"):
+        if isinstance(report.get(key), dict) and "confusion" in report[key]:
+            encoded[key] = dict(report[key])
+    encoded["attacks"] = [dict(a) for a in report.get("attacks") or []]
+    for section in _confusion_holders(encoded):
+        matrix = section["confusion"]
+        if hasattr(matrix, "tolist"):
+            matrix = matrix.tolist()
+        section["confusion"] = {"sparse": sparse_cells(matrix), "shape": [len(matrix), num_classes]}
+    return encoded
+
+
+def decode_report(report: dict) -> dict:
+    """A report read from report.json with each sparse confusion matrix (encode_report) made dense
+    again, in place: the in-memory form every consumer reads. ValueError for a malformed one."""
+    for section in _confusion_holders(report):
+        matrix = section["confusion"]
+        if not isinstance(matrix, dict):
+            continue
+        shape, cells = matrix.get("shape"), matrix.get("sparse")
+        if not (isinstance(shape, list) and len(shape) == 2 and all(type(n) is int and 0 <= n for n in shape)
+                and isinstance(cells, list)):
+            raise ValueError("a sparse confusion matrix needs 'shape' [rows, columns] and 'sparse' cells")
+        dense = [[0] * shape[1] for _ in range(shape[0])]
+        for cell in cells:
+            if not (isinstance(cell, list) and len(cell) == 3 and all(type(v) is int for v in cell)
+                    and 0 <= cell[0] < shape[0] and 0 <= cell[1] < shape[1]):
+                raise ValueError(f"bad cell {cell!r} of a sparse confusion matrix of shape {shape}")
+            dense[cell[0]][cell[1]] += cell[2]
+        section["confusion"] = dense
+    return report
+
+
+def report_json(report: dict) -> str:
+    """The text of report.json (encode_report)."""
+    return json.dumps(encode_report(report), indent=1, default=_json_default, allow_nan=False) + "\n"
+
+
+def read_report(path: str | Path) -> dict:
+    """A report.json as the in-memory report (decode_report: confusion matrices dense, whether
+    stored dense, as before, or sparse)."""
+    return decode_report(json.loads(Path(path).read_text(encoding="utf-8")))
 
 
 def sweep_csv(sweep: dict) -> str:
@@ -108,10 +202,17 @@ def autoattack_summary(section: dict) -> str:
 
 # ---- text and Markdown ----------------------------------------------------------------------------
 
+def md_cell(value) -> str:
+    """A value as one Markdown table cell: '|' escaped, line breaks as spaces (a class name or a
+    --names entry holding either would otherwise break the table)."""
+    text = str(value).replace("|", "\\|")
+    return re.sub(r"[\r\n\u2028\u2029\x0b\x0c\x85]+", " ", text)
+
+
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    """The lines of a Markdown table."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    """The lines of a Markdown table (cells escaped by md_cell)."""
+    lines = ["| " + " | ".join(map(md_cell, header)) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(md_cell(c) for c in row) + " |" for row in rows]
     return lines
 
 
@@ -378,7 +479,7 @@ def report_files(report: dict, plots: bool = True) -> dict[str, object]:
     """{file name: text, or a callable(path) that writes the file}: everything write_report writes."""
     names = report["dataset"]["class_names"]
     files: dict[str, object] = {
-        "report.json": json.dumps(report, indent=1, default=_json_default, allow_nan=False) + "\n",
+        "report.json": report_json(report),
         "per_class.csv": per_class_csv(report),
         "confusion_clean.csv": confusion_csv(report["clean"]["confusion"], names),
         "confusion_worst_case.csv": confusion_csv(report["worst_case"]["confusion"], names),

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +40,24 @@ from cwr_fast.classwise.counts import ClasswiseCounts
 from cwr_fast.outputs import write_atomic
 
 OUTCOMES_SCHEMA = "cwr_fast.per_image"
+# what a damaged, truncated or foreign .npz raises while it is read (np.load, json, the arrays)
+_READ_ERRORS = (OSError, KeyError, ValueError, TypeError, AttributeError, IndexError, EOFError,
+                RecursionError, zipfile.BadZipFile, pickle.UnpicklingError)
+
+
+def _why(err: Exception) -> str:
+    """Why a .npz could not be read, in words (np.load calls any non-zip file 'pickled data')."""
+    text = str(err)
+    if "pickled" in text or isinstance(err, (zipfile.BadZipFile, EOFError, pickle.UnpicklingError)):
+        return "not a complete .npz file (damaged, truncated or another format)"
+    return text or type(err).__name__
+
+
+def _meta(data) -> dict:
+    meta = json.loads(str(data["meta"]))
+    if not isinstance(meta, dict):
+        raise ValueError("its meta is not a JSON object")
+    return meta
 UNITS = ("step", "member", "fooled")
 _ARRAYS = ("index", "label", "clean_pred", "adv_pred", "broken_at")
 
@@ -152,17 +172,25 @@ class PerImageOutcomes:
         path = Path(path)
         try:
             with np.load(path, allow_pickle=False) as data:
-                meta = json.loads(str(data["meta"]))
+                meta = _meta(data)
                 arrays = {name: torch.from_numpy(data[name].astype(np.int64)) for name in _ARRAYS}
                 x_adv = torch.from_numpy(data["x_adv"]) if "x_adv" in data.files else None
-        except (OSError, KeyError, ValueError) as err:
-            raise ValueError(f"cannot read per-image outcomes from {path}: {err}") from None
+        except _READ_ERRORS as err:
+            raise ValueError(f"cannot read per-image outcomes from {path}: {_why(err)}") from None
         if meta.get("schema") != OUTCOMES_SCHEMA:
             raise ValueError(f"{path} is not a cwr_fast per-image outcomes file (--save-adv)")
         own = ("schema", "attack_names", "broken_at_unit", "members", "num_classes")
-        return cls(meta["attack_names"], meta["num_classes"], **arrays, x_adv=x_adv,
-                   broken_at_unit=meta["broken_at_unit"], members=meta["members"],
-                   meta={k: v for k, v in meta.items() if k not in own})
+        try:
+            n, k = arrays["label"].shape[0], len(meta["attack_names"])
+            if not (type(meta["num_classes"]) is int and meta["num_classes"] > 0
+                    and all(a.shape == (n,) for a in (arrays["index"], arrays["label"], arrays["clean_pred"]))
+                    and arrays["adv_pred"].shape == (k, n) and arrays["broken_at"].shape == (k, n)):
+                raise ValueError("its arrays do not fit each other")
+            return cls(meta["attack_names"], meta["num_classes"], **arrays, x_adv=x_adv,
+                       broken_at_unit=meta["broken_at_unit"], members=meta["members"],
+                       meta={k: v for k, v in meta.items() if k not in own})
+        except _READ_ERRORS as err:
+            raise ValueError(f"cannot read per-image outcomes from {path}: damaged ({err})") from None
 
 
 def _confusion(rows: Tensor, cols: Tensor, n_rows: int, n_cols: int | None = None) -> Tensor:
@@ -221,15 +249,21 @@ class RobustBits:
         path = Path(path)
         try:
             with np.load(path, allow_pickle=False) as data:
-                meta = json.loads(str(data["meta"]))
+                meta = _meta(data)
                 if meta.get("schema") == OUTCOMES_SCHEMA:
                     return cls.from_outcomes(PerImageOutcomes.load(path))
                 if meta.get("schema") != ROBUST_SCHEMA:
                     raise ValueError("not a cwr_fast outcomes file")
                 n, k = meta["n"], len(meta["attack_names"])
+                if type(n) is not int or n < 0 or type(meta["num_classes"]) is not int:
+                    raise ValueError("its meta gives no image count")
                 clean = np.unpackbits(data["clean"], count=n, bitorder="little").astype(bool)
                 robust = np.unpackbits(data["robust"], axis=-1, count=n, bitorder="little").astype(bool)
-                return cls(meta["attack_names"], meta["num_classes"], data["index"], data["label"],
+                index, label = np.asarray(data["index"]), np.asarray(data["label"])
+                if index.shape != (n,) or label.shape != (n,) or robust.size != k * n \
+                        or not np.issubdtype(index.dtype, np.integer) or not np.issubdtype(label.dtype, np.integer):
+                    raise ValueError(f"its arrays do not hold {n} images")
+                return cls(meta["attack_names"], meta["num_classes"], index, label,
                            clean, robust.reshape(k, n))
-        except (OSError, KeyError, ValueError) as err:
-            raise ValueError(f"cannot read per-image outcomes from {path}: {err}") from None
+        except _READ_ERRORS as err:
+            raise ValueError(f"cannot read per-image outcomes from {path}: {_why(err)}") from None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import queue
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,117 @@ class _ArraySamples:
         return self.images[index], int(self.labels[index])
 
 
+def _describe_failure(dataset, index: int, err: Exception) -> str:
+    """One line naming the image that could not be written, and why."""
+    message = str(err).splitlines()[0] if str(err) else type(err).__name__
+    files = getattr(dataset, "samples", None)
+    path = files[index][0] if files is not None else f"#{index}"
+    if str(path) in message:
+        return message
+    return f"cannot write image {path}: {type(err).__name__}: {message}"
+
+
+def _write_worker(input_queue, metadata_sm, metadata_type, fields, allocator, done_number,
+                  allocations_queue, dataset, failures):
+    """ffcv.writer.worker_job_indexed_dataset, except that a sample that cannot be read or
+    encoded is reported on `failures` (naming its file) and ends the worker without a traceback,
+    instead of leaving the parent waiting forever."""
+    from ffcv.writer import handle_sample
+
+    try:
+        metadata = np.frombuffer(metadata_sm.buf, dtype=metadata_type)
+        field_names = metadata_type.names
+        with allocator:
+            while (chunk := input_queue.get()) is not None:
+                for dest_ix, source_ix in chunk:
+                    try:
+                        handle_sample(dataset[source_ix], dest_ix, field_names, metadata,
+                                      allocator, fields)
+                    except Exception as err:
+                        failures.put(_describe_failure(dataset, source_ix, err))
+                        return
+                with done_number.get_lock():
+                    done_number.value += len(chunk)
+        allocations_queue.put(allocator.allocations)
+    except Exception as err:
+        failures.put(f"the FFCV writer failed: {type(err).__name__}: {err}")
+    except KeyboardInterrupt:
+        pass
+
+
+def _checked_writer_class():
+    """FFCV 1.0.2's DatasetWriter, whose parent stops (and stops its workers) when a worker
+    fails, instead of waiting forever for the samples that worker would have written."""
+    import ctypes
+    from multiprocessing import Process, Queue, Value
+    from time import sleep
+
+    from ffcv.writer import DatasetWriter, MemoryAllocator
+    from tqdm import tqdm
+
+    class CheckedWriter(DatasetWriter):
+        def _write_common(self, num_samples, queue_content, work_fn, extra_worker_args):
+            self.num_samples = num_samples
+            self.prepare()
+            workqueue, allocations_queue, failures = Queue(), Queue(), Queue()
+            for todo in queue_content:
+                workqueue.put(todo)
+            for _ in range(self.num_workers):
+                workqueue.put(None)
+            done_number = Value(ctypes.c_uint64, 0)
+            allocator = MemoryAllocator(self.fname, self.data_region_start, self.page_size)
+            args = (workqueue, self.metadata_sm, self.metadata_type, self.fields, allocator,
+                    done_number, allocations_queue, *extra_worker_args, failures)
+            processes = [Process(target=_write_worker, args=args) for _ in range(self.num_workers)]
+            progress = None
+            try:
+                for proc in processes:
+                    proc.start()
+                progress = tqdm(total=self.num_samples)
+                previous = 0
+                while previous != self.num_samples:
+                    self._check(processes, failures, lambda: done_number.value == num_samples)
+                    val = done_number.value
+                    if val > previous:
+                        progress.update(val - previous)
+                    previous = val
+                    sleep(0.1)
+                progress.close()
+                allocation_list = []
+                for _ in processes:
+                    allocation_list.extend(allocations_queue.get())
+                self.finalize(allocation_list)
+            finally:
+                if progress is not None:
+                    progress.close()
+                for proc in processes:
+                    if proc.is_alive():
+                        proc.terminate()
+                for proc in processes:
+                    if proc.pid is not None:
+                        proc.join(5)
+                self.metadata_sm.close()
+                self.metadata_sm.unlink()
+
+        @staticmethod
+        def _check(processes, failures, finished) -> None:
+            try:
+                raise DatasetError(failures.get_nowait())
+            except queue.Empty:
+                pass
+            codes = [proc.exitcode for proc in processes]
+            dead = [c for c in codes if c not in (None, 0)]
+            if dead or (all(c == 0 for c in codes) and not finished()):
+                try:  # a failure reported just before its worker ended
+                    raise DatasetError(failures.get(timeout=2))
+                except queue.Empty:
+                    pass
+                raise DatasetError(f"an FFCV writer worker ended (exit code {(dead or [0])[0]}) "
+                                   "before every image was written; nothing was written")
+
+    return CheckedWriter
+
+
 def write_beton(name: str, split: str, out: str | os.PathLike | None = None, data_dir=None, *,
                 write_mode: str | None = None, max_resolution: int = 512, jpeg_quality: int = 90,
                 compress_probability: float = 0.5, num_workers: int = -1,
@@ -85,9 +197,12 @@ def write_beton(name: str, split: str, out: str | os.PathLike | None = None, dat
         raise ValueError(f"write_mode must be one of {', '.join(WRITE_MODES)}, got {write_mode!r}")
     if not 1 <= jpeg_quality <= 100 or not 0 <= compress_probability <= 1:
         raise ValueError("need 1 <= jpeg_quality <= 100 and 0 <= compress_probability <= 1")
+    if isinstance(max_resolution, bool) or not isinstance(max_resolution, int) or max_resolution < 1:
+        raise ValueError(f"max_resolution (--max-resolution) must be a whole number >= 1 "
+                         f"(pixels of the longest side kept), got {max_resolution!r}")
     import_ffcv()
     from ffcv.fields import IntField, NDArrayField, RGBImageField
-    from ffcv.writer import DatasetWriter
+    DatasetWriter = _checked_writer_class()
 
     if info.fixed_size:
         if write_mode not in (None, "raw"):

@@ -3,23 +3,31 @@
 npz:PATH -- a NumPy .npz with, for each split S, `S_images` (uint8, [N, H, W] grey, [N, H, W, C]
   or [N, C, H, W] with C in {1, 3}) and `S_labels` (integers 0..K-1); or just `images`/`labels`,
   which make one split called 'all'. Optional: `class_names` [K] (str), `mean` and `std` [C] (in
-  [0, 1] units; computed from the train split when absent). Fixed-size: read whole into memory;
+  [0, 1] units; computed from the train split when absent), `layout` ('NCHW' or 'NHWC'). A shape
+  that reads both ways ([N, 3, H, 1], [N, 1, H, 3], [N, 3, H, 3], ...) takes the channel count
+  of `mean`; when that does not decide, `layout` must say. Fixed-size: read whole into memory;
   training augmentation: random crop padded by H/8 and horizontal flip.
 folder:PATH -- PATH/<split>/<class>/<image> for the splits among train, val and test that exist,
   or PATH/<class>/<image> as one split called 'all'. Any format PIL reads; every image is
   converted to RGB (grey, palette, CMYK, alpha). Variable-size, like ImageNet: random-resized
   crop at decode time for training, centre crop for eval, to DEFAULT_RESOLUTION unless the loader
-  asks for another; ImageNet's mean/std.
+  asks for another; ImageNet's mean/std. A directory link inside a class folder is followed only
+  if it leads out of the dataset's tree to a folder not yet listed (a link back into the tree
+  would loop or relabel other classes' images); a skipped link is named once on stderr.
 """
 
 from __future__ import annotations
 
 import functools
+import os
+import sys
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from cwr_fast.data.errors import DatasetError, DatasetNotFoundError
 from cwr_fast.data.info import DEFAULT_RESOLUTION, IMAGENET_MEAN, IMAGENET_STD, Augment, DatasetInfo
@@ -37,12 +45,48 @@ def source_path(name: str) -> Path:
 
 # ---- npz -----------------------------------------------------------------------------------------
 
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a .npz is a zip archive (empty or not)
+
+
+def permission_denied(err: PermissionError, path) -> DatasetError:
+    return DatasetError(f"permission denied: {err.filename or path}")
+
+
 def _npz(name: str):
     path = source_path(name)
+    bad = f"{name}: {path} is not a valid .npz"
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+    except PermissionError as err:
+        raise permission_denied(err, path) from None
+    except IsADirectoryError:
+        raise DatasetError(f"{bad} (it is a folder; for an ImageFolder use folder:{path})") from None
+    except OSError as err:
+        raise DatasetError(f"{bad} ({err})") from None
+    if not magic.startswith(_ZIP_MAGIC):
+        what = "a single .npy array" if magic.startswith(b"\x93NUMPY") else "not a zip archive"
+        raise DatasetError(f"{bad} ({what}; write it with numpy.savez)")
     try:
         return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise DatasetError(f"{name}: {path} is not a readable .npz ({err})") from err
+    except PermissionError as err:
+        raise permission_denied(err, path) from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise DatasetError(f"{bad} (damaged or truncated: {err})") from None
+
+
+def _npz_array(name: str, files, key: str) -> np.ndarray:
+    """files[key], with a damaged member reported as one line."""
+    try:
+        return files[key]
+    except ValueError as err:
+        if "pickle" in str(err):
+            raise DatasetError(f"{name}: {key} is not a plain array (object arrays are refused); "
+                               "store numbers or strings") from None
+        raise DatasetError(f"{name}: {key} cannot be read; the .npz is not valid ({err})") from None
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        raise DatasetError(f"{name}: {key} cannot be read; the .npz is not valid (damaged or "
+                           f"truncated: {err})") from None
 
 
 def _npz_splits(name: str, files) -> tuple[str, ...]:
@@ -56,17 +100,51 @@ def _npz_splits(name: str, files) -> tuple[str, ...]:
     return splits
 
 
-def _to_nchw(name: str, key: str, images: np.ndarray) -> np.ndarray:
+def _layout(name: str, files) -> str | None:
+    if "layout" not in files.files:
+        return None
+    layout = str(_npz_array(name, files, "layout")).upper()
+    if layout not in ("NCHW", "NHWC"):
+        raise DatasetError(f"{name}: layout must be 'NCHW' or 'NHWC', got {layout!r}")
+    return layout
+
+
+def _known_channels(name: str, files) -> int | None:
+    """The dataset's channel count where something other than the images' shape says it: the
+    length of `mean` (every split has the same image shape, so no split can tell another's)."""
+    if "mean" in files.files:
+        return int(np.size(_npz_array(name, files, "mean")))
+    return None
+
+
+def _to_nchw(name: str, key: str, images: np.ndarray, layout: str | None = None,
+             channels: int | None = None) -> np.ndarray:
     if images.dtype != np.uint8:
         raise DatasetError(f"{name}: {key} must be uint8 pixels, got {images.dtype}")
     if images.ndim == 3:
         return images[:, None]
-    if images.ndim == 4 and images.shape[-1] in (1, 3):
-        return images.transpose(0, 3, 1, 2)
-    if images.ndim == 4 and images.shape[1] in (1, 3):
-        return images
-    raise DatasetError(f"{name}: {key} has shape {images.shape}; expected [N, H, W], "
-                       "[N, H, W, C] or [N, C, H, W] with C = 1 or 3")
+    if images.ndim != 4:
+        layout = "bad"
+    elif layout is None:
+        first, last = images.shape[1] in (1, 3), images.shape[-1] in (1, 3)
+        if first and last:  # reads both ways: the dataset's channel count decides, or `layout`
+            if channels is not None and images.shape[1] != images.shape[-1]:
+                if channels in (images.shape[1], images.shape[-1]):
+                    layout = "NCHW" if images.shape[1] == channels else "NHWC"
+            if layout is None:
+                n, a, b, c = images.shape
+                raise DatasetError(
+                    f"{name}: {key} of shape {images.shape} reads two ways: [N, C, H, W] "
+                    f"({a} channel(s), {b}x{c}) or [N, H, W, C] ({c} channel(s), {a}x{b}); "
+                    "add layout='NCHW' or layout='NHWC' to the .npz")
+        else:
+            layout = "NHWC" if last else "NCHW" if first else "bad"
+    channel_axis = {"NHWC": -1, "NCHW": 1}.get(layout)
+    if channel_axis is None or images.shape[channel_axis] not in (1, 3):
+        raise DatasetError(f"{name}: {key} has shape {images.shape}; expected [N, H, W], "
+                           f"[N, H, W, C] or [N, C, H, W] with C = 1 or 3"
+                           + (f" (layout {layout})" if channel_axis is not None else ""))
+    return images.transpose(0, 3, 1, 2) if layout == "NHWC" else images
 
 
 def npz_arrays(name: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,8 +153,13 @@ def npz_arrays(name: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     if split not in splits:
         raise DatasetError(f"{name} has no split {split!r}; its splits are {', '.join(splits)}")
     prefix = "" if split == WHOLE else split + "_"
-    images = _to_nchw(name, prefix + "images", files[prefix + "images"])
-    labels = files[prefix + "labels"]
+    layout = _layout(name, files)
+    images = _npz_array(name, files, prefix + "images")
+    channels = None
+    if layout is None and images.ndim == 4 and images.shape[1] in (1, 3) and images.shape[-1] in (1, 3):
+        channels = _known_channels(name, files)
+    images = _to_nchw(name, prefix + "images", images, layout, channels)
+    labels = _npz_array(name, files, prefix + "labels")
     if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
         raise DatasetError(f"{name}: {prefix}labels must be {len(images)} integers, got "
                            f"{labels.dtype} {labels.shape}")
@@ -116,14 +199,14 @@ def _npz_info(name: str, mtime_ns: int, size: int) -> DatasetInfo:  # cached whi
     (shape,) = shapes
     top = max(int(y.max()) + 1 if len(y) else 0 for _, y in arrays.values())
     if "class_names" in files.files:
-        class_names = [str(c) for c in files["class_names"]]
+        class_names = [str(c) for c in _npz_array(name, files, "class_names")]
         if len(class_names) < top:
             raise DatasetError(f"{name}: {len(class_names)} class_names but labels go up to "
                                f"{top - 1}")
     else:
         class_names = [str(i) for i in range(top)]
     if "mean" in files.files and "std" in files.files:
-        mean, std = files["mean"], files["std"]
+        mean, std = _npz_array(name, files, "mean"), _npz_array(name, files, "std")
     else:
         mean, std = _channel_stats(arrays["train" if "train" in arrays else splits[0]][0])
     return DatasetInfo(name=name, num_classes=len(class_names), class_names=class_names,
@@ -153,21 +236,78 @@ def folder_split_dir(name: str, split: str) -> Path:
 def image_folder_classes(folder: Path, what: str) -> list[str]:
     """The sorted class folders of an ImageFolder split (labels are their indices)."""
     try:
-        classes, _ = find_classes(str(folder))
+        with os.scandir(folder) as entries:
+            classes = sorted(e.name for e in entries if e.is_dir())
+    except PermissionError as err:
+        raise permission_denied(err, folder) from None
     except FileNotFoundError:
+        classes = []
+    if not classes:
         raise DatasetError(f"{what}: {folder} holds no class folders; expected "
-                           f"{folder}/<class>/<image>") from None
+                           f"{folder}/<class>/<image>")
     return classes
 
 
-def image_folder_samples(folder: Path, what: str) -> list[tuple[str, int]]:
-    """[(image path, label)] of an ImageFolder split, as torchvision's ImageFolder lists them."""
+_WARNED_LINKS: set[str] = set()
+
+
+def _inside(path: str, tree: str) -> bool:
+    return path == tree or path.startswith(tree.rstrip(os.sep) + os.sep)
+
+
+def _class_files(class_dir: str, tree: str, skipped: list[tuple[str, str]]) -> list[str]:
+    """The image files under one class folder, in torchvision's make_dataset order, following
+    directory links only out of the dataset's tree (`tree`, a real path) and each target once."""
+    def refuse(err: OSError):
+        if isinstance(err, PermissionError):
+            raise permission_denied(err, err.filename)
+
+    visited = {os.path.realpath(class_dir)}
+    walked = []
+    for root, dirs, fnames in os.walk(class_dir, onerror=refuse, followlinks=True):
+        for d in list(dirs):
+            full = os.path.join(root, d)
+            if os.path.islink(full):
+                real = os.path.realpath(full)
+                if _inside(real, tree) or real in visited:
+                    dirs.remove(d)
+                    skipped.append((full, os.readlink(full)))
+                else:
+                    visited.add(real)
+        walked.append((root, fnames))
+    return [os.path.join(root, f) for root, fnames in sorted(walked) for f in sorted(fnames)
+            if f.lower().endswith(IMG_EXTENSIONS)]
+
+
+def image_folder_samples(folder: Path, what: str, tree: Path | None = None) -> list[tuple[str, int]]:
+    """[(image path, label)] of an ImageFolder split, as torchvision's ImageFolder lists them,
+    except that a directory link inside a class folder leading back into `tree` (default: the
+    split folder) or to a folder already listed is not followed (named once on stderr)."""
     classes = image_folder_classes(folder, what)
-    try:
-        return make_dataset(str(folder), {c: i for i, c in enumerate(classes)},
-                            extensions=IMG_EXTENSIONS)
-    except FileNotFoundError as err:  # a class folder without any image
-        raise DatasetError(f"{what}: {err} (image files: {', '.join(IMG_EXTENSIONS)})") from None
+    tree_real = os.path.realpath(tree if tree is not None else folder)
+    samples, skipped, empty = [], [], []
+    for label, name in enumerate(classes):
+        class_dir = os.path.join(str(folder), name)
+        if _inside(tree_real, os.path.realpath(class_dir)):
+            raise DatasetError(f"{what}: class folder {class_dir} leads to "
+                               f"{os.path.realpath(class_dir)}, which holds the dataset itself; "
+                               "remove that link")
+        files = _class_files(class_dir, tree_real, skipped)
+        if not files:
+            empty.append(name)
+        samples += [(f, label) for f in files]
+    if empty:
+        raise DatasetError(f"{what}: no image file in the class folder(s) {', '.join(empty[:5])}"
+                           f"{' ...' if len(empty) > 5 else ''} of {folder} (image files: "
+                           f"{', '.join(IMG_EXTENSIONS)})")
+    if skipped and skipped[0][0] not in _WARNED_LINKS:
+        _WARNED_LINKS.add(skipped[0][0])
+        link, target = skipped[0]
+        more = f" (and {len(skipped) - 1} more such link(s))" if len(skipped) > 1 else ""
+        print(f"cwr_fast: warning: {what}: not following the directory link {link} -> {target}: "
+              f"it leads back into the dataset or to a folder already read{more}",
+              file=sys.stderr)
+    return samples
 
 
 def folder_info(name: str) -> DatasetInfo:

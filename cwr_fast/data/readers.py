@@ -188,6 +188,14 @@ def read_official(name: str, split: str, root: Path,
     """(uint8 [N, C, H, W], int64 [N]) of one split of mnist, cifar10, cifar100, svhn or stl10,
     after checking its files' md5s; downloads missing files when `download` and the network
     allow."""
+    try:
+        return _read_official(name, split, root, download)
+    except PermissionError as err:  # an unreadable data root, folder or file
+        raise DatasetError(f"permission denied: {err.filename or root}") from None
+
+
+def _read_official(name: str, split: str, root: Path,
+                   download: bool) -> tuple[np.ndarray, np.ndarray]:
     spec = OFFICIAL[name]
     files = spec.files(root, split)
     missing = [p for p, _ in files if not p.is_file()]
@@ -197,6 +205,8 @@ def read_official(name: str, split: str, root: Path,
                                  f"{len(missing)} file(s) missing, e.g. {missing[0]}")
         try:
             spec.download(root, split)
+        except PermissionError:
+            raise
         except Exception as err:  # no network, a dead mirror, a full disk: all reported the same
             raise _missing_error(spec, name, split, root, spec.files(root, split),
                                  f"the download failed ({type(err).__name__}: {err})") from err

@@ -50,5 +50,6 @@ def file_samples(name: str, split: str,
     if name == "imagenet":
         return generic.image_folder_samples(imagenet_split_dir(data_root(data_dir), split), name)
     if name.startswith("folder:"):
-        return generic.image_folder_samples(generic.folder_split_dir(name, split), name)
+        return generic.image_folder_samples(generic.folder_split_dir(name, split), name,
+                                            tree=generic.source_path(name))
     raise ValueError(f"{name} is a fixed-size dataset: read it with load_arrays")

@@ -44,11 +44,16 @@ def extract_state_dict(checkpoint: object, key: str | None = None) -> dict[str, 
             raise CheckpointMismatchError(f"checkpoint is a dict without tensors or any of the keys "
                                           f"{list(_STATE_KEYS)}; its keys: {sorted(checkpoint)[:10]}")
         checkpoint = checkpoint[found[0]]
-    state = {}
-    for name, tensor in checkpoint.items():
+    state, source = {}, {}
+    for key, tensor in checkpoint.items():
+        name = key
         for prefix in _PREFIXES:
             name = name.removeprefix(prefix)
-        state[name] = tensor
+        if name in state:  # 'x' and 'module.x': which one is the model's is anyone's guess
+            raise CheckpointMismatchError(
+                f"checkpoint holds both {source[name]!r} and {key!r}, the same tensor once with and once "
+                "without a 'module.'/'_orig_mod.' prefix: keep one of them (or pass --checkpoint-key)")
+        state[name], source[name] = tensor, key
     return state
 
 
