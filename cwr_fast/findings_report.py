@@ -31,7 +31,8 @@ PAPER = "Tian et al., *Analysis and Applications of Class-wise Robustness in Adv
 
 
 def _load(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8"))
+    from cwr_fast.report import read_report  # sparse confusion matrices (C > 100) made dense
+    return read_report(path)
 
 
 def load_outputs(out: Path, settings: dict) -> tuple[dict, dict]:

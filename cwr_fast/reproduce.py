@@ -314,12 +314,13 @@ def _tail(path: Path, lines: int = 25) -> str:
 def best_defense(out: Path, settings: dict) -> str | None:
     """The defense with the highest worst-class AutoAttack accuracy (then mean) at the first seed."""
     from cwr_fast.findings import class_record_summary
+    from cwr_fast.report import read_report
 
     best, key = None, None
     for run in settings["runs"]:
         if run["name"] in BASELINES:
             continue
-        report = json.loads((out / "runs" / run["name"] / "report" / "report.json").read_text())
+        report = read_report(out / "runs" / run["name"] / "report" / "report.json")
         summary = class_record_summary(report, "aa")
         if key is None or (summary["worst"], summary["mean"]) > key:
             best, key = run["name"], (summary["worst"], summary["mean"])

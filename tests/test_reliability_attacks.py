@@ -43,3 +43,26 @@ def test_evaluate_refuses_them_before_any_work(attacks, tmp_path):
                "--normalize", "none", "--attacks", attacks, "--eps", "0.1", "--out", tmp_path / "r")
     assert_refused(proc, "needs at least", "classes and the data has 2")
     assert snapshot(tmp_path) == before, "a refused run left files (an OUT.partial?)"
+
+
+def test_the_engine_refuses_integer_logits_and_bad_labels():
+    """Issue 25, item 26, for every caller of the engine (the CLIs too, not only evaluate_model)."""
+    from cwr_fast.classwise.engine import evaluate_classwise
+
+    class Indices(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(16, 3)
+
+        def forward(self, x):
+            return torch.nn.functional.one_hot(self.lin(x.flatten(1)).argmax(1), 3)  # int64
+
+    x, y = torch.rand(4, 1, 4, 4), torch.tensor([0, 1, 2, 0])
+    atk = {"fgsm": parse_attack("fgsm").build(Indices(), eps=0.1, num_classes=3)}
+    with pytest.raises(TypeError, match="floating-point logits"):
+        evaluate_classwise(Indices(), [(x, y)], 3, atk)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    with pytest.raises(ValueError, match=r"labels must be a tensor \[N\].*squeeze"):
+        evaluate_classwise(model, [(x, y[:, None])], 3, atk)
+    with pytest.raises(ValueError, match="whole class indices"):
+        evaluate_classwise(model, [(x, y.float() + 0.5)], 3, atk)

@@ -75,6 +75,9 @@ def check_logits(logits, n: int, num_classes: int) -> None:
         hint = " with keys " + ", ".join(map(repr, list(logits)[:4])) if isinstance(logits, dict) else ""
         raise TypeError(f"the model must return logits, a tensor [N, num_classes]; it returned a {kind}"
                         f"{hint}: wrap it so that it returns the logits only (e.g. lambda x: model(x)[0])")
+    if not logits.is_floating_point():
+        raise TypeError(f"the model must return floating-point logits; it returned {logits.dtype} "
+                        "(class indices or integers cannot be attacked: return the scores)")
     if logits.dim() != 2 or logits.shape[0] != n:
         raise ValueError(f"the model must return logits of shape [N, num_classes] = [{n}, {num_classes}], "
                          f"got {list(logits.shape)}")
@@ -275,6 +278,13 @@ def _len_or_none(batches) -> int | None:
 def _check_batch(x, y, num_classes: int, device: torch.device) -> tuple[Tensor, Tensor]:
     if not isinstance(x, Tensor) or not isinstance(y, Tensor):
         raise TypeError("batches must yield (images, labels) tensors")
+    if y.dim() != 1 or y.shape[0] != x.shape[0]:
+        hint = " (labels.squeeze(1))" if y.dim() == 2 and y.shape[1] == 1 else ""
+        raise ValueError(f"labels must be a tensor [N] matching the {x.shape[0]} images, got shape "
+                         f"{list(y.shape)}{hint}")
+    if y.is_floating_point() and y.numel() and not bool((y == y.round()).all()):
+        raise ValueError("labels must be whole class indices: a fractional float label would be "
+                         "truncated to another class")
     x = x.to(device, non_blocking=True)
     y = y.to(device, non_blocking=True).long()
     if x.is_floating_point():
