@@ -143,3 +143,17 @@ def test_clean_accuracy_flags():
     flag, = clean_accuracy_flags(counts_with(1))
     assert flag["code"] == "clean_accuracy_near_chance"
     assert clean_accuracy_flags(counts_with(5)) == []
+
+
+def test_a_key_holding_a_number_or_non_tensors_is_one_clear_error(tmp_path):
+    """Issue 25, item 22: `--checkpoint-key epoch` (a number there) and {"model": {k: 1}} raised
+    AttributeError from deep inside."""
+    from test_reliability import assert_refused, cli
+
+    path = tmp_path / "k.pt"
+    torch.save({"model": {"w": 1}, "epoch": 3}, path)
+    common = ["--dataset", "mnist-embedded", "--arch", "small_cnn", "--checkpoint", path, "--attacks", "fgsm",
+              "--limit", "20", "--no-plots", "--out", tmp_path / "r"]
+    assert_refused(cli("cwr_fast.evaluate", *common, "--checkpoint-key", "epoch"), "checkpoint['epoch']",
+                   "type int", "--checkpoint-key")
+    assert_refused(cli("cwr_fast.evaluate", *common, "--checkpoint-key", "model"), "not tensors", "'w'")

@@ -38,12 +38,20 @@ def extract_state_dict(checkpoint: object, key: str | None = None) -> dict[str, 
             raise CheckpointMismatchError(f"checkpoint has no key {key!r}; its keys: "
                                           f"{sorted(checkpoint)[:10]}")
         checkpoint = checkpoint[key]
+        if not isinstance(checkpoint, Mapping):
+            raise CheckpointMismatchError(f"checkpoint[{key!r}] is of type {type(checkpoint).__name__}, "
+                                          "not the model's state dict: pass the key of the weights "
+                                          "(e.g. --checkpoint-key model)")
     elif not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
         found = [k for k in _STATE_KEYS if isinstance(checkpoint.get(k), Mapping)]
         if not found:
             raise CheckpointMismatchError(f"checkpoint is a dict without tensors or any of the keys "
                                           f"{list(_STATE_KEYS)}; its keys: {sorted(checkpoint)[:10]}")
         checkpoint = checkpoint[found[0]]
+    odd = [(k, type(v).__name__) for k, v in checkpoint.items() if not isinstance(v, torch.Tensor)]
+    if odd:
+        raise CheckpointMismatchError(f"the state dict in the checkpoint holds values that are not "
+                                      f"tensors (e.g. {odd[0][0]!r} of type {odd[0][1]}): not a model's weights")
     state, source = {}, {}
     for key, tensor in checkpoint.items():
         name = key
