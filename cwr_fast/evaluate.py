@@ -12,10 +12,13 @@ per-class counts all-reduced; the result equals a single process exactly.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import shutil
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -26,8 +29,8 @@ from cwr_fast.attacks.spec import AttackSpecError, check_attacks, parse_attack, 
 from cwr_fast.classwise.analysis import build_report, clean_accuracy_flags, sweep_section
 from cwr_fast.classwise.batch_log import BatchLog
 from cwr_fast.classwise.engine import evaluate_classwise
-from cwr_fast.cli_types import (ConfigError, budget_problem, fmt_budget, integer, interrupted, number,
-                                numbers, usage_error)
+from cwr_fast.cli_types import (ConfigError, budget_problem, fmt_budget, integer, interrupt_on_signals,
+                                interrupted, number, numbers, usage_error)
 from cwr_fast.defenses.calibration import OPTIONS_GROUP, CalibrationConfig, calibrate
 from cwr_fast.models.calibration import ClasswiseCalibration, calibrated_num_classes, is_calibrated_state
 from cwr_fast.models.checkpoint import CheckpointMismatchError, load_weights, read_checkpoint
@@ -106,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-channels-last", action="store_true",
                    help="keep the weights' layout (default: channels-last, faster convolutions)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    g.add_argument("--threads", type=integer, metavar="N",
+                   help="CPU threads of torch (default: 1 for a small model on small images on the "
+                        "CPU, <= 32x32 and < 5M parameters, where more threads only contend; else "
+                        "torch's default)")
     g.add_argument("--seed", type=integer, default=0)
     g.add_argument("--out", help="output directory (written atomically once complete; until then "
                    "each evaluated batch is kept in OUT.partial/)")
@@ -127,27 +134,92 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-# ---- an interrupted evaluation: OUT.partial/ holds the command and each evaluated batch ----
+# ---- an interrupted evaluation: OUT.partial/ holds the command, a lock and each evaluated batch ----
 PARTIAL_SUFFIX = ".partial"
-FREE_ON_RESUME = ("--device", "--no-progress", "--no-plots")  # what a resumed run may change
+FREE_ON_RESUME = ("--device", "--threads", "--no-progress", "--no-plots")  # what a resumed run may change
 _COMMAND = "command.json"
+_LOCK = "lock"          # the pid of the cwr_fast.evaluate writing OUT.partial/
+_ERROR = "error.txt"    # the traceback of a run that failed after its first batch
 
 
 def progress_dir(out: str | Path) -> Path:
     return Path(f"{Path(out)}{PARTIAL_SUFFIX}")
 
 
-def _fingerprint(checkpoint: str | None) -> dict | None:
-    """What identifies the weights file: a resumed evaluation must read the same one."""
-    if checkpoint is None:
-        return None
-    stat = Path(checkpoint).stat()
-    return {"path": str(Path(checkpoint).resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+def _file_digest(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _tree_digest(root: str | Path) -> str:
+    """A folder dataset: its files' relative paths, sizes and modification times (not their bytes:
+    an image folder can hold terabytes); directory links are not followed."""
+    h = hashlib.sha256()
+    for parent, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(files):
+            path = Path(parent) / name
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            h.update(f"{path.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def state_digest(model: torch.nn.Module) -> str:
+    """sha256 of a model's parameters and buffers (names, dtypes, shapes and bytes): what a resumed
+    evaluation compares, whatever file (checkpoint, factory, weights the factory loads) they came from."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\n".encode())
+        if t.device.type != "meta":
+            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _input_digests(args) -> dict:
+    """{key: {"what", "path", "sha256"}} of the files the batches depend on besides the weights
+    themselves (hashed after the model is built, state_digest): by content, not by name or date."""
+    from cwr_fast.data import GENERIC_PREFIXES
+
+    found = {}
+    if args.checkpoint is not None and Path(args.checkpoint).is_file():
+        found["checkpoint"] = ("the checkpoint", args.checkpoint, _file_digest(args.checkpoint))
+    if args.model is not None and not is_source_spec(args.model):
+        path = args.model.rpartition(":")[0]
+        if path and Path(path).is_file():
+            found["model file"] = ("the model file", path, _file_digest(path))
+    if args.dataset.startswith(GENERIC_PREFIXES):
+        path = Path(args.dataset.split(":", 1)[1])
+        if path.is_file():
+            found["dataset"] = ("the dataset", str(path), _file_digest(path))
+        elif path.is_dir():
+            found["dataset"] = ("the dataset folder", str(path), _tree_digest(path))
+    return {k: {"what": what, "path": str(Path(p).resolve()), "sha256": digest}
+            for k, (what, p, digest) in found.items()}
+
+
+def _start_over(out) -> str:
+    return (f"restore it to continue, or rerun the original command with --overwrite to start over "
+            f"(which discards the batches kept in {progress_dir(out)})")
+
+
+def _absolute(args) -> None:
+    """--out, --resume and --checkpoint as absolute paths, resolved once when the run starts."""
+    for name in ("out", "resume", "checkpoint"):
+        if getattr(args, name, None) is not None:
+            setattr(args, name, os.path.abspath(getattr(args, name)))
 
 
 def resumed_args(parser: argparse.ArgumentParser, argv: list[str], args):
     """args itself, or for --resume OUT the arguments of the interrupted command, with those of
-    FREE_ON_RESUME given now."""
+    FREE_ON_RESUME given now. The interrupted command's relative paths are read from the folder it
+    ran in (the process changes into it); OUT is where --resume found it, even if moved since."""
+    _absolute(args)
     if args.resume is None:
         if args.out is None:
             raise ConfigError("give --out DIR (or --resume OUT to continue an interrupted evaluation)")
@@ -166,39 +238,161 @@ def resumed_args(parser: argparse.ArgumentParser, argv: list[str], args):
         raise ConfigError(f"{args.resume} holds a complete report: nothing to resume" if done else
                           f"no interrupted evaluation to resume at {args.resume} ({partial / _COMMAND} "
                           "is missing)") from None
+    _check_not_locked(args.resume)
+    cwd = saved.get("cwd")
+    if cwd is not None:
+        if not Path(cwd).is_dir():
+            raise ConfigError(f"the interrupted evaluation of {args.resume} ran in {cwd}, which is gone: "
+                              "its relative paths cannot be found there")
+        os.chdir(cwd)
     free = [t for i, t in enumerate(argv) if t.split("=")[0] in FREE_ON_RESUME
-            or (i and argv[i - 1] == "--device")]
+            or (i and argv[i - 1] in ("--device", "--threads"))]
     resumed = parser.parse_args(saved["argv"] + free)
     resumed.resumed_from, resumed.command_argv = saved, saved["argv"]
-    if _fingerprint(resumed.checkpoint) != saved.get("checkpoint"):
-        raise ConfigError(f"{resumed.checkpoint} changed since the interrupted evaluation began: "
-                          f"remove {partial} and evaluate again")
+    resumed.resume, resumed.out = None, args.resume
+    _absolute(resumed)
+    now = _input_digests(resumed)
+    for key, before in (saved.get("inputs") or {}).items():
+        after = now.get(key)
+        if after is None or after["sha256"] != before["sha256"]:
+            state = "is gone" if after is None else "has other content"
+            raise ConfigError(f"{before['what']} {before['path']} {state} since the interrupted "
+                              f"evaluation of {args.resume} began: {_start_over(args.resume)}")
     return resumed
 
 
-def _start_progress(args, argv_of_run: list[str] | None, rank: int) -> Path:
-    """The OUT.partial/ directory of this evaluation: made for a new one (refused when an
-    interrupted one is there, unless --overwrite), continued for --resume."""
+def _lock_owner(partial: Path) -> int | None:
+    """The pid of another live process holding partial's lock, or None (none, ours, or stale)."""
+    try:
+        pid = int((partial / _LOCK).read_text(encoding="utf-8").split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    if pid == os.getpid() or pid <= 0:
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    try:  # a zombie (dead, not yet reaped) holds nothing
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return None
+    except (OSError, IndexError):
+        pass
+    return pid
+
+
+def _check_not_locked(out) -> None:
+    """Refuses an OUT another live evaluate is writing (checked by the first process of a torchrun
+    job only: the others see its own lock)."""
+    if os.environ.get("RANK", "0") not in ("", "0"):
+        return
+    pid = _lock_owner(progress_dir(out))
+    if pid is not None:
+        raise ConfigError(f"another cwr_fast.evaluate (pid {pid}) is writing {out}: wait for it to "
+                          f"finish or stop it ({progress_dir(out) / _LOCK} holds its pid)")
+
+
+def _take_lock(args, partial: Path) -> None:
+    """Writes our pid into partial/lock (refused while another live evaluate holds it)."""
+    lock = partial / _LOCK
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            _check_not_locked(args.out)
+            lock.unlink(missing_ok=True)  # stale: its process is dead
+            continue
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(f"{os.getpid()}\n")
+        args.lock_held = lock
+        return
+    _check_not_locked(args.out)
+    raise ConfigError(f"could not lock {partial}: another process keeps taking {lock}")
+
+
+def _release_lock(args) -> None:
+    lock = getattr(args, "lock_held", None)
+    if lock is not None and _lock_owner(lock.parent) is None and lock.is_file():
+        try:
+            if int(lock.read_text(encoding="utf-8").split()[0]) == os.getpid():
+                lock.unlink()
+        except (OSError, ValueError, IndexError):
+            pass
+    args.lock_held = None
+
+
+def _start_progress(args, argv_of_run: list[str] | None, rank: int, model_state: str) -> Path:
+    """The OUT.partial/ directory of this evaluation, locked: made for a new one (refused when an
+    interrupted one is there, unless --overwrite), continued for --resume (refused when the model's
+    weights are not those the kept batches were evaluated with)."""
     partial = progress_dir(args.out)
-    resuming = getattr(args, "resumed_from", None) is not None
-    if rank == 0 and partial.exists() and not resuming:
+    saved = getattr(args, "resumed_from", None)
+    if rank != 0:
+        return partial
+    _check_not_locked(args.out)
+    if saved is not None:
+        if saved.get("model_state") not in (None, model_state):
+            raise ConfigError(f"the model's weights (parameters and buffers) differ from those the "
+                              f"kept batches of {args.out} were evaluated with: the checkpoint, the "
+                              f"--model factory or the weights it loads changed; {_start_over(args.out)}")
+        _take_lock(args, partial)
+        return partial
+    if partial.exists():
         if not args.overwrite:
             raise ConfigError(f"{partial} holds an interrupted evaluation of {args.out}: continue it "
                               f"with python -m cwr_fast.evaluate --resume {args.out}, or pass "
                               "--overwrite to start over")
         shutil.rmtree(partial)
-    if rank == 0 and not resuming:
-        partial.mkdir(parents=True, exist_ok=True)
-        write_text(json.dumps({"argv": argv_of_run, "checkpoint": _fingerprint(args.checkpoint)},
-                              indent=1) + "\n", partial / _COMMAND)
+    partial.mkdir(parents=True, exist_ok=True)
+    _take_lock(args, partial)
+    write_text(json.dumps({"argv": argv_of_run, "cwd": os.getcwd(), "inputs": _input_digests(args),
+                           "model_state": model_state}, indent=1) + "\n", partial / _COMMAND)
     return partial
 
 
 def _remove_if_nothing_kept(args) -> None:
-    """A new evaluation stopped before its first batch leaves no OUT.partial behind."""
-    partial = progress_dir(args.out) if args.out and args.resume is None else None
+    """A new evaluation stopped before its first batch leaves no OUT.partial behind (only its own:
+    never one another evaluate holds)."""
+    partial = progress_dir(args.out) if getattr(args, "lock_held", None) is not None \
+        and getattr(args, "resumed_from", None) is None else None
     if partial is not None and (partial / _COMMAND).is_file() and not any(partial.rglob("batch-*.pt")):
         shutil.rmtree(partial, ignore_errors=True)
+        args.lock_held = None
+
+
+def _kept_advice(args) -> str:
+    """How to go on after a failure, when this run's batches are kept in OUT.partial/."""
+    out = getattr(args, "out", None)
+    if out is None or getattr(args, "lock_held", None) is None:
+        return ""
+    partial = progress_dir(out)
+    if not any(partial.rglob("batch-*.pt")):
+        return ""
+    return (f"; the evaluated batches are kept in {partial}: rerun with python -m cwr_fast.evaluate "
+            f"--resume {out} to continue, or the original command with --overwrite to start over")
+
+
+SMALL_IMAGE_SIDE, SMALL_MODEL_PARAMS = 32, 5_000_000
+
+
+def choose_threads(requested: int | None, device: torch.device, model: torch.nn.Module,
+                   image_shape) -> tuple[int, str]:
+    """(torch's CPU threads for this run, why): --threads, else 1 for a small model on small images
+    on the CPU (its kernels are too short to share; with other jobs on the machine, torch's default
+    of one thread per core made PGD-20 20x slower), else torch's default."""
+    default = torch.get_num_threads()
+    if requested is not None:
+        return requested, "--threads"
+    if device.type != "cpu":
+        return default, f"torch's default (the model runs on {device})"
+    params = sum(p.numel() for p in model.parameters())
+    small = all(side <= SMALL_IMAGE_SIDE for side in image_shape[-2:]) and params < SMALL_MODEL_PARAMS
+    if small and default > 1:
+        return 1, (f"a small model ({params} parameters) on images of at most {SMALL_IMAGE_SIDE}x"
+                   f"{SMALL_IMAGE_SIDE}: more threads contend (--threads N to change)")
+    return default, "torch's default"
 
 
 def _run_inputs(args) -> dict:
@@ -251,16 +445,21 @@ def _check_args(args) -> None:
         raise ConfigError(f"--eps-sweep values must lie in [0, 1], got {args.eps_sweep}")
     if args.tpgd_sweep and any(t <= 0 for t in args.tpgd_sweep):
         raise ConfigError(f"--tpgd-sweep temperatures must be > 0, got {args.tpgd_sweep}")
+    for flag, values in (("--eps-sweep", args.eps_sweep), ("--tpgd-sweep", args.tpgd_sweep)):
+        twice = sorted({f"{v:g}" for v in values or [] if values.count(v) > 1})
+        if twice:
+            raise ConfigError(f"{flag} gives {', '.join(twice)} more than once: give each value once")
     if args.calibrate_split is not None and args.calibrate_split == args.split:
         raise ConfigError(f"--calibrate-split {args.calibrate_split} is the evaluated split: fit the "
                        "calibration on other images (e.g. --calibrate-split train)")
     reason = check_options(calibration_config(args))
     if reason:
         raise ConfigError(reason)
-    for name in ("calibrate_per_class", "batch_size", "sweep_steps", "limit"):
+    for name in ("calibrate_per_class", "batch_size", "sweep_steps", "limit", "threads"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    _check_not_locked(args.out)
     check_output_dir(args.out, REPORT_KIND, args.overwrite)
 
 
@@ -380,7 +579,12 @@ def run(args) -> dict:
             raise ConfigError(f"--limit {args.limit} is below the number of classes ({info.num_classes})")
     dist_info = runtime.init(args.device)
     device, rank, world = dist_info.device, dist_info.rank, dist_info.world_size
-    model, from_checkpoint, train_config = _load_model(args, info, device)
+    with torch.random.fork_rng(devices=[]):  # a factory's random initialisation: the same on --resume
+        torch.manual_seed(args.seed)
+        model, from_checkpoint, train_config = _load_model(args, info, device)
+    threads, threads_choice = choose_threads(args.threads, device, model, info.image_shape)
+    torch.set_num_threads(threads)
+    model_state = state_digest(model)
     eps, eps_source = _budget(args, info, train_config)
     sweep_base = {"T": parse_attack(f"tpgd-{args.sweep_steps}"), "eps": parse_attack(f"pgd-{args.sweep_steps}")}
     sweeps = {"T": [sweep_base["T"].with_params(T=t) for t in args.tpgd_sweep or []],
@@ -415,7 +619,7 @@ def run(args) -> dict:
                                            per_image=per_image, keep_adv=args.save_adv_images,
                                            **common)
 
-    partial = _start_progress(args, getattr(args, "command_argv", None), rank)
+    partial = _start_progress(args, getattr(args, "command_argv", None), rank, model_state)
     if world > 1:
         torch.distributed.barrier()  # OUT.partial/ is ready before any process writes a batch there
     started = time.perf_counter()
@@ -437,7 +641,7 @@ def run(args) -> dict:
               "eps_l2": args.eps_l2, "track": args.track, "tpgd_sweep": args.tpgd_sweep,
               "eps_sweep": args.eps_sweep, "sweep_steps": args.sweep_steps,
               "batch_size": args.batch_size, "amp": amp or "off", "amp_choice": amp_choice,
-              "device": str(device),
+              "device": str(device), "threads": threads, "threads_choice": threads_choice,
               "channels_last": not args.no_channels_last,
               "world_size": world, "limit": args.limit, "per_class": per_class, "seed": args.seed,
               **calibration,
@@ -464,24 +668,40 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    interrupt_on_signals()  # SIGTERM, SIGHUP: as Ctrl-C (what was kept, how to resume)
     from cwr_fast.data import DatasetError
 
     started_group = not runtime.is_initialized()
+    cwd, threads = os.getcwd(), torch.get_num_threads()  # main() may be called from Python, several times
     try:
         args = resumed_args(parser, argv, args)
         run(args)
     except (ConfigError, AttackSpecError, CheckpointMismatchError, DatasetError, FileNotFoundError,
             FileExistsError, ValueError, TypeError) as err:
+        advice = _kept_advice(args)
         _remove_if_nothing_kept(args)
-        return usage_error("cwr_fast.evaluate", err)
+        return usage_error("cwr_fast.evaluate", f"{err}{advice}")
     except KeyboardInterrupt:
         _remove_if_nothing_kept(args)
-        partial = progress_dir(args.out) if args.out else None
+        partial = progress_dir(args.out) if args.out and getattr(args, "lock_held", None) else None
         if partial is not None and partial.is_dir():
             return interrupted("cwr_fast.evaluate", f"the evaluated batches are kept in {partial}: "
                                f"continue with python -m cwr_fast.evaluate --resume {args.out}")
         return interrupted("cwr_fast.evaluate", "nothing was written: run the same command again")
+    except Exception as err:  # a failure after the first batch: one line, the traceback kept beside the batches
+        advice = _kept_advice(args)
+        if not advice:
+            _remove_if_nothing_kept(args)
+            raise
+        error_file = progress_dir(args.out) / _ERROR
+        error_file.write_text(traceback.format_exc(), encoding="utf-8")
+        print(f"cwr_fast.evaluate: error: {type(err).__name__}: {' '.join(str(err).split())} "
+              f"(traceback in {error_file}){advice}", file=sys.stderr)
+        return 1
     finally:
+        _release_lock(args)
+        os.chdir(cwd)
+        torch.set_num_threads(threads)
         if started_group:
             runtime.cleanup()
     return 0

@@ -123,3 +123,14 @@ def test_a_training_dies_with_its_parent_even_on_sigkill(tmp_path):
             parent.kill()
         for pid in _trainings_writing(run):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_sigterm_in_evaluate_says_what_was_kept(mnist_checkpoint, shared_data, tmp_path):
+    from test_reliability import evaluate_args
+
+    out = tmp_path / "out"
+    args = evaluate_args(mnist_checkpoint, shared_data, out, "--attacks", "aa", "--limit", "200")
+    proc = _interrupt_when(["cwr_fast.evaluate", *args], "[cwr_fast.evaluate] attacks", "stderr",
+                           sig=signal.SIGTERM)
+    assert_refused(proc, "interrupted", code=130)
+    assert not out.exists()

@@ -147,14 +147,14 @@ def evaluate_classwise(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]
                 first, position = position, position + len(y)
                 if batch_index % world != rank:
                     continue
-                record = log.load(batch_index, list(named)) if log is not None else None
+                record = log.load(batch_index, list(named), (x, y)) if log is not None else None
                 if record is None:
                     record = _evaluate_batch(model, x, y, named, num_classes, device, amp, seed,
                                              batch_index, channels_last, keep_adv, bar)
                     record["index"] = (indices[first:position] if indices is not None
                                        else torch.arange(first, position))
                     if log is not None:
-                        log.save(batch_index, record, list(named))
+                        log.save(batch_index, record, list(named), (x, y))
                 parts.append((batch_index, record if per_image else _without_images(record)))
                 if bar is not None:
                     bar.update(len(y) * world)
