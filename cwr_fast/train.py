@@ -24,8 +24,8 @@ import torch
 from cwr_fast import runtime
 from cwr_fast.cli_types import (INTERRUPTED, ConfigError, fmt_budget, interrupt_on_signals, interrupted,
                                 usage_error)
-from cwr_fast.outputs import (OutputError, OutputExists, check_output_dir, check_writable, writer_lock,
-                              write_manifest, write_text)
+from cwr_fast.outputs import (MANIFEST, OutputError, OutputExists, check_output_dir, check_writable,
+                              write_manifest, write_text, writer_lock)
 from cwr_fast.training import checkpoint as ckpt
 from cwr_fast.training.config import (OVERRIDABLE_ON_RESUME, TRAJECTORY_KEYS, TrainConfig,
                                       build_parser, default_run, default_run_dir, given, resolve)
@@ -89,6 +89,20 @@ def _prepare_run_dir(cfg: TrainConfig, run_dir: Path, overwrite: bool, resuming:
         for stale in (run_dir / "checkpoints").glob("*.pt"):
             stale.unlink()
     return None
+
+
+def _remove_unstarted_run(run_dir: Path) -> None:
+    """Removes what _prepare_run_dir and the set-up wrote into a run that never trained (no
+    checkpoint), so that the fixed command can be run again as it was, without --resume or
+    --overwrite; the directory goes too if nothing else is in it."""
+    checkpoints = run_dir / "checkpoints"
+    if any(checkpoints.glob("*.pt")):
+        return
+    for name in ("config.json", MANIFEST, *_REPLACED_ON_OVERWRITE):
+        (run_dir / name).unlink(missing_ok=True)
+    for directory in (checkpoints, run_dir):
+        with contextlib.suppress(OSError):
+            directory.rmdir()  # only if empty
 
 
 def kept_on_interrupt(run_dir: Path) -> str:
@@ -207,8 +221,19 @@ def run(args) -> int:
                 f.write(msg + "\n")
 
         progress = {"on": True, "off": False}.get(args.progress, sys.stderr.isatty())
-        trainer = Trainer(cfg, run_dir, dist, resume=state, progress=progress,
-                          plots=not args.no_plots, final_eval=not args.no_final_eval, log=log)
+        try:
+            trainer = Trainer(cfg, run_dir, dist, resume=state, progress=progress,
+                              plots=not args.no_plots, final_eval=not args.no_final_eval, log=log)
+        except BaseException:  # refused while setting up (data, model): leave no run behind
+            if dist.is_main and state is None:
+                _remove_unstarted_run(run_dir)
+            raise
+        if state is not None and trainer.global_step >= trainer.total_steps and \
+                (run_dir / "summary.txt").is_file():
+            if dist.is_main:
+                print(f"{run_dir} is finished (all {cfg.epochs} epochs, summary in "
+                      f"{run_dir / 'summary.txt'}): nothing to resume", flush=True)
+            return 0
         if state is not None:
             trainer.log(f"resuming {run_dir} at epoch {trainer.epoch + 1}, batch {trainer.batch} "
                         f"(step {trainer.global_step} of {trainer.total_steps})")
@@ -239,10 +264,13 @@ def main(argv: list[str] | None = None) -> int:
     runtime.die_with_parent()
     from cwr_fast.attacks.spec import AttackSpecError
     from cwr_fast.data import DatasetError
-    from cwr_fast.training.trainer import TrainError
+    from cwr_fast.training.trainer import TrainError, TrainingFailed
 
     try:
         return run(args)
+    except TrainingFailed as err:
+        print(f"cwr_fast.train: error: {err}", file=sys.stderr)
+        return 1
     except (ConfigError, ckpt.CheckpointError, TrainError, DatasetError, AttackSpecError,
             FileExistsError, FileNotFoundError) as err:
         return usage_error("cwr_fast.train", err)

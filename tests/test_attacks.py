@@ -242,7 +242,7 @@ def test_spec_parsing():
 
 
 def test_spec_build_errors(mnist_model):
-    with pytest.raises(AttackSpecError, match="give it eps=... or set --eps-l2"):
+    with pytest.raises(AttackSpecError, match=r"an L2 attack: give it its budget, e.g. .*:eps=0.5"):
         parse_attack("pgdl2-5").build(mnist_model, eps=0.3)
     with pytest.raises(AttackSpecError, match="did you mean"):
         parse_attack("pgd-5:eps=8").build(mnist_model, eps=0.3)

@@ -134,3 +134,41 @@ def test_sigterm_in_evaluate_says_what_was_kept(mnist_checkpoint, shared_data, t
                            sig=signal.SIGTERM)
     assert_refused(proc, "interrupted", code=130)
     assert not out.exists()
+
+
+# ---- train refused or failing: what is left, and the exit status (issue 25, items 16, 18, 21, 28) ----
+
+def _constant_channel_npz(path: Path) -> Path:
+    import numpy as np
+
+    x = np.random.default_rng(0).integers(0, 256, (40, 8, 8, 3), dtype=np.uint8)
+    x[..., 1] = 7  # a constant channel: std 0
+    y = np.arange(40) % 4
+    np.savez(path, train_images=x, train_labels=y, test_images=x, test_labels=y)
+    return path
+
+
+def test_a_train_refused_while_setting_up_leaves_no_run(tmp_path):
+    """Item 16: a late refusal (here the batch does not fit the data) left a run directory that
+    the fixed rerun refused ("--resume") and --resume could not continue (no last.pt)."""
+    data = _constant_channel_npz(tmp_path / "c.npz")
+    run = tmp_path / "run"
+    common = ["--dataset", f"npz:{data}", "--epochs", "1", "--val-per-class", "2", "--progress", "off",
+              "--no-plots", "--no-final-eval", "--out", run]
+    assert_refused(cli("cwr_fast.train", *common), "--batch-size 128 does not fit the data")
+    assert not run.exists()
+    proc = cli("cwr_fast.train", *common, "--batch-size", "8")  # the fixed command, as it was
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # item 21: the constant channel is named once and normalised with std 1 (no traceback)
+    assert "channel(s) [1] are constant" in proc.stderr and "Traceback" not in proc.stderr
+    # item 18: resuming a finished run says so and redoes nothing
+    log = (run / "train.log").read_text()
+    again = cli("cwr_fast.train", "--resume", run)
+    assert again.returncode == 0 and "is finished" in again.stdout, again.stderr[-2000:]
+    assert (run / "train.log").read_text() == log
+
+
+def test_a_diverged_training_exits_1(tmp_path):
+    """Item 28: the docs say a run that fails after starting exits 1; divergence exited 2."""
+    proc = cli("cwr_fast.train", *TINY_TRAIN, "--lr", "1e30", "--no-final-eval", "--out", tmp_path / "run")
+    assert_refused(proc, "diverged", code=1)

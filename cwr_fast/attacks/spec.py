@@ -95,7 +95,8 @@ class AttackSpec:
             return self.params["eps"]
         if self.name == "pgdl2" or self.params.get("norm") == "l2":
             if eps_l2 is None:
-                raise AttackSpecError(f"attack {self.label!r} is an L2 attack: give it eps=... or set --eps-l2")
+                raise AttackSpecError(f"attack {self.label!r} is an L2 attack: give it its budget, e.g. "
+                                      f"{self.label}:eps=0.5 (cwr_fast.evaluate also takes --eps-l2)")
             return eps_l2
         return eps
 

@@ -209,6 +209,11 @@ def _npz_info(name: str, mtime_ns: int, size: int) -> DatasetInfo:  # cached whi
         mean, std = _npz_array(name, files, "mean"), _npz_array(name, files, "std")
     else:
         mean, std = _channel_stats(arrays["train" if "train" in arrays else splits[0]][0])
+        constant = [c for c, s in enumerate(std) if s == 0]
+        if constant:  # normalising by 0 would make them infinite; x - mean is 0 there anyway
+            print(f"warning: {name}: image channel(s) {constant} are constant in the training images "
+                  "(std 0): normalised with std 1 (they carry nothing to learn from)", file=sys.stderr)
+            std = [1.0 if s == 0 else s for s in std]
     return DatasetInfo(name=name, num_classes=len(class_names), class_names=class_names,
                        image_shape=shape, mean=tuple(float(m) for m in mean),
                        std=tuple(float(s) for s in std), splits=splits,

@@ -40,7 +40,11 @@ _STEP_PURPOSE = 0x57E9
 
 
 class TrainError(RuntimeError):
-    """A run that cannot proceed (e.g. a batch size larger than the data)."""
+    """A run that cannot proceed (e.g. a batch size larger than the data): a usage error (exit 2)."""
+
+
+class TrainingFailed(RuntimeError):
+    """A run that failed after it started (the loss diverged): exit 1, its checkpoints kept."""
 
 
 class Trainer:
@@ -313,7 +317,7 @@ class Trainer:
         total = int(n.sum())
         epoch = self.epoch + 1
         if not math.isfinite(loss_sum):
-            raise TrainError(f"training diverged in epoch {epoch}: the loss is {loss_sum / max(total, 1)} "
+            raise TrainingFailed(f"training diverged in epoch {epoch}: the loss is {loss_sum / max(total, 1)} "
                              f"(lower --lr, raise --eps-warmup-epochs, or use --amp off / fp16 with "
                              f"its GradScaler)")
         record = {
