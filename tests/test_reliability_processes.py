@@ -38,6 +38,14 @@ def _trainings_writing(out: Path) -> list[int]:
     return pids
 
 
+def _kill_all(parent: subprocess.Popen, out: Path) -> None:
+    """A failed test leaves no process behind: the parent and every training writing under out."""
+    if parent.poll() is None:
+        parent.kill()
+    for pid in _trainings_writing(out):
+        os.kill(pid, signal.SIGKILL)
+
+
 def _wait_until(condition, seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -95,10 +103,7 @@ def test_reproduce_stopped_by_sigterm_stops_its_trainings(shared_data, tmp_path)
         assert "cwr_fast.reproduce: interrupted" in err and "run the same command again" in err
         assert _wait_until(lambda: not _trainings_writing(out), 30), "a training outlived reproduce"
     finally:
-        if parent.poll() is None:
-            parent.kill()
-        for pid in _trainings_writing(out):
-            os.kill(pid, signal.SIGKILL)
+        _kill_all(parent, out)
 
 
 def test_a_training_dies_with_its_parent_even_on_sigkill(tmp_path):
@@ -119,10 +124,7 @@ def test_a_training_dies_with_its_parent_even_on_sigkill(tmp_path):
         parent.wait(timeout=30)
         assert _wait_until(lambda: not _trainings_writing(run), 10), "the training outlived its parent"
     finally:
-        if parent.poll() is None:
-            parent.kill()
-        for pid in _trainings_writing(run):
-            os.kill(pid, signal.SIGKILL)
+        _kill_all(parent, run)
 
 
 def test_sigterm_in_evaluate_says_what_was_kept(mnist_checkpoint, shared_data, tmp_path):
