@@ -37,7 +37,8 @@ from cwr_fast.models.checkpoint import CheckpointMismatchError, load_weights, re
 from cwr_fast.models.registry import build_model, call_factory, canonical_name, load_factory
 from cwr_fast.models.sources import build_from_source, is_source_spec, parse_source_spec
 from cwr_fast.options import add_options, check_options, given_options
-from cwr_fast.outputs import check_output_dir, check_output_file, record_written_file, write_text
+from cwr_fast.outputs import (check_output_dir, check_output_file, no_space_error, record_written_file,
+                              write_text)
 from cwr_fast.report import REPORT_KIND, format_summary, write_report
 
 DEFAULT_ATTACKS = "fgsm,pgd-20,cw-30"
@@ -690,6 +691,12 @@ def main(argv: list[str] | None = None) -> int:
         return interrupted("cwr_fast.evaluate", "nothing was written: run the same command again")
     except Exception as err:  # a failure after the first batch: one line, the traceback kept beside the batches
         advice = _kept_advice(args)
+        nospace = no_space_error(err)
+        if nospace is not None:  # disk full: no error.txt (no room for it); what was written is intact
+            if not advice:
+                _remove_if_nothing_kept(args)
+            print(f"cwr_fast.evaluate: error: {nospace}{advice}", file=sys.stderr)
+            return 1
         if not advice:
             _remove_if_nothing_kept(args)
             raise

@@ -15,6 +15,7 @@ behind; the next run in the same place removes it and says so.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -36,6 +37,50 @@ class OutputError(ValueError):
 
 class OutputExists(OutputError):
     """The location holds an earlier cwr_fast output of the same kind and overwrite was not given."""
+
+
+class NoSpaceError(OSError):
+    """The disk (or quota) filled up while cwr_fast wrote `path`. The write was atomic, so the
+    previous file is intact and nothing done before is lost; str() is the one line to show:
+    "no space left while writing FILE; free space and run with --resume". An OSError (errno
+    ENOSPC), not an OutputError: a failure after starting (exit 1), not a bad input."""
+
+    def __init__(self, path: str | os.PathLike, advice: str = "free space and run with --resume"):
+        super().__init__(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        self.path, self.advice = Path(path), advice
+
+    def __str__(self) -> str:
+        return f"no space left while writing {self.path}; {self.advice}"
+
+
+def no_space_error(err: BaseException) -> NoSpaceError | None:
+    """err as a NoSpaceError when it is one or a failure for want of space (is_no_space), naming
+    the file where known; else None. For the CLIs' last except clause."""
+    if isinstance(err, NoSpaceError):
+        return err
+    if not is_no_space(err):
+        return None
+    return NoSpaceError(getattr(err, "filename", None) or "a file")
+
+
+_NO_SPACE_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def is_no_space(err: BaseException) -> bool:
+    """A write that failed for want of space: OSError ENOSPC/EDQUOT, or torch.save's
+    "[enforce fail at inline_container.cc:...]" RuntimeError (what it raises when its zip writer
+    cannot write, e.g. "unexpected pos"), or an error caused by one of these."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, NoSpaceError):
+            return True
+        if isinstance(err, OSError) and err.errno in _NO_SPACE_ERRNOS:
+            return True
+        if isinstance(err, RuntimeError) and "inline_container" in str(err) and "enforce fail" in str(err):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def read_manifest(directory: Path) -> dict | None:
@@ -198,21 +243,26 @@ def write_files(out: str | os.PathLike, kind: str, files: Mapping[str, Content],
     out.mkdir(parents=True, exist_ok=True)
     previous = set((read_manifest(out) or {}).get("files", []))
     tmp = Path(tempfile.mkdtemp(prefix=temporary_prefix(), dir=out))
+    current = out
     try:
         for name, content in files.items():
+            current = out / name
             if callable(content):
                 content(tmp / name)
             else:
                 (tmp / name).write_text(content, encoding="utf-8")
+        current = out
         for name in files:
             os.replace(tmp / name, out / name)
         for name in previous - set(files):
             (out / name).unlink(missing_ok=True)
         write_manifest(out, kind, files)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
         if created:  # an error leaves nothing behind where there was nothing
             shutil.rmtree(out, ignore_errors=True)
+        if is_no_space(err) and not isinstance(err, NoSpaceError):  # earlier files are intact
+            raise NoSpaceError(current) from err
         raise
     shutil.rmtree(tmp, ignore_errors=True)
     return out
@@ -295,8 +345,10 @@ def write_atomic(path: str | os.PathLike, mode: str, write) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        if is_no_space(err) and not isinstance(err, NoSpaceError):  # the old file is intact
+            raise NoSpaceError(path) from err
         raise
     fsync_dir(path.parent)
     return path

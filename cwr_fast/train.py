@@ -25,7 +25,7 @@ from cwr_fast import runtime
 from cwr_fast.cli_types import (INTERRUPTED, ConfigError, fmt_budget, interrupt_on_signals, interrupted,
                                 usage_error)
 from cwr_fast.outputs import (MANIFEST, OutputError, OutputExists, check_output_dir, check_writable,
-                              write_manifest, write_text, writer_lock)
+                              no_space_error, write_manifest, write_text, writer_lock)
 from cwr_fast.training import checkpoint as ckpt
 from cwr_fast.training.config import (OVERRIDABLE_ON_RESUME, TRAJECTORY_KEYS, TrainConfig,
                                       build_parser, default_run, default_run_dir, given, resolve)
@@ -274,6 +274,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ckpt.CheckpointError, TrainError, DatasetError, AttackSpecError,
             FileExistsError, FileNotFoundError) as err:
         return usage_error("cwr_fast.train", err)
+    except (OSError, RuntimeError) as err:  # the disk full (also as torch.save's RuntimeError)
+        nospace = no_space_error(err)
+        if nospace is None:
+            raise
+        print(f"cwr_fast.train: error: {nospace}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

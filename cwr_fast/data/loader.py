@@ -156,13 +156,18 @@ def _torch_loader(req: _Request) -> BatchLoader:
 
 
 def _ffcv_loader(req: _Request) -> BatchLoader:
+    dataset, split, beton, info = req.dataset, req.split, req.beton, req.info
+    if beton is None:  # the CLIs have no option naming a .beton: say what the user can do
+        raise ValueError(
+            f"loader 'ffcv' reads a .beton, and for {dataset} (a folder:/npz: source) there is no "
+            "default one that the command line finds (only the registered datasets have one, at "
+            "<data root>/ffcv/<name>-<split>.beton, written by python -m cwr_fast.data.beton "
+            f"--dataset NAME --split {split}): use --loader torch or --loader gpu for this source, "
+            "or from Python make_loader(..., loader='ffcv', beton=PATH) after python -m "
+            f"cwr_fast.data.beton --dataset {dataset} --split {split} --out PATH")
     import_ffcv()
     from cwr_fast.data.ffcv_loader import FfcvLoader
 
-    dataset, split, beton, info = req.dataset, req.split, req.beton, req.info
-    if beton is None:
-        raise ValueError(f"loader='ffcv' for {dataset} needs beton=PATH (a generic source has no "
-                         "default .beton location)")
     if not beton.is_file():
         raise FileNotFoundError(
             f"no .beton for {dataset} split {split!r} at {beton}. Write it with:\n"

@@ -204,7 +204,7 @@ def _read_official(name: str, split: str, root: Path,
             raise _missing_error(spec, name, split, root, files, "download=False and "
                                  f"{len(missing)} file(s) missing, e.g. {missing[0]}")
         try:
-            spec.download(root, split)
+            _download_or_clean(spec, root, split)
         except PermissionError:
             raise
         except Exception as err:  # no network, a dead mirror, a full disk: all reported the same
@@ -215,6 +215,39 @@ def _read_official(name: str, split: str, root: Path,
         _check_md5(path, md5, spec.title)
     images, labels = spec.read(root, split)
     return np.ascontiguousarray(images, dtype=np.uint8), np.asarray(labels, dtype=np.int64)
+
+
+def _folders(root: Path) -> set[Path]:
+    """root and the folders below it that exist now; the missing parents of root, too."""
+    found = {d for d in [root, *root.parents] if d.is_dir()}
+    level = [root] if root.is_dir() else []
+    for _ in range(3):  # a download creates its folders near the root (MNIST/raw); not a walk of ImageNet
+        below = []
+        for folder in level:
+            try:
+                below += [Path(e.path) for e in os.scandir(folder) if e.is_dir(follow_symlinks=False)]
+            except OSError:
+                continue
+        found.update(below)
+        level = below
+    return found
+
+
+def _download_or_clean(spec: _Official, root: Path, split: str) -> None:
+    """spec.download, and when it fails (no network...), the folders it created are removed
+    again, if they are still empty: a failed download leaves no empty MNIST/raw behind."""
+    before = _folders(root)
+    try:
+        spec.download(root, split)
+    except BaseException:
+        created = [d for d in _folders(root) if d not in before]
+        created += [d for d in [root, *root.parents] if d not in before and d.is_dir()]
+        for folder in sorted(set(created), key=lambda d: len(d.parts), reverse=True):  # deepest first
+            try:
+                folder.rmdir()  # only if empty: a file fetched before the failure stays
+            except OSError:
+                pass
+        raise
 
 
 # ---- ImageNet (ImageFolder) ----------------------------------------------------------------------

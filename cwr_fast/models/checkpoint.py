@@ -48,6 +48,10 @@ def extract_state_dict(checkpoint: object, key: str | None = None) -> dict[str, 
             raise CheckpointMismatchError(f"checkpoint is a dict without tensors or any of the keys "
                                           f"{list(_STATE_KEYS)}; its keys: {sorted(checkpoint)[:10]}")
         checkpoint = checkpoint[found[0]]
+    if not checkpoint:  # torch.save({}, p): all() of nothing is true, and every key would be "missing"
+        where = f"checkpoint[{key!r}]" if key is not None else "the checkpoint"
+        raise CheckpointMismatchError(f"{where} holds no tensors (an empty dict): not a model's "
+                                      "weights; save model.state_dict()")
     odd = [(k, type(v).__name__) for k, v in checkpoint.items() if not isinstance(v, torch.Tensor)]
     if odd:
         raise CheckpointMismatchError(f"the state dict in the checkpoint holds values that are not "
