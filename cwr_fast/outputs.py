@@ -276,7 +276,10 @@ def writer_lock(directory: str | os.PathLike, tool: str):
     removed again on exit if nothing else was written into it."""
     directory = Path(directory)
     created = not directory.exists()
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"cannot write to {directory}: {err.strerror or err}") from None
     path = directory / LOCK
     for _ in range(3):
         try:
@@ -289,6 +292,8 @@ def writer_lock(directory: str | os.PathLike, tool: str):
                                   "files)") from None
             path.unlink(missing_ok=True)  # left by a process that is gone
             continue
+        except OSError as err:
+            raise OutputError(f"cannot write to {directory}: {err.strerror or err}") from None
         with os.fdopen(fd, "w") as f:
             f.write(f"{os.getpid()}\n")
         break

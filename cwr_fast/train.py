@@ -230,10 +230,14 @@ def run(args) -> int:
             raise
         if state is not None and trainer.global_step >= trainer.total_steps and \
                 (run_dir / "summary.txt").is_file():
-            if dist.is_main:
-                print(f"{run_dir} is finished (all {cfg.epochs} epochs, summary in "
-                      f"{run_dir / 'summary.txt'}): nothing to resume", flush=True)
-            return 0
+            changed = sorted(set(given(args)) & set(OVERRIDABLE_ON_RESUME))
+            if not changed:
+                if dist.is_main:
+                    print(f"{run_dir} is finished (all {cfg.epochs} epochs, summary in "
+                          f"{run_dir / 'summary.txt'}): nothing to resume", flush=True)
+                return 0
+            trainer.log(f"{run_dir} is finished: only its final report is redone (with "
+                        f"{', '.join('--' + c.replace('_', '-') for c in changed)} given)")
         if state is not None:
             trainer.log(f"resuming {run_dir} at epoch {trainer.epoch + 1}, batch {trainer.batch} "
                         f"(step {trainer.global_step} of {trainer.total_steps})")

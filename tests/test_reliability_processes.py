@@ -67,12 +67,13 @@ def test_sigterm_and_sighup_in_train_say_how_to_resume(sig, tmp_path):
 
 def test_a_second_writer_of_a_running_run_is_refused(tmp_path):
     run = tmp_path / "run"
-    first = subprocess.Popen([sys.executable, "-m", "cwr_fast.train", *map(str, TINY_TRAIN), "--epochs", "50",
-                              "--ckpt-every", "1", "--no-final-eval", "--out", str(run)],
+    # 100,000 tiny epochs: still running when the second one starts, on any machine
+    first = subprocess.Popen([sys.executable, "-m", "cwr_fast.train", *map(str, TINY_TRAIN), "--epochs",
+                              "100000", "--ckpt-every", "1", "--no-final-eval", "--out", str(run)],
                              cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         for line in first.stdout:
-            if "epoch 2/50" in line:
+            if "epoch 2/100000" in line:
                 break
         log_before = (run / "train.log").read_text()
         second = cli("cwr_fast.train", "--resume", run, "--no-final-eval")
