@@ -33,6 +33,33 @@ def integer(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
 
 
+MAX_SEED = 2 ** 63  # torch.manual_seed takes a signed 64-bit integer; numpy's seeds are >= 0
+
+
+def seed(text: str) -> int:
+    """A seed: a whole number in [0, 2**63), as both torch and numpy take it."""
+    value = integer(text)
+    if not 0 <= value < MAX_SEED:
+        raise argparse.ArgumentTypeError(f"a seed must be a whole number >= 0 and < 2**63, got {text}")
+    return value
+
+
+def threads_problem(threads: int | None) -> str | None:
+    """Why --threads N cannot be used (below 1, or more than this machine's CPUs: 100,000 threads
+    exhaust the memory), or None."""
+    import os
+
+    cpus = os.cpu_count() or 1
+    if threads is None:
+        return None
+    if threads < 1:
+        return f"--threads must be >= 1, got {threads}"
+    if threads > cpus:
+        return (f"--threads {threads} is more than the {cpus} CPUs of this machine: give at most "
+                f"{cpus} (more threads than CPUs only contend)")
+    return None
+
+
 def comma_list(cast=str, what: str = "values", allow_empty: bool = False):
     """An argparse type: 'a,b,c' -> [cast(a), cast(b), cast(c)], at least one item unless
     allow_empty ('' -> [])."""

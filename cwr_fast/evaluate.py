@@ -29,17 +29,22 @@ from cwr_fast.attacks.spec import AttackSpecError, check_attacks, parse_attack, 
 from cwr_fast.classwise.analysis import build_report, clean_accuracy_flags, sweep_section
 from cwr_fast.classwise.batch_log import BatchLog
 from cwr_fast.classwise.engine import evaluate_classwise
+from cwr_fast.classwise.outcomes import ROBUST_FILE
 from cwr_fast.cli_types import (ConfigError, budget_problem, fmt_budget, integer, interrupt_on_signals,
                                 interrupted, number, numbers, usage_error)
+from cwr_fast.cli_types import seed as seed_type
+from cwr_fast.cli_types import threads_problem
 from cwr_fast.defenses.calibration import OPTIONS_GROUP, CalibrationConfig, calibrate
 from cwr_fast.models.calibration import ClasswiseCalibration, calibrated_num_classes, is_calibrated_state
-from cwr_fast.models.checkpoint import CheckpointMismatchError, load_weights, read_checkpoint
-from cwr_fast.models.registry import build_model, call_factory, canonical_name, load_factory
+from cwr_fast.models.checkpoint import (CheckpointMismatchError, checkpoint_file_problem, load_weights,
+                                        read_checkpoint)
+from cwr_fast.models.registry import (build_model, call_factory, canonical_name, load_factory,
+                                      materialize_lazy)
 from cwr_fast.models.sources import build_from_source, is_source_spec, parse_source_spec
 from cwr_fast.options import add_options, check_options, given_options
 from cwr_fast.outputs import (check_output_dir, check_output_file, no_space_error, record_written_file,
-                              write_text)
-from cwr_fast.report import REPORT_KIND, format_summary, write_report
+                              same_file, write_text)
+from cwr_fast.report import REPORT_KIND, format_summary, sweep_outcomes_file, write_report
 
 DEFAULT_ATTACKS = "fgsm,pgd-20,cw-30"
 
@@ -114,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CPU threads of torch (default: 1 for a small model on small images on the "
                         "CPU, <= 32x32 and < 5M parameters, where more threads only contend; else "
                         "torch's default)")
-    g.add_argument("--seed", type=integer, default=0)
+    g.add_argument("--seed", type=seed_type, default=0)
     g.add_argument("--out", help="output directory (written atomically once complete; until then "
                    "each evaluated batch is kept in OUT.partial/)")
     g.add_argument("--resume", metavar="OUT",
@@ -212,6 +217,8 @@ def _start_over(out) -> str:
 def _absolute(args) -> None:
     """--out, --resume and --checkpoint as absolute paths, resolved once when the run starts."""
     for name in ("out", "resume", "checkpoint"):
+        if getattr(args, name, None) == "":  # abspath("") is the working folder
+            raise ConfigError(f"--{name} is empty (an unset shell variable?): give a path")
         if getattr(args, name, None) is not None:
             setattr(args, name, os.path.abspath(getattr(args, name)))
 
@@ -414,6 +421,10 @@ def _check_args(args) -> None:
     if args.save_adv is not None:
         if not args.save_adv.endswith(".npz"):
             raise ConfigError(f"--save-adv {args.save_adv}: give a .npz file name")
+        own = {ROBUST_FILE, sweep_outcomes_file("temperature")}  # what the report writes as .npz
+        if Path(args.save_adv).name in own and same_file(Path(args.save_adv).parent, args.out):
+            raise ConfigError(f"--save-adv {args.save_adv} is the report's own "
+                              f"{Path(args.save_adv).name} in --out {args.out}: choose another name")
         check_output_file(args.save_adv, args.overwrite, inputs=_run_inputs(args))
     if (args.arch is None) == (args.model is None):
         raise ConfigError("give exactly one of --arch NAME (with --checkpoint) or --model FILE.py:FACTORY "
@@ -436,8 +447,8 @@ def _check_args(args) -> None:
         raise ConfigError(f"--model {args.model} needs --checkpoint: the architecture is built without "
                           "pretrained weights (cwr_fast never downloads), and an untrained model's "
                           "robustness means nothing")
-    if args.checkpoint is not None and not Path(args.checkpoint).is_file():
-        raise ConfigError(f"checkpoint not found: {args.checkpoint}")
+    if args.checkpoint is not None and checkpoint_file_problem(args.checkpoint):
+        raise ConfigError(checkpoint_file_problem(args.checkpoint))
     if args.eps is not None and budget_problem(args.eps):
         raise ConfigError(f"--eps {budget_problem(args.eps)}")
     if args.eps_l2 is not None and args.eps_l2 < 0:
@@ -456,10 +467,12 @@ def _check_args(args) -> None:
     reason = check_options(calibration_config(args))
     if reason:
         raise ConfigError(reason)
-    for name in ("calibrate_per_class", "batch_size", "sweep_steps", "limit", "threads"):
+    for name in ("calibrate_per_class", "batch_size", "sweep_steps", "limit"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if threads_problem(args.threads):
+        raise ConfigError(threads_problem(args.threads))
     _check_not_locked(args.out)
     check_output_dir(args.out, REPORT_KIND, args.overwrite)
 
@@ -496,6 +509,7 @@ def _load_model(args, info, device: torch.device) -> tuple[torch.nn.Module, bool
         model = call_factory(factory, num_classes=info.num_classes, in_channels=in_channels,
                              mean=mean, std=std)
         label = f"the model of {args.model}"
+    materialize_lazy(model, info.image_shape)  # nn.LazyLinear & co. need their shapes first
     calibrated, train_config, args.recorded_clean = False, None, None
     if args.checkpoint is not None:
         state, train_config, args.recorded_clean = read_checkpoint(args.checkpoint, args.checkpoint_key)
@@ -511,7 +525,14 @@ def _load_model(args, info, device: torch.device) -> tuple[torch.nn.Module, bool
                 raise ConfigError(f"{args.checkpoint} is already calibrated: drop --calibrate-split, "
                                "or fit on the uncalibrated weights")
             model, calibrated = ClasswiseCalibration(model, info.num_classes), True
-        load_weights(model, args.checkpoint, key=args.checkpoint_key, arch_name=label, state=state)
+        try:
+            load_weights(model, args.checkpoint, key=args.checkpoint_key, arch_name=label, state=state)
+        except CheckpointMismatchError as err:
+            if "shape mismatch" not in str(err):
+                raise
+            # a stray label (12 among 0..9) makes a dataset of 13 classes: say where the count came from
+            raise CheckpointMismatchError(f"{err}; the model was built for the {info.num_classes} classes "
+                                          f"of {info.name} (labels 0..{info.num_classes - 1})") from None
     return model.to(device), calibrated, train_config
 
 

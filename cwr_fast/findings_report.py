@@ -49,39 +49,56 @@ def collect(out: Path, settings: dict, reports: dict, sweeps: dict) -> dict:
     methods = {r["name"]: r["method"] for r in settings["runs"]}
     base = {name: reports[name] for name in BASELINES}
     num_classes = base["pgd-at"]["dataset"]["num_classes"]
-    result = {"settings": settings, "attacks": {"pgd": pgd, "aa": aa}, "baselines": {}}
+    result = {"settings": settings, "attacks": {"pgd": pgd, "aa": aa}, "baselines": {},
+              "alpha": F.ALPHA, "power": {"weight_norm": F.weight_norm_power(num_classes)}}
     for name, report in base.items():
         state = torch.load(out / "runs" / name / "checkpoints" / "last.pt", map_location="cpu",
                            weights_only=True)["model"]
         norms = F.classifier_weight_norms(state, num_classes)
         labels = [a["label"] for a in report["attacks"]]
+        correct, y = _outcomes(out, [name], labels)
+        correct = correct[name]
         per_attack = {label: F.robust_acc(report, label) for label in labels}
         temperature = F.temperature_effect(sweeps[name], pgd)
         per_attack[f"tpgd (T={temperature['strongest']['value']:g})"] = _strongest_tpgd(sweeps[name])
-        result["baselines"][name] = {
+        concentration = F.target_concentration(report, pgd)
+        gain = F.gain_test(report, correct, y)
+        n_min = min(r["n"] for r in F.attack_section(report, pgd)["per_class"] if r["n"])
+        overall_pgd = F.attack_section(report, pgd)["overall"]["robust_acc"]
+        entry = result["baselines"][name] = {
             "clean": {"mean": report["clean"]["accuracy"]},
             "disparity": {label: F.disparity(report, label) for label in (pgd, aa)},
-            "concentration": F.target_concentration(report, pgd),
+            "concentration": concentration,
             "concentration_aa": F.target_concentration(report, aa),
             "weight_norms": norms,
             "norm_correlation": {label: F.norm_correlation(norms, F.robust_acc(report, label))
                                  for label in (pgd, aa)},
-            "attack_agreement": F.rank_agreement(per_attack),
-            "gain": F.strongest_gain(report),
+            "attack_ranks": F.rank_agreement(per_attack),
+            "attack_agreement": F.agreement_test(correct, y, num_classes),
+            "gain": gain,
             "temperature": temperature,
             "autoattack_variants": F.autoattack_variants(report, aa),
             "autoattack_breakdown": next((x for x in report.get("autoattack", []) if x["label"] == aa), None),
+            "power": {"disparity": F.disparity_power(report, pgd),
+                      "concentration": F.concentration_power(concentration),
+                      "consistency": F.agreement_power(n_min, len(labels), overall_pgd, num_classes)},
         }
+        if gain is not None:
+            entry["power"]["gains"] = F.gain_power(gain, n_min)
         bits = out / "sweeps" / name / sweep_outcomes_file("temperature")
         if bits.is_file():
             sweep = RobustBits.load(bits)
-            result["baselines"][name]["per_class_T"] = F.per_class_temperature(
+            entry["per_class_T"] = F.per_class_temperature(
                 sweep.robust, sweep.label, sweep.index, sweeps[name]["sweeps"]["temperature"]["values"],
                 report["dataset"]["class_names"])
+            test_n = entry["per_class_T"]["test_images"] // num_classes
+            entry["power"]["temperature"] = F.paired_difference_power("temperature", test_n, overall_pgd)
         if tuple(report["dataset"]["class_names"]) == CIFAR10_CLASSES:
-            result["baselines"][name]["published_pattern"] = F.published_pattern(
+            entry["published_pattern"] = F.published_pattern(
                 F.attack_section(report, aa)["per_class"], PUBLISHED_LEAST, PUBLISHED_MOST)
-    result["defense_agreement"] = F.rank_agreement({n: F.robust_acc(r, aa) for n, r in reports.items()})
+    result["defense_ranks"] = F.rank_agreement({n: F.robust_acc(r, aa) for n, r in reports.items()})
+    correct, y = _outcomes(out, list(reports), [aa])
+    result["defense_agreement"] = F.agreement_test({n: c[aa] for n, c in correct.items()}, y, num_classes)
     rows = []
     for name, report in reports.items():
         baseline = "pgd-at" if methods[name] == "pgd-at" else "trades"
@@ -102,12 +119,65 @@ def collect(out: Path, settings: dict, reports: dict, sweeps: dict) -> dict:
     result["best_defense"] = max(defenses, key=lambda r: (r[aa]["worst"], r[aa]["mean"]))["name"] \
         if defenses else None
     result["seeds"] = seed_statistics(out, settings, methods, aa)
-    best = next((r for r in rows if r["name"] == result["best_defense"]), None)
-    if best is not None:
-        per_seed = result["seeds"].get("paired", {}).get(best["name"]) or [
-            {"seed": settings["seed"], "worst_gain": best["paired"]["worst"]["diff"], "p": best["paired"]["worst"]["p"]}]
-        result["best_defense_verdict"] = F.defense_verdict(per_seed)
+    if result["best_defense"] is not None:
+        best = by_name[result["best_defense"]]
+        held_out = _held_out_pairs(out, settings, best, aa, num_classes)
+        result["best_defense_verdict"] = F.defense_verdict(
+            best["name"], {r["name"]: r["paired"] for r in defenses}, held_out)
+        worst_class_n = min(r["n"] for r in F.attack_section(reports[best["name"]], aa)["per_class"] if r["n"])
+        result["power"]["defense"] = F.paired_difference_power(
+            "defense", worst_class_n, by_name[best["baseline"]][aa]["worst"], seeds=max(len(held_out), 1))
+    result["family"] = F.family(family_tests(result))
     return result
+
+
+def _outcomes(out: Path, runs: list[str], labels: list[str]) -> tuple[dict, np.ndarray]:
+    """({run: {label: [N] correct}}, labels [N]) of runs attacked on the same images, in one
+    image order (that of the image indices)."""
+    first = _bits(out, runs[0])
+    correct = {}
+    for run in runs:
+        bits = _bits(out, run)
+        _, order = aligned(first, bits, [runs[0], run])
+        correct[run] = {label: bits.correct(label)[order] for label in labels}
+    return correct, first.label[np.argsort(first.index, kind="stable")]
+
+
+def _held_out_pairs(out: Path, settings: dict, best: dict, label: str, num_classes: int) -> list[tuple]:
+    """(baseline correct, defense correct, labels, num_classes) of the best defense at every seed
+    but the first, on which it was chosen."""
+    seed_runs = settings.get("seed_runs", {})
+    if best["name"] not in seed_runs or best["baseline"] not in seed_runs:
+        return []
+    pairs = []
+    for base, run in list(zip(seed_runs[best["baseline"]], seed_runs[best["name"]]))[1:]:
+        correct, y = _outcomes(out, [base, run], [label])
+        pairs.append((correct[base][label], correct[run][label], y, num_classes))
+    return pairs
+
+
+def family_tests(result: dict) -> list[tuple[str, float, bool]]:
+    """[(finding, p, reproduced)] of every verdict of one study (its findings.json dict)."""
+    pgd = result["attacks"]["pgd"]
+    tests = []
+    for name, b in result["baselines"].items():
+        tests += [(f"1a ({name})", b["disparity"][pgd]["p"], b["disparity"][pgd]["reproduced"]),
+                  (f"1b ({name})", b["concentration"]["p"], b["concentration"]["reproduced"]),
+                  (f"1c ({name})", b["norm_correlation"][pgd]["p_value"], b["norm_correlation"][pgd]["reproduced"]),
+                  (f"2 ({name})", b["attack_agreement"]["p"], b["attack_agreement"]["reproduced"])]
+        if b["gain"] is not None:
+            tests.append((f"3 ({name})", b["gain"]["p"], b["gain"]["reproduced"]))
+        if b.get("per_class_T") is not None:
+            pc = b["per_class_T"]
+            tests += [(f"4 ({name})", pc["global_T"]["p"], pc["global_T"]["reproduced"]),
+                      (f"4b ({name})", pc["per_class_T"]["p"], pc["per_class_T"]["reproduced"])]
+        if b.get("published_pattern") is not None:
+            tests.append((f"1d ({name})", b["published_pattern"]["p"], b["published_pattern"]["reproduced"]))
+    tests.append(("2 (defenses)", result["defense_agreement"]["p"], result["defense_agreement"]["reproduced"]))
+    if result.get("best_defense_verdict"):
+        v = result["best_defense_verdict"]
+        tests.append(("5", v["p"], v["reproduced"]))
+    return tests
 
 
 def _bits(out: Path, run: str) -> RobustBits:
@@ -177,7 +247,8 @@ def _settings_lines(s: dict) -> list[str]:
              + "."]
     if s["mode"] == "cpu":
         lines.append(
-            f"- **Reduced budget** (so that the whole study runs in under 60 minutes on a 2-core CPU): "
+            f"- **Reduced training budget** (so that the whole study, two datasets and three seeds, runs in "
+            f"under 90 minutes on a 2-core CPU; the test images are not cut): "
             f"training on a class-balanced subset of {s['train_per_class']} images per class "
             f"({s['val_per_class']} more per class held out for validation, the defenses' statistics "
             f"and the calibration), {s['epochs']} epochs, PGD-{s['steps']} of step {s['alpha']:g} in training "
@@ -188,19 +259,20 @@ def _settings_lines(s: dict) -> list[str]:
     else:
         lines.append("- Full mode: the dataset presets of `cwr_fast.train` and the whole test set.")
     test = "the whole test set" if s["test_per_class"] is None else f"{s['test_per_class']} test images per class"
-    if s["mode"] == "cpu":
-        test += (" (a budget choice: AutoAttack as the reference runs it, 100-iteration APGD-T and FAB-T over "
-                 "9 target classes and 5,000 Square queries on every image still robust, takes most of "
-                 "each run's evaluation time, so a more robust model's evaluation costs more)")
+    if s["mode"] == "cpu" and s["test_per_class"] is not None:
+        test += (" (enough for a class's 95% interval of about ±10 points at 70% accuracy; AutoAttack as "
+                 "the reference runs it, 100-iteration APGD-T and FAB-T over 9 target classes and 5,000 "
+                 "Square queries on every image still robust, takes most of each run's evaluation time)")
     lines.append(f"- Evaluation on {test} (the same images for every model): {s['attacks'].replace(',', ', ')} "
                  f"(aa = AutoAttack as the reference implementation runs it, standard version: APGD-CE, "
                  f"APGD-T, FAB-T and Square, cwr_fast's own members; the baselines also get aa-ta, "
                  f"torchattacks' 10-iteration variant, for comparison), {s['attack_steps']} steps for the "
                  f"iterative attacks; Temperature-PGD sweep over T = "
                  f"{', '.join(f'{t:g}' for t in s['temperatures'])} at the same budget and steps.")
-    lines.append("- 95% Wilson intervals are given for per-class accuracies; with "
-                 f"{s['test_per_class'] or 'n'} images a class's interval is about "
-                 f"±{_ci_half_width(s['test_per_class']):.0f} points at 80% accuracy.")
+    n = s["test_per_class"]
+    lines.append("- 95% Wilson intervals are given for per-class accuracies (and drawn on every per-class bar "
+                 + (f"plot); with {n} images a class's interval is about ±{_ci_half_width(n):.0f} points at 80% "
+                    "accuracy." if n else "plot)."))
     return lines
 
 
@@ -230,70 +302,107 @@ def _per_class_table(report: dict, tpgd: list, tpgd_label: str) -> str:
     return markdown_table(header, rows)
 
 
+SUMMARY_HEADER = ["finding", "this run", "p", "smallest effect detectable (80% power); power at the reference effect",
+                  "reproduced?"]
+# how each finding's effect size reads (findings.REFERENCE_EFFECTS, EFFECT_GRIDS)
+EFFECT_UNITS = {"disparity": "points below the other classes", "concentration": "of the errors on one class",
+                "weight_norm": "correlation", "consistency": "points of spread between classes",
+                "gains": "points more extra fooling in the less robust half", "temperature": "points",
+                "defense": "points on the worst class"}
+
+
+def _effect(finding: str, value) -> str:
+    if value is None:
+        return "none on the grid"
+    shown = f"{value:.2f}" if finding == "weight_norm" else f"{100 * value:.0f}%" if finding == "concentration" \
+        else f"{100 * value:.1f}"
+    return f"{shown} {EFFECT_UNITS[finding]}"
+
+
+def power_text(finding: str, power: dict | None) -> str:
+    """'>= X; Y% at the reference (words)' for the summary table."""
+    if power is None:
+        return "–"
+    return (f"{_effect(finding, power['effect'])}; {100 * power['power_at_reference']:.0f}% at "
+            f"{power['reference_words']}" + ("" if power["had_power"] else " (**underpowered**)"))
+
+
+def _verdict(ok: bool, p: float | None) -> str:
+    if ok:
+        return "yes"
+    return "no" if p is None or math.isnan(p) or p >= F.ALPHA else "no (significant, effect below the rule's size)"
+
+
 def summary_rows(result: dict) -> list[list[str]]:
-    """[finding, this run, reproduced?] for every finding of a study (its findings.json dict)."""
+    """SUMMARY_HEADER rows for every finding of a study (its findings.json dict)."""
     pgd, aa = result["attacks"]["pgd"], result["attacks"]["aa"]
     b = result["baselines"]
     summary = []
     for name in b:
         d, c, n = b[name]["disparity"][pgd], b[name]["concentration"], b[name]["norm_correlation"][pgd]
         t, g, a = b[name]["temperature"], b[name]["gain"], b[name]["attack_agreement"]
-        pc = b[name].get("per_class_T")
-        # the sweep's T is chosen on the images it is scored on; the held-out test says whether it holds
-        held_out, t_verdict = "", _yes(t["reproduced"])
-        if pc is not None:
-            x = pc["global_T"]
-            held_out = (f"; T = {pc['global_value']:g} chosen on half the images, on the other half "
-                        f"{_signed(x['diff'])} points, p = {F.num(x['p'], 3)}")
-            if t["reproduced"] and not x["reproduced"]:
-                t_verdict = "yes, not significant on held-out images"
+        pw, pc = b[name]["power"], b[name].get("per_class_T")
         summary += [
             [f"1a. robustness differs a lot between classes ({name})",
              f"{pct(d['worst']['robust_acc'])}% (class {d['worst']['class_name']}) vs "
              f"{pct(d['best']['robust_acc'])}% (class {d['best']['class_name']}) under {pgd}, gap "
-             f"{100 * d['gap']:.1f} points", _yes(d["reproduced"])],
+             f"{100 * d['gap']:.1f} points", _p(d["p"]), power_text("disparity", pw["disparity"]),
+             _verdict(d["reproduced"], d["p"])],
             [f"1b. adversarial examples concentrate on 1-2 classes ({name})",
-             f"top-2 targets take {pct(c['top2_share'])}% of each class's errors (uniform: "
-             f"{pct(c['uniform_top2_share'])}%)", _yes(c["reproduced"])],
+             f"top-2 targets take {pct(c['top2_share'])}% of each class's errors (by chance, for these "
+             f"error counts: {pct(c['null_top2_share'])}%)", _p(c["p"]),
+             power_text("concentration", pw["concentration"]), _verdict(c["reproduced"], c["p"])],
             [f"1c. robust classes have larger classifier-weight norms ({name})",
-             f"Spearman {F.num(n['spearman'])} (p = {F.num(n['p_value'], 3)})", _yes(n["reproduced"])],
+             f"Spearman {F.num(n['spearman'])}", _p(n["p_value"]),
+             power_text("weight_norm", result["power"]["weight_norm"]), _verdict(n["reproduced"], n["p_value"])],
             [f"2. per-class robustness ranks agree across attacks ({name})",
-             f"mean Spearman {F.num(a['mean'])} (min {F.num(a['min'])})", _yes(a["reproduced"])],
+             f"mean Spearman {F.num(a['mean'])} (min {F.num(a['min'])}; shared images alone: "
+             f"{F.num(a['null_mean'])})", _p(a["p"]), power_text("consistency", pw["consistency"]),
+             _verdict(a["reproduced"], a["p"])],
             [f"3. stronger attacks gain on vulnerable classes ({name})",
-             "–" if g is None else f"{pct(g['share_from_vulnerable_half'])}% of the {g['extra_fooled']} extra "
-             f"images {g['stronger']} fools beyond {g['weaker']} are from the less robust half",
-             _yes(g is not None and g["reproduced"])],
-            [f"4. a temperature T != 1 makes PGD stronger ({name})",
-             f"strongest T = {t['strongest']['value']:g}: {pct(t['strongest']['robust_acc'])}% vs "
-             f"{pct(t['at_one'])}% at T = 1{held_out}", t_verdict],
+             "–" if g is None else f"{g['stronger']} fools {g['extra']} images {g['weaker']} leaves robust: "
+             f"{pct(g['gain_rate_lower'])}% of the less robust half's robust images against "
+             f"{pct(g['gain_rate_upper'])}% of the more robust half's",
+             "–" if g is None else _p(g["p"]), power_text("gains", pw.get("gains")),
+             _verdict(g is not None and g["reproduced"], None if g is None else g["p"])],
         ]
         if pc is not None:
+            x = pc["global_T"]
+            summary.append([f"4. a temperature T != 1 makes PGD stronger ({name})",
+                            f"T = {pc['global_value']:g} chosen on half the images; on the other half "
+                            f"{pct(x['robust_acc'])}% vs {pct(x['pgd'])}% at T = 1 ({_signed(x['diff'])} points "
+                            f"[{_signed(x['ci_low'])}, {_signed(x['ci_high'])}]); in-sample strongest T = "
+                            f"{t['strongest']['value']:g}", _p(x["p"]), power_text("temperature", pw.get("temperature")),
+                            _verdict(x["reproduced"], x["p"])])
             x = pc["per_class_T"]
             summary.append([f"4b. a T chosen per class beats PGD on held-out images ({name})",
                             f"{pct(x['robust_acc'])}% vs {pct(x['pgd'])}% ({_signed(x['diff'])} points "
-                            f"[{_signed(x['ci_low'])}, {_signed(x['ci_high'])}], p = {F.num(x['p'], 3)})",
-                            _yes(x["reproduced"]) + ("" if x["reproduced"] else " (not significant)")])
+                            f"[{_signed(x['ci_low'])}, {_signed(x['ci_high'])}])", _p(x["p"]),
+                            power_text("temperature", pw.get("temperature")), _verdict(x["reproduced"], x["p"])])
+        else:
+            summary.append([f"4. a temperature T != 1 makes PGD stronger ({name})",
+                            "the sweep's per-image outcomes are missing: not tested", "–", "–", "not tested"])
         pattern = b[name].get("published_pattern")
         if pattern is not None:
             g = pattern["groups"]
             summary.append([f"1d. the published CIFAR-10 pattern ({name}, {aa})",
                             f"published most robust {pct(g['most']['robust_acc'])}% vs least robust "
-                            f"{pct(g['least']['robust_acc'])}% (p {_p(pattern['p'])}); least robust "
-                            f"here: {', '.join(pattern['least'])}; most: {', '.join(pattern['most'])}",
-                            pattern["agreement"]])
+                            f"{pct(g['least']['robust_acc'])}%; least robust here: {', '.join(pattern['least'])}; "
+                            f"most: {', '.join(pattern['most'])}", _p(pattern["p"]), "–", pattern["agreement"]])
     da = result["defense_agreement"]
     summary.append(["2. per-class ranks agree across defenses",
-                    f"mean Spearman {F.num(da['mean'])} over {len(da['pairs'])} pairs ({aa})", _yes(da["reproduced"])])
+                    f"mean Spearman {F.num(da['mean'])} over {len(da['pairs'])} pairs ({aa}; shared images alone: "
+                    f"{F.num(da['null_mean'])})", _p(da["p"]), "–", _verdict(da["reproduced"], da["p"])])
     if result["best_defense"]:
         best = next(r for r in result["defenses"] if r["name"] == result["best_defense"])
         v = result["best_defense_verdict"]
-        seeds = (f"; over {v['seeds']} seeds {_signed(v['gain_mean'])} ± {100 * v['gain_std']:.1f}, "
-                 f"significant in {v['significant_seeds']} of {v['seeds']}" if v["seeds"] > 1 else
-                 f", paired p = {F.num(best['paired']['worst']['p'], 3)}")
+        where = (f"on the held-out seed{'s' if v['seeds'] > 1 else ''} {', '.join(_signed(x) for x in v['diffs'])} points"
+                 if v["kind"] == "held-out seeds" else f"Holm-corrected over {v['compared']} defenses")
         summary.append(["5. class-wise defenses raise the worst class",
-                        f"best: {best['name']}, worst-class {aa} {pct(best[aa]['worst'])}% "
-                        f"({_signed(best['worst_gain'])} vs {best['baseline']}{seeds}), mean {pct(best[aa]['mean'])}% "
-                        f"({_signed(-best['mean_cost'])})", _yes(v["reproduced"]) + ("" if v["reproduced"] else " (not significant)")])
+                        f"best at the first seed: {best['name']}, worst-class {aa} {pct(best[aa]['worst'])}% "
+                        f"({_signed(best['worst_gain'])} vs {best['baseline']}); {where}",
+                        _p(v["p"]), power_text("defense", result["power"].get("defense")),
+                        _verdict(v["reproduced"], v["p"])])
     return summary
 
 
@@ -307,8 +416,9 @@ def document(result: dict, reports: dict, sweeps: dict) -> str:
     add(f"Reproduces the findings of {PAPER} with this tool. Generated by `python -m cwr_fast.reproduce "
         f"--dataset {s['dataset']}{' --' + s['mode'] if s['mode'] != 'cpu' else ''}` on "
         f"{_dt.date.today().isoformat()}; total wall time {_minutes(s['seconds']['wall'])}"
-        f"{_calls(s['seconds'])} on this machine ({s.get('device', 'cpu')}). **Every number below was measured in that run**; the verdicts "
-        f"follow fixed rules stated in `cwr_fast/findings.py`.\n")
+        f"{_calls(s['seconds'])} on this machine ({s.get('device', 'cpu')}). **Every number below was measured in that run**; each verdict "
+        f"is a statistical test with a stated null hypothesis (`cwr_fast/findings.py`; how to read them "
+        f"below the summary).\n")
     add("## Settings\n")
     L += _settings_lines(s)
     add("")
@@ -316,7 +426,9 @@ def document(result: dict, reports: dict, sweeps: dict) -> str:
     # summary
     add("## Summary\n")
     summary = summary_rows(result)
-    add(markdown_table(["finding", "this run", "reproduced?"], summary))
+    add(markdown_table(SUMMARY_HEADER, summary))
+    add("")
+    L += reading_lines(result)
     add("")
 
     # 1. disparity
@@ -332,8 +444,8 @@ def document(result: dict, reports: dict, sweeps: dict) -> str:
             add(f"- Under {label}: worst class {x['worst']['class_name']} at {pct(x['worst']['robust_acc'])}% "
                 f"[{pct(x['worst']['ci_low'])}, {pct(x['worst']['ci_high'])}], best class "
                 f"{x['best']['class_name']} at {pct(x['best']['robust_acc'])}% [{pct(x['best']['ci_low'])}, "
-                f"{pct(x['best']['ci_high'])}]: a gap of {100 * x['gap']:.1f} points; the intervals "
-                f"{'do not overlap' if x['ci_disjoint'] else 'overlap'}. {F.verdict(x['reproduced'])}")
+                f"{pct(x['best']['ci_high'])}]: a gap of {100 * x['gap']:.1f} points. Test of equal "
+                f"accuracy in every class (Monte-Carlo chi-square): {_p_eq(x['p'])}. {F.verdict(x['reproduced'])}")
         ws = F.attack_section(reports[name], aa)["summary"].get("worst_stats")
         if ws:
             share = ws["worst_frequency"][d[aa]["worst"]["class"]]
@@ -348,7 +460,7 @@ def document(result: dict, reports: dict, sweeps: dict) -> str:
                 f"{g['most']['robust']} of {g['most']['n']} images ({pct(g['most']['robust_acc'])}%), the "
                 f"published least robust {g['least']['robust']} of {g['least']['n']} "
                 f"({pct(g['least']['robust_acc'])}%): a gap of {_signed(pattern['gap'])} points, one-sided "
-                f"Fisher exact p {_p(pattern['p'])}, so this run **{pattern['agreement']}**. Its own "
+                f"Fisher exact {_p_eq(pattern['p'])}, so this run **{pattern['agreement']}**. Its own "
                 f"least robust classes are {', '.join(pattern['least'])} and most robust "
                 f"{', '.join(pattern['most'])} (ties included), {pattern['overlap']} of {pattern['of']} "
                 f"in the published groups.")
@@ -368,8 +480,9 @@ def document(result: dict, reports: dict, sweeps: dict) -> str:
         ca = b[name]["concentration_aa"]
         add(f"\nOver all classes, the top target takes {pct(c['top1_share'])}% and the top two "
             f"{pct(c['top2_share'])}% of the {c['fooled']} errors under {pgd} ({pct(ca['top2_share'])}% under "
-            f"{aa}); spread uniformly over the other classes it would be {pct(c['uniform_top2_share'])}%. "
-            f"{F.verdict(c['reproduced'])}\n")
+            f"{aa}). Spread uniformly at random over the other classes, the same per-class error counts "
+            f"would give {pct(c['null_top2_share'])}% on average (few errors per class make the top two "
+            f"large by chance): Monte-Carlo {_p_eq(c['p'])}. {F.verdict(c['reproduced'])}\n")
     add("![adversarial confusion, pgd-at](plots/confusion_pgd-at.png)\n")
 
     add("### Robustness and the norm of each class's classifier weight\n")
@@ -390,35 +503,50 @@ def document(result: dict, reports: dict, sweeps: dict) -> str:
 
     # 2. consistency
     add("## 2. Consistency of the class ranking\n")
-    add("Spearman rank correlation of per-class robust accuracy between attacks (same model):\n")
+    add("Spearman rank correlation of per-class robust accuracy between attacks (same model, same "
+        "images). The attacks share their images, so their per-class accuracies agree partly because an "
+        "image one attack breaks is easy for the others too, even with no class effect at all; the test "
+        "compares the mean correlation with its value when the class labels are shuffled across images "
+        "(each image keeping all its outcomes).\n")
     for name in b:
-        a = b[name]["attack_agreement"]
-        add(f"**{name}:** " + "; ".join(f"{p['a']} vs {p['b']}: {F.num(p['spearman'])}" for p in a["pairs"])
-            + f". Mean {F.num(a['mean'])}. {F.verdict(a['reproduced'])}\n")
-    da = result["defense_agreement"]
+        a, ranks = b[name]["attack_agreement"], b[name]["attack_ranks"]
+        add(f"**{name}:** " + "; ".join(f"{p['a']} vs {p['b']}: {F.num(p['spearman'])}" for p in ranks["pairs"])
+            + f". Over the attacks of the report, mean {F.num(a['mean'])}; with the labels shuffled "
+            f"{F.num(a['null_mean'])} on average, permutation {_p_eq(a['p'])}. {F.verdict(a['reproduced'])}\n")
+    da, dr = result["defense_agreement"], result["defense_ranks"]
     add(f"Between training methods and defenses (per-class {aa} robust accuracy): " + "; ".join(
-        f"{p['a']} vs {p['b']}: {F.num(p['spearman'])}" for p in da["pairs"])
-        + f". Mean {F.num(da['mean'])}. {F.verdict(da['reproduced'])} (Defenses are meant to change the "
-        "ranking at the bottom, so some disagreement here is expected.)\n")
+        f"{p['a']} vs {p['b']}: {F.num(p['spearman'])}" for p in dr["pairs"])
+        + f". Mean {F.num(da['mean'])}; with the labels shuffled {F.num(da['null_mean'])}, permutation "
+        f"{_p_eq(da['p'])}. {F.verdict(da['reproduced'])} (Defenses are meant to change the ranking at the "
+        "bottom, so some disagreement here is expected.)\n")
 
     # 3. gains
     add("## 3. Stronger attacks gain mainly on the vulnerable classes\n")
+    add("Among the images the weakest attack leaves robust, which ones does the strongest attack fool? "
+        "Each image is scored by its class's robust accuracy under the weakest attack; the test asks "
+        "whether the images fooled in addition come from less robust classes than those that stay "
+        "robust (permutation test, one-sided). Rates, not counts: the halves are compared by the share "
+        "of their robust images that the stronger attack fools.\n")
     for name in b:
         g = b[name]["gain"]
         if g is None:
             add(f"**{name}:** no pair of attacks with different robust accuracy.\n")
             continue
-        add(f"**{name}:** {g['stronger']} fools {g['extra_fooled']} images that {g['weaker']} leaves robust. "
-            f"{pct(g['share_from_vulnerable_half'])}% of them come from the classes below the median "
-            f"robustness under {g['weaker']} ({', '.join(names[c] for c in g['vulnerable_classes'])}); "
-            f"Spearman(gain rate, robustness) = {F.num(g['spearman_gain_vs_robustness'])}. "
+        add(f"**{name}:** {g['stronger']} fools {g['extra']} images that {g['weaker']} leaves robust: "
+            f"{pct(g['gain_rate_lower'])}% of the robust images of the less robust half of the classes, "
+            f"{pct(g['gain_rate_upper'])}% of the more robust half's; {_p_eq(g['p'])}. "
             f"{F.verdict(g['reproduced'])}\n")
-        add(markdown_table(["class"] + [r["class_name"] for r in g["per_class"]],
-                    [["extra fooled"] + [r["count"] for r in g["per_class"]]]))
+        add(markdown_table(["class"] + [names[r["class"]] for r in g["per_class"]],
+                           [["extra fooled"] + [r["extra"] for r in g["per_class"]],
+                            ["of robust (%)"] + [pct(r["gain_rate"]) for r in g["per_class"]]]))
         add("")
 
     # 4. temperature
     add("## 4. Temperature-PGD against PGD at the same budget\n")
+    add("The sweep below is measured on all test images and is descriptive: the strongest T is picked "
+        "on the images it is scored on, and each T has its own random start, so in-sample the best of "
+        "several T beats T = 1 often by chance alone. The verdict comes from the held-out test in the "
+        "next subsection.\n")
     for name in b:
         t = b[name]["temperature"]
         rows = [[f"{v:g}", pct(o), pct(w)] for v, o, w in zip(t["values"], t["overall"], t["worst_class"])]
@@ -428,7 +556,7 @@ def document(result: dict, reports: dict, sweeps: dict) -> str:
                               for r in t["stronger_classes"]) or "none"
         add(f"\nStrongest T = {t['strongest']['value']:g} ({pct(t['strongest']['robust_acc'])}% vs "
             f"{pct(t['at_one'])}% at T = 1). Classes for which some T != 1 is stronger than T = 1: "
-            f"{per_class}. {F.verdict(t['reproduced'])} "
+            f"{per_class}. "
             f"Each T has its own random start: {pgd} itself (T = 1, another start) gives {pct(t['pgd'])}%, so "
             f"differences up to {100 * abs(t['pgd'] - t['at_one']):.1f} points are random-start noise.\n")
     add("![temperature sweep](plots/temperature_sweep.png)\n")
@@ -437,7 +565,8 @@ def document(result: dict, reports: dict, sweeps: dict) -> str:
         add("The sweep's per-image outcomes are split in two halves by image index: on the selection half, "
             "each class gets the T that leaves the fewest of its images robust (T = 1 on ties), and one global "
             "T is chosen the same way; the other half measures both against T = 1 (PGD), paired on the same "
-            "images (difference of class-mean robust accuracy, randomisation-test p, bootstrap 95% interval).\n")
+            "images (difference of class-mean robust accuracy, randomisation-test p, bootstrap 95% interval). "
+            "The global T's held-out test is finding 4's verdict, the per-class T's finding 4b's.\n")
     for name in b:
         pc = b[name].get("per_class_T")
         if pc is None:
@@ -449,10 +578,12 @@ def document(result: dict, reports: dict, sweeps: dict) -> str:
                 for label, x in (("T per class", pc["per_class_T"]), (f"global T = {pc['global_value']:g}", pc["global_T"]))]
         add(markdown_table(["attack", "PGD (T = 1) (%)", "robust (%)", "difference (points) [95% CI]", "p",
                             "worst class (%)"], rows))
-        x = pc["per_class_T"]
-        add("\n" + ("A per-class T beats PGD on the held-out half, significantly. **Reproduced.**" if x["reproduced"] else
-                    f"A per-class T does not beat PGD significantly on the held-out half (p = {F.num(x['p'], 3)}): "
-                    "**not significant.**") + "\n")
+        for finding, label, x in (("4", f"The global T = {pc['global_value']:g}", pc["global_T"]),
+                                  ("4b", "A T per class", pc["per_class_T"])):
+            add(f"\n{finding}. {label} " + ("beats PGD on the held-out half, significantly. **Reproduced.**"
+                                             if x["reproduced"] else f"does not beat PGD significantly on the "
+                                             f"held-out half ({_p_eq(x['p'])}): **not reproduced.**"))
+        add("")
 
     # AutoAttack
     add("## AutoAttack: the reference protocol, per class and per member\n")
@@ -504,15 +635,19 @@ def document(result: dict, reports: dict, sweeps: dict) -> str:
     paired_rows = [[r["name"], r["baseline"],
                     f"{_signed(r['paired']['worst']['diff'])} [{_signed(r['paired']['worst']['ci_low'])}, "
                     f"{_signed(r['paired']['worst']['ci_high'])}]", F.num(r["paired"]["worst"]["p"], 3),
+                    F.num(result["best_defense_verdict"]["holm_first_seed"].get(r["name"]), 3)
+                    if result.get("best_defense_verdict") else "–",
                     f"{_signed(r['paired']['mean']['diff'])} [{_signed(r['paired']['mean']['ci_low'])}, "
                     f"{_signed(r['paired']['mean']['ci_high'])}]", F.num(r["paired"]["mean"]["p"], 3),
                     ", ".join(f"{c['class_name']} {_signed(c['diff'])}" for c in r["paired"]["per_class"] if c["significant"]) or "none"]
                    for r in result["defenses"] if "paired" in r]
     if paired_rows:
         add(f"Paired on the same test images ({aa}; `python -m cwr_fast.compare BASELINE RUN --paired`): the "
-            "worst-class and class-mean differences with paired-bootstrap 95% intervals and randomisation-test "
-            "p-values, and the classes whose difference is significant after Holm's correction (exact McNemar):\n")
-        add(markdown_table(["run", "against", "Δ worst (points) [95% CI]", "p", "Δ mean [95% CI]", "p",
+            "worst-class difference with a simultaneous 95% interval (it holds whichever class is worst; "
+            "method in compare/ and report.json `methods`), the class-mean difference with a paired-bootstrap "
+            "95% interval, randomisation-test p-values (Holm-corrected over the defenses in the last column "
+            "but one), and the classes whose difference is significant after Holm's correction (exact McNemar):\n")
+        add(markdown_table(["run", "against", "Δ worst (points) [95% CI]", "p", "p (Holm)", "Δ mean [95% CI]", "p",
                             "classes significantly changed"], paired_rows))
         add("")
     sd = result["seeds"]
@@ -530,11 +665,18 @@ def document(result: dict, reports: dict, sweeps: dict) -> str:
     if result["best_defense"]:
         best = next(r for r in result["defenses"] if r["name"] == result["best_defense"])
         v = result["best_defense_verdict"]
-        add(f"The highest worst-class {aa} robust accuracy is **{best['name']}**: {pct(best[aa]['worst'])}%, "
-            f"{_signed(best['worst_gain'])} points against {best['baseline']}, mean {aa} robust accuracy "
-            f"{_signed(-best['mean_cost'])} points. Rule (`cwr_fast/findings.py`): "
-            f"the gain is positive at every seed and significant (paired p < 0.05) at half of them or more: "
-            f"here {v['significant_seeds']} of {v['seeds']} seeds significant, so **{v['wording']}**.\n")
+        if v["kind"] == "held-out seeds":
+            rule = (f"it was chosen on the first seed, so the verdict comes from the {v['seeds']} other "
+                    f"seed{'s' if v['seeds'] > 1 else ''} only: "
+                    f"worst-class differences {', '.join(_signed(x) for x in v['diffs'])} points, combined "
+                    f"one-sided randomisation {_p_eq(v['p'])}")
+        else:
+            rule = (f"with one seed, every defense's paired worst-class test is Holm-corrected over the "
+                    f"{v['compared']} defenses compared: {best['name']}'s {_p_eq(v['p'])}")
+        add(f"The highest worst-class {aa} robust accuracy at the first seed is **{best['name']}**: "
+            f"{pct(best[aa]['worst'])}%, {_signed(best['worst_gain'])} points against {best['baseline']}, mean "
+            f"{aa} robust accuracy {_signed(-best['mean_cost'])} points. Test (`cwr_fast/findings.py`, rule 5): "
+            f"{rule}, so **{v['wording']}**.\n")
     add("Defenses: `cwr` is our formulation of the paper's training change (per-class loss weight and "
         "budget from the validation robust accuracy, re-estimated every epoch); `+calibration` adds the "
         "paper's inference-time change as we formulate it (per-class logit scale and bias fitted on the "
@@ -545,10 +687,12 @@ def document(result: dict, reports: dict, sweeps: dict) -> str:
     # caveats
     add("## Where the data disagrees or is inconclusive\n")
     notes = []
-    for finding, measured, outcome in summary:
+    for finding, measured, p, power, outcome in summary:
         if outcome not in ("yes", "agrees"):
-            kind = "Inconclusive" if outcome.startswith(("yes,", "same direction")) else "Not reproduced"
-            notes.append(f"- {kind}: {finding} — {measured}.")
+            underpowered = "underpowered" in power
+            kind = ("Inconclusive (the run could not have seen the reference effect)" if underpowered else
+                    "Inconclusive" if outcome.startswith(("no (significant", "same direction")) else "Not reproduced")
+            notes.append(f"- {kind}: {finding} — {measured}" + ("" if p == "–" else f" (p {p})") + ".")
     for r in result["defenses"]:
         if r["name"] != r["baseline"] and r["mean_cost"] >= 0.05:
             notes.append(f"- {r['name']} costs {100 * r['mean_cost']:.1f} points of mean {aa} robust accuracy "
@@ -560,9 +704,9 @@ def document(result: dict, reports: dict, sweeps: dict) -> str:
                      "registers; a stronger model (more data, epochs and capacity, a GPU) is needed to "
                      "compare defenses on the worst class here.")
     if s["mode"] == "cpu":
-        notes.append("- The reduced budget (subset, short PGD, few epochs) and "
-                     f"{s['test_per_class']} test images per class limit the precision: differences of a "
-                     "few points between defenses are within the per-class intervals.")
+        test = "the whole test split" if s["test_per_class"] is None else f"{s['test_per_class']} test images per class"
+        notes.append(f"- The reduced training budget (subset, short PGD, few epochs) and {test} limit the "
+                     "precision: differences of a few points between defenses are within the per-class intervals.")
     add("\n".join(notes) if notes else "- Every finding above reproduced in this run.")
     add("")
     return "\n".join(L)
@@ -576,8 +720,40 @@ def _yes(ok: bool) -> str:
     return "yes" if ok else "no"
 
 
-def _p(value: float) -> str:
-    return "< 0.001" if value < 0.001 else f"= {value:.3f}"
+def _p(value: float | None) -> str:
+    if value is None or math.isnan(value):
+        return "–"
+    return "< 0.001" if value < 0.001 else f"{value:.3f}"
+
+
+def reading_lines(result: dict) -> list[str]:
+    """How to read the summary: what a verdict claims, and the family of tests."""
+    fam = result["family"]
+    survivors = [r["finding"] for r in fam["rows"] if r["survives_holm"]]
+    return [
+        "How to read it. Each finding is a test of a stated null hypothesis (no class effect, a uniform "
+        "spread of errors, no correlation, no temperature effect, no defense effect; the list is in "
+        "`cwr_fast/findings.py`). **yes** means the test rejects it at p < "
+        f"{F.ALPHA:g} and the effect has the size the rule names; when the finding is false, each rule "
+        "says yes at most 5% of the time (simulated in `tests/test_findings_calibration.py`). **no** means "
+        "this run gives no such evidence, which proves the finding false only where the run had the power "
+        "to see it: the power column gives the smallest effect that a run of this size detects in 80% of "
+        "simulated runs, and how often it would detect the reference effect named there "
+        "(`findings.REFERENCE_EFFECTS`; the paper states its findings in words, so these sizes are ours). "
+        "**underpowered** marks a finding this run could not have decided.",
+        "",
+        f"This study tests {fam['tests']} findings, each at {F.ALPHA:g}: if all of them were false, the "
+        f"chance that at least one says yes is at most {100 * fam['fwer_bound']:.0f}% (Bonferroni). "
+        f"{fam['reproduced']} say yes; {len(survivors)} of them survive Holm's correction over the "
+        f"{fam['tests']} (family-wise error at most {F.ALPHA:g})"
+        + (f": {', '.join(survivors)}." if survivors else "."),
+    ]
+
+
+def _p_eq(value: float | None) -> str:
+    """'p < 0.001' or 'p = 0.123', for prose."""
+    text = _p(value)
+    return f"p {text}" if text.startswith("<") else f"p = {text}"
 
 
 def _signed(value: float) -> str:
@@ -649,9 +825,9 @@ def write_combined_findings(out: Path, paths: list[Path], timing: dict) -> Path:
              "## Budget\n", markdown_table(["study", "dataset", "model", "training", "test images",
                                              "seeds"], [[name, *_budget_row(r)] for name, r in results.items()]), "",
              "## Summary over the datasets\n",
-             markdown_table(["dataset", "finding", "this run", "reproduced?"],
+             markdown_table(["dataset", *SUMMARY_HEADER],
                             [[name, *row] for name, r in results.items() for row in summary_rows(r)]), "",
-             "## Contents\n"]
+             _combined_family(results), "", "## Contents\n"]
     parts += [f"- [{p.parent.name}](#{_anchor(p)})" for p in paths]
     parts.append("")
     for path in paths:
@@ -663,6 +839,17 @@ def write_combined_findings(out: Path, paths: list[Path], timing: dict) -> Path:
     target = out / "FINDINGS.md"
     write_text("\n".join(parts) + "\n", target)
     return target
+
+
+def _combined_family(results: dict) -> str:
+    """The family-wise error over every dataset's findings."""
+    fam = F.family([(f"{name} {r['finding']}", r["p"], r["reproduced"])
+                    for name, result in results.items() for r in result["family"]["rows"]])
+    survivors = [r["finding"] for r in fam["rows"] if r["survives_holm"]]
+    return (f"Over the {len(results)} datasets, {fam['tests']} findings are tested, each at {F.ALPHA:g}; if all "
+            f"were false, at least one would say yes with probability at most {100 * fam['fwer_bound']:.0f}% "
+            f"(Bonferroni). {fam['reproduced']} say yes, and {len(survivors)} survive Holm's correction over all "
+            f"{fam['tests']} (family-wise error at most {F.ALPHA:g})" + (f": {', '.join(survivors)}." if survivors else "."))
 
 
 def _budget_row(result: dict) -> list[str]:

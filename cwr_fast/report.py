@@ -311,16 +311,18 @@ def markdown(report: dict) -> str:
     if report["gains"]:
         out += ["## Where a stronger attack gains", "",
                 "Images robust to the weaker attack but fooled by the stronger one, by class "
-                "(count). 'vulnerable share': share of these from the classes below the median "
-                "robust accuracy under the weaker attack.", ""]
+                "(count). The rates: the share of the images the weaker attack leaves robust that the "
+                "stronger one fools, in the less robust half of the classes under the weaker attack "
+                "(ties by class index) and in the other half.", ""]
         names = [r["class_name"] for r in report["clean"]["per_class"]]
         rows = []
         for g in report["gains"]:
-            share = g["share_from_vulnerable_half"]
-            rows.append([g["weaker"], g["stronger"], str(g["extra_fooled"]),
-                         "–" if share is None else f"{100 * share:.0f}%"]
+            rates = [g.get("gain_rate_vulnerable"), g.get("gain_rate_others")]
+            rows.append([g["weaker"], g["stronger"], str(g["extra_fooled"])]
+                        + ["–" if r is None else f"{100 * r:.1f}%" for r in rates]
                         + [str(p["count"]) for p in g["per_class"]])
-        out += table(["weaker", "stronger", "extra fooled", "vulnerable share"] + names, rows) + [""]
+        out += table(["weaker", "stronger", "extra fooled", "rate, less robust half", "rate, other half"]
+                     + names, rows) + [""]
     for key, title in (("temperature", "Temperature-PGD sweep"), ("eps", "eps sweep")):
         sweep = report["sweeps"].get(key)
         if not sweep:
@@ -369,18 +371,32 @@ def _nan(values):
     return [math.nan if v is None else 100 * v for v in values]
 
 
+def interval_errors(records: Sequence[dict], key: str) -> list[list[float]]:
+    """matplotlib's yerr (in points) of per-class records' 95% intervals around record[key]."""
+    low, high = [], []
+    for r in records:
+        value, lo, hi = r[key], r.get("ci_low"), r.get("ci_high")
+        missing = value is None or lo is None or hi is None
+        low.append(math.nan if missing else 100 * max(value - lo, 0.0))
+        high.append(math.nan if missing else 100 * max(hi - value, 0.0))
+    return [low, high]
+
+
 def plot_per_class(report: dict, path: Path) -> None:
-    names = [r["class_name"] for r in report["clean"]["per_class"]]
-    series = [("clean", [r["clean_acc"] for r in report["clean"]["per_class"]])]
-    series += [(a["label"], [r["robust_acc"] for r in a["per_class"]]) for a in report["attacks"]]
-    series.append(("worst case", [r["robust_acc"] for r in report["worst_case"]["per_class"]]))
+    """Per-class clean and robust accuracy, one bar per attack, each with its 95% Wilson interval."""
+    clean = report["clean"]["per_class"]
+    names = [r["class_name"] for r in clean]
+    sections = [("clean", clean, "clean_acc")] + [(a["label"], a["per_class"], "robust_acc") for a in report["attacks"]]
+    sections.append(("worst case", report["worst_case"]["per_class"], "robust_acc"))
+    series = [(label, [r[key] for r in records]) for label, records, key in sections]
     fig = figure(min(14.0, max(6.0, 0.2 * len(names) * len(series))), 4.4)
     ax = fig.add_subplot()
     if len(names) <= 20:
         width = 0.8 / len(series)
-        for s, (label, values) in enumerate(series):
-            ax.bar([c + (s - (len(series) - 1) / 2) * width for c in range(len(names))], _nan(values),
-                   width=width, label=label)
+        for s, (label, records, key) in enumerate(sections):
+            ax.bar([c + (s - (len(series) - 1) / 2) * width for c in range(len(names))],
+                   _nan([r[key] for r in records]), width=width, label=label,
+                   yerr=interval_errors(records, key), error_kw={"elinewidth": 0.6, "capsize": 1.5})
         ax.set_xticks(range(len(names)), names, rotation=45 if max(map(len, names)) > 3 else 0, ha="right")
     else:
         for label, values in series:
@@ -388,7 +404,7 @@ def plot_per_class(report: dict, path: Path) -> None:
         ax.set_xlabel("class")
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)
-    ax.set_title("Per-class robust accuracy")
+    ax.set_title("Per-class robust accuracy" + (" (bars: 95% Wilson intervals)" if len(names) <= 20 else ""))
     fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", fontsize="small",
                ncols=min(7, len(series)))
     fig.savefig(path)

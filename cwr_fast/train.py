@@ -23,7 +23,7 @@ import torch
 
 from cwr_fast import runtime
 from cwr_fast.cli_types import (INTERRUPTED, ConfigError, fmt_budget, interrupt_on_signals, interrupted,
-                                usage_error)
+                                threads_problem, usage_error)
 from cwr_fast.outputs import (MANIFEST, OutputError, OutputExists, check_output_dir, check_writable,
                               no_space_error, write_manifest, write_text, writer_lock)
 from cwr_fast.training import checkpoint as ckpt
@@ -49,7 +49,8 @@ def _same(a, b) -> bool:
 def config_for_resume(options: dict, saved: TrainConfig) -> TrainConfig:
     """The saved configuration, with the options that may change on resume taken from the command
     line (options: those given); a conflicting trajectory option is an error."""
-    wanted = resolve({"dataset": saved.dataset, "method": saved.method, **options})
+    wanted = resolve({"dataset": saved.dataset, "method": saved.method, "schedule": saved.schedule,
+                      **options})
     conflicts = [k for k in TRAJECTORY_KEYS
                  if k in options and not _same(getattr(wanted, k), getattr(saved, k))]
     if conflicts:
@@ -166,8 +167,8 @@ def summary_text(trainer, report: dict | None, wall: float) -> str:
                      f"{b['mean']['epoch']}) -> checkpoints/best_mean.pt; worst-class robust "
                      f"{100 * b['worst']['value']:.1f}% (epoch {b['worst']['epoch']}) -> "
                      "checkpoints/best_worst.pt")
-    lines.append(f"per-epoch metrics: {trainer.run_dir / 'metrics.jsonl'}; plot: "
-                 f"{trainer.run_dir / 'per_class_robust_acc.png'}")
+    lines.append(f"per-epoch metrics: {trainer.run_dir / 'metrics.jsonl'}"
+                 + (f"; plot: {trainer.run_dir / 'per_class_robust_acc.png'}" if trainer.plots else ""))
     if report is not None:
         short, note = _short_report(report)
         lines += ["", format_summary(short)] + ([note] if note else []) + ["",
@@ -180,8 +181,8 @@ def run(args) -> int:
     from cwr_fast.training.trainer import Trainer
 
     started = time.perf_counter()
-    if args.threads is not None and args.threads < 1:
-        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+    if threads_problem(args.threads):
+        raise ConfigError(threads_problem(args.threads))
     state = None
     if args.resume is not None:
         path = ckpt.resolve_resume_path(args.resume)
@@ -223,14 +224,16 @@ def run(args) -> int:
         progress = {"on": True, "off": False}.get(args.progress, sys.stderr.isatty())
         try:
             trainer = Trainer(cfg, run_dir, dist, resume=state, progress=progress,
-                              plots=not args.no_plots, final_eval=not args.no_final_eval, log=log)
+                              plots=cfg.plots, final_eval=cfg.final_eval, log=log)
         except BaseException:  # refused while setting up (data, model): leave no run behind
             if dist.is_main and state is None:
                 _remove_unstarted_run(run_dir)
             raise
         if state is not None and trainer.global_step >= trainer.total_steps and \
                 (run_dir / "summary.txt").is_file():
-            changed = sorted(set(given(args)) & set(OVERRIDABLE_ON_RESUME))
+            saved = TrainConfig.from_dict(state["config"])
+            changed = sorted(k for k in set(given(args)) & set(OVERRIDABLE_ON_RESUME)
+                             if not _same(getattr(cfg, k), getattr(saved, k)))
             if not changed:
                 if dist.is_main:
                     print(f"{run_dir} is finished (all {cfg.epochs} epochs, summary in "
@@ -248,7 +251,7 @@ def run(args) -> int:
                         f", {dist.world_size} process(es) -> {run_dir}")
         try:
             trainer.train()
-            report = trainer.final_report() if not args.no_final_eval else None
+            report = trainer.final_report() if cfg.final_eval else None
         except KeyboardInterrupt:
             return interrupted("cwr_fast.train", kept_on_interrupt(run_dir)) if dist.is_main else INTERRUPTED
         if dist.is_main:

@@ -96,7 +96,22 @@ def test_gain_attribution_points_at_the_vulnerable_classes():
     assert [p["count"] for p in g["per_class"]] == [0, 1, 4, 3]
     assert g["vulnerable_classes"] == [2, 3]
     assert g["share_from_vulnerable_half"] == pytest.approx(7 / 8)
+    assert g["gain_rate_vulnerable"] == pytest.approx(7 / 9) and g["gain_rate_others"] == pytest.approx(1 / 18)
     assert g["spearman_gain_vs_robustness"] < 0
+
+
+def test_gain_attribution_keeps_a_vulnerable_half_when_the_median_class_is_at_zero():
+    """Six of ten classes at 0% under the weaker attack: 'below the median' would be no class;
+    the lower half by rank (ties by class index) is five classes, and rates divide by the images
+    the weaker attack left robust."""
+    n = [10] * 10
+    weak = [0, 0, 0, 0, 0, 0, 4, 6, 8, 10]
+    strong = [0, 0, 0, 0, 0, 0, 1, 5, 8, 10]
+    g = gain_attribution(make_counts([weak, strong], n, ["weak", "strong"]), list("abcdefghij"))[0]
+    assert g["vulnerable_classes"] == [0, 1, 2, 3, 4]
+    assert g["gain_rate_vulnerable"] is None  # none of its images survive the weaker attack
+    assert g["gain_rate_others"] == pytest.approx(4 / 28)
+    assert g["per_class"][6]["rate"] == pytest.approx(3 / 4)
 
 
 def test_sanity_flags():

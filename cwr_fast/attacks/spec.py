@@ -33,7 +33,7 @@ from cwr_fast.attacks.fab import FAB, FABT
 from cwr_fast.attacks.gradient import CW, FGSM, PGD, PGDL2, TARGET_MODES, TemperaturePGD
 from cwr_fast.attacks.square import Square
 from cwr_fast.attacks.torchattacks_aa import TorchattacksAutoAttack
-from cwr_fast.cli_types import number
+from cwr_fast.cli_types import MAX_SEED, number
 
 _ITERATIVE_KEYS = {"eps", "alpha", "restarts", "rs", "T", "target"}
 _AA_KEYS = {"eps", "version", "norm", "seed"}
@@ -66,7 +66,6 @@ _NO_STEPS = ("fgsm", "aa", "aa-ta")
 _ALIASES = {"autoattack": "aa", "pgd_l2": "pgdl2", "l2pgd": "pgdl2", "cwlinf": "cw", "cw_linf": "cw",
             "autoattack-ta": "aa-ta"}
 DEFAULT_STEPS = 10  # of the PGD family; AutoAttack's members have their own defaults
-MAX_SEED = 2 ** 63  # torch.manual_seed takes a signed 64-bit integer
 
 
 class AttackSpecError(ValueError):
@@ -141,6 +140,8 @@ class AttackSpec:
 
 
 _FEW_CLASSES = {  # what to run instead, by the number of classes an attack needs
+    2: "with a single class there is nothing to misclassify an image as: check the labels of the "
+       "data (every label is 0?)",
     3: "the DLR loss reads the 3rd largest logit; use apgd-ce (or aa with C >= 4)",
     4: "APGD-T's targeted DLR loss reads the 4th largest logit, and the reference AutoAttack cannot "
        "run either; use --attacks apgd-ce,fab-t,square (AutoAttack's members that work with "

@@ -19,7 +19,8 @@ null where a class has no images. Class indices are ints, names strings.
     rank_agreement    [{a, b, spearman}] for every pair of attacks (per-class robust accuracy)
     gains: [          for each pair weaker -> stronger (by overall robust accuracy)
       {weaker, stronger, extra_fooled, per_class: [{class, class_name, count, share, rate}],
-       vulnerable_classes, share_from_vulnerable_half, spearman_gain_vs_robustness}]
+       vulnerable_classes, share_from_vulnerable_half, gain_rate_vulnerable, gain_rate_others,
+       spearman_gain_vs_robustness}]
     sweeps            {temperature: sweep | null, eps: sweep | null}, sweep =
                       {parameter, attack, values, overall_robust_acc [per value],
                        per_class: [{class, class_name, robust_acc [per value], strongest}],
@@ -37,7 +38,8 @@ null where a class has no images. Class indices are ints, names strings.
                     its robust accuracy needed), or null}],
        worst_class {class, class_name, robust_acc, last_needed}}]
 
-    methods           {worst_stats: how summary.worst_stats is computed, in words}
+    methods           {worst_stats: how summary.worst_stats is computed, paired_difference: the
+                      paired tests and intervals used against another report (classwise.paired)}, in words
 
     summary = {mean, std, gap, worst {class, class_name, value}, best {...}, worst_stats
                {estimate, level, ci_low, ci_high (simultaneous interval of the lowest class
@@ -59,6 +61,7 @@ import torch
 
 from cwr_fast.attacks.checks import square_success_flag
 from cwr_fast.classwise.counts import ClasswiseCounts
+from cwr_fast.classwise.paired import PAIRED_METHOD
 from cwr_fast.classwise.stats import (WORST_CLASS_METHOD, class_summary, spearman, wilson_interval,
                                       worst_class_statistics)
 
@@ -148,10 +151,13 @@ def rank_agreement(counts: ClasswiseCounts) -> list[dict]:
 
 def gain_attribution(counts: ClasswiseCounts, class_names: Sequence[str]) -> list[dict]:
     """For each pair weaker -> stronger attack (strictly lower overall robust accuracy): the images
-    the weaker attack leaves robust but the stronger one fools, by class. `vulnerable_classes` are
-    the classes below the median robust accuracy under the weaker attack; the paper finds the
-    extra fooled images come mainly from them (share_from_vulnerable_half near 1), and
-    spearman_gain_vs_robustness < 0 says the same with ranks."""
+    the weaker attack leaves robust but the stronger one fools, by class, as counts and as rates
+    (of the images the weaker attack leaves robust in the class). `vulnerable_classes` are the
+    lower half of the classes by robust accuracy under the weaker attack (floor(C/2) classes; ties
+    at the boundary go by class index, so a median of 0% still gives a half); the paper finds the
+    stronger attack gains more there: gain_rate_vulnerable above gain_rate_others, and
+    spearman_gain_vs_robustness < 0 says the same with ranks. Descriptive: the findings' rule 3
+    tests it on per-image outcomes (cwr_fast.classwise.hypothesis.vulnerable_gain_test)."""
     n = counts.n.numpy()
     robust_total = {a: int(counts.robust(a).sum()) for a in counts.attack_names}
     out = []
@@ -161,11 +167,17 @@ def gain_attribution(counts: ClasswiseCounts, class_names: Sequence[str]) -> lis
             continue
         gain = counts.gain[i, j].numpy()
         total = int(gain.sum())
-        weak_acc = _acc(counts.robust(weaker).numpy(), n)
-        valid = ~np.isnan(weak_acc)
-        median = float(np.median(weak_acc[valid])) if valid.any() else math.nan
-        vulnerable = [c for c in range(len(class_names)) if valid[c] and weak_acc[c] < median]
-        rate = _acc(gain, n)
+        weak_robust = counts.robust(weaker).numpy()
+        weak_acc = _acc(weak_robust, n)
+        valid = np.flatnonzero(~np.isnan(weak_acc))
+        ordered = valid[np.lexsort((valid, weak_acc[valid]))]
+        vulnerable = sorted(int(c) for c in ordered[:len(valid) // 2])
+        others = [int(c) for c in valid if c not in vulnerable]
+        rate = _acc(gain, weak_robust)
+
+        def pooled(classes):
+            robust = int(weak_robust[classes].sum())
+            return _num(gain[classes].sum() / robust) if robust else None
         out.append({
             "weaker": weaker, "stronger": stronger, "extra_fooled": total,
             "per_class": [{"class": c, "class_name": class_names[c], "count": int(gain[c]),
@@ -173,6 +185,7 @@ def gain_attribution(counts: ClasswiseCounts, class_names: Sequence[str]) -> lis
                            "rate": _num(rate[c])} for c in range(len(class_names))],
             "vulnerable_classes": vulnerable,
             "share_from_vulnerable_half": _num(gain[vulnerable].sum() / total) if total else None,
+            "gain_rate_vulnerable": pooled(vulnerable), "gain_rate_others": pooled(others),
             "spearman_gain_vs_robustness": _num(spearman(rate, weak_acc)),
         })
     return out
@@ -407,5 +420,6 @@ def build_report(counts: ClasswiseCounts, class_names: Sequence[str], *,
         "sweeps": {"temperature": temperature_sweep, "eps": eps_sweep},
         "flags": sanity_flags(counts, attacks, eps_sweep),
         "autoattack": autoattack_sections(counts, class_names),
-        "methods": {"worst_stats": WORST_CLASS_METHOD},
+        # paired_difference: how `compare --paired` and FINDINGS.md compare this report with another
+        "methods": {"worst_stats": WORST_CLASS_METHOD, "paired_difference": PAIRED_METHOD},
     }

@@ -20,6 +20,7 @@ import time
 from cwr_fast.data.errors import DatasetError
 from cwr_fast.data.ffcv_io import WRITE_MODES, default_beton_path, write_beton
 from cwr_fast.cli_types import interrupted, usage_error
+from cwr_fast.outputs import NoSpaceError
 
 TOOL = "cwr_fast.data.beton"
 
@@ -60,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
                            compress_probability=args.compress_probability,
                            num_workers=args.num_workers, download=not args.no_download,
                            overwrite=args.overwrite)
+    except NoSpaceError as err:  # a failure after starting: exit 1, nothing left behind
+        print(f"{TOOL}: error: {err}", file=sys.stderr)
+        return 1
     except (DatasetError, OSError, ValueError, ImportError) as err:
         return usage_error(TOOL, err)
     except KeyboardInterrupt:

@@ -12,9 +12,11 @@ uses a .beton found there.
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import os
 import queue
+import time
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +25,11 @@ from cwr_fast.data.decode import DecodedFiles
 from cwr_fast.data.errors import DatasetError
 from cwr_fast.data.registry import data_root, dataset_info, is_generic
 from cwr_fast.data.sources import file_samples, load_arrays
-from cwr_fast.outputs import check_output_file, record_written_file, temporary_prefix
+from cwr_fast.outputs import (NoSpaceError, check_output_file, is_no_space, record_written_file,
+                              temporary_prefix)
 
 WRITE_MODES = ("raw", "jpg", "proportion", "smart")
+_NO_SPACE = "no space left on the device"  # what a writer worker reports for a full disk
 FFCV_HINT = ("FFCV is an optional extra: install Debian's libturbojpeg0-dev libopencv-dev "
              "pkg-config, then `pip install -e .[ffcv]`")
 
@@ -91,13 +95,15 @@ def _write_worker(input_queue, metadata_sm, metadata_type, fields, allocator, do
                         handle_sample(dataset[source_ix], dest_ix, field_names, metadata,
                                       allocator, fields)
                     except Exception as err:
-                        failures.put(_describe_failure(dataset, source_ix, err))
+                        failures.put(_NO_SPACE if is_no_space(err) else
+                                     _describe_failure(dataset, source_ix, err))
                         return
                 with done_number.get_lock():
                     done_number.value += len(chunk)
         allocations_queue.put(allocator.allocations)
     except Exception as err:
-        failures.put(f"the FFCV writer failed: {type(err).__name__}: {err}")
+        failures.put(_NO_SPACE if is_no_space(err) else
+                     f"the FFCV writer failed: {type(err).__name__}: {err}")
     except KeyboardInterrupt:
         pass
 
@@ -140,10 +146,7 @@ def _checked_writer_class():
                     previous = val
                     sleep(0.1)
                 progress.close()
-                allocation_list = []
-                for _ in processes:
-                    allocation_list.extend(allocations_queue.get())
-                self.finalize(allocation_list)
+                self.finalize(self._allocations(processes, allocations_queue, failures))
             finally:
                 if progress is not None:
                     progress.close()
@@ -156,21 +159,44 @@ def _checked_writer_class():
                 self.metadata_sm.close()
                 self.metadata_sm.unlink()
 
-        @staticmethod
-        def _check(processes, failures, finished) -> None:
+        def _check(self, processes, failures, finished) -> None:
             try:
-                raise DatasetError(failures.get_nowait())
+                self._fail(failures.get_nowait())
             except queue.Empty:
                 pass
             codes = [proc.exitcode for proc in processes]
             dead = [c for c in codes if c not in (None, 0)]
             if dead or (all(c == 0 for c in codes) and not finished()):
                 try:  # a failure reported just before its worker ended
-                    raise DatasetError(failures.get(timeout=2))
+                    self._fail(failures.get(timeout=2))
                 except queue.Empty:
                     pass
                 raise DatasetError(f"an FFCV writer worker ended (exit code {(dead or [0])[0]}) "
                                    "before every image was written; nothing was written")
+
+        def _allocations(self, processes, allocations_queue, failures) -> list:
+            """Each worker's allocations, which it sends once its images are flushed to the file;
+            a worker whose last flush fails (a full disk) has counted all its images already, so
+            its failure is watched for here too, instead of waiting forever."""
+            allocation_list, quiet_since = [], None
+            for _ in processes:
+                while True:
+                    try:
+                        allocation_list.extend(allocations_queue.get(timeout=0.2))
+                        break
+                    except queue.Empty:
+                        self._check(processes, failures, lambda: True)
+                        if all(proc.exitcode is not None for proc in processes):
+                            quiet_since = quiet_since or time.monotonic()
+                            if time.monotonic() - quiet_since > 10:
+                                raise DatasetError("the FFCV writer workers ended without "
+                                                   "reporting their images; nothing was written")
+            return allocation_list
+
+        def _fail(self, failure: str):
+            if failure == _NO_SPACE:  # write_beton names the file
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self.fname)
+            raise DatasetError(failure)
 
     return CheckedWriter
 
@@ -200,6 +226,12 @@ def write_beton(name: str, split: str, out: str | os.PathLike | None = None, dat
     if isinstance(max_resolution, bool) or not isinstance(max_resolution, int) or max_resolution < 1:
         raise ValueError(f"max_resolution (--max-resolution) must be a whole number >= 1 "
                          f"(pixels of the longest side kept), got {max_resolution!r}")
+    cpus = os.cpu_count() or 1
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or \
+            not (num_workers == -1 or 1 <= num_workers <= 4 * cpus):
+        raise ValueError(f"num_workers (--num-workers) must be -1 (all {cpus} CPUs) or 1 to "
+                         f"{4 * cpus}, got {num_workers!r} (one writer process each: more than the "
+                         "CPUs only contend, and thousands never finish starting)")
     import_ffcv()
     from ffcv.fields import IntField, NDArrayField, RGBImageField
     DatasetWriter = _checked_writer_class()
@@ -226,6 +258,10 @@ def write_beton(name: str, split: str, out: str | os.PathLike | None = None, dat
                                num_workers=num_workers)
         writer.from_indexed_dataset(samples)
         os.replace(tmp, out)
+    except (OSError, RuntimeError) as err:  # a full disk, in this process or a writer worker
+        if is_no_space(err):
+            raise NoSpaceError(out, "free space and run the same command again") from err
+        raise
     finally:
         tmp.unlink(missing_ok=True)
     record_written_file(out)

@@ -116,16 +116,36 @@ def recorded_clean_accuracy(checkpoint: object) -> tuple[float, str] | None:
     return None
 
 
+def checkpoint_file_problem(path: str | Path) -> str | None:
+    """Why `path` cannot be a checkpoint file before reading it (missing, a directory, empty), or None."""
+    path = Path(path)
+    if path.is_dir():
+        last = path / "checkpoints" / "last.pt"
+        return (f"checkpoint {path} is a directory: give the weights file in it"
+                + (f", e.g. {last}" if last.is_file() else ""))
+    if not path.is_file():
+        return f"checkpoint not found: {path}"
+    if path.stat().st_size == 0:
+        return f"checkpoint {path} is empty (0 bytes): not a model's weights (an interrupted copy or save?)"
+    return None
+
+
 def read_checkpoint(path: str | Path, key: str | None = None) -> Checkpoint:
     """The model's state dict in a checkpoint file (see extract_state_dict), with what the file
     records beside it (Checkpoint); FileNotFoundError or CheckpointMismatchError."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+    problem = checkpoint_file_problem(path)
+    if problem:
+        raise (CheckpointMismatchError if path.exists() else FileNotFoundError)(problem)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle errors, truncated files, non-tensor objects
-        raise CheckpointMismatchError(f"cannot read checkpoint {path} with weights_only=True: {err}") from err
+        # a foreign file gives bare reasons such as KeyError(101) or EOFError()
+        reason = str(err) if len(str(err)) > 8 else (f"not a file written by torch.save (a zip "
+                                                      f"archive or a pickle) ({type(err).__name__}"
+                                                      + (f": {err}" if str(err) else "") + ")")
+        raise CheckpointMismatchError(f"cannot read checkpoint {path} with weights_only=True: "
+                                      f"{reason}") from err
     config = checkpoint.get("config") if isinstance(checkpoint, Mapping) else None
     return Checkpoint(extract_state_dict(checkpoint, key), config if isinstance(config, dict) else None,
                       recorded_clean_accuracy(checkpoint))

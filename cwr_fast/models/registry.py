@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from cwr_fast.models.normalize import NormalizedModel
@@ -54,6 +57,19 @@ def build_model(name: str, num_classes: int, mean: Sequence[float] | None = None
     return NormalizedModel(net, mean, std)
 
 
+def user_code_error(what: str, path: Path | None, err: Exception) -> ValueError:
+    """One line for an error raised by the user's model code, naming the line of their file
+    where it happened (the traceback inside cwr_fast says nothing to them)."""
+    line = err.lineno if isinstance(err, SyntaxError) else None
+    if line is None and path is not None:
+        mine = [f for f in traceback.extract_tb(err.__traceback__)
+                if os.path.realpath(f.filename) == os.path.realpath(path)]
+        line = mine[-1].lineno if mine else None
+    reason = err.msg if isinstance(err, SyntaxError) else " ".join(str(err).split())
+    return ValueError(f"{what}: {type(err).__name__}: {reason}"
+                      + (f" ({path}, line {line})" if line else ""))
+
+
 def load_factory(spec: str) -> Callable[..., nn.Module]:
     """'path/to/file.py:factory' -> the callable `factory` defined in that file."""
     path_str, sep, attr = spec.rpartition(":")
@@ -66,11 +82,39 @@ def load_factory(spec: str) -> Callable[..., nn.Module]:
     module_spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[module_name] = module
-    module_spec.loader.exec_module(module)
+    dont_write, sys.dont_write_bytecode = sys.dont_write_bytecode, True  # no __pycache__ in the user's folder
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as err:  # the user's file: a syntax error, a missing import, ...
+        sys.modules.pop(module_name, None)
+        raise user_code_error(f"cannot load --model file {path}", path, err) from err
+    finally:
+        sys.dont_write_bytecode = dont_write
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise ValueError(f"{path} has no callable named {attr!r}")
     return factory
+
+
+def materialize_lazy(model: nn.Module, image_shape: Sequence[int]) -> nn.Module:
+    """A model with lazy modules (nn.LazyLinear, ...) gets its parameters' shapes from one forward
+    pass of a blank image [1, *image_shape], in eval mode and without gradients, every module's
+    mode restored; their values are drawn from torch's current generator (or replaced by the
+    checkpoint loaded next). Anything else is left as it is."""
+    from torch.nn.parameter import is_lazy
+
+    if not any(is_lazy(t) for t in (*model.parameters(), *model.buffers())):
+        return model
+    modes = [(m, m.training) for m in model.modules()]
+    device = next((t.device for t in model.parameters() if not is_lazy(t)), torch.device("cpu"))
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, *image_shape, device=device))
+    finally:
+        for module, training in modes:
+            module.training = training
+    return model
 
 
 def call_factory(factory: Callable[..., nn.Module], **available) -> nn.Module:
@@ -78,7 +122,12 @@ def call_factory(factory: Callable[..., nn.Module], **available) -> nn.Module:
     params = inspect.signature(factory).parameters
     takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
     kwargs = {k: v for k, v in available.items() if takes_kwargs or k in params}
-    model = factory(**kwargs)
+    try:
+        model = factory(**kwargs)
+    except Exception as err:
+        source = inspect.getsourcefile(factory) if inspect.isfunction(factory) else None
+        raise user_code_error(f"the model factory {getattr(factory, '__name__', factory)!s}({', '.join(kwargs)}) "
+                              "raised", Path(source) if source else None, err) from err
     if not isinstance(model, nn.Module):
         raise TypeError(f"model factory returned {type(model).__name__}, not a torch.nn.Module")
     return model

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cwr_fast.cli_types import ConfigError, budget_problem, comma_list, fmt_budget, integer, number
+from cwr_fast.cli_types import seed as seed_type
 from cwr_fast.data.info import EMBEDDED_BUDGET
 from cwr_fast.data.registry import budget_of
 from cwr_fast.defenses.calibration import OPTIONS_GROUP as CALIBRATION, CalibrationConfig
@@ -43,6 +44,11 @@ def _ema(v):
     return None if v == 0 or 0 < v < 1 else f"must be 0 (off) or a decay in (0, 1), got {v:g}"
 
 
+def _workers(v):
+    most = 4 * (os.cpu_count() or 1)  # one process each: thousands never finish starting
+    return None if v is None or 0 <= v <= most else f"must be 0 (in the main process) to {most}, got {v}"
+
+
 def _milestones(v):
     return None if all(m >= 0 for m in v) else f"must be >= 0, got {v}"
 
@@ -62,7 +68,7 @@ class TrainConfig(CalibrationConfig):
                                   shown_default="$CWR_FAST_DATA, else ~/.cache/cwr_fast/data")
     loader: str = option("auto", "data backend", DATA, choices=BACKENDS)
     num_workers: int | None = option(None, "loader workers", DATA, type=integer,
-                                     shown_default="the backend's")
+                                     shown_default="the backend's", check=_workers)
     val_split: str = option("holdout", "per-epoch validation data: 'holdout' (--val-per-class "
                             "images per class held out of the training split, never trained on) "
                             "or a split name such as test or val", DATA, fixed_on_resume=True)
@@ -142,6 +148,9 @@ class TrainConfig(CalibrationConfig):
     final_limit: int | None = option(None, "class-balanced limit on the test images of the final "
                                      "report", EVAL, type=integer,
                                      check=at_least(1, optional=True), shown_default="all")
+    final_eval: bool = option(True, "the final report (a resumed run keeps its own choice unless "
+                              "--final-eval or --no-final-eval is given)", EVAL,
+                              action=argparse.BooleanOptionalAction)
     final_model: str = option("last", "weights of the final report", EVAL,
                               choices=("last", "best-mean", "best-worst"))
     calibrate: bool = option(False, "before the final report, fit a class-wise calibration of "
@@ -154,7 +163,7 @@ class TrainConfig(CalibrationConfig):
                                          check=at_least(1, optional=True),
                                          shown_default="--val-steps")
     # run
-    seed: int = option(0, "seed of everything", RUN, type=integer, fixed_on_resume=True)
+    seed: int = option(0, "seed of everything", RUN, type=seed_type, fixed_on_resume=True)
     deterministic: bool = option(False, "deterministic algorithms (torch.use_deterministic_"
                                  "algorithms, no cuDNN benchmark); the CPU path is deterministic "
                                  "regardless", RUN, action="store_true")
@@ -163,6 +172,9 @@ class TrainConfig(CalibrationConfig):
                              shown_default="runs/<time>-<dataset>-<arch>-<method>")
     ckpt_every: int = option(0, "also checkpoint every N steps (0: at epoch ends only)", RUN,
                              type=integer, check=non_negative)
+    plots: bool = option(True, "per_class_robust_acc.png and the report's plots; a resumed run "
+                         "keeps its own choice unless --plots or --no-plots is given", RUN,
+                         action=argparse.BooleanOptionalAction)
     time_split: bool = option(False, "synchronise CUDA around each phase to time attack / "
                               "forward-backward / data exactly (the CPU is always timed)", RUN,
                               action="store_true")
@@ -285,8 +297,6 @@ def build_parser() -> argparse.ArgumentParser:
     groups = {name: p.add_argument_group(name) for name in (DATA, MODEL, METHOD, SGD, EVAL,
                                                              CALIBRATION, RUN)}
     add_options(p, TrainConfig, groups, shown_defaults=from_preset)
-    g = groups[EVAL]
-    g.add_argument("--no-final-eval", action="store_true", help="skip the final report")
     g = groups[RUN]
     g.add_argument("--overwrite", action="store_true", help="allow a non-empty --out")
     g.add_argument("--resume", metavar="RUN_DIR|CKPT",
@@ -297,7 +307,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "cores are shared; else torch's default)")
     g.add_argument("--progress", default="auto", choices=("auto", "on", "off"),
                    help="tqdm progress bar (default auto: when stderr is a terminal)")
-    g.add_argument("--no-plots", action="store_true")
     return p
 
 
@@ -324,6 +333,10 @@ def resolve(args: argparse.Namespace | dict) -> TrainConfig:
         values["arch"] = canonical_name(values["arch"])
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    unused = [k for k in ("milestones", "gamma") if k in options]
+    if unused and values["schedule"] != "piecewise":  # else silently without effect
+        raise ConfigError(f"--{unused[0]} belongs to --schedule piecewise, and the schedule is "
+                          f"{values['schedule']}: add --schedule piecewise, or drop --{unused[0]}")
     if "milestones" not in options:
         values["milestones"] = [round(f * values["epochs"], 6) for f in preset["milestones"]]
     values["milestones"] = list(values["milestones"])
@@ -370,6 +383,11 @@ def check(cfg: TrainConfig, info) -> None:
     if cfg.final_limit is not None and cfg.final_limit < info.num_classes:
         raise ConfigError(f"--final-limit {cfg.final_limit} is below the number of classes "
                           f"({info.num_classes})")
+    late = [m for m in cfg.milestones if m >= cfg.epochs]
+    if cfg.schedule == "piecewise" and late:
+        raise ConfigError(f"--milestones {','.join(f'{m:g}' for m in late)}: not before the end of "
+                          f"the run (--epochs {cfg.epochs}), so the learning rate would never decay "
+                          "there; give epochs below --epochs")
     if cfg.nesterov and cfg.momentum == 0:
         raise ConfigError("--nesterov needs --momentum > 0")
     try:  # the defense with its options and the method, as the trainer will build them
