@@ -44,6 +44,14 @@ def seed(text: str) -> int:
     return value
 
 
+def most_workers() -> int:
+    """The most loader or writer processes cwr_fast starts: 4 per CPU (one process each; more only
+    contend, and thousands never finish starting)."""
+    import os
+
+    return 4 * (os.cpu_count() or 1)
+
+
 def threads_problem(threads: int | None) -> str | None:
     """Why --threads N cannot be used (below 1, or more than this machine's CPUs: 100,000 threads
     exhaust the memory), or None."""

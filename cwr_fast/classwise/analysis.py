@@ -62,8 +62,8 @@ import torch
 from cwr_fast.attacks.checks import square_success_flag
 from cwr_fast.classwise.counts import ClasswiseCounts
 from cwr_fast.classwise.paired import PAIRED_METHOD
-from cwr_fast.classwise.stats import (WORST_CLASS_METHOD, class_summary, spearman, wilson_interval,
-                                      worst_class_statistics)
+from cwr_fast.classwise.stats import (WORST_CLASS_METHOD, by_robustness, class_summary, spearman,
+                                      wilson_interval, worst_class_statistics)
 
 SCHEMA = "cwr_fast.classwise_report"
 SCHEMA_VERSION = 3
@@ -169,10 +169,9 @@ def gain_attribution(counts: ClasswiseCounts, class_names: Sequence[str]) -> lis
         total = int(gain.sum())
         weak_robust = counts.robust(weaker).numpy()
         weak_acc = _acc(weak_robust, n)
-        valid = np.flatnonzero(~np.isnan(weak_acc))
-        ordered = valid[np.lexsort((valid, weak_acc[valid]))]
-        vulnerable = sorted(int(c) for c in ordered[:len(valid) // 2])
-        others = [int(c) for c in valid if c not in vulnerable]
+        ordered = by_robustness(weak_acc)
+        vulnerable = sorted(int(c) for c in ordered[:len(ordered) // 2])
+        others = sorted(int(c) for c in ordered[len(ordered) // 2:])
         rate = _acc(gain, weak_robust)
 
         def pooled(classes):

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from cwr_fast.classwise.stats import rankdata, spearman
+from cwr_fast.classwise.stats import by_robustness, rankdata, spearman
 
 _CHUNK = 4_000_000  # elements per vectorised block: bounds memory for large draws x classes
 
@@ -292,8 +292,7 @@ def vulnerable_gain_test(weak_correct, strong_correct, labels, num_classes: int,
     with np.errstate(invalid="ignore", divide="ignore"):
         score = weak_robust / sizes                       # the class's weak-attack robust accuracy
         gain_rate = extra_per_class / weak_robust
-    present = np.flatnonzero(sizes > 0)
-    order = present[np.argsort(score[present], kind="stable")]   # stable: ties by class index
+    order = by_robustness(score)   # classes with images, least robust first, ties by class index
     half = len(order) // 2
     lower, upper = order[:half], order[len(order) - half:]
 
@@ -401,7 +400,7 @@ def simulate_gain(rng: np.random.Generator, n_per_class, weak_rates, extra_lower
     weak_rates = np.asarray(weak_rates, dtype=np.float64)
     classes = len(weak_rates)
     extra = np.full(classes, float(extra_upper))
-    extra[np.argsort(weak_rates, kind="stable")[:classes // 2]] = extra_lower
+    extra[by_robustness(weak_rates)[:classes // 2]] = extra_lower
     labels = np.repeat(np.arange(classes), n_per_class)
     weak = rng.random(len(labels)) < weak_rates[labels]
     strong = weak & ~(rng.random(len(labels)) < extra[labels])

@@ -62,6 +62,14 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
     return float((ra * rb).sum() / denom) if denom > 0 else math.nan
 
 
+def by_robustness(accuracy) -> np.ndarray:
+    """Indices of the classes with an accuracy (not NaN), least robust first, ties by class index:
+    the first len // 2 are "the less robust half" everywhere in cwr_fast."""
+    acc = np.asarray(accuracy, dtype=np.float64)
+    valid = np.flatnonzero(~np.isnan(acc))
+    return valid[np.argsort(acc[valid], kind="stable")]
+
+
 def class_summary(accuracy: Sequence[float], class_names: Sequence[str]) -> dict:
     """Mean over classes, worst and best class, population std and worst-best gap of per-class
     accuracies; classes with NaN (no images) are left out."""

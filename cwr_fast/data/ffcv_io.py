@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cwr_fast.cli_types import most_workers
 from cwr_fast.data.decode import DecodedFiles
 from cwr_fast.data.errors import DatasetError
 from cwr_fast.data.registry import data_root, dataset_info, is_generic
@@ -226,11 +227,11 @@ def write_beton(name: str, split: str, out: str | os.PathLike | None = None, dat
     if isinstance(max_resolution, bool) or not isinstance(max_resolution, int) or max_resolution < 1:
         raise ValueError(f"max_resolution (--max-resolution) must be a whole number >= 1 "
                          f"(pixels of the longest side kept), got {max_resolution!r}")
-    cpus = os.cpu_count() or 1
+    most = most_workers()
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or \
-            not (num_workers == -1 or 1 <= num_workers <= 4 * cpus):
-        raise ValueError(f"num_workers (--num-workers) must be -1 (all {cpus} CPUs) or 1 to "
-                         f"{4 * cpus}, got {num_workers!r} (one writer process each: more than the "
+            not (num_workers == -1 or 1 <= num_workers <= most):
+        raise ValueError(f"num_workers (--num-workers) must be -1 (all {os.cpu_count() or 1} CPUs) or "
+                         f"1 to {most}, got {num_workers!r} (one writer process each: more than the "
                          "CPUs only contend, and thousands never finish starting)")
     import_ffcv()
     from ffcv.fields import IntField, NDArrayField, RGBImageField

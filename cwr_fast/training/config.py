@@ -15,7 +15,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from cwr_fast.cli_types import ConfigError, budget_problem, comma_list, fmt_budget, integer, number
+from cwr_fast.cli_types import (ConfigError, budget_problem, comma_list, fmt_budget, integer, most_workers,
+                                number)
 from cwr_fast.cli_types import seed as seed_type
 from cwr_fast.data.info import EMBEDDED_BUDGET
 from cwr_fast.data.registry import budget_of
@@ -45,7 +46,7 @@ def _ema(v):
 
 
 def _workers(v):
-    most = 4 * (os.cpu_count() or 1)  # one process each: thousands never finish starting
+    most = most_workers()
     return None if v is None or 0 <= v <= most else f"must be 0 (in the main process) to {most}, got {v}"
 
 
