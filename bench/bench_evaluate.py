@@ -52,10 +52,10 @@ def mnist(split: str):
 
 
 def train_model() -> torch.nn.Module:
-    """The tests' recipe (tests/mnist_recipe.py): Adam, 2 epochs over the first 3,000 real
+    """The tests' recipe (tests/helpers/mnist_recipe.py): Adam, 2 epochs over the first 3,000 real
     training images, seed 0."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from mnist_recipe import train_small_mnist_cnn
+    from helpers.mnist_recipe import train_small_mnist_cnn
     return train_small_mnist_cnn(shared_data(), TRAIN_IMAGES, TRAIN_EPOCHS, seed=0)
 
 

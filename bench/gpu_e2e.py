@@ -10,7 +10,7 @@
 
     python bench/gpu_e2e.py --data .gpu/data --out $OUT/e2e.json [--dry-run]
 
---dry-run (what tests/test_gpu_check.py runs on the CPU): the same code on a small CNN, one
+--dry-run (what tests/cli/test_gpu_check.py runs on the CPU): the same code on a small CNN, one
 epoch and a few images, so the script cannot rot. Exit status 1 if a check failed.
 """
 

@@ -3,7 +3,7 @@ report dicts) and per-image outcomes to numbers and verdicts, and the plots of F
 
 Each finding is a test with a stated null hypothesis; "reproduced" means the test rejects that
 null at ALPHA (and, where stated, the effect is at least THRESHOLDS' size). Every test's
-behaviour under its null is simulated in tests/test_findings_calibration.py: each says
+behaviour under its null is simulated in tests/study/test_findings_calibration.py: each says
 "reproduced" at most 5% of the time when the finding is false.
 
   1a disparity     H0: every class has the same robust accuracy. Monte-Carlo chi-square test of

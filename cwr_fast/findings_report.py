@@ -735,7 +735,7 @@ def reading_lines(result: dict) -> list[str]:
         "spread of errors, no correlation, no temperature effect, no defense effect; the list is in "
         "`cwr_fast/findings.py`). **yes** means the test rejects it at p < "
         f"{F.ALPHA:g} and the effect has the size the rule names; when the finding is false, each rule "
-        "says yes at most 5% of the time (simulated in `tests/test_findings_calibration.py`). **no** means "
+        "says yes at most 5% of the time (simulated in `tests/study/test_findings_calibration.py`). **no** means "
         "this run gives no such evidence, which proves the finding false only where the run had the power "
         "to see it: the power column gives the smallest effect that a run of this size detects in 80% of "
         "simulated runs, and how often it would detect the reference effect named there "

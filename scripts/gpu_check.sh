@@ -13,7 +13,7 @@
 #      PGD-10 against torchattacks, AutoAttack against the reference;
 #   6. writes at most 8 files to $OUT (summary.json, check.log, tests.xml, bench_ops.json,
 #      bench_train.json, e2e.json, sanitizer.log) and exits non-zero if any step failed.
-# Without CUDA (the dry run of tests/test_gpu_check.py) the CUDA steps say "skipped" and the rest
+# Without CUDA (the dry run of tests/cli/test_gpu_check.py) the CUDA steps say "skipped" and the rest
 # runs on the CPU on a small model. CWR_FAST_GPU_CHECK_SKIP_BUILD=1 keeps the installed build.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -64,8 +64,8 @@ PYTEST=("$PYTHON" -m pytest -q -p no:cacheprovider)
 BENCH=(--benchmark-only --benchmark-max-time=0.2 --benchmark-min-rounds=5)
 # The test selections, checked without CUDA too (collection must find tests for each).
 CUDA_TESTS=(tests -m cuda)
-MEMCHECK=(tests/test_ops_reference.py -m cuda -k "f32 and (5x3x8x8 or 33x17 or 7x10 or 9x7) and not layouts")
-RACECHECK=(tests/test_ops_reference.py -m cuda -k "f32 and (l2 and 5x3x8x8 or 33x17 or projection and 9x7)")
+MEMCHECK=(tests/ops/test_ops_reference.py -m cuda -k "f32 and (5x3x8x8 or 33x17 or 7x10 or 9x7) and not layouts")
+RACECHECK=(tests/ops/test_ops_reference.py -m cuda -k "f32 and (l2 and 5x3x8x8 or 33x17 or projection and 9x7)")
 if [[ $HAS_CUDA == 1 ]]; then
   step cuda_tests 70 "${PYTEST[@]}" "${CUDA_TESTS[@]}" --junitxml="$OUT/tests.xml"
   step memcheck 45 compute-sanitizer --tool memcheck --error-exitcode 1 "${PYTEST[@]}" "${MEMCHECK[@]}"

@@ -44,7 +44,7 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-# ---- fused ops (tests/test_ops_*.py) -------------------------------------------------------------
+# ---- fused ops (tests/ops/) -------------------------------------------------------------
 # The op tests compare the COMPILED kernels with cwr_fast.reference. Without the extension they would
 # compare the reference with itself, so they fail loudly instead, unless the reference backend is
 # forced on purpose (CWR_FAST_BACKEND=reference), which exercises the fallback path only.
@@ -85,7 +85,7 @@ def validating_backend(compiled_backend):
                     "registers torch.ops.cwr_fast")
 
 
-# ---- data layer (cwr_fast.data): shared by tests/test_data*.py ----------------------------------
+# ---- data layer (cwr_fast.data): shared by tests/data/ ----------------------------------
 
 @pytest.fixture(scope="session")
 def cifar_subset(shared_data) -> str:
@@ -122,8 +122,8 @@ def jpeg_folder():
 MNIST_EVAL_IMAGES = 300
 
 
-from mnist_recipe import MNIST_TRAIN_IMAGES, train_small_mnist_cnn  # noqa: E402
-from mnist_recipe import mnist_arrays as _mnist_arrays  # noqa: E402
+from helpers.mnist_recipe import MNIST_TRAIN_IMAGES, train_small_mnist_cnn  # noqa: E402
+from helpers.mnist_recipe import mnist_arrays as _mnist_arrays  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -146,7 +146,7 @@ def mnist_checkpoint(mnist_model, tmp_path_factory):
     return path
 
 
-# ---- adversarially trained models (tests/test_autoattack*.py) -------------------------------------
+# ---- adversarially trained models (tests/attacks/) -------------------------------------
 # Trained once per session by the tool's own training CLI on real data, seeded: a small CNN on MNIST
 # (PGD-AT at eps 0.2, attacked at 0.25; about a minute) and a short run on the CIFAR-10 subset (eps 8/255).
 

@@ -66,7 +66,7 @@ _STATIC = {
                   mean=(0.4467, 0.4398, 0.4066), std=(0.2603, 0.2566, 0.2713),
                   splits=("train", "test"), train_augment=Augment(crop_pad=12, flip=True),
                   description="STL-10 labelled folds, 5k/8k 96x96 (official binaries)"),
-    # Statistics of its own train split (tests/test_data_readers.py checks them).
+    # Statistics of its own train split (tests/data/test_data_readers.py checks them).
     EMBEDDED: dict(num_classes=10, class_names=_digits(), image_shape=(1, 28, 28),
                    mean=(0.1309,), std=(0.3080,), splits=("train", "test"),
                    budget=EMBEDDED_BUDGET,
