@@ -9,6 +9,8 @@
 #include <cstdint>
 #include <limits>
 
+#include "order_math.h"
+
 namespace cwr_fast::square {
 
 // ---- the query ----------------------------------------------------------------------------------
@@ -65,14 +67,6 @@ struct RowMargin {
             -std::numeric_limits<T>::infinity()};
   }
 
-  // Whether (va, ja) comes before (vb, jb) in torch.argmax's order.
-  C10_HOST_DEVICE static bool beats(T va, int64_t ja, T vb, int64_t jb) {
-    const bool a_nan = va != va, b_nan = vb != vb;
-    if (a_nan != b_nan) return a_nan;
-    if (!a_nan && va != vb) return va > vb;
-    return ja < jb;
-  }
-
   C10_HOST_DEVICE static T nan_max(T a, T b) {
     if (a != a) return a;
     if (b != b) return b;
@@ -81,7 +75,7 @@ struct RowMargin {
 
   // Element j of the row, whose target class is y.
   C10_HOST_DEVICE void add(int64_t j, T z, int64_t y) {
-    if (beats(z, j, top_val, top_idx)) {
+    if (ranks_before(z, j, top_val, top_idx)) {
       top_val = z;
       top_idx = j;
     }
@@ -89,7 +83,7 @@ struct RowMargin {
   }
 
   C10_HOST_DEVICE void merge(const RowMargin& b) {
-    if (beats(b.top_val, b.top_idx, top_val, top_idx)) {
+    if (ranks_before(b.top_val, b.top_idx, top_val, top_idx)) {
       top_val = b.top_val;
       top_idx = b.top_idx;
     }

@@ -15,17 +15,17 @@ image, class-wise counts, the worst case over attacks, intervals and sanity flag
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from cwr_fast.attacks.spec import build_attacks, parse_attacks
-from cwr_fast.classwise.analysis import build_report
-from cwr_fast.classwise.engine import evaluate_classwise
+from cwr_fast.classwise.analysis import describe_outcomes, report_from_outcomes
+from cwr_fast.classwise.engine import EvaluationInputError, EvaluationInputTypeError
 from cwr_fast.classwise.outcomes import PerImageOutcomes
+from cwr_fast.classwise.pipeline import API_EPS, DEFAULT_ATTACKS, EvalSettings, Evaluation
+from cwr_fast.classwise.report_data import Report, as_report
 from cwr_fast.report import REPORT_KIND, format_summary, markdown, write_report
 from cwr_fast.runtime import model_device
 
@@ -33,19 +33,21 @@ __all__ = ["ClasswiseReport", "evaluate_model"]
 
 
 class ClasswiseReport:
-    """The result of evaluate_model: `data` is the report dict (the schema of report.json)."""
+    """The result of evaluate_model: `report` is the typed report (classwise.report_data.Report),
+    `data` the same as the plain dict of report.json's schema."""
 
     kind = REPORT_KIND
 
-    def __init__(self, data: dict, outcomes: PerImageOutcomes | None = None):
-        self.data = data
+    def __init__(self, data: Report | dict, outcomes: PerImageOutcomes | None = None):
+        self.report = as_report(data)
+        self.data = self.report.as_dict()
         self.outcomes = outcomes  # per image (classwise.outcomes): what each attack did to it
 
     @classmethod
     def from_outcomes(cls, path: str | Path) -> "ClasswiseReport":
         """The report of the per-image outcomes saved by `evaluate --save-adv` or outcomes.save."""
         outcomes = PerImageOutcomes.load(path)
-        return cls(outcomes.report(), outcomes)
+        return cls(report_from_outcomes(outcomes), outcomes)
 
     @property
     def class_names(self) -> list[str]:
@@ -65,15 +67,16 @@ class ClasswiseReport:
         return [r["robust_acc"] for r in self.per_class(attack)]
 
     def summary(self) -> str:
-        return format_summary(self.data)
+        return format_summary(self.report)
 
     def markdown(self) -> str:
-        return markdown(self.data)
+        return markdown(self.report)
 
     def save(self, out_dir: str | Path, plots: bool = True, overwrite: bool = False) -> Path:
         """Writes the report files into out_dir, as `python -m cwr_fast.evaluate --out` does
         (with outcomes.npz, for `compare --paired`, when the per-image outcomes are known)."""
-        return write_report(self.data, out_dir, plots=plots, overwrite=overwrite, outcomes=self.outcomes)
+        return write_report(self.report, out_dir, plots=plots, overwrite=overwrite,
+                            outcomes=self.outcomes)
 
     def __repr__(self) -> str:
         worst = self.data["worst_case"]
@@ -84,25 +87,29 @@ class ClasswiseReport:
 def _check_batch(batch, i: int) -> tuple[Tensor, Tensor]:
     """One batch of `data` as (images, labels), or a TypeError/ValueError naming what is wrong."""
     if isinstance(batch, dict):
-        raise TypeError(f"data: batch {i} is a dict (keys {list(batch)[:4]}); evaluate_model needs "
-                        "(images, labels) batches: map it, e.g. ((b['image'], b['label']) for b in loader)")
+        raise EvaluationInputTypeError(
+            f"data: batch {i} is a dict (keys {list(batch)[:4]}); evaluate_model needs "
+            "(images, labels) batches: map it, e.g. ((b['image'], b['label']) for b in loader)")
     if not (isinstance(batch, (tuple, list)) and len(batch) >= 2
             and isinstance(batch[0], Tensor) and isinstance(batch[1], Tensor)):
-        raise TypeError(f"data: batch {i} is a {type(batch).__name__}, not (images, labels) tensors")
+        raise EvaluationInputTypeError(
+            f"data: batch {i} is a {type(batch).__name__}, not (images, labels) tensors")
     x, y = batch[0], batch[1]
     if x.dim() < 2:
-        raise ValueError(f"data: images must be a tensor [N, C, H, W], got shape {list(x.shape)}")
+        raise EvaluationInputError(
+            f"data: images must be a tensor [N, C, H, W], got shape {list(x.shape)}")
     if y.dim() != 1:
         hint = " (use labels.squeeze(1))" if y.dim() == 2 and y.shape[1] == 1 else ""
-        raise ValueError(f"data: labels must be a tensor [N] of class indices, got shape {list(y.shape)}{hint}")
+        raise EvaluationInputError(
+            f"data: labels must be a tensor [N] of class indices, got shape {list(y.shape)}{hint}")
     if x.shape[0] != y.shape[0]:
-        raise ValueError(f"data: {x.shape[0]} images but {y.shape[0]} labels")
+        raise EvaluationInputError(f"data: {x.shape[0]} images but {y.shape[0]} labels")
     if y.is_complex() or y.dtype == torch.bool:
-        raise TypeError(f"data: labels must be integer class indices, got {y.dtype}")
+        raise EvaluationInputTypeError(f"data: labels must be integer class indices, got {y.dtype}")
     if y.is_floating_point() and y.numel() and not bool((torch.isfinite(y) & (y == y.round())).all()):
         bad = y[~(torch.isfinite(y) & (y == y.round()))][0].item()
-        raise ValueError(f"data: labels must be whole class indices, got {bad!r} "
-                         "(a fractional float label would be truncated to another class)")
+        raise EvaluationInputError(f"data: labels must be whole class indices, got {bad!r} "
+                                   "(a fractional float label would be truncated to another class)")
     return x, y
 
 
@@ -121,7 +128,7 @@ class _CheckedBatches:
             images += y.shape[0]
             yield x, y
         if images == 0:
-            raise ValueError("data holds no images")
+            raise EvaluationInputError("data holds no images")
 
     def __getattr__(self, name):
         if name.startswith("__") or name == "_batches":
@@ -133,22 +140,26 @@ def _batches(data, batch_size: int) -> Iterable[tuple[Tensor, Tensor]]:
     if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
         x, y = _check_batch(data, 0)
         if x.shape[0] == 0:
-            raise ValueError("data holds no images")
+            raise EvaluationInputError("data holds no images")
         return _CheckedBatches([(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
     if isinstance(data, Tensor):
-        raise TypeError("data must be (images, labels) or an iterable of such batches, not one tensor")
+        raise EvaluationInputTypeError(
+            "data must be (images, labels) or an iterable of such batches, not one tensor")
     if isinstance(data, (str, bytes, dict)) or not isinstance(data, Iterable):
-        raise TypeError(f"data must be (images, labels) tensors or an iterable of such batches, "
-                        f"not a {type(data).__name__}")
+        raise EvaluationInputTypeError(
+            f"data must be (images, labels) tensors or an iterable of such batches, "
+            f"not a {type(data).__name__}")
     return _CheckedBatches(list(data) if iter(data) is data else data)  # a one-shot iterator: keep it
 
 
 def _check_model(model) -> None:
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, not a {type(model).__name__}")
+        raise EvaluationInputTypeError(
+            f"model must be a torch.nn.Module, not a {type(model).__name__}")
     if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
-        raise ValueError("model has tensors on the meta device (no weights): materialise it first, "
-                         "e.g. model.to_empty(device='cpu') and load_state_dict")
+        raise EvaluationInputError(
+            "model has tensors on the meta device (no weights): materialise it first, "
+            "e.g. model.to_empty(device='cpu') and load_state_dict")
 
 
 def _probe(model: nn.Module, batches) -> int:
@@ -157,10 +168,10 @@ def _probe(model: nn.Module, batches) -> int:
     its BatchNorm statistics). TypeError/ValueError when it returns no floating-point logits."""
     first = next(iter(batches), None)
     if first is None:
-        raise ValueError("data holds no images")
+        raise EvaluationInputError("data holds no images")
     x = first[0][:1]
     if x.shape[0] == 0:
-        raise ValueError("data: its first batch holds no images")
+        raise EvaluationInputError("data: its first batch holds no images")
     device = model_device(model)
     modes = [(m, m.training) for m in model.modules()]
     try:
@@ -171,13 +182,16 @@ def _probe(model: nn.Module, batches) -> int:
         for module, training in modes:
             module.training = training
     if not isinstance(logits, Tensor):
-        raise TypeError(f"model must return logits, a tensor [N, num_classes]; it returned a "
-                        f"{type(logits).__name__}")
+        raise EvaluationInputTypeError(
+            f"model must return logits, a tensor [N, num_classes]; it returned a "
+            f"{type(logits).__name__}")
     if not logits.is_floating_point():
-        raise TypeError(f"model must return floating-point logits; it returned {logits.dtype} "
-                        "(argmax indices or integers cannot be attacked: return the scores)")
+        raise EvaluationInputTypeError(
+            f"model must return floating-point logits; it returned {logits.dtype} "
+            "(argmax indices or integers cannot be attacked: return the scores)")
     if logits.dim() != 2 or logits.shape[1] < 1:
-        raise ValueError(f"model must return logits [N, num_classes]; it returned shape {list(logits.shape)}")
+        raise EvaluationInputError(
+            f"model must return logits [N, num_classes]; it returned shape {list(logits.shape)}")
     return int(logits.shape[1])
 
 
@@ -188,11 +202,12 @@ def _attack_text(attacks) -> str:
         return ",".join(attacks)
     kind = type(attacks).__name__ if not isinstance(attacks, (list, tuple)) else \
         f"{type(attacks).__name__} of {', '.join(sorted({type(a).__name__ for a in attacks}))}"
-    raise TypeError(f"attacks must be a spec string such as 'pgd-20,aa' (or a list of such strings), "
-                    f"not a {kind}; to run Attack objects use cwr_fast.classwise.evaluate_classwise")
+    raise EvaluationInputTypeError(
+        f"attacks must be a spec string such as 'pgd-20,aa' (or a list of such strings), "
+        f"not a {kind}; to run Attack objects use cwr_fast.classwise.evaluate_classwise")
 
 
-def evaluate_model(model: nn.Module, data, attacks: str = "fgsm,pgd-20,cw-30", eps: float = 8 / 255,
+def evaluate_model(model: nn.Module, data, attacks: str = DEFAULT_ATTACKS, eps: float = API_EPS,
                    *, eps_l2: float | None = None, class_names=None, batch_size: int = 256,
                    track: str = "any", amp: str | None = None, seed: int = 0,
                    keep_adv: bool = False, progress: bool = False) -> ClasswiseReport:
@@ -201,8 +216,11 @@ def evaluate_model(model: nn.Module, data, attacks: str = "fgsm,pgd-20,cw-30", e
     docstring. class_names: default the loader's, else "0", "1", ...; amp: None, "bf16" or
     "fp16" autocast of the model; keep_adv: keep the adversarial images in report.outcomes."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    specs = parse_attacks(_attack_text(attacks))
+        raise EvaluationInputError(f"batch_size must be a positive int, got {batch_size!r}")
+    settings = EvalSettings(attacks=_attack_text(attacks), eps=eps, eps_l2=eps_l2, track=track,
+                            amp=amp, seed=seed, batch_size=batch_size, progress=progress,
+                            keep_adv=keep_adv)
+    Evaluation(settings, num_classes=2)  # the attack specs, before the model or the data is touched
     _check_model(model)
     batches = _batches(data, batch_size)
     info = getattr(batches, "info", None)  # a cwr_fast loader knows its dataset
@@ -212,17 +230,13 @@ def evaluate_model(model: nn.Module, data, attacks: str = "fgsm,pgd-20,cw-30", e
         info.num_classes if info is not None else predicted
     if predicted is not None and predicted != num_classes:
         given = "class_names" if class_names is not None else "the loader's dataset"
-        raise ValueError(f"model returns {predicted} logits per image but {given} has {num_classes} classes")
+        raise EvaluationInputError(f"model returns {predicted} logits per image but {given} has "
+                                   f"{num_classes} classes")
     if class_names is None:
         class_names = list(info.class_names) if info is not None else [str(c) for c in range(num_classes)]
-    built = build_attacks(specs, model, eps=eps, eps_l2=eps_l2, track=track, amp=amp,
-                          num_classes=num_classes)
-    started = time.perf_counter()
-    counts = evaluate_classwise(model, batches, num_classes, built, amp=amp, seed=seed,
-                                progress=progress, per_image=True, keep_adv=keep_adv)
-    config = {"source": "cwr_fast.evaluate_model", "attacks": list(built), "eps": eps,
-              "eps_l2": eps_l2, "track": track, "amp": amp or "off", "seed": seed,
-              "seconds": round(time.perf_counter() - started, 3)}
+    evaluation = Evaluation(settings, num_classes=num_classes)
+    config = {"source": "cwr_fast.evaluate_model", "attacks": evaluation.labels, "eps": eps,
+              "eps_l2": eps_l2, "track": track, "amp": amp or "off", "seed": seed}
     dataset = {"name": info.name} if info is not None else {}
-    report = build_report(counts, class_names, attacks=built, config=config, dataset=dataset)
-    return ClasswiseReport(report, counts.outcomes.describe(report, built))
+    result = evaluation.run(model, batches, class_names, config=config, dataset=dataset)
+    return ClasswiseReport(result.report, describe_outcomes(result.outcomes, result.report, result.attacks))

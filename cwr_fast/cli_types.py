@@ -7,9 +7,12 @@ import argparse
 import math
 import sys
 
+from cwr_fast.errors import UsageError
 
-class ConfigError(ValueError):
-    """Bad command-line input: reported as one line before any work starts (exit status 2)."""
+
+class ConfigError(UsageError):
+    """Bad command-line input: reported as one line before any work starts (exit status 2); a
+    ValueError too, through UsageError."""
 
 
 def number(text: str) -> float:

@@ -26,13 +26,16 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cwr_fast.classwise.analysis import SCHEMA
+from cwr_fast.classwise.analysis import report_from_outcomes
 from cwr_fast.classwise.outcomes import PerImageOutcomes
+from cwr_fast.classwise.report_data import (ABSENT, SCHEMA, JsonRecord, Report, ReportFormatError,
+                                            Summary, WorstStats, known)
 from cwr_fast.cli_types import comma_list, usage_error
 from cwr_fast.classwise.stats import wilson_interval, worst_class_statistics
 from cwr_fast.compare_paired import PairedError, paired_markdown, paired_sections
+from cwr_fast.errors import UsageError
 from cwr_fast.outputs import OutputError, check_output_dir, write_atomic, write_files
-from cwr_fast.report import csv_text, decode_report, figure, pct, table
+from cwr_fast.report import csv_text, figure, pct, table
 
 COMPARE_SCHEMA = "cwr_fast.compare"
 COMPARISON_KIND = "comparison"  # its kind in cwr_fast.outputs
@@ -52,8 +55,8 @@ CAPTION = ("Accuracies in %. *mean*: mean of the per-class accuracies; its 95% C
            "*worst case*: robust only if every attack of the run fails (AutoAttack's rule)")
 
 
-class CompareError(ValueError):
-    """Bad input to the comparison: printed as one line, exit status 2."""
+class CompareError(UsageError):
+    """Bad input to the comparison: printed as one line, exit status 2 (a ValueError too)."""
 
 
 # ---- reading ------------------------------------------------------------------------------------
@@ -90,57 +93,63 @@ def _read_json(path: Path):
         raise CompareError(f"cannot read {path}: {err}") from None
 
 
-def _check_report(report: dict, path: Path) -> None:
+def _parse_report(data, path: Path) -> Report:
+    """The Report of a report.json's content (Report.from_json: every version); CompareError naming
+    the file when it is not a cwr_fast class-wise report or a part of it is malformed."""
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        raise CompareError(f"{path} is not a cwr_fast class-wise report (schema "
+                           f"{data.get('schema') if isinstance(data, dict) else None!r})")
+    try:
+        return Report.from_json(data)
+    except ReportFormatError as err:
+        raise CompareError(f"{path} is damaged: {err}") from None
+
+
+def _check_report(report: Report, path: Path) -> None:
     """CompareError naming the file and the first missing or malformed part of a report that the
-    comparison reads (dataset, clean, attacks, worst case and their per-class records); the
-    confusion matrices are made dense again where report.json stores them sparse."""
+    comparison reads (dataset, clean, attacks, worst case, their per-class records and summaries)."""
     def need(ok: bool, what: str) -> None:
         if not ok:
             raise CompareError(f"{path} is damaged or incomplete: {what}")
 
-    need(isinstance(report.get("dataset"), dict), "no 'dataset' section")
-    names = report["dataset"].get("class_names")
+    need(isinstance(report.dataset, JsonRecord), "no 'dataset' section")
+    names = report.dataset.class_names
     need(isinstance(names, list) and len(names) > 0, "no 'dataset.class_names' list")
-    need(isinstance(report.get("config") or {}, dict), "'config' is not an object")
-    sections = [("clean", report.get("clean")), ("worst_case", report.get("worst_case"))]
-    need(isinstance(report.get("attacks"), list), "no 'attacks' list")
-    sections += [(f"attacks[{i}]", a) for i, a in enumerate(report["attacks"])]
+    need(report.dataset.num_images is not ABSENT, "no 'dataset.num_images'")
+    need(isinstance(report.config or {}, dict), "'config' is not an object")
+    sections = [("clean", report.clean), ("worst_case", report.worst_case)]
+    need(isinstance(report.attacks, list), "no 'attacks' list")
+    sections += [(f"attacks[{i}]", a) for i, a in enumerate(report.attacks)]
     for where, section in sections:
-        need(isinstance(section, dict), f"no '{where}' section")
-        need(isinstance(section.get("per_class"), list) and all(isinstance(r, dict) for r in section["per_class"]),
-             f"'{where}.per_class' is not a list of per-class records")
-        need(isinstance(section.get("overall", {}), dict), f"'{where}.overall' is not an object")
-    for i, a in enumerate(report["attacks"]):
-        need(isinstance(a.get("label"), str), f"'attacks[{i}]' has no label")
-    try:
-        decode_report(report)
-    except ValueError as err:
-        raise CompareError(f"{path} is damaged: {err}") from None
+        need(isinstance(section, JsonRecord), f"no '{where}' section")
+        need(isinstance(section.per_class, list), f"'{where}.per_class' is not a list of per-class records")
+        overall = getattr(section, "overall", ABSENT)
+        need(overall is ABSENT or isinstance(overall, JsonRecord), f"'{where}.overall' is not an object")
+        need(isinstance(section.summary, Summary), f"no '{where}.summary' section")
+    for i, a in enumerate(report.attacks):
+        need(isinstance(a.label, str), f"'attacks[{i}]' has no label")
 
 
 def load_run(path: str | os.PathLike, name: str | None = None) -> dict:
-    """{name, path, report_path, report, config} of a run: config is the training configuration
-    (config.json) for a training run, else the report's own config. name defaults to the run's
-    directory name."""
+    """{name, path, report_path, report (a Report), config} of a run: config is the training
+    configuration (config.json) for a training run, else the report's own config. name defaults to
+    the run's directory name."""
     if Path(path).suffix == ".npz":  # the per-image outcomes of `evaluate --save-adv`
         try:
             outcomes = PerImageOutcomes.load(path)
         except (OSError, ValueError) as err:
             raise CompareError(str(err)) from None
         try:
-            report = outcomes.report()
+            report = report_from_outcomes(outcomes)
         except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as err:
             raise CompareError(f"cannot read per-image outcomes from {path}: damaged "
                                f"({type(err).__name__}: {err})") from None
         return {"name": name or Path(path).stem, "path": str(path), "report_path": str(path),
-                "report": report, "config": dict(report["config"])}
+                "report": report, "config": dict(report.config)}
     report_path, folder = _report_path(Path(path))
-    report = _read_json(report_path)
-    if not isinstance(report, dict) or report.get("schema") != SCHEMA:
-        raise CompareError(f"{report_path} is not a cwr_fast class-wise report (schema "
-                           f"{report.get('schema') if isinstance(report, dict) else None!r})")
+    report = _parse_report(_read_json(report_path), report_path)
     _check_report(report, report_path)
-    config = dict(report.get("config") or {})
+    config = dict(report.config or {})
     if (folder / "config.json").is_file():
         extra = _read_json(folder / "config.json")
         if not isinstance(extra, dict):
@@ -148,6 +157,11 @@ def load_run(path: str | os.PathLike, name: str | None = None) -> dict:
         config = {**config, **extra}
     return {"name": name or folder.resolve().name, "path": str(folder),
             "report_path": str(report_path), "report": report, "config": config}
+
+
+def _config(report: Report) -> dict:
+    """The report's own config ({} where an older report has none)."""
+    return report.config or {}
 
 
 def check_compatible(runs: Sequence[dict], allow_mismatch: bool = False) -> list[str]:
@@ -162,12 +176,12 @@ def check_compatible(runs: Sequence[dict], allow_mismatch: bool = False) -> list
     problems, warnings = [], []
     for run in runs[1:]:
         for key, label in (("name", "dataset"), ("split", "split"), ("class_names", "classes")):
-            a, b = first["report"]["dataset"].get(key), run["report"]["dataset"].get(key)
+            a, b = (known(getattr(r["report"].dataset, key)) for r in (first, run))
             if a != b:
                 shown = (lambda v: f"{len(v)} classes") if key == "class_names" else repr
                 problems.append(f"{label} differs: {first['name']} has {shown(a)}, "
                                 f"{run['name']} has {shown(b)}")
-        eps_a, eps_b = first["report"]["config"].get("eps"), run["report"]["config"].get("eps")
+        eps_a, eps_b = (_config(r["report"]).get("eps") for r in (first, run))
         if eps_a is not None and eps_b is not None and eps_a != eps_b:
             warnings.append(f"eps differs: {first['name']} was attacked at eps {eps_a:g}, "
                             f"{run['name']} at {eps_b:g}")
@@ -181,7 +195,7 @@ def check_compatible(runs: Sequence[dict], allow_mismatch: bool = False) -> list
 def attack_labels(runs: Sequence[dict], attacks: Sequence[str] | None = None) -> list[str]:
     """The requested attack labels, or every label of any run in order of first appearance;
     CompareError for a requested label that no run has."""
-    present = list(dict.fromkeys(a["label"] for r in runs for a in r["report"]["attacks"]))
+    present = list(dict.fromkeys(a.label for r in runs for a in r["report"].attacks))
     if attacks is None:
         return present
     unknown = [a for a in attacks if a not in present]
@@ -194,37 +208,49 @@ def attack_labels(runs: Sequence[dict], attacks: Sequence[str] | None = None) ->
 def missing_attacks(runs: Sequence[dict], attacks: Sequence[str] | None = None) -> list[dict]:
     """[{run, attack}] for each requested attack that a run's report lacks."""
     return [{"run": r["name"], "attack": label} for label in attack_labels(runs, attacks)
-            for r in runs if label not in {a["label"] for a in r["report"]["attacks"]}]
+            for r in runs if label not in {a.label for a in r["report"].attacks}]
 
 
-def _ci(record: dict, field: str) -> tuple[float | None, float | None]:
+def _ci(record, field: str) -> tuple[float | None, float | None]:
     """A per-class record's Wilson CI, recomputed with wilson_interval if the report lacks it."""
-    if "ci_low" in record and "ci_high" in record:
-        return record["ci_low"], record["ci_high"]
-    low, high = wilson_interval(record[field], record["n"])
+    if record.ci_low is not ABSENT and record.ci_high is not ABSENT:
+        return record.ci_low, record.ci_high
+    low, high = wilson_interval(getattr(record, field), record.n)
     return (None if math.isnan(low) else float(low)), (None if math.isnan(high) else float(high))
 
 
-def _stats(section: dict, acc_field: str, count_field: str, overall: dict) -> dict:
-    """mean, worst, best (with CIs), std and gap of one section (clean, an attack, worst case)."""
-    s, by_class = section["summary"], {r["class"]: r for r in section["per_class"]}
-    out = {"overall": overall.get("acc"), "mean": s["mean"], "mean_ci_low": overall.get("ci_low"),
-           "mean_ci_high": overall.get("ci_high"), "std": s["std"], "gap": s["gap"]}
+def _stats(section, acc_field: str, count_field: str, overall: tuple) -> dict:
+    """mean, worst, best (with CIs), std and gap of one section (clean, an attack, worst case);
+    overall: (accuracy, ci_low, ci_high) over all images."""
+    s, by_class = section.summary, {r.class_index: r for r in section.per_class}
+    out = {"overall": overall[0], "mean": s.mean, "mean_ci_low": overall[1],
+           "mean_ci_high": overall[2], "std": s.std, "gap": s.gap}
     for which in ("worst", "best"):
-        pick = s[which]
-        record = by_class.get(pick["class"]) if pick else None
+        pick = getattr(s, which)
+        record = by_class.get(pick.class_index) if pick else None
         low, high = _ci(record, count_field) if record else (None, None)
-        out.update({f"{which}_class": pick["class_name"] if pick else None,
-                    f"{which}_acc": record[acc_field] if record else None,
+        out.update({f"{which}_class": pick.class_name if pick else None,
+                    f"{which}_acc": getattr(record, acc_field) if record else None,
                     f"{which}_ci_low": low, f"{which}_ci_high": high})
-    worst = s.get("worst_stats") or worst_class_statistics(  # reports before schema version 3
-        [r[count_field] for r in section["per_class"]], [r["n"] for r in section["per_class"]])
-    if s["worst"] is not None and worst is not None:
-        out.update({"worst_ci_low": worst["ci_low"], "worst_ci_high": worst["ci_high"],
-                    "worst_share": worst["worst_frequency"][s["worst"]["class"]]})
+    worst = s.worst_stats or _worst_stats(section, count_field)  # reports before schema version 3
+    if s.worst is not None and worst is not None:
+        out.update({"worst_ci_low": worst.ci_low, "worst_ci_high": worst.ci_high,
+                    "worst_share": worst.worst_frequency[s.worst.class_index]})
     else:
         out["worst_share"] = None
     return out
+
+
+def _worst_stats(section, count_field: str) -> WorstStats | None:
+    stats = worst_class_statistics([getattr(r, count_field) for r in section.per_class],
+                                   [r.n for r in section.per_class])
+    return None if stats is None else WorstStats(**stats)
+
+
+def _overall(section) -> tuple:
+    """(robust accuracy, ci_low, ci_high) of an attack's or the worst case's overall."""
+    o = section.overall
+    return known(o.robust_acc), known(o.ci_low), known(o.ci_high)
 
 
 def comparison_rows(runs: Sequence[dict], attacks: Sequence[str] | None = None) -> list[dict]:
@@ -236,26 +262,23 @@ def comparison_rows(runs: Sequence[dict], attacks: Sequence[str] | None = None) 
     for run in runs:
         report, cfg = run["report"], run["config"]
         base = {"run": run["name"], "method": cfg.get("method"), "defense": cfg.get("defense"),
-                "dataset": report["dataset"].get("name"), "split": report["dataset"].get("split"),
-                "images": report["dataset"]["num_images"]}
-        clean = report["clean"]
+                "dataset": known(report.dataset.name), "split": known(report.dataset.split),
+                "images": report.dataset.num_images}
+        clean = report.clean
         rows.append({**base, "accuracy": "clean", "kind": "clean", "present": True, "attacks": None,
                      **_stats(clean, "clean_acc", "clean_correct",
-                              {"acc": clean["accuracy"], "ci_low": clean["ci_low"],
-                               "ci_high": clean["ci_high"]})})
-        sections = {a["label"]: a for a in report["attacks"]}
+                              (known(clean.accuracy), known(clean.ci_low), known(clean.ci_high)))})
+        sections = {a.label: a for a in report.attacks}
         for label in labels:
             row = {**base, "accuracy": label, "kind": "attack", "present": label in sections,
                    "attacks": None}
             if label in sections:
-                a = sections[label]
-                row.update(_stats(a, "robust_acc", "robust", {"acc": a["overall"]["robust_acc"], **a["overall"]}))
+                row.update(_stats(sections[label], "robust_acc", "robust", _overall(sections[label])))
             rows.append({f: row.get(f) for f in ROW_FIELDS})
-        worst = report["worst_case"]
+        worst = report.worst_case
         rows.append({**base, "accuracy": WORST_CASE, "kind": "worst_case", "present": True,
-                     "attacks": "+".join(worst["attacks"]),
-                     **_stats(worst, "robust_acc", "robust",
-                              {"acc": worst["overall"]["robust_acc"], **worst["overall"]})})
+                     "attacks": "+".join(worst.attacks),
+                     **_stats(worst, "robust_acc", "robust", _overall(worst))})
     return [{f: row.get(f) for f in ROW_FIELDS} for row in rows]
 
 
@@ -338,13 +361,13 @@ def plot_comparison(rows: Sequence[dict], path: str | os.PathLike, runs: Sequenc
         ax2 = fig.add_subplot(1, 2, 2)
         for run in runs:
             report = run["report"]
-            section = (report["worst_case"] if accuracy == WORST_CASE else
-                       next((a for a in report["attacks"] if a["label"] == accuracy), None))
+            section = (report.worst_case if accuracy == WORST_CASE else
+                       next((a for a in report.attacks if a.label == accuracy), None))
             if section is None:
                 continue
-            ax2.plot(range(len(section["per_class"])), [_percent(r["robust_acc"]) for r in section["per_class"]],
+            ax2.plot(range(len(section.per_class)), [_percent(r.robust_acc) for r in section.per_class],
                      marker=".", linewidth=1, label=run["name"])
-        names = runs[0]["report"]["dataset"]["class_names"]
+        names = runs[0]["report"].class_names
         if len(names) <= 20:
             ax2.set_xticks(range(len(names)), names, rotation=45 if max(map(len, names)) > 3 else 0)
         ax2.set_ylim(0, 100)
@@ -364,9 +387,9 @@ def comparison(runs: Sequence[dict], attacks: Sequence[str] | None = None,
         "schema": COMPARE_SCHEMA, "schema_version": 1,
         "runs": [{"name": r["name"], "path": r["path"], "report": r["report_path"],
                   "method": r["config"].get("method"), "defense": r["config"].get("defense"),
-                  "arch": r["config"].get("arch"), "dataset": r["report"]["dataset"],
-                  "eps": r["report"]["config"].get("eps"),
-                  "attacks": [a["label"] for a in r["report"]["attacks"]]} for r in runs],
+                  "arch": r["config"].get("arch"), "dataset": r["report"].dataset.as_dict(),
+                  "eps": _config(r["report"]).get("eps"),
+                  "attacks": [a.label for a in r["report"].attacks]} for r in runs],
         "attacks": attack_labels(runs, attacks),
         "missing": missing_attacks(runs, attacks),
         "warnings": list(warnings),

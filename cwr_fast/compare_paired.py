@@ -15,15 +15,17 @@ import numpy as np
 
 from cwr_fast.classwise.outcomes import CLEAN, ROBUST_FILE, WORST_CASE, RobustBits
 from cwr_fast.classwise.paired import paired_comparison
+from cwr_fast.errors import UsageError
 from cwr_fast.report import pct, table
 
 
-class PairedError(ValueError):
-    """The two runs cannot be compared image by image."""
+class PairedError(UsageError):
+    """The two runs cannot be compared image by image (exit status 2; a ValueError too)."""
 
 
 def outcomes_path(run: dict) -> Path:
-    """Where a run's per-image outcomes are (a run of cwr_fast.compare.load_run)."""
+    """Where a run's per-image outcomes are (a run of cwr_fast.compare.load_run: {name,
+    report_path, report (a Report), ...})."""
     path = Path(run["report_path"])
     return path if path.suffix == ".npz" else path.parent / ROBUST_FILE
 
@@ -75,7 +77,7 @@ def paired_sections(runs: Sequence[dict], attacks: Sequence[str] | None = None,
         accuracies.append(WORST_CASE)
     else:
         note = "the worst case is left out: the two runs ran different attacks"
-    class_names = runs[0]["report"]["dataset"]["class_names"]
+    class_names = runs[0]["report"].class_names
     labels = a.label[order_a]
     sections = [{"accuracy": acc, **paired_comparison(a.correct(acc)[order_a], b.correct(acc)[order_b],
                                                        labels, class_names, draws=draws, seed=seed)}

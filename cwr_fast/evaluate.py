@@ -12,137 +12,146 @@ per-class counts all-reduced; the result equals a single process exactly.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import hashlib
 import json
 import os
 import shutil
 import sys
-import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from cwr_fast import runtime
 from cwr_fast.attacks.model_mode import bf16_speedup
-from cwr_fast.attacks.spec import AttackSpecError, check_attacks, parse_attack, parse_attacks
-from cwr_fast.classwise.analysis import build_report, clean_accuracy_flags, sweep_section
+from cwr_fast.attacks.spec import AttackSpecError, parse_attacks
+from cwr_fast.classwise.analysis import describe_outcomes
 from cwr_fast.classwise.batch_log import BatchLog
-from cwr_fast.classwise.engine import evaluate_classwise
+from cwr_fast.classwise.calibration import OPTIONS_GROUP, CalibrationConfig, calibrate
 from cwr_fast.classwise.outcomes import ROBUST_FILE
-from cwr_fast.cli_types import (ConfigError, budget_problem, fmt_budget, integer, interrupt_on_signals,
-                                interrupted, number, numbers, usage_error)
-from cwr_fast.cli_types import seed as seed_type
-from cwr_fast.cli_types import threads_problem
-from cwr_fast.defenses.calibration import OPTIONS_GROUP, CalibrationConfig, calibrate
+from cwr_fast.classwise.pipeline import ATTACKS, RUN, EvalSettings, Evaluation, resolve_eps
+from cwr_fast.cli_types import (ConfigError, fmt_budget, integer, interrupt_on_signals, interrupted,
+                                number, threads_problem, usage_error)
+from cwr_fast.errors import RunError, UsageError
 from cwr_fast.models.calibration import ClasswiseCalibration, calibrated_num_classes, is_calibrated_state
 from cwr_fast.models.checkpoint import (CheckpointMismatchError, checkpoint_file_problem, load_weights,
                                         read_checkpoint)
 from cwr_fast.models.registry import (build_model, call_factory, canonical_name, load_factory,
                                       materialize_lazy)
 from cwr_fast.models.sources import build_from_source, is_source_spec, parse_source_spec
-from cwr_fast.options import add_options, check_options, given_options
+from cwr_fast.options import add_options, at_least, check_options, option
 from cwr_fast.outputs import (check_output_dir, check_output_file, no_space_error, record_written_file,
                               same_file, write_text)
 from cwr_fast.report import REPORT_KIND, format_summary, sweep_outcomes_file, write_report
 
-DEFAULT_ATTACKS = "fgsm,pgd-20,cw-30"
+MODEL, DATA = "model", "data"
+CALIBRATION_NOTE = ("A checkpoint of a calibrated model (checkpoints/calibrated.pt of "
+                    "`cwr_fast.train --calibrate`, the recommended source for such runs: fitted on "
+                    "held-out images) is detected and evaluated as it is. --calibrate-split fits one "
+                    "here first, on a split that is not the evaluated one (class-balanced; the train "
+                    "split was usually trained on, so its robust accuracy is optimistic)")
+FREE_ON_RESUME = ("--device", "--threads", "--no-progress", "--no-plots")  # what a resumed run may change
+
+
+def _loader(v):
+    from cwr_fast.data.loader import BACKENDS
+
+    return None if v in BACKENDS else f"must be one of {', '.join(BACKENDS)}, got {v!r}"
+
+
+def _threads(v):
+    problem = threads_problem(v)
+    return problem.removeprefix("--threads ") if problem else None
+
+
+@dataclass
+class EvaluateCommand:
+    """The command's own options (which model, which data, where the report goes); how the model is
+    evaluated is EvalSettings (the pipeline's), the calibration fit's settings CalibrationConfig."""
+
+    arch: str | None = option(None, "zoo architecture: small_cnn, preact_resnet18, wrn34_10, resnet50",
+                              MODEL)
+    model: str | None = option(
+        None, "any model: FILE.py:FACTORY, FACTORY(num_classes=, in_channels=, mean=, std=) -> "
+        "nn.Module taking [0, 1] images; or a published one, never downloaded: robustbench:NAME "
+        "(RobustBench's zoo, weights from --model-dir; robustbench:DATASET/NAME for an npz:/folder: "
+        "copy of cifar10, cifar100 or imagenet), timm:NAME or torchvision:NAME (the architecture, "
+        "weights from --checkpoint)", MODEL, metavar="SPEC")
+    threat_model: str | None = option(None, "RobustBench's leaderboard of a robustbench:NAME model "
+                                      "(default Linf)", MODEL, choices=("Linf", "L2", "corruptions"))
+    model_dir: str | None = option(None, "RobustBench's weights folder, in its layout DIR/<dataset>/"
+                                   "<threat model>/<NAME>.pt, as robustbench.utils.load_model(NAME, "
+                                   "model_dir=DIR) saves them (default ./models, RobustBench's)", MODEL,
+                                   metavar="DIR")
+    checkpoint: str | None = option(None, "weights, read with torch.load(weights_only=True)", MODEL)
+    checkpoint_key: str | None = option(None, "key of the state dict inside the checkpoint (default: "
+                                        "found)", MODEL)
+    normalize: str = option("dataset", "the input normalisation the weights were trained with, "
+                            "applied inside the model: the dataset's channel statistics (default), "
+                            "none (raw [0, 1] inputs, as TRADES' and MART's code train), or MEAN,STD "
+                            "(one value each, or one per channel: m1,m2,m3,s1,s2,s3)", MODEL,
+                            metavar="dataset|none|MEAN,STD", shown_default="")
+    dataset: str = option("mnist", None, DATA, shown_default="")
+    split: str = option("test", None, DATA, shown_default="")
+    data_dir: str | None = option(None, None, DATA)
+    loader: str = option("auto", "data backend: auto, gpu, ffcv, torch", DATA, shown_default="",
+                         check=_loader)
+    limit: int | None = option(None, "class-balanced limit: LIMIT // num_classes images per class",
+                               DATA, type=integer, check=at_least(1, optional=True))
+    calibrate_split: str | None = option(None, "fit a class-wise calibration on this split before "
+                                         "the evaluation", OPTIONS_GROUP, metavar="SPLIT")
+    calibrate_per_class: int = option(100, "calibration images per class", OPTIONS_GROUP, type=integer,
+                                      check=at_least(1, optional=True))
+    device: str = option("auto", "auto, cpu, cuda, cuda:1, ...", RUN, shown_default="")
+    threads: int | None = option(None, "CPU threads of torch (default: 1 for a small model on small "
+                                 "images on the CPU, <= 32x32 and < 5M parameters, where more threads "
+                                 "only contend; else torch's default)", RUN, type=integer, metavar="N",
+                                 check=_threads)
+    out: str | None = option(None, "output directory (written atomically once complete; until then "
+                             "each evaluated batch is kept in OUT.partial/)", RUN)
+    resume: str | None = option(None, "continue the interrupted evaluation of OUT with its own "
+                                f"settings (only {', '.join(FREE_ON_RESUME)} may be given beside it); "
+                                "the report equals an uninterrupted run's", RUN, metavar="OUT")
+    overwrite: bool = option(False, "replace a non-empty --out, and start over an interrupted one", RUN,
+                             action="store_true", shown_default="")
+    save_adv: str | None = option(None, "save per image its index, label, clean prediction and, per "
+                                  "attack, the adversarial prediction and the step (or AutoAttack "
+                                  "member) that broke it (schema: cwr_fast/classwise/outcomes.py); read "
+                                  "back by cwr_fast.compare", RUN, metavar="FILE.npz")
+    plots: bool = option(True, None, RUN, flag="--no-plots", action="store_false", shown_default="")
+
+
+DECLARED = (EvalSettings, EvaluateCommand, CalibrationConfig)  # in the order --help lists them
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser, derived from DECLARED; the namespace holds every option (defaults included)."""
     p = argparse.ArgumentParser(prog="python -m cwr_fast.evaluate", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    g = p.add_argument_group("model")
-    g.add_argument("--arch", help="zoo architecture: small_cnn, preact_resnet18, wrn34_10, resnet50")
-    g.add_argument("--model", metavar="SPEC",
-                   help="any model: FILE.py:FACTORY, FACTORY(num_classes=, in_channels=, mean=, std=) "
-                        "-> nn.Module taking [0, 1] images; or a published one, never downloaded: "
-                        "robustbench:NAME (RobustBench's zoo, weights from --model-dir; "
-                        "robustbench:DATASET/NAME for an npz:/folder: copy of cifar10, cifar100 or "
-                        "imagenet), timm:NAME or torchvision:NAME (the architecture, weights from "
-                        "--checkpoint)")
-    g.add_argument("--threat-model", choices=("Linf", "L2", "corruptions"),
-                   help="RobustBench's leaderboard of a robustbench:NAME model (default Linf)")
-    g.add_argument("--model-dir", metavar="DIR",
-                   help="RobustBench's weights folder, in its layout DIR/<dataset>/<threat model>/"
-                        "<NAME>.pt, as robustbench.utils.load_model(NAME, model_dir=DIR) saves them "
-                        "(default ./models, RobustBench's)")
-    g.add_argument("--checkpoint", help="weights, read with torch.load(weights_only=True)")
-    g.add_argument("--checkpoint-key", help="key of the state dict inside the checkpoint (default: found)")
-    g.add_argument("--normalize", default="dataset", metavar="dataset|none|MEAN,STD",
-                   help="the input normalisation the weights were trained with, applied inside "
-                        "the model: the dataset's channel statistics (default), none (raw [0, 1] "
-                        "inputs, as TRADES' and MART's code train), or MEAN,STD (one value each, "
-                        "or one per channel: m1,m2,m3,s1,s2,s3)")
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset", default="mnist")
-    g.add_argument("--split", default="test")
-    g.add_argument("--data-dir")
-    g.add_argument("--loader", default="auto", help="data backend: auto, gpu, ffcv, torch")
-    g.add_argument("--limit", type=integer, help="class-balanced limit: LIMIT // num_classes images per class")
-    g = p.add_argument_group("attacks")
-    g.add_argument("--attacks", default=DEFAULT_ATTACKS,
-                   help="comma-separated, e.g. fgsm,pgd-20,tpgd-20:T=2,cw-30,aa (default %(default)s)")
-    g.add_argument("--eps", type=number, help="Linf budget in [0, 1] pixel units, e.g. 8/255 "
-                   "(default: the checkpoint's training eps when it was written by cwr_fast.train, "
-                   "else the dataset's customary one, DatasetInfo.budget)")
-    g.add_argument("--eps-l2", type=number, help="default budget of L2 attacks")
-    g.add_argument("--track", choices=("any", "final"), default="any",
-                   help="a sample is fooled if any iterate fools it (default), or only the last")
-    g.add_argument("--tpgd-sweep", type=numbers, metavar="T,T,...",
-                   help="Temperature-PGD sweep over these temperatures")
-    g.add_argument("--eps-sweep", type=numbers, metavar="EPS,EPS,...", help="eps sweep")
-    g.add_argument("--sweep-steps", type=integer, default=20, help="PGD steps of the sweeps (default 20)")
-    g = p.add_argument_group(OPTIONS_GROUP,
-                             "A checkpoint of a calibrated model (checkpoints/calibrated.pt of "
-                             "`cwr_fast.train --calibrate`, the recommended source for such runs: "
-                             "fitted on held-out images) is detected and evaluated as it is. "
-                             "--calibrate-split fits one here first, on a split that is not the "
-                             "evaluated one (class-balanced; the train split was usually trained on, "
-                             "so its robust accuracy is optimistic)")
-    g.add_argument("--calibrate-split", metavar="SPLIT",
-                   help="fit a class-wise calibration on this split before the evaluation")
-    g.add_argument("--calibrate-per-class", type=integer, default=100,
-                   help="calibration images per class (default %(default)s)")
-    add_options(p, CalibrationConfig, {OPTIONS_GROUP: g})
-    g = p.add_argument_group("run")
-    g.add_argument("--batch-size", type=integer, default=256)
-    g.add_argument("--amp", choices=runtime.AMP_MODES, default="off",
-                   help="autocast dtype of the model during attacks, images stay float32 (default "
-                        "%(default)s; auto: bf16 on CUDA, and on a CPU with AMX or AVX-512 BF16 "
-                        "where it measures faster on the model; an image counts as robust only "
-                        "where float32 agrees)")
-    g.add_argument("--no-channels-last", action="store_true",
-                   help="keep the weights' layout (default: channels-last, faster convolutions)")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    g.add_argument("--threads", type=integer, metavar="N",
-                   help="CPU threads of torch (default: 1 for a small model on small images on the "
-                        "CPU, <= 32x32 and < 5M parameters, where more threads only contend; else "
-                        "torch's default)")
-    g.add_argument("--seed", type=seed_type, default=0)
-    g.add_argument("--out", help="output directory (written atomically once complete; until then "
-                   "each evaluated batch is kept in OUT.partial/)")
-    g.add_argument("--resume", metavar="OUT",
-                   help="continue the interrupted evaluation of OUT with its own settings (only "
-                        f"{', '.join(FREE_ON_RESUME)} may be given beside it); the report equals an "
-                        "uninterrupted run's")
-    g.add_argument("--overwrite", action="store_true",
-                   help="replace a non-empty --out, and start over an interrupted one")
-    g.add_argument("--save-adv", metavar="FILE.npz",
-                   help="save per image its index, label, clean prediction and, per attack, the "
-                        "adversarial prediction and the step (or AutoAttack member) that broke it "
-                        "(schema: cwr_fast/classwise/outcomes.py); read back by cwr_fast.compare")
-    g.add_argument("--save-adv-images", action="store_true",
-                   help="with --save-adv: the adversarial images too (float32: 4 bytes per pixel "
-                        "and attack)")
-    g.add_argument("--no-plots", action="store_true")
-    g.add_argument("--no-progress", action="store_true")
+    groups = {MODEL: p.add_argument_group(MODEL), DATA: p.add_argument_group(DATA),
+              ATTACKS: p.add_argument_group(ATTACKS),
+              OPTIONS_GROUP: p.add_argument_group(OPTIONS_GROUP, CALIBRATION_NOTE),
+              RUN: p.add_argument_group(RUN)}
+    for cls in DECLARED:
+        add_options(p, cls, groups, suppress_defaults=False)
     return p
+
+
+def _declared_problem(args) -> str | None:
+    """The first failed declared check of the options given (cwr_fast.options)."""
+    for cls in DECLARED:
+        names = {f.name for f in dataclasses.fields(cls)}
+        reason = check_options(cls(**{k: v for k, v in vars(args).items() if k in names}))
+        if reason:
+            return reason
+    return None
 
 
 # ---- an interrupted evaluation: OUT.partial/ holds the command, a lock and each evaluated batch ----
 PARTIAL_SUFFIX = ".partial"
-FREE_ON_RESUME = ("--device", "--threads", "--no-progress", "--no-plots")  # what a resumed run may change
 _COMMAND = "command.json"
 _LOCK = "lock"          # the pid of the cwr_fast.evaluate writing OUT.partial/
 _ERROR = "error.txt"    # the traceback of a run that failed after its first batch
@@ -416,21 +425,43 @@ def _run_inputs(args) -> dict:
 
 
 def _check_args(args) -> None:
-    if args.save_adv_images and args.save_adv is None:
+    """Every option, before any model or data is read: the declared checks, then the combinations."""
+    parse_attacks(args.attacks)  # AttackSpecError names a bad one
+    if args.keep_adv and args.save_adv is None:
         raise ConfigError("--save-adv-images needs --save-adv FILE.npz")
     if args.save_adv is not None:
-        if not args.save_adv.endswith(".npz"):
-            raise ConfigError(f"--save-adv {args.save_adv}: give a .npz file name")
-        own = {ROBUST_FILE, sweep_outcomes_file("temperature")}  # what the report writes as .npz
-        if Path(args.save_adv).name in own and same_file(Path(args.save_adv).parent, args.out):
-            raise ConfigError(f"--save-adv {args.save_adv} is the report's own "
-                              f"{Path(args.save_adv).name} in --out {args.out}: choose another name")
-        check_output_file(args.save_adv, args.overwrite, inputs=_run_inputs(args))
+        _check_save_adv(args)
+    _check_model_options(args)
+    if args.checkpoint is not None and checkpoint_file_problem(args.checkpoint):
+        raise ConfigError(checkpoint_file_problem(args.checkpoint))
+    if args.calibrate_split is not None and args.calibrate_split == args.split:
+        raise ConfigError(f"--calibrate-split {args.calibrate_split} is the evaluated split: fit the "
+                          "calibration on other images (e.g. --calibrate-split train)")
+    problem = _declared_problem(args)
+    if problem:
+        raise ConfigError(problem)
+    _check_not_locked(args.out)
+    check_output_dir(args.out, REPORT_KIND, args.overwrite)
+
+
+def _check_save_adv(args) -> None:
+    if not args.save_adv.endswith(".npz"):
+        raise ConfigError(f"--save-adv {args.save_adv}: give a .npz file name")
+    own = {ROBUST_FILE, sweep_outcomes_file("temperature")}  # what the report writes as .npz
+    if Path(args.save_adv).name in own and same_file(Path(args.save_adv).parent, args.out):
+        raise ConfigError(f"--save-adv {args.save_adv} is the report's own "
+                          f"{Path(args.save_adv).name} in --out {args.out}: choose another name")
+    check_output_file(args.save_adv, args.overwrite, inputs=_run_inputs(args))
+
+
+def _check_model_options(args) -> None:
+    """--arch / --model and the options that belong to each."""
     if (args.arch is None) == (args.model is None):
         raise ConfigError("give exactly one of --arch NAME (with --checkpoint) or --model FILE.py:FACTORY "
                           "(or --model robustbench:NAME, timm:NAME, torchvision:NAME)")
     if args.arch is not None:
-        canonical_name(args.arch)
+        with _user_input():
+            canonical_name(args.arch)
         if args.checkpoint is None:
             raise ConfigError("--arch needs --checkpoint (a zoo model without weights is untrained)")
     source = parse_source_spec(args.model) if is_source_spec(args.model) else None
@@ -447,50 +478,70 @@ def _check_args(args) -> None:
         raise ConfigError(f"--model {args.model} needs --checkpoint: the architecture is built without "
                           "pretrained weights (cwr_fast never downloads), and an untrained model's "
                           "robustness means nothing")
-    if args.checkpoint is not None and checkpoint_file_problem(args.checkpoint):
-        raise ConfigError(checkpoint_file_problem(args.checkpoint))
-    if args.eps is not None and budget_problem(args.eps):
-        raise ConfigError(f"--eps {budget_problem(args.eps)}")
-    if args.eps_l2 is not None and args.eps_l2 < 0:
-        raise ConfigError(f"--eps-l2 must be >= 0, got {args.eps_l2:g}")
-    if args.eps_sweep and any(not 0 <= e <= 1 for e in args.eps_sweep):
-        raise ConfigError(f"--eps-sweep values must lie in [0, 1], got {args.eps_sweep}")
-    if args.tpgd_sweep and any(t <= 0 for t in args.tpgd_sweep):
-        raise ConfigError(f"--tpgd-sweep temperatures must be > 0, got {args.tpgd_sweep}")
-    for flag, values in (("--eps-sweep", args.eps_sweep), ("--tpgd-sweep", args.tpgd_sweep)):
-        twice = sorted({f"{v:g}" for v in values or [] if values.count(v) > 1})
-        if twice:
-            raise ConfigError(f"{flag} gives {', '.join(twice)} more than once: give each value once")
-    if args.calibrate_split is not None and args.calibrate_split == args.split:
-        raise ConfigError(f"--calibrate-split {args.calibrate_split} is the evaluated split: fit the "
-                       "calibration on other images (e.g. --calibrate-split train)")
-    reason = check_options(calibration_config(args))
-    if reason:
-        raise ConfigError(reason)
-    for name in ("calibrate_per_class", "batch_size", "sweep_steps", "limit"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    if threads_problem(args.threads):
-        raise ConfigError(threads_problem(args.threads))
-    _check_not_locked(args.out)
-    check_output_dir(args.out, REPORT_KIND, args.overwrite)
+
+
+@contextlib.contextmanager
+def _user_input():
+    """The model zoo and the factory loader (cwr_fast.models.registry) and make_loader
+    (cwr_fast.data.loader) still refuse a bad --arch, --model file or --loader, and a factory that
+    fails, with a plain ValueError/TypeError: those, raised while the model or the loader is built
+    from the arguments, are the user's input, as a ConfigError (exit 2). Nothing else is turned."""
+    try:
+        yield
+    except (ValueError, TypeError) as err:
+        if isinstance(err, UsageError):
+            raise
+        raise ConfigError(str(err)) from err
 
 
 def calibration_config(args) -> CalibrationConfig:
-    return CalibrationConfig(**given_options(args, CalibrationConfig))
+    return CalibrationConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(CalibrationConfig)})
 
 
 def _load_model(args, info, device: torch.device) -> tuple[torch.nn.Module, bool, dict | None]:
     """(model, whether the checkpoint held a class-wise calibrated model, now wrapped, the
     training configuration saved in the checkpoint or None)."""
+    with _user_input():
+        model = _build_model(args, info)
+        materialize_lazy(model, info.image_shape)  # nn.LazyLinear & co. need their shapes first
+    calibrated, train_config, args.recorded_clean = False, None, None
+    if args.checkpoint is not None:
+        state, train_config, args.recorded_clean = read_checkpoint(args.checkpoint, args.checkpoint_key)
+        if args.normalize != "dataset" and any(k in state for k in ("mean", "model.mean")):
+            raise ConfigError(f"{args.checkpoint} carries its own normalisation (the mean/std "
+                              "buffers of a cwr_fast model), which is what it was trained with: "
+                              "drop --normalize")
+        if is_calibrated_state(state):
+            if calibrated_num_classes(state) != info.num_classes:
+                raise ConfigError(f"the calibrated checkpoint has {calibrated_num_classes(state)} "
+                                  f"classes, {info.name} has {info.num_classes}")
+            if args.calibrate_split is not None:
+                raise ConfigError(f"{args.checkpoint} is already calibrated: drop --calibrate-split, "
+                                  "or fit on the uncalibrated weights")
+            model, calibrated = ClasswiseCalibration(model, info.num_classes), True
+        try:
+            load_weights(model, args.checkpoint, key=args.checkpoint_key, arch_name=args.model_label,
+                         state=state)
+        except CheckpointMismatchError as err:
+            if not err.shapes_differ:
+                raise
+            # a stray label (12 among 0..9) makes a dataset of 13 classes: say where the count came from
+            raise CheckpointMismatchError(f"{err}; the model was built for the {info.num_classes} classes "
+                                          f"of {info.name} (labels 0..{info.num_classes - 1})",
+                                          shapes_differ=True) from None
+    return model.to(device), calibrated, train_config
+
+
+def _build_model(args, info) -> torch.nn.Module:
+    """The model --arch or --model names, without weights (those of a published one aside); sets
+    args.model_label (how errors name it) and args.model_source (the report config's "source")."""
     in_channels = info.image_shape[0]
     mean, std = normalization(args.normalize, info)
-    args.model_source = None  # the report config's "source": what a published model loaded
+    args.model_source = None
     if args.arch is not None:
-        model = build_model(args.arch, info.num_classes, mean, std, in_channels)
-        label = f"architecture {canonical_name(args.arch)!r}"
-    elif is_source_spec(args.model):
+        args.model_label = f"architecture {canonical_name(args.arch)!r}"
+        return build_model(args.arch, info.num_classes, mean, std, in_channels)
+    if is_source_spec(args.model):
         from cwr_fast.data import dataset_info
 
         dataset = info.name  # a copy of CIFAR-10/100 (npz:, folder:) is known by its class names
@@ -503,37 +554,11 @@ def _load_model(args, info, device: torch.device) -> tuple[torch.nn.Module, bool
             threat_model=args.threat_model or "Linf", model_dir=args.model_dir)
         if args.checkpoint is not None:
             args.model_source["weights"] = args.checkpoint
-        label = args.model
-    else:
-        factory = load_factory(args.model)
-        model = call_factory(factory, num_classes=info.num_classes, in_channels=in_channels,
-                             mean=mean, std=std)
-        label = f"the model of {args.model}"
-    materialize_lazy(model, info.image_shape)  # nn.LazyLinear & co. need their shapes first
-    calibrated, train_config, args.recorded_clean = False, None, None
-    if args.checkpoint is not None:
-        state, train_config, args.recorded_clean = read_checkpoint(args.checkpoint, args.checkpoint_key)
-        if args.normalize != "dataset" and any(k in state for k in ("mean", "model.mean")):
-            raise ConfigError(f"{args.checkpoint} carries its own normalisation (the mean/std "
-                              "buffers of a cwr_fast model), which is what it was trained with: "
-                              "drop --normalize")
-        if is_calibrated_state(state):
-            if calibrated_num_classes(state) != info.num_classes:
-                raise ConfigError(f"the calibrated checkpoint has {calibrated_num_classes(state)} "
-                               f"classes, {info.name} has {info.num_classes}")
-            if args.calibrate_split is not None:
-                raise ConfigError(f"{args.checkpoint} is already calibrated: drop --calibrate-split, "
-                               "or fit on the uncalibrated weights")
-            model, calibrated = ClasswiseCalibration(model, info.num_classes), True
-        try:
-            load_weights(model, args.checkpoint, key=args.checkpoint_key, arch_name=label, state=state)
-        except CheckpointMismatchError as err:
-            if "shape mismatch" not in str(err):
-                raise
-            # a stray label (12 among 0..9) makes a dataset of 13 classes: say where the count came from
-            raise CheckpointMismatchError(f"{err}; the model was built for the {info.num_classes} classes "
-                                          f"of {info.name} (labels 0..{info.num_classes - 1})") from None
-    return model.to(device), calibrated, train_config
+        args.model_label = args.model
+        return model
+    args.model_label = f"the model of {args.model}"
+    return call_factory(load_factory(args.model), num_classes=info.num_classes, in_channels=in_channels,
+                        mean=mean, std=std)
 
 
 def normalization(text: str, info) -> tuple[tuple | None, tuple | None]:
@@ -555,135 +580,124 @@ def normalization(text: str, info) -> tuple[tuple | None, tuple | None]:
     return tuple(values[:channels]), tuple(values[channels:])
 
 
-def _budget(args, info, train_config: dict | None) -> tuple[float, str]:
-    """(eps, where it comes from): --eps, else the checkpoint's training eps, else the dataset's."""
-    if args.eps is not None:
-        return args.eps, "--eps"
-    if train_config is not None and isinstance(train_config.get("eps"), (int, float)):
-        return float(train_config["eps"]), "the checkpoint's training config"
-    return info.budget.eps, f"the default of {info.name}"
-
-
 def _fit_calibration(args, info, model, eps: float, amp, device, progress: bool):
     """Fits a calibration on --calibrate-split (class-balanced, seeded) and returns (the calibrated
     model, the report config's calibration entries)."""
     from cwr_fast.data import make_loader
 
-    loader = make_loader(args.dataset, args.calibrate_split, args.batch_size, train=False,
-                         loader=args.loader, device=device, data_dir=args.data_dir,
-                         per_class=args.calibrate_per_class, subset_seed=args.seed)
+    with _user_input():
+        loader = make_loader(args.dataset, args.calibrate_split, args.batch_size, train=False,
+                             loader=args.loader, device=device, data_dir=args.data_dir,
+                             per_class=args.calibrate_per_class, subset_seed=args.seed)
     say = (lambda msg: print(f"[cwr_fast.evaluate] {msg}", file=sys.stderr, flush=True)) if progress \
         else (lambda msg: None)
     model, fit = calibrate(model, loader, info.num_classes, eps, calibration_config(args), amp=amp,
                            seed=args.seed, device=device, log=say)
+    summary = ("clean_mean", "robust_mean", "robust_worst", "worst_class")
     return model, {"calibrated": True, "calibration": {
         "fitted_on": args.calibrate_split, "per_class": args.calibrate_per_class,
         **{k: fit[k] for k in ("params", "eps", "steps", "rounds", "max_mean_drop", "num_images",
                                "chosen_round", "scale", "bias", "seconds")},
-        "before": {k: fit["before"][k] for k in ("clean_mean", "robust_mean", "robust_worst", "worst_class")},
-        "after": {k: fit["after"][k] for k in ("clean_mean", "robust_mean", "robust_worst", "worst_class")}}}
+        "before": {k: fit["before"][k] for k in summary}, "after": {k: fit["after"][k] for k in summary}}}
 
 
-def run(args) -> dict:
-    """Evaluates and returns the report dict (written to args.out on rank 0)."""
-    from cwr_fast.data import dataset_info, make_loader
+def _per_class(limit: int | None, info) -> int | None:
+    if limit is None:
+        return None
+    if limit // info.num_classes < 1:
+        raise ConfigError(f"--limit {limit} is below the number of classes ({info.num_classes})")
+    return limit // info.num_classes
 
-    _check_args(args)
-    specs = parse_attacks(args.attacks)
+
+def _setup(args):
+    """The dataset, the process group and the model, as the run evaluates them: (info, per_class,
+    the runtime's DistInfo, model, calibration config entries, train_config)."""
+    from cwr_fast.data import dataset_info
+
     info = dataset_info(args.dataset)
     info.check_split(args.split)
     if args.calibrate_split is not None:
         info.check_split(args.calibrate_split)
-    per_class = None
-    if args.limit is not None:
-        per_class = args.limit // info.num_classes
-        if per_class < 1:
-            raise ConfigError(f"--limit {args.limit} is below the number of classes ({info.num_classes})")
+    per_class = _per_class(args.limit, info)
     dist_info = runtime.init(args.device)
-    device, rank, world = dist_info.device, dist_info.rank, dist_info.world_size
     with torch.random.fork_rng(devices=[]):  # a factory's random initialisation: the same on --resume
         torch.manual_seed(args.seed)
-        model, from_checkpoint, train_config = _load_model(args, info, device)
-    threads, threads_choice = choose_threads(args.threads, device, model, info.image_shape)
-    torch.set_num_threads(threads)
-    model_state = state_digest(model)
-    eps, eps_source = _budget(args, info, train_config)
-    sweep_base = {"T": parse_attack(f"tpgd-{args.sweep_steps}"), "eps": parse_attack(f"pgd-{args.sweep_steps}")}
-    sweeps = {"T": [sweep_base["T"].with_params(T=t) for t in args.tpgd_sweep or []],
-              "eps": [sweep_base["eps"].with_params(eps=e) for e in args.eps_sweep or []]}
-    check_attacks(specs + sweeps["T"] + sweeps["eps"], eps=eps, eps_l2=args.eps_l2,
-                  num_classes=info.num_classes)  # every setting, before any attack runs
-    sample = torch.rand(min(args.batch_size, 64), *info.image_shape, device=device)
-    amp, amp_choice = runtime.choose_amp(
-        args.amp, device, lambda: bf16_speedup(model, sample, not args.no_channels_last))
-    if rank == 0 and args.amp in ("auto", "bf16"):
-        print(f"[cwr_fast.evaluate] {amp_choice}", file=sys.stderr)
+        model, from_checkpoint, train_config = _load_model(args, info, dist_info.device)
     calibration = {"calibrated": from_checkpoint,
                    "calibration": "from the checkpoint" if from_checkpoint else None}
+    return info, per_class, dist_info, model, calibration, train_config
+
+
+def _report_config(args, info, evaluation: Evaluation, eps_source: str, amp_choice: str, device,
+                   threads: tuple, world: int, per_class, calibration: dict) -> dict:
+    """report.json's config (the pipeline adds its "seconds")."""
+    return {"dataset": info.name, "split": args.split, "arch": args.arch, "model": args.model,
+            "checkpoint": args.checkpoint, "normalize": args.normalize,
+            "source": getattr(args, "model_source", None),
+            "attacks": evaluation.labels, "eps": evaluation.eps, "eps_source": eps_source,
+            "eps_l2": args.eps_l2, "track": args.track, "tpgd_sweep": args.tpgd_sweep,
+            "eps_sweep": args.eps_sweep, "sweep_steps": args.sweep_steps,
+            "batch_size": args.batch_size, "amp": evaluation.amp or "off", "amp_choice": amp_choice,
+            "device": str(device), "threads": threads[0], "threads_choice": threads[1],
+            "channels_last": args.channels_last,
+            "world_size": world, "limit": args.limit, "per_class": per_class, "seed": args.seed,
+            **calibration}
+
+
+def run(args) -> dict:
+    """Evaluates and returns the report dict (written to args.out on rank 0)."""
+    from cwr_fast.data import make_loader
+
+    _check_args(args)
+    info, per_class, dist_info, model, calibration, train_config = _setup(args)
+    device, rank, world = dist_info.device, dist_info.rank, dist_info.world_size
+    threads = choose_threads(args.threads, device, model, info.image_shape)
+    torch.set_num_threads(threads[0])
+    model_state = state_digest(model)
+    eps, eps_source = resolve_eps(args.eps, train_config, info)
+    Evaluation(EvalSettings.of(args), num_classes=info.num_classes, eps=eps).check()
+    sample = torch.rand(min(args.batch_size, 64), *info.image_shape, device=device)
+    amp, amp_choice = runtime.choose_amp(
+        args.amp, device, lambda: bf16_speedup(model, sample, args.channels_last))
+    if rank == 0 and args.amp in ("auto", "bf16"):
+        print(f"[cwr_fast.evaluate] {amp_choice}", file=sys.stderr)
     if args.calibrate_split is not None:
         model, calibration = _fit_calibration(args, info, model, eps, amp, device,
-                                              progress=rank == 0 and not args.no_progress)
-    loader = make_loader(args.dataset, args.split, args.batch_size, train=False, loader=args.loader,
-                         device=device, data_dir=args.data_dir, per_class=per_class)
-    common = {"num_classes": info.num_classes, "amp": amp, "seed": args.seed,
-              "distributed": world > 1, "progress": not args.no_progress,
-              "channels_last": not args.no_channels_last}
-    build = {"eps": eps, "eps_l2": args.eps_l2, "track": args.track, "amp": amp,
-             "num_classes": info.num_classes}
-
-    def evaluate(attack_specs, title, per_image=False):
-        attacks = {s.label: s.build(model, **build) for s in attack_specs}
-        log = BatchLog(partial / title.replace(" ", "-"))
-        if rank == 0 and not args.no_progress:
-            kept = f" ({len(log)} batches from the interrupted run)" if len(log) else ""
-            print(f"[cwr_fast.evaluate] {title}: {', '.join(attacks)}{kept}", file=sys.stderr)
-        return attacks, evaluate_classwise(model, loader, attacks=attacks, log=log,
-                                           per_image=per_image, keep_adv=args.save_adv_images,
-                                           **common)
-
+                                              progress=rank == 0 and args.progress)
+    with _user_input():
+        loader = make_loader(args.dataset, args.split, args.batch_size, train=False,
+                             loader=args.loader, device=device, data_dir=args.data_dir,
+                             per_class=per_class)
     partial = _start_progress(args, getattr(args, "command_argv", None), rank, model_state)
     if world > 1:
         torch.distributed.barrier()  # OUT.partial/ is ready before any process writes a batch there
-    started = time.perf_counter()
-    attacks, counts = evaluate(specs, "attacks", per_image=True)
-    t_sweep = e_sweep = t_outcomes = None
-    if args.tpgd_sweep:  # per image too: findings pick T per class on some images, test it on others
-        _, sweep_counts = evaluate(sweeps["T"], "temperature sweep", per_image=True)
-        t_sweep = sweep_section(sweep_counts, "T", args.tpgd_sweep, sweep_base["T"].label, info.class_names)
-        t_outcomes = sweep_counts.outcomes
-    if args.eps_sweep:
-        _, sweep_counts = evaluate(sweeps["eps"], "eps sweep")
-        e_sweep = sweep_section(sweep_counts, "eps", args.eps_sweep, sweep_base["eps"].label,
-                                info.class_names)
-    config = {"dataset": info.name, "split": args.split, "arch": args.arch, "model": args.model,
-              "checkpoint": args.checkpoint, "normalize": args.normalize,
-              "source": getattr(args, "model_source", None),
-              "attacks": [s.label for s in specs], "eps": eps,
-              "eps_source": eps_source,
-              "eps_l2": args.eps_l2, "track": args.track, "tpgd_sweep": args.tpgd_sweep,
-              "eps_sweep": args.eps_sweep, "sweep_steps": args.sweep_steps,
-              "batch_size": args.batch_size, "amp": amp or "off", "amp_choice": amp_choice,
-              "device": str(device), "threads": threads, "threads_choice": threads_choice,
-              "channels_last": not args.no_channels_last,
-              "world_size": world, "limit": args.limit, "per_class": per_class, "seed": args.seed,
-              **calibration,
-              "seconds": round(time.perf_counter() - started, 3)}
-    report = build_report(counts, info.class_names, attacks=attacks, config=config,
-                          dataset={"name": info.name, "split": args.split},
-                          temperature_sweep=t_sweep, eps_sweep=e_sweep)
-    expected, where = args.recorded_clean or (None, "")
-    report["flags"] += clean_accuracy_flags(counts, expected, where)
+    say = (lambda line: print(f"[cwr_fast.evaluate] {line}", file=sys.stderr)) \
+        if rank == 0 and args.progress else None
+    evaluation = Evaluation(dataclasses.replace(EvalSettings.of(args), amp=amp or "off"),
+                            num_classes=info.num_classes, eps=eps, distributed=world > 1,
+                            log_for=lambda title: BatchLog(partial / title.replace(" ", "-")), say=say)
+    config = _report_config(args, info, evaluation, eps_source, amp_choice, device, threads, world,
+                            per_class, calibration)
+    result = evaluation.run(model, loader, info.class_names, config=config,
+                            dataset={"name": info.name, "split": args.split},
+                            recorded_clean=args.recorded_clean or (None, ""))
     if rank == 0:
-        write_report(report, args.out, plots=not args.no_plots, overwrite=args.overwrite,
-                     outcomes=counts.outcomes, sweep_outcomes={"temperature": t_outcomes})
-        if args.save_adv is not None:
-            record_written_file(counts.outcomes.describe(report, attacks).save(args.save_adv))
-        shutil.rmtree(partial, ignore_errors=True)
-        print(format_summary(report))
-        print(f"eps {fmt_budget(eps)}: {eps_source}")
-        print(f"report written to {args.out}"
-              + (f"; per-image outcomes to {args.save_adv}" if args.save_adv else ""))
-    return report
+        _write(args, result, partial, f"eps {fmt_budget(eps)}: {eps_source}")
+    return result.report
+
+
+def _write(args, result, partial: Path, budget_line: str) -> None:
+    """The report's files, the per-image outcomes (--save-adv), and the summary on stdout."""
+    report = result.report
+    write_report(report, args.out, plots=args.plots, overwrite=args.overwrite,
+                 outcomes=result.outcomes, sweep_outcomes=result.sweep_outcomes)
+    if args.save_adv is not None:
+        record_written_file(describe_outcomes(result.outcomes, report, result.attacks).save(args.save_adv))
+    shutil.rmtree(partial, ignore_errors=True)
+    print(format_summary(report))
+    print(budget_line)
+    print(f"report written to {args.out}"
+          + (f"; per-image outcomes to {args.save_adv}" if args.save_adv else ""))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -691,41 +705,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     interrupt_on_signals()  # SIGTERM, SIGHUP: as Ctrl-C (what was kept, how to resume)
-    from cwr_fast.data import DatasetError
-
     started_group = not runtime.is_initialized()
     cwd, threads = os.getcwd(), torch.get_num_threads()  # main() may be called from Python, several times
     try:
         args = resumed_args(parser, argv, args)
         run(args)
-    except (ConfigError, AttackSpecError, CheckpointMismatchError, DatasetError, FileNotFoundError,
-            FileExistsError, ValueError, TypeError) as err:
+    except (UsageError, AttackSpecError, FileNotFoundError, FileExistsError) as err:
         advice = _kept_advice(args)
         _remove_if_nothing_kept(args)
         return usage_error("cwr_fast.evaluate", f"{err}{advice}")
     except KeyboardInterrupt:
-        _remove_if_nothing_kept(args)
-        partial = progress_dir(args.out) if args.out and getattr(args, "lock_held", None) else None
-        if partial is not None and partial.is_dir():
-            return interrupted("cwr_fast.evaluate", f"the evaluated batches are kept in {partial}: "
-                               f"continue with python -m cwr_fast.evaluate --resume {args.out}")
-        return interrupted("cwr_fast.evaluate", "nothing was written: run the same command again")
+        return _interrupted(args)
     except Exception as err:  # a failure after the first batch: one line, the traceback kept beside the batches
-        advice = _kept_advice(args)
-        nospace = no_space_error(err)
-        if nospace is not None:  # disk full: no error.txt (no room for it); what was written is intact
-            if not advice:
-                _remove_if_nothing_kept(args)
-            print(f"cwr_fast.evaluate: error: {nospace}{advice}", file=sys.stderr)
-            return 1
-        if not advice:
-            _remove_if_nothing_kept(args)
-            raise
-        error_file = progress_dir(args.out) / _ERROR
-        error_file.write_text(traceback.format_exc(), encoding="utf-8")
-        print(f"cwr_fast.evaluate: error: {type(err).__name__}: {' '.join(str(err).split())} "
-              f"(traceback in {error_file}){advice}", file=sys.stderr)
-        return 1
+        return _failed(args, err)
     finally:
         _release_lock(args)
         os.chdir(cwd)
@@ -733,6 +725,35 @@ def main(argv: list[str] | None = None) -> int:
         if started_group:
             runtime.cleanup()
     return 0
+
+
+def _interrupted(args) -> int:
+    _remove_if_nothing_kept(args)
+    partial = progress_dir(args.out) if args.out and getattr(args, "lock_held", None) else None
+    if partial is not None and partial.is_dir():
+        return interrupted("cwr_fast.evaluate", f"the evaluated batches are kept in {partial}: "
+                           f"continue with python -m cwr_fast.evaluate --resume {args.out}")
+    return interrupted("cwr_fast.evaluate", "nothing was written: run the same command again")
+
+
+def _failed(args, err: Exception) -> int:
+    """A RunError (the disk full, ...): one line, exit 1. Anything else is a bug: re-raised with
+    its traceback, or, once batches are kept, the traceback written beside them and one line."""
+    advice = _kept_advice(args)
+    reason = no_space_error(err) or (err if isinstance(err, RunError) else None)
+    if reason is not None:  # disk full: no error.txt (no room for it); what was written is intact
+        if not advice:
+            _remove_if_nothing_kept(args)
+        print(f"cwr_fast.evaluate: error: {reason}{advice}", file=sys.stderr)
+        return 1
+    if not advice:
+        _remove_if_nothing_kept(args)
+        raise err
+    error_file = progress_dir(args.out) / _ERROR
+    error_file.write_text(traceback.format_exc(), encoding="utf-8")
+    print(f"cwr_fast.evaluate: error: {type(err).__name__}: {' '.join(str(err).split())} "
+          f"(traceback in {error_file}){advice}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

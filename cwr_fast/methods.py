@@ -36,7 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cwr_fast.attacks.functional import ops_module, perturb
+from cwr_fast.attacks.functional import perturb
+from cwr_fast.ops import backend_module
 from cwr_fast.runtime import amp_dtype, autocast
 from cwr_fast.attacks.model_mode import attack_mode
 
@@ -74,7 +75,7 @@ class Method:
                  attack_bn: str = "auto", ops_impl: str = "fused"):
         if attack_bn not in ("auto", "train", "eval"):
             raise ValueError(f"attack_bn must be auto, train or eval, got {attack_bn!r}")
-        self.ops = ops_module(ops_impl)
+        self.ops = backend_module(ops_impl)
         if not isinstance(steps, int) or steps < 1:
             raise ValueError(f"attack steps must be an int >= 1, got {steps!r}")
         self.steps, self.amp, self.ops_impl = steps, amp, ops_impl

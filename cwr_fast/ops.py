@@ -9,26 +9,52 @@ The kernels live in the compiled extension `cwr_fast._C` and are also reachable 
 `torch.ops.cwr_fast.*`: the Linf and L2 PGD steps; temperature CE, margin and DLR losses
 (forward+backward in one pass, and as differentiable training losses whose autograd is C++);
 FAB's hyperplane projections; the Square Attack's Linf query and accept step. Each op has a fake
-(meta) kernel, so `torch.compile(fullgraph=True)` traces it, and the *_fwd_bwd losses also have autograd formulas here. Without the extension, every function here falls back
-to `cwr_fast.reference` (with one warning); `backend()` says which is in use. Set
-`CWR_FAST_BACKEND=reference` to force the fallback.
+(meta) kernel, so `torch.compile(fullgraph=True)` traces it, and the *_fwd_bwd losses also have
+autograd formulas here.
+
+Backends, one switch: `backend_module(name)` is the module of a backend's ops, "fused" (this
+module) or "eager" (`cwr_fast.reference`: the same functions in plain PyTorch, the baseline of the
+benchmarks). It is the one way code outside the op layer reaches the reference ops. Its two
+spellings:
+- training's `--ops eager` (`Method(ops_impl="eager")`): the method runs on `backend_module("eager")`;
+- the environment variable `CWR_FAST_BACKEND=reference`, read once at import: the extension is not
+  loaded and every function here delegates to `backend_module("eager")`, as it does (with one
+  warning) when the extension is missing.
+`backend()` says what this module runs: 'compiled (cpu, cuda)', 'compiled (cpu)' or 'reference'.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import warnings
+from types import ModuleType
 
 import torch
 from torch import Tensor
 
 from cwr_fast import reference
 
+BACKENDS = ("fused", "eager")  # the names of `--ops`
 _BACKEND_ENV = "CWR_FAST_BACKEND"
+_ENV_SPELLINGS = {"reference": "eager"}  # CWR_FAST_BACKEND's value -> the backend it selects
+
+
+def backend_module(name: str) -> ModuleType:
+    """The module of the ops of backend `name`: "fused" -> cwr_fast.ops (compiled kernels, or the
+    eager ones where CWR_FAST_BACKEND=reference or the extension is missing), "eager" ->
+    cwr_fast.reference. Both have the same functions with the same signatures."""
+    if name not in BACKENDS:
+        raise ValueError(f"ops must be fused or eager, got {name!r}")
+    return reference if name == "eager" else sys.modules[__name__]
+
+
+def _backend_from_environment() -> str:
+    return _ENV_SPELLINGS.get(os.environ.get(_BACKEND_ENV, ""), "fused")
 
 
 def _load_extension() -> bool:
-    if os.environ.get(_BACKEND_ENV, "") == "reference":
+    if _backend_from_environment() == "eager":
         return False
     try:
         import cwr_fast._C  # noqa: F401  (registers torch.ops.cwr_fast.*)

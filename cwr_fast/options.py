@@ -35,6 +35,8 @@ class Declaration:
     fixed_on_resume: bool = False    # part of a run's trajectory: a resumed run must not change it
     check: Callable | None = None    # value -> the reason it is wrong ("must be >= 0, got -1") or None
     shown_default: str | None = None  # what --help says the default is (default: the field's)
+    flag: str | None = None          # the option's name when it is not --field-name, e.g.
+                                     # "--no-progress" (action="store_false") for a field progress
 
 
 def option(default, help: str, group: str, **declaration):
@@ -49,15 +51,19 @@ def declared(cls) -> list[tuple[dataclasses.Field, Declaration]]:
     return [(f, f.metadata["option"]) for f in dataclasses.fields(cls) if "option" in f.metadata]
 
 
-def flag(name: str) -> str:
+def flag(name: str, declaration: Declaration | None = None) -> str:
+    if declaration is not None and declaration.flag is not None:
+        return declaration.flag
     return "--" + name.replace("_", "-")
 
 
 def add_options(parser: argparse.ArgumentParser, cls, groups: dict | None = None,
-                shown_defaults: dict | None = None) -> dict:
+                shown_defaults: dict | None = None, suppress_defaults: bool = True) -> dict:
     """Adds every declared option of `cls` to `parser`, in argument groups by declaration.group
     (created on first use and returned, so a caller can add more to a group). shown_defaults:
-    {field name: text} overrides what --help says of a default (e.g. 'dataset preset')."""
+    {field name: text} overrides what --help says of a default (e.g. 'dataset preset').
+    suppress_defaults=False: the namespace holds every option, the field's default where none
+    was typed (for a command that has no presets to fill in)."""
     groups = {} if groups is None else groups
     shown_defaults = shown_defaults or {}
     for f, d in declared(cls):
@@ -65,15 +71,20 @@ def add_options(parser: argparse.ArgumentParser, cls, groups: dict | None = None
             groups[d.group] = parser.add_argument_group(d.group)
         shown = shown_defaults.get(f.name, d.shown_default)
         if shown is None:
-            shown = _shown(f.default if f.default is not dataclasses.MISSING else f.default_factory())
-        kwargs = {"dest": f.name, "default": argparse.SUPPRESS,
+            shown = _shown(_default(f))
+        default = argparse.SUPPRESS if suppress_defaults else _default(f)
+        kwargs = {"dest": f.name, "default": default,
                   "help": f"{d.help} (default {shown})" if shown else d.help}
         for key in ("type", "choices", "action", "metavar"):
             value = getattr(d, key)
             if value is not None:
                 kwargs[key] = value
-        groups[d.group].add_argument(flag(f.name), **kwargs)
+        groups[d.group].add_argument(flag(f.name, d), **kwargs)
     return groups
+
+
+def _default(f: dataclasses.Field):
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
 
 
 def _shown(value) -> str:
@@ -103,7 +114,7 @@ def check_options(cfg) -> str | None:
         if d.check is not None:
             reason = d.check(getattr(cfg, f.name))
             if reason:
-                return f"{flag(f.name)} {reason}"
+                return f"{flag(f.name, d)} {reason}"
     return None
 
 

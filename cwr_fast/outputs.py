@@ -24,6 +24,8 @@ import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
+from cwr_fast.errors import RunError, UsageError
+
 MANIFEST = ".cwr_fast.json"
 LOCK = ".cwr_fast.lock"  # the pid of the process writing the directory now (writer_lock)
 TMP_PREFIX = ".cwr_fast-tmp-"  # + "<pid>-": a temporary whose process is gone is stale
@@ -31,7 +33,7 @@ TMP_PREFIX = ".cwr_fast-tmp-"  # + "<pid>-": a temporary whose process is gone i
 Content = str | Callable[[Path], object]  # text, or a function writing the file at the given path
 
 
-class OutputError(ValueError):
+class OutputError(UsageError):
     """An output location cwr_fast must not or cannot write; the message names it and says why."""
 
 
@@ -39,14 +41,15 @@ class OutputExists(OutputError):
     """The location holds an earlier cwr_fast output of the same kind and overwrite was not given."""
 
 
-class NoSpaceError(OSError):
+class NoSpaceError(RunError, OSError):
     """The disk (or quota) filled up while cwr_fast wrote `path`. The write was atomic, so the
     previous file is intact and nothing done before is lost; str() is the one line to show:
-    "no space left while writing FILE; free space and run with --resume". An OSError (errno
-    ENOSPC), not an OutputError: a failure after starting (exit 1), not a bad input."""
+    "no space left while writing FILE; free space and run with --resume". A RunError (exit 1: a
+    failure after starting, not a bad input) and an OSError (errno ENOSPC), not an OutputError."""
 
     def __init__(self, path: str | os.PathLike, advice: str = "free space and run with --resume"):
-        super().__init__(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        # OSError's own constructor (the MRO would pick RuntimeError's): errno, strerror, filename
+        OSError.__init__(self, errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         self.path, self.advice = Path(path), advice
 
     def __str__(self) -> str:

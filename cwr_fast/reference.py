@@ -1,5 +1,7 @@
-"""Pure-PyTorch reference of every fused op: the ground truth of the tests and the fallback when the
-compiled extension is missing.
+"""Pure-PyTorch reference of every fused op: the ground truth of the tests, and the eager backend
+(`cwr_fast.ops.backend_module("eager")`: training's `--ops eager`, `CWR_FAST_BACKEND=reference`,
+and the fallback when the compiled extension is missing). Code outside the op layer reaches it
+only through `cwr_fast.ops.backend_module`.
 
 Each function has the semantics of the op of the same name in `cwr_fast.ops`: computation in
 float32 (float64 stays float64), results rounded once to the input dtype.
@@ -9,6 +11,8 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from cwr_fast.op_checks import check_dlr_classes
 
 _L2_TINY = 1e-12  # keeps grad / ||grad|| finite for an all-zero gradient
 
@@ -105,14 +109,6 @@ def margin_loss_fwd_bwd(logits: Tensor, target: Tensor,
         dz.scatter_(1, target[:, None], -1.0)
     loss, dz = _weighted(loss, dz, weight)
     return loss.to(torch.float64 if logits.dtype == torch.float64 else torch.float32), dz.to(logits.dtype)
-
-
-def check_dlr_classes(num_classes: int, targeted: bool) -> None:
-    """The DLR denominator needs the 3rd (targeted: 4th) largest logit."""
-    need = 4 if targeted else 3
-    if num_classes < need:
-        raise ValueError(f"logits must have at least {need} classes for the "
-                         f"{'targeted' if targeted else 'untargeted'} DLR loss, got {num_classes}")
 
 
 def dlr_loss_fwd_bwd(logits: Tensor, target: Tensor, attack_target: Tensor | None = None,

@@ -1,5 +1,7 @@
-"""Writing a class-wise robustness report (the dict of `cwr_fast.classwise.analysis.build_report`,
-whose docstring documents the report.json schema) to a directory, atomically:
+"""Writing a class-wise robustness report (the `Report` of `cwr_fast.classwise.analysis.build_report`,
+whose docstring documents the report.json schema; `classwise.report_data` its typed parts) to a
+directory, atomically. Every writer takes a Report (or a report dict of any version, read with
+`Report.from_json`) and reads its attributes:
 
     report.json                 everything, versioned schema; above SPARSE_CONFUSION_ABOVE classes
                                 each confusion matrix as {"sparse": [[true, pred, count], ...],
@@ -31,6 +33,8 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from cwr_fast.classwise.report_data import (SPARSE_CONFUSION_ABOVE, AutoAttackSection, ClassRecord,
+                                            Report, Summary, Sweep, as_report, known, sparse_cells)
 from cwr_fast.outputs import write_files
 
 REPORT_KIND = "evaluation report"  # its kind in cwr_fast.outputs
@@ -74,14 +78,20 @@ def csv_text(header: Sequence[str], rows: Sequence[Sequence]) -> str:
     return buf.getvalue()
 
 
-def per_class_csv(report: dict) -> str:
+def per_class_csv(report: Report) -> str:
     rows = []
-    sections = [(a["label"], a["per_class"]) for a in report["attacks"]]
-    sections.append(("worst_case", report["worst_case"]["per_class"]))
+    sections = [(a.label, a.per_class) for a in report.attacks]
+    sections.append(("worst_case", report.worst_case.per_class))
     for label, records in sections:
         for r in records:
-            rows.append([label] + [("" if r[f] is None else r[f]) for f in PER_CLASS_FIELDS[1:]])
+            rows.append([label] + [("" if v is None else v) for v in _per_class_cells(r)])
     return csv_text(PER_CLASS_FIELDS, rows)
+
+
+def _per_class_cells(r: ClassRecord) -> list:
+    """The values of PER_CLASS_FIELDS after 'attack'."""
+    return [r.class_index, r.class_name, r.n, r.clean_correct, r.clean_acc, r.robust, r.robust_acc,
+            r.ci_low, r.ci_high]
 
 
 def confusion_csv(matrix: Sequence[Sequence[int]], class_names: Sequence[str]) -> str:
@@ -94,109 +104,55 @@ def confusion_csv(matrix: Sequence[Sequence[int]], class_names: Sequence[str]) -
     return csv_text(header, [[class_names[i]] + list(row) for i, row in enumerate(matrix)])
 
 
-# ---- report.json: confusion matrices stored sparse above SPARSE_CONFUSION_ABOVE classes -----------
+# ---- report.json ---------------------------------------------------------------------------------
+# (above SPARSE_CONFUSION_ABOVE classes each confusion matrix is stored sparse: report_data)
 
-SPARSE_CONFUSION_ABOVE = 100  # classes; a dense C x C matrix per attack is 28 MB of JSON at C = 1,000
-
-
-def sparse_cells(matrix: Sequence[Sequence[int]]) -> list[list[int]]:
-    """[[true class, prediction, count], ...]: the non-zero cells of a confusion matrix, row by row."""
-    return [[i, j, int(n)] for i, row in enumerate(matrix) for j, n in enumerate(row) if n]
+def report_json(report: Report) -> str:
+    """The text of report.json (Report.to_json)."""
+    return as_report(report).to_json()
 
 
-def _confusion_holders(report: dict) -> list[dict]:
-    """The report's sections holding a 'confusion' matrix: clean, each attack, the worst case."""
-    holders = [report.get("clean"), report.get("worst_case")] + list(report.get("attacks") or [])
-    return [h for h in holders if isinstance(h, dict) and "confusion" in h]
+def read_report(path: str | Path) -> Report:
+    """A report.json of any version as a Report (confusion matrices dense in memory, whether stored
+    dense, as before, or sparse). Read by key too, as the dict it used to be (report_data)."""
+    return Report.from_json(json.loads(Path(path).read_text(encoding="utf-8")))
 
 
-def encode_report(report: dict) -> dict:
-    """The report as report.json stores it: above SPARSE_CONFUSION_ABOVE classes each confusion
-    matrix becomes {"sparse": [[true, pred, count], ...], "shape": [C, C]} (the non-zero cells).
-    The report itself is left unchanged (its sections are copied)."""
-    num_classes = len(report.get("dataset", {}).get("class_names") or [])
-    if num_classes <= SPARSE_CONFUSION_ABOVE:
-        return report
-    encoded = dict(report)
-    for key in ("clean", "worst_case"):
-        if isinstance(report.get(key), dict) and "confusion" in report[key]:
-            encoded[key] = dict(report[key])
-    encoded["attacks"] = [dict(a) for a in report.get("attacks") or []]
-    for section in _confusion_holders(encoded):
-        matrix = section["confusion"]
-        if hasattr(matrix, "tolist"):
-            matrix = matrix.tolist()
-        section["confusion"] = {"sparse": sparse_cells(matrix), "shape": [len(matrix), num_classes]}
-    return encoded
-
-
-def decode_report(report: dict) -> dict:
-    """A report read from report.json with each sparse confusion matrix (encode_report) made dense
-    again, in place: the in-memory form every consumer reads. ValueError for a malformed one."""
-    for section in _confusion_holders(report):
-        matrix = section["confusion"]
-        if not isinstance(matrix, dict):
-            continue
-        shape, cells = matrix.get("shape"), matrix.get("sparse")
-        if not (isinstance(shape, list) and len(shape) == 2 and all(type(n) is int and 0 <= n for n in shape)
-                and isinstance(cells, list)):
-            raise ValueError("a sparse confusion matrix needs 'shape' [rows, columns] and 'sparse' cells")
-        dense = [[0] * shape[1] for _ in range(shape[0])]
-        for cell in cells:
-            if not (isinstance(cell, list) and len(cell) == 3 and all(type(v) is int for v in cell)
-                    and 0 <= cell[0] < shape[0] and 0 <= cell[1] < shape[1]):
-                raise ValueError(f"bad cell {cell!r} of a sparse confusion matrix of shape {shape}")
-            dense[cell[0]][cell[1]] += cell[2]
-        section["confusion"] = dense
-    return report
-
-
-def report_json(report: dict) -> str:
-    """The text of report.json (encode_report)."""
-    return json.dumps(encode_report(report), indent=1, default=_json_default, allow_nan=False) + "\n"
-
-
-def read_report(path: str | Path) -> dict:
-    """A report.json as the in-memory report (decode_report: confusion matrices dense, whether
-    stored dense, as before, or sparse)."""
-    return decode_report(json.loads(Path(path).read_text(encoding="utf-8")))
-
-
-def sweep_csv(sweep: dict) -> str:
-    header = ["class", "class_name", "n"] + [f"{sweep['parameter']}={v:g}" for v in sweep["values"]] + ["strongest"]
-    rows = [[r["class"], r["class_name"], r["n"]] + ["" if a is None else a for a in r["robust_acc"]]
-            + ["" if r["strongest"] is None else r["strongest"]] for r in sweep["per_class"]]
-    rows.append(["all", "all", sum(r["n"] for r in sweep["per_class"])] + sweep["overall_robust_acc"]
-                + [sweep["strongest"]["value"]])
+def sweep_csv(sweep: Sweep) -> str:
+    header = ["class", "class_name", "n"] + [f"{sweep.parameter}={v:g}" for v in sweep.values] + ["strongest"]
+    rows = [[r.class_index, r.class_name, r.n] + ["" if a is None else a for a in r.robust_acc]
+            + ["" if r.strongest is None else r.strongest] for r in sweep.per_class]
+    rows.append(["all", "all", sum(r.n for r in sweep.per_class)] + sweep.overall_robust_acc
+                + [sweep.strongest.value])
     return csv_text(header, rows)
 
 
-def autoattack_rows(section: dict) -> tuple[list[str], list[list]]:
+def autoattack_rows(section: AutoAttackSection) -> tuple[list[str], list[list]]:
     """Per class: images, clean errors, images each member fooled first, robust images, robust
     accuracy (%) and the last member that was needed."""
-    members = section["members"]
+    members = section.members
     header = ["class", "n", "clean wrong"] + members + ["robust", "robust %", "last needed"]
-    rows = [[r["class_name"], r["n"], r["clean_wrong"]] + [r["broken_first_by"][m] for m in members]
-            + [r["robust"], pct(r["robust_acc"]), r["last_needed"] or "–"] for r in section["per_class"]]
-    total = sum(r["n"] for r in section["per_class"])
-    o = section["overall"]
-    rows.append(["all", total, o["clean_wrong"]] + [o[m] for m in members]
-                + [o["robust"], pct(o["robust"] / total if total else None), ""])
+    rows = [[r.class_name, r.n, r.clean_wrong] + [r.broken_first_by[m] for m in members]
+            + [r.robust, pct(r.robust_acc), r.last_needed or "–"] for r in section.per_class]
+    total = sum(r.n for r in section.per_class)
+    robust = section.overall["robust"]
+    rows.append(["all", total, section.overall["clean_wrong"]] + [section.fooled_first(m) for m in members]
+                + [robust, pct(robust / total if total else None), ""])
     return header, rows
 
 
-def autoattack_csv(section: dict) -> str:
+def autoattack_csv(section: AutoAttackSection) -> str:
     return csv_text(*autoattack_rows(section))
 
 
-def autoattack_summary(section: dict) -> str:
+def autoattack_summary(section: AutoAttackSection) -> str:
     """One line: images each member fooled first, and what the worst class needed."""
-    o = section["overall"]
-    line = f"{section['label']}: fooled first by " + ", ".join(f"{m} {o[m]}" for m in section["members"])
-    worst = section["worst_class"]
+    line = f"{section.label}: fooled first by " + ", ".join(
+        f"{m} {section.fooled_first(m)}" for m in section.members)
+    worst = section.worst_class
     if worst is not None:
-        line += (f"; worst class {worst['class_name']} ({pct(worst['robust_acc'])}%) needed "
-                 f"{worst['last_needed'] or 'no member (clean errors only)'}")
+        line += (f"; worst class {worst.class_name} ({pct(worst.robust_acc)}%) needed "
+                 f"{worst.last_needed or 'no member (clean errors only)'}")
     return line
 
 
@@ -216,43 +172,43 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return lines
 
 
-def per_class_rows(report: dict) -> tuple[list[str], list[list[str]]]:
+def per_class_rows(report: Report) -> tuple[list[str], list[list[str]]]:
     """The main table: class, n, clean accuracy, robust accuracy under each attack, worst case (%)."""
-    attacks = report["attacks"]
-    header = ["class", "n", "clean"] + [a["label"] for a in attacks] + ["worst case"]
+    report = as_report(report)
+    attacks, worst_case = report.attacks, report.worst_case
+    header = ["class", "n", "clean"] + [a.label for a in attacks] + ["worst case"]
     rows = []
-    for c, clean in enumerate(report["clean"]["per_class"]):
-        rows.append([clean["class_name"], str(clean["n"]), pct(clean["clean_acc"])]
-                    + [pct(a["per_class"][c]["robust_acc"]) for a in attacks]
-                    + [pct(report["worst_case"]["per_class"][c]["robust_acc"])])
-    rows.append(["all", str(report["dataset"]["num_images"]), pct(report["clean"]["accuracy"])]
-                + [pct(a["overall"]["robust_acc"]) for a in attacks]
-                + [pct(report["worst_case"]["overall"]["robust_acc"])])
+    for c, clean in enumerate(report.clean.per_class):
+        rows.append([clean.class_name, str(clean.n), pct(clean.clean_acc)]
+                    + [pct(a.per_class[c].robust_acc) for a in attacks]
+                    + [pct(worst_case.per_class[c].robust_acc)])
+    rows.append(["all", str(report.dataset.num_images), pct(report.clean.accuracy)]
+                + [pct(a.overall.robust_acc) for a in attacks]
+                + [pct(worst_case.overall.robust_acc)])
     return header, rows
 
 
-def _summary_rows(report: dict) -> list[list[str]]:
+def _summary_rows(report: Report) -> list[list[str]]:
     rows = []
-    for label, section in [(a["label"], a) for a in report["attacks"]] + [("worst case", report["worst_case"])]:
-        s, o = section["summary"], section["overall"]
-        if s["worst"] is None:
+    for label, section in [(a.label, a) for a in report.attacks] + [("worst case", report.worst_case)]:
+        s, o = section.summary, section.overall
+        if s.worst is None:
             continue
-        rows.append([label, pct(o["robust_acc"]), f"[{pct(o['ci_low'])}, {pct(o['ci_high'])}]",
-                     pct(s["mean"]), worst_class_cell(s),
-                     f"{s['best']['class_name']} ({pct(s['best']['value'])})",
-                     pct(s["std"]), pct(s["gap"])])
+        rows.append([label, pct(o.robust_acc), f"[{pct(o.ci_low)}, {pct(o.ci_high)}]",
+                     pct(s.mean), worst_class_cell(s), f"{s.best.class_name} ({pct(s.best.value)})",
+                     pct(s.std), pct(s.gap)])
     return rows
 
 
-def worst_class_cell(summary: dict) -> str:
+def worst_class_cell(summary: Summary) -> str:
     """'cat (12.0) [3.1, 30.2], worst in 64% of draws': the worst class, its accuracy, the
     simultaneous interval of the lowest class accuracy and how often the class is the worst
     (summary.worst_stats; older reports without it show the first two only)."""
-    worst, stats = summary["worst"], summary.get("worst_stats")
-    cell = f"{worst['class_name']} ({pct(worst['value'])})"
+    worst, stats = summary.worst, summary.worst_stats
+    cell = f"{worst.class_name} ({pct(worst.value)})"
     if stats:
-        share = stats["worst_frequency"][worst["class"]]
-        cell += f" [{pct(stats['ci_low'])}, {pct(stats['ci_high'])}], worst in {100 * share:.0f}% of draws"
+        share = stats.worst_frequency[worst.class_index]
+        cell += f" [{pct(stats.ci_low)}, {pct(stats.ci_high)}], worst in {100 * share:.0f}% of draws"
     return cell
 
 
@@ -260,39 +216,40 @@ _SUMMARY_HEADER = ["attack", "robust", "95% CI", "class mean",
                    "worst class [simultaneous 95% CI], how often worst", "best class", "std", "gap"]
 
 
-def format_summary(report: dict) -> str:
+def format_summary(report: Report) -> str:
     """A one-screen plain-text summary (accuracies in %)."""
+    report = as_report(report)
     header, rows = per_class_rows(report)
-    table = [header] + rows
-    widths = [max(len(str(r[i])) for r in table) for i in range(len(header))]
+    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
     fmt = lambda r: "  ".join(str(c).rjust(w) for c, w in zip(r, widths))  # noqa: E731
-    lines = [f"class-wise robustness (%), {report['dataset'].get('name', '')} "
-             f"{report['dataset'].get('split', '')}, {report['dataset']['num_images']} images"]
+    ds = report.dataset
+    lines = [f"class-wise robustness (%), {known(ds.name, '')} {known(ds.split, '')}, {ds.num_images} images"]
     lines += [fmt(header)] + [fmt(r) for r in rows] + [""]
     for row in _summary_rows(report):
         lines.append(f"{row[0]}: robust {row[1]} {row[2]}, worst class {row[4]}, best {row[5]}, "
                      f"gap {row[7]}")
-    for sweep in filter(None, report["sweeps"].values()):
-        curve = ", ".join(f"{v:g}: {pct(a)}" for v, a in zip(sweep["values"], sweep["overall_robust_acc"]))
-        line = f"{sweep['parameter']} sweep ({sweep['attack']}), robust: {curve}"
-        if sweep["parameter"] != "eps":  # the largest eps is trivially the strongest
-            line += f"; strongest {sweep['parameter']}={sweep['strongest']['value']:g}"
+    for _, sweep in report.sweeps.present():
+        curve = ", ".join(f"{v:g}: {pct(a)}" for v, a in zip(sweep.values, sweep.overall_robust_acc))
+        line = f"{sweep.parameter} sweep ({sweep.attack}), robust: {curve}"
+        if sweep.parameter != "eps":  # the largest eps is trivially the strongest
+            line += f"; strongest {sweep.parameter}={sweep.strongest.value:g}"
         lines.append(line)
-    for section in report.get("autoattack", []):
+    for section in report.autoattack or []:
         lines.append(autoattack_summary(section))
-    for flag in report["flags"]:
-        lines.append(f"FLAG [{flag['severity']}] {flag['code']}: {flag['message']}")
-    if not report["flags"]:
+    for flag in report.flags:
+        lines.append(f"FLAG [{flag.severity}] {flag.code}: {flag.message}")
+    if not report.flags:
         lines.append("sanity checks: no flags")
     return "\n".join(lines)
 
 
-def markdown(report: dict) -> str:
-    ds, cfg = report["dataset"], report["config"]
+def markdown(report: Report) -> str:
+    report = as_report(report)
+    ds, cfg = report.dataset, report.config
     out = ["# Class-wise robustness report", "",
-           f"Dataset **{ds.get('name', '?')}** ({ds.get('split', '?')}), {ds['num_images']} images, "
-           f"{ds['num_classes']} classes. Created {report['created']}; cwr_fast "
-           f"{report['software']['cwr_fast']}, ops backend {report['software']['ops_backend']}.", ""]
+           f"Dataset **{known(ds.name, '?')}** ({known(ds.split, '?')}), {ds.num_images} images, "
+           f"{ds.num_classes} classes. Created {report.created}; cwr_fast "
+           f"{report.software.cwr_fast}, ops backend {report.software.ops_backend}.", ""]
     if cfg:
         out += ["Configuration: " + ", ".join(f"`{k}={v}`" for k, v in cfg.items()), ""]
     out += ["## Robust accuracy per class (%)", ""]
@@ -301,58 +258,71 @@ def markdown(report: dict) -> str:
     out += ["Worst case: robust only if every attack fails (AutoAttack's rule). "
             "95% Wilson intervals per class are in report.json and per_class.csv.", ""]
     out += ["## Summaries (%)", ""] + table(_SUMMARY_HEADER, _summary_rows(report)) + [""]
-    if report.get("methods", {}).get("worst_stats"):
-        out += [f"The worst class: {report['methods']['worst_stats']}.", ""]
-    if report["rank_agreement"]:
+    if report.methods and report.methods.worst_stats:
+        out += [f"The worst class: {report.methods.worst_stats}.", ""]
+    if report.rank_agreement:
         out += ["## Rank agreement of classes (Spearman)", ""]
         out += table(["attack A", "attack B", "Spearman"],
-                      [[r["a"], r["b"], "–" if r["spearman"] is None else f"{r['spearman']:.3f}"]
-                       for r in report["rank_agreement"]]) + [""]
-    if report["gains"]:
-        out += ["## Where a stronger attack gains", "",
-                "Images robust to the weaker attack but fooled by the stronger one, by class "
-                "(count). The rates: the share of the images the weaker attack leaves robust that the "
-                "stronger one fools, in the less robust half of the classes under the weaker attack "
-                "(ties by class index) and in the other half.", ""]
-        names = [r["class_name"] for r in report["clean"]["per_class"]]
-        rows = []
-        for g in report["gains"]:
-            rates = [g.get("gain_rate_vulnerable"), g.get("gain_rate_others")]
-            rows.append([g["weaker"], g["stronger"], str(g["extra_fooled"])]
-                        + ["–" if r is None else f"{100 * r:.1f}%" for r in rates]
-                        + [str(p["count"]) for p in g["per_class"]])
-        out += table(["weaker", "stronger", "extra fooled", "rate, less robust half", "rate, other half"]
-                     + names, rows) + [""]
-    for key, title in (("temperature", "Temperature-PGD sweep"), ("eps", "eps sweep")):
-        sweep = report["sweeps"].get(key)
-        if not sweep:
-            continue
-        out += [f"## {title} ({sweep['attack']}), robust accuracy (%)", ""]
+                     [[r.a, r.b, "–" if r.spearman is None else f"{r.spearman:.3f}"]
+                      for r in report.rank_agreement]) + [""]
+    out += _gains_markdown(report) + _sweeps_markdown(report) + _autoattack_markdown(report)
+    out += ["## Sanity checks", ""]
+    out += [f"- **{f.severity}** `{f.code}`: {f.message}" for f in report.flags] or ["- no flags"]
+    out += ["", "## Time", ""]
+    out += table(["attack", "seconds", "images/s"],
+                 [[a.label, f"{a.seconds:.2f}", "–" if a.images_per_s is None else f"{a.images_per_s:.0f}"]
+                  for a in report.attacks])
+    return "\n".join(out) + "\n"
+
+
+def _gains_markdown(report: Report) -> list[str]:
+    if not report.gains:
+        return []
+    out = ["## Where a stronger attack gains", "",
+           "Images robust to the weaker attack but fooled by the stronger one, by class "
+           "(count). The rates: the share of the images the weaker attack leaves robust that the "
+           "stronger one fools, in the less robust half of the classes under the weaker attack "
+           "(ties by class index) and in the other half.", ""]
+    names = [r.class_name for r in report.clean.per_class]
+    rows = []
+    for g in report.gains:
+        rates = [known(g.gain_rate_vulnerable, None), known(g.gain_rate_others, None)]  # version 1 lacks them
+        rows.append([g.weaker, g.stronger, str(g.extra_fooled)]
+                    + ["–" if r is None else f"{100 * r:.1f}%" for r in rates]
+                    + [str(p.count) for p in g.per_class])
+    return out + table(["weaker", "stronger", "extra fooled", "rate, less robust half", "rate, other half"]
+                       + names, rows) + [""]
+
+
+def _sweeps_markdown(report: Report) -> list[str]:
+    out = []
+    titles = {"temperature": "Temperature-PGD sweep", "eps": "eps sweep"}
+    for key, sweep in report.sweeps.present():
+        out += [f"## {titles[key]} ({sweep.attack}), robust accuracy (%)", ""]
         strongest = key != "eps"  # for eps, the largest is trivially the strongest
-        header = ["class"] + [f"{sweep['parameter']}={v:g}" for v in sweep["values"]] + ["strongest"] * strongest
-        rows = [[r["class_name"]] + [pct(a) for a in r["robust_acc"]]
-                + ["–" if r["strongest"] is None else f"{r['strongest']:g}"] * strongest
-                for r in sweep["per_class"]]
-        rows.append(["all"] + [pct(a) for a in sweep["overall_robust_acc"]]
-                    + [f"{sweep['strongest']['value']:g}"] * strongest)
+        header = ["class"] + [f"{sweep.parameter}={v:g}" for v in sweep.values] + ["strongest"] * strongest
+        rows = [[r.class_name] + [pct(a) for a in r.robust_acc]
+                + ["–" if r.strongest is None else f"{r.strongest:g}"] * strongest
+                for r in sweep.per_class]
+        rows.append(["all"] + [pct(a) for a in sweep.overall_robust_acc]
+                    + [f"{sweep.strongest.value:g}"] * strongest)
         out += table(header, rows) + [""]
-    for section in report.get("autoattack", []):
-        out += [f"## AutoAttack breakdown ({section['label']})", "",
+    return out
+
+
+def _autoattack_markdown(report: Report) -> list[str]:
+    out = []
+    for section in report.autoattack or []:
+        out += [f"## AutoAttack breakdown ({section.label})", "",
                 "Images of each class that each member fooled first (members run in this order, each "
                 "only on the images every earlier one failed on), the images left robust, and the last "
                 "member that fooled an image of the class: without it the class would look more robust.",
                 ""]
         out += table(*autoattack_rows(section)) + ["", autoattack_summary(section), ""]
-        if section.get("member_seconds"):
-            out += ["Time per member: " + ", ".join(f"{m} {t:.1f} s" for m, t in section["member_seconds"].items()),
+        if section.member_seconds:
+            out += ["Time per member: " + ", ".join(f"{m} {t:.1f} s" for m, t in section.member_seconds.items()),
                     ""]
-    out += ["## Sanity checks", ""]
-    out += [f"- **{f['severity']}** `{f['code']}`: {f['message']}" for f in report["flags"]] or ["- no flags"]
-    out += ["", "## Time", ""]
-    out += table(["attack", "seconds", "images/s"],
-                  [[a["label"], f"{a['seconds']:.2f}",
-                    "–" if a["images_per_s"] is None else f"{a['images_per_s']:.0f}"] for a in report["attacks"]])
-    return "\n".join(out) + "\n"
+    return out
 
 
 # ---- plots ----------------------------------------------------------------------------------------
@@ -372,35 +342,40 @@ def _nan(values):
 
 
 def interval_errors(records: Sequence[dict], key: str) -> list[list[float]]:
-    """matplotlib's yerr (in points) of per-class records' 95% intervals around record[key]."""
+    """matplotlib's yerr (in points) of per-class records' 95% intervals around record[key]
+    (records as dicts: the study's; plot_per_class reads a report's typed records)."""
+    return _errors([(r[key], r.get("ci_low"), r.get("ci_high")) for r in records])
+
+
+def _errors(points: Sequence[tuple]) -> list[list[float]]:
+    """matplotlib's yerr (in points) of (value, ci_low, ci_high) fractions; NaN where one is None."""
     low, high = [], []
-    for r in records:
-        value, lo, hi = r[key], r.get("ci_low"), r.get("ci_high")
+    for value, lo, hi in points:
         missing = value is None or lo is None or hi is None
         low.append(math.nan if missing else 100 * max(value - lo, 0.0))
         high.append(math.nan if missing else 100 * max(hi - value, 0.0))
     return [low, high]
 
 
-def plot_per_class(report: dict, path: Path) -> None:
+def plot_per_class(report: Report, path: Path) -> None:
     """Per-class clean and robust accuracy, one bar per attack, each with its 95% Wilson interval."""
-    clean = report["clean"]["per_class"]
-    names = [r["class_name"] for r in clean]
-    sections = [("clean", clean, "clean_acc")] + [(a["label"], a["per_class"], "robust_acc") for a in report["attacks"]]
-    sections.append(("worst case", report["worst_case"]["per_class"], "robust_acc"))
-    series = [(label, [r[key] for r in records]) for label, records, key in sections]
+    clean = report.clean.per_class
+    names = [r.class_name for r in clean]
+    series = [("clean", [(r.clean_acc, r.ci_low, r.ci_high) for r in clean])]
+    series += [(a.label, [(r.robust_acc, r.ci_low, r.ci_high) for r in a.per_class]) for a in report.attacks]
+    series.append(("worst case", [(r.robust_acc, r.ci_low, r.ci_high) for r in report.worst_case.per_class]))
     fig = figure(min(14.0, max(6.0, 0.2 * len(names) * len(series))), 4.4)
     ax = fig.add_subplot()
     if len(names) <= 20:
         width = 0.8 / len(series)
-        for s, (label, records, key) in enumerate(sections):
+        for s, (label, points) in enumerate(series):
             ax.bar([c + (s - (len(series) - 1) / 2) * width for c in range(len(names))],
-                   _nan([r[key] for r in records]), width=width, label=label,
-                   yerr=interval_errors(records, key), error_kw={"elinewidth": 0.6, "capsize": 1.5})
+                   _nan([p[0] for p in points]), width=width, label=label,
+                   yerr=_errors(points), error_kw={"elinewidth": 0.6, "capsize": 1.5})
         ax.set_xticks(range(len(names)), names, rotation=45 if max(map(len, names)) > 3 else 0, ha="right")
     else:
-        for label, values in series:
-            ax.plot(range(len(names)), _nan(values), marker=".", linewidth=1, label=label)
+        for label, points in series:
+            ax.plot(range(len(names)), _nan([p[0] for p in points]), marker=".", linewidth=1, label=label)
         ax.set_xlabel("class")
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)
@@ -436,14 +411,14 @@ def plot_confusion(matrix, class_names: Sequence[str], title: str, path: Path) -
     fig.savefig(path)
 
 
-def plot_autoattack(section: dict, path: Path) -> None:
+def plot_autoattack(section: AutoAttackSection, path: Path) -> None:
     """Stacked bars per class: clean errors, images each member fooled first, robust (% of class)."""
-    records = section["per_class"]
-    names = [r["class_name"] for r in records]
-    share = lambda k, r: 100 * k / r["n"] if r["n"] else 0.0  # noqa: E731
-    layers = [("clean error", [share(r["clean_wrong"], r) for r in records], "#bbbbbb")]
-    layers += [(m, [share(r["broken_first_by"][m], r) for r in records], None) for m in section["members"]]
-    layers.append(("robust", [share(r["robust"], r) for r in records], "#2ca02c"))
+    records = section.per_class
+    names = [r.class_name for r in records]
+    share = lambda k, r: 100 * k / r.n if r.n else 0.0  # noqa: E731
+    layers = [("clean error", [share(r.clean_wrong, r) for r in records], "#bbbbbb")]
+    layers += [(m, [share(r.broken_first_by[m], r) for r in records], None) for m in section.members]
+    layers.append(("robust", [share(r.robust, r) for r in records], "#2ca02c"))
     fig = figure(min(14.0, max(6.0, 0.45 * len(names) + 2)), 4.4)
     ax = fig.add_subplot()
     bottom = [0.0] * len(names)
@@ -454,77 +429,75 @@ def plot_autoattack(section: dict, path: Path) -> None:
         ax.set_xticks(range(len(names)), names, rotation=45 if max(map(len, names)) > 3 else 0, ha="right")
     ax.set_ylabel("images of the class (%)")
     ax.set_ylim(0, 100)
-    ax.set_title(f"AutoAttack ({section['label']}): the member that fooled each image first")
+    ax.set_title(f"AutoAttack ({section.label}): the member that fooled each image first")
     fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", fontsize="small",
                ncols=min(7, len(layers)))
     fig.savefig(path)
 
 
-def plot_sweep(sweep: dict, path: Path) -> None:
-    values = sweep["values"]
+def plot_sweep(sweep: Sweep, path: Path) -> None:
+    values = sweep.values
     fig = figure(7.0, 4.2)
     ax = fig.add_subplot()
-    for r in sweep["per_class"]:
-        ax.plot(values, _nan(r["robust_acc"]), marker=".", linewidth=1, label=r["class_name"])
-    ax.plot(values, [100 * v for v in sweep["overall_robust_acc"]], color="black", linewidth=2.5,
+    for r in sweep.per_class:
+        ax.plot(values, _nan(r.robust_acc), marker=".", linewidth=1, label=r.class_name)
+    ax.plot(values, [100 * v for v in sweep.overall_robust_acc], color="black", linewidth=2.5,
             label="all")
-    if sweep["parameter"] == "T" and min(values) > 0:
+    if sweep.parameter == "T" and min(values) > 0:
         ax.set_xscale("log")
         ax.set_xticks(values, [f"{v:g}" for v in values])
         ax.minorticks_off()
-    ax.set_xlabel(sweep["parameter"])
+    ax.set_xlabel(sweep.parameter)
     ax.set_ylabel("robust accuracy (%)")
     ax.set_ylim(0, 100)
-    ax.set_title(f"{sweep['parameter']} sweep, {sweep['attack']}")
-    if len(sweep["per_class"]) <= 20:
+    ax.set_title(f"{sweep.parameter} sweep, {sweep.attack}")
+    if len(sweep.per_class) <= 20:
         ax.legend(fontsize="x-small", ncols=2, loc="best")
     fig.savefig(path)
 
 
 # ---- writing ------------------------------------------------------------------------------------
 
-def _json_default(value):
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def report_files(report: dict, plots: bool = True) -> dict[str, object]:
+def report_files(report: Report, plots: bool = True) -> dict[str, object]:
     """{file name: text, or a callable(path) that writes the file}: everything write_report writes."""
-    names = report["dataset"]["class_names"]
+    report = as_report(report)
+    names = report.class_names
     files: dict[str, object] = {
-        "report.json": report_json(report),
+        "report.json": report.to_json(),
         "per_class.csv": per_class_csv(report),
-        "confusion_clean.csv": confusion_csv(report["clean"]["confusion"], names),
-        "confusion_worst_case.csv": confusion_csv(report["worst_case"]["confusion"], names),
+        "confusion_clean.csv": confusion_csv(report.clean.confusion, names),
+        "confusion_worst_case.csv": confusion_csv(report.worst_case.confusion, names),
         "report.md": markdown(report),
     }
-    for a in report["attacks"]:
-        files[f"confusion_{safe_name(a['label'])}.csv"] = confusion_csv(a["confusion"], names)
-    for key in ("temperature", "eps"):
-        if report["sweeps"].get(key):
-            files[f"sweep_{key}.csv"] = sweep_csv(report["sweeps"][key])
-    for section in report.get("autoattack", []):
-        files[f"autoattack_{safe_name(section['label'])}.csv"] = autoattack_csv(section)
+    for a in report.attacks:
+        files[f"confusion_{safe_name(a.label)}.csv"] = confusion_csv(a.confusion, names)
+    for key, sweep in report.sweeps.present():
+        files[f"sweep_{key}.csv"] = sweep_csv(sweep)
+    for section in report.autoattack or []:
+        files[f"autoattack_{safe_name(section.label)}.csv"] = autoattack_csv(section)
     if plots:
-        files["per_class_robust.png"] = lambda p: plot_per_class(report, p)
-        for a in report["attacks"]:
-            files[f"confusion_{safe_name(a['label'])}.png"] = (
-                lambda p, a=a: plot_confusion(a["confusion"], names, f"adversarial confusion, {a['label']}", p))
-        files["confusion_worst_case.png"] = lambda p: plot_confusion(
-            report["worst_case"]["confusion"], names, "adversarial confusion, worst case", p)
-        for key in ("temperature", "eps"):
-            if report["sweeps"].get(key):
-                files[f"sweep_{key}.png"] = lambda p, key=key: plot_sweep(report["sweeps"][key], p)
-        for section in report.get("autoattack", []):
-            files[f"autoattack_{safe_name(section['label'])}.png"] = (
-                lambda p, section=section: plot_autoattack(section, p))
+        files.update(_plot_files(report))
     return files
 
 
-def write_report(report: dict, out_dir: str | Path, plots: bool = True, overwrite: bool = False,
+def _plot_files(report: Report) -> dict[str, object]:
+    """{file name: callable(path)} of the report's plots."""
+    names = report.class_names
+    files: dict[str, object] = {"per_class_robust.png": lambda p: plot_per_class(report, p)}
+    for a in report.attacks:
+        files[f"confusion_{safe_name(a.label)}.png"] = (
+            lambda p, a=a: plot_confusion(a.confusion, names, f"adversarial confusion, {a.label}", p))
+    files["confusion_worst_case.png"] = lambda p: plot_confusion(
+        report.worst_case.confusion, names, "adversarial confusion, worst case", p)
+    for key, sweep in report.sweeps.present():
+        files[f"sweep_{key}.png"] = lambda p, sweep=sweep: plot_sweep(sweep, p)
+    for section in report.autoattack or []:
+        files[f"autoattack_{safe_name(section.label)}.png"] = (
+            lambda p, section=section: plot_autoattack(section, p))
+    return files
+
+
+def write_report(report: Report, out_dir: str | Path, plots: bool = True, overwrite: bool = False,
                  outcomes=None, sweep_outcomes: dict | None = None) -> Path:
     """Writes all report files to out_dir (cwr_fast.outputs: a directory holding an earlier
     report has its files replaced only with overwrite=True; anything else in it stays), with the

@@ -20,6 +20,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from cwr_fast.errors import UsageError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -39,7 +41,7 @@ class DistInfo:
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """'auto' -> cuda:LOCAL_RANK when CUDA is available, else cpu; 'cpu', 'cuda', 'cuda:N'.
-    Anything else is a ValueError naming --device."""
+    Anything else is a UsageError (a ValueError) naming --device."""
     if name == "auto":
         return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
     try:
@@ -47,14 +49,14 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     except (RuntimeError, TypeError):
         device = None
     if device is None or device.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device {name!r}: cwr_fast runs on auto, cpu, cuda or cuda:N")
+        raise UsageError(f"--device {name!r}: cwr_fast runs on auto, cpu, cuda or cuda:N")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"--device {name}: torch sees no CUDA device")
+            raise UsageError(f"--device {name}: torch sees no CUDA device")
         if device.index is None:
             device = torch.device("cuda", local_rank)
         if device.index >= torch.cuda.device_count():
-            raise ValueError(f"--device {name}: torch sees {torch.cuda.device_count()} CUDA device(s)")
+            raise UsageError(f"--device {name}: torch sees {torch.cuda.device_count()} CUDA device(s)")
     return device
 
 
@@ -78,7 +80,7 @@ def resolve_amp(mode: str, device: torch.device | str) -> str | None:
     """--amp -> the autocast mode of the run: 'auto' is bf16 on CUDA and off on the CPU
     (where oneDNN emulates bf16 without AMX); None means float32."""
     if mode not in AMP_MODES:
-        raise ValueError(f"--amp must be one of {', '.join(AMP_MODES)}, got {mode!r}")
+        raise UsageError(f"--amp must be one of {', '.join(AMP_MODES)}, got {mode!r}")
     if mode == "auto":
         return "bf16" if torch.device(device).type == "cuda" else None
     return None if mode == "off" else mode
@@ -103,7 +105,7 @@ def choose_amp(mode: str, device: torch.device | str, measure_bf16=None) -> tupl
     passes) is at least BF16_MIN_SPEEDUP; else float32. An explicit 'bf16' on a CPU is kept, with a
     warning in the line when it measured slower than float32."""
     if mode not in AMP_MODES:
-        raise ValueError(f"--amp must be one of {', '.join(AMP_MODES)}, got {mode!r}")
+        raise UsageError(f"--amp must be one of {', '.join(AMP_MODES)}, got {mode!r}")
     on_cpu = torch.device(device).type == "cpu"
     if mode == "auto" and not on_cpu:
         return "bf16", "amp auto: bf16 (CUDA)"
@@ -127,7 +129,7 @@ def choose_amp(mode: str, device: torch.device | str, measure_bf16=None) -> tupl
 
 def amp_dtype(amp: str | None) -> torch.dtype | None:
     if amp not in _AMP_DTYPES:
-        raise ValueError(f"amp must be one of {[k for k in _AMP_DTYPES if k]}, got {amp!r}")
+        raise UsageError(f"amp must be one of {[k for k in _AMP_DTYPES if k]}, got {amp!r}")
     return _AMP_DTYPES[amp]
 
 
@@ -195,8 +197,9 @@ def world_size_from_env() -> int:
 JOIN_TIMEOUT_ENV = "CWR_FAST_JOIN_TIMEOUT"  # seconds the processes wait for each other at the start
 
 
-class RendezvousError(ValueError):
-    """The processes torchrun's variables describe did not all join in time."""
+class RendezvousError(UsageError):
+    """The processes torchrun's variables describe did not all join in time: a usage error (exit
+    2), as a stale WORLD_SIZE in the environment is the usual cause; a ValueError too."""
 
 
 def init(device_name: str, timeout_s: float = 1800.0) -> DistInfo:

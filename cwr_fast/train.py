@@ -24,6 +24,7 @@ import torch
 from cwr_fast import runtime
 from cwr_fast.cli_types import (INTERRUPTED, ConfigError, fmt_budget, interrupt_on_signals, interrupted,
                                 threads_problem, usage_error)
+from cwr_fast.errors import RunError, UsageError
 from cwr_fast.outputs import (MANIFEST, OutputError, OutputExists, check_output_dir, check_writable,
                               no_space_error, write_manifest, write_text, writer_lock)
 from cwr_fast.training import checkpoint as ckpt
@@ -177,23 +178,53 @@ def summary_text(trainer, report: dict | None, wall: float) -> str:
     return "\n".join(lines)
 
 
+def _configuration(args) -> tuple[TrainConfig, dict | None, Path | None]:
+    """(the run's configuration, the checkpoint state of --resume or None, the run directory a
+    resumed run continues in or None)."""
+    if args.resume is None:
+        return resolve(args), None, None
+    path = ckpt.resolve_resume_path(args.resume)
+    state = ckpt.load(path)
+    options = given(args)
+    cfg = config_for_resume(options, TrainConfig.from_dict(state["config"]))
+    default_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    return cfg, state, Path(cfg.out) if "out" in options else default_dir
+
+
+def _claim_run_dir(stack: contextlib.ExitStack, cfg: TrainConfig, run_dir: Path | None,
+                   overwrite: bool, resuming: bool, dist) -> Path:
+    """The run directory, locked by rank 0 (one writer per run directory, from before anything in it
+    changes) and prepared; the same path on every process. ConfigError when it cannot be used."""
+    if dist.is_main:
+        run_dir = run_dir or (Path(cfg.out) if cfg.out else default_run_dir(cfg))
+        try:
+            stack.enter_context(writer_lock(run_dir, "cwr_fast.train"))
+            error = _prepare_run_dir(cfg, run_dir, overwrite, resuming)
+        except OutputError as err:
+            error = str(err)
+    else:
+        error = None
+    run_dir, error = runtime.broadcast_object((run_dir, error))
+    if error:
+        raise ConfigError(error)
+    return run_dir
+
+
+def _logger(log_file: Path):
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+        with open(log_file, "a", encoding="utf-8") as f:
+            f.write(msg + "\n")
+    return log
+
+
 def run(args) -> int:
     from cwr_fast.training.trainer import Trainer
 
     started = time.perf_counter()
     if threads_problem(args.threads):
         raise ConfigError(threads_problem(args.threads))
-    state = None
-    if args.resume is not None:
-        path = ckpt.resolve_resume_path(args.resume)
-        state = ckpt.load(path)
-        options = given(args)
-        cfg = config_for_resume(options, TrainConfig.from_dict(state["config"]))
-        default_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-        run_dir = Path(cfg.out) if "out" in options else default_dir
-    else:
-        cfg = resolve(args)
-        run_dir = None
+    cfg, state, run_dir = _configuration(args)
     dist = runtime.init(cfg.device)
     threads, threads_before = args.threads, torch.get_num_threads()
     if threads is None and cfg.arch == "small_cnn" and dist.device.type == "cpu":
@@ -202,25 +233,8 @@ def run(args) -> int:
         torch.set_num_threads(threads)
     stack = contextlib.ExitStack()
     try:
-        if dist.is_main:
-            run_dir = run_dir or (Path(cfg.out) if cfg.out else default_run_dir(cfg))
-            try:  # one writer per run directory, from before anything in it changes
-                stack.enter_context(writer_lock(run_dir, "cwr_fast.train"))
-                error = _prepare_run_dir(cfg, run_dir, args.overwrite, state is not None)
-            except OutputError as err:
-                error = str(err)
-        else:
-            error = None
-        run_dir, error = runtime.broadcast_object((run_dir, error))
-        if error:
-            raise ConfigError(error)
-        log_file = run_dir / "train.log"
-
-        def log(msg: str) -> None:
-            print(msg, flush=True)
-            with open(log_file, "a", encoding="utf-8") as f:
-                f.write(msg + "\n")
-
+        run_dir = _claim_run_dir(stack, cfg, run_dir, args.overwrite, state is not None, dist)
+        log = _logger(run_dir / "train.log")
         progress = {"on": True, "off": False}.get(args.progress, sys.stderr.isatty())
         try:
             trainer = Trainer(cfg, run_dir, dist, resume=state, progress=progress,
@@ -270,22 +284,16 @@ def main(argv: list[str] | None = None) -> int:
     interrupt_on_signals()
     runtime.die_with_parent()
     from cwr_fast.attacks.spec import AttackSpecError
-    from cwr_fast.data import DatasetError
-    from cwr_fast.training.trainer import TrainError, TrainingFailed
 
     try:
         return run(args)
-    except TrainingFailed as err:
-        print(f"cwr_fast.train: error: {err}", file=sys.stderr)
-        return 1
-    except (ConfigError, ckpt.CheckpointError, TrainError, DatasetError, AttackSpecError,
-            FileExistsError, FileNotFoundError) as err:
+    except (UsageError, AttackSpecError, FileExistsError, FileNotFoundError) as err:
         return usage_error("cwr_fast.train", err)
-    except (OSError, RuntimeError) as err:  # the disk full (also as torch.save's RuntimeError)
-        nospace = no_space_error(err)
-        if nospace is None:
+    except Exception as err:  # a RunError (a diverged loss, the disk full, also as torch.save's
+        reason = no_space_error(err) or (err if isinstance(err, RunError) else None)  # RuntimeError)
+        if reason is None:
             raise
-        print(f"cwr_fast.train: error: {nospace}", file=sys.stderr)
+        print(f"cwr_fast.train: error: {reason}", file=sys.stderr)
         return 1
 
 

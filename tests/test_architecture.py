@@ -12,16 +12,16 @@ PACKAGE = Path(__file__).resolve().parent.parent / "cwr_fast"
 
 # lowest first; a module's layer is that of its longest listed prefix
 LAYERS = [
-    ["cwr_fast._C", "cwr_fast.ops", "cwr_fast.reference", "cwr_fast.cli_types",
+    ["cwr_fast._C", "cwr_fast.errors", "cwr_fast.ops", "cwr_fast.op_checks", "cwr_fast.reference", "cwr_fast.cli_types",
      "cwr_fast.options", "cwr_fast.outputs", "cwr_fast.runtime"],
     ["cwr_fast.data", "cwr_fast.models"],
     ["cwr_fast.attacks"],
-    ["cwr_fast.classwise", "cwr_fast.report", "cwr_fast.api"],
+    ["cwr_fast.classwise", "cwr_fast.report", "cwr_fast.api", "cwr_fast.evaluation"],
     ["cwr_fast.methods"],
     ["cwr_fast.defenses"],
     ["cwr_fast.training"],
-    ["cwr_fast.train", "cwr_fast.evaluate", "cwr_fast.compare", "cwr_fast.compare_paired", "cwr_fast.findings",
-     "cwr_fast.findings_report", "cwr_fast.reproduce", "cwr_fast.__main__"],
+    ["cwr_fast.train", "cwr_fast.evaluate", "cwr_fast.compare", "cwr_fast.compare_paired", "cwr_fast.__main__"],
+    ["cwr_fast.study", "cwr_fast.reproduce"],  # the paper's study: nothing in the library imports it
 ]
 
 
@@ -125,3 +125,95 @@ def test_the_checks_see_a_planted_upward_import_and_cycle():
     assert any(line.startswith("cwr_fast.data.registry (layer 1) imports cwr_fast.training.config")
                for line in upward_imports(g))
     assert any("cwr_fast.data.registry" in c and "cwr_fast.training.config" in c for c in cycles_in(g))
+
+
+# ---- issue 27: the rules a restructuring must keep -------------------------------------------
+
+LONGEST_FUNCTION = 80  # lines, from `def` to the function's last line
+STUDY = ("cwr_fast.study", "cwr_fast.reproduce")  # the paper's study and its command-line entry
+EVALUATION_MUST_NOT_REACH = ("cwr_fast.training", "cwr_fast.methods", "cwr_fast.defenses", "cwr_fast.train")
+
+
+def _in(module: str, prefixes) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in prefixes)
+
+
+def long_functions(sources: dict[Path, str] | None = None) -> list[str]:
+    """'path:line name (N lines)' of every function in cwr_fast/ longer than LONGEST_FUNCTION."""
+    found = []
+    files = sources or {p: p.read_text() for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts}
+    for path, source in files.items():
+        for node in ast.walk(ast.parse(source, str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > LONGEST_FUNCTION:
+                    found.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name} ({length} lines)")
+    return sorted(found)
+
+
+def study_importers(g) -> list[str]:
+    return sorted(f"{m} imports {t}" for m, targets in g.items() if m != "cwr_fast" and not _in(m, STUDY)
+                  for t in targets if _in(t, STUDY))
+
+
+def reference_importers(g) -> list[str]:
+    """The reference ops are the oracle and the eager backend: only the op layer reaches them."""
+    return sorted(m for m, targets in g.items() if "cwr_fast.reference" in targets and m != "cwr_fast.ops")
+
+
+def reachable(g, start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        m = todo.pop()
+        for t in g.get(m, ()):
+            if t not in seen:
+                seen.add(t)
+                todo.append(t)
+    return seen
+
+
+def evaluation_reaches(g) -> list[str]:
+    """What evaluating a model (the evaluate CLI, the Python API, the class-wise layer) could import
+    of training, methods and defenses: nothing."""
+    starts = ["cwr_fast.evaluate", "cwr_fast.api"] + [m for m in g if _in(m, ("cwr_fast.classwise",))]
+    return sorted({m for s in starts for m in reachable(g, s) if _in(m, EVALUATION_MUST_NOT_REACH)})
+
+
+def outcome_builders(g) -> list[str]:
+    """Per-image outcomes are pure data: they neither import nor call the report builder."""
+    return sorted(t for t in g.get("cwr_fast.classwise.outcomes", ())
+                  if t in ("cwr_fast.classwise.analysis", "cwr_fast.classwise.report_data", "cwr_fast.report"))
+
+
+def test_no_function_is_longer_than_80_lines():
+    assert long_functions() == []
+
+
+def test_the_library_never_imports_the_study():
+    assert study_importers(graph()) == []
+
+
+def test_only_the_op_layer_imports_the_reference_ops():
+    assert reference_importers(graph()) == []
+
+
+def test_evaluating_a_model_imports_no_training_method_or_defense_module():
+    assert evaluation_reaches(graph()) == []
+
+
+def test_outcomes_are_pure_data():
+    assert outcome_builders(graph()) == []
+
+
+def test_the_new_checks_see_planted_violations():
+    long = "def planted():\n" + "    x = 1\n" * LONGEST_FUNCTION
+    assert long_functions({PACKAGE / "planted.py": long}) == ["cwr_fast/planted.py:1 planted (81 lines)"]
+    assert long_functions({PACKAGE / "planted.py": long.replace("    x = 1\n", "", 1)}) == []
+    g = graph({"cwr_fast.report": "\n\ndef _planted():\n    from cwr_fast.study import findings\n",
+               "cwr_fast.attacks.gradient": "\n\ndef _planted():\n    from cwr_fast import reference\n",
+               "cwr_fast.classwise.stats": "\n\ndef _planted():\n    import cwr_fast.defenses.base\n"})
+    assert any(line.startswith("cwr_fast.report imports cwr_fast.study") for line in study_importers(g))
+    assert "cwr_fast.attacks.gradient" in reference_importers(g)
+    assert "cwr_fast.defenses.base" in evaluation_reaches(g)
+    g = graph({"cwr_fast.classwise.outcomes": "\n\ndef _planted():\n    from cwr_fast.classwise import analysis\n"})
+    assert outcome_builders(g) == ["cwr_fast.classwise.analysis"]

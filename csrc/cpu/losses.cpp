@@ -13,6 +13,7 @@
 
 #include "checks.h"
 #include "host.h"
+#include "loss_math.h"
 #include "cpu/vec_helpers.h"
 
 namespace cwr_fast::cpu {
@@ -47,6 +48,8 @@ LossRows<scalar_t> loss_rows(const LossTensors& io) {
           io.n, io.c};
 }
 
+// The exp of the vector paths (the formulas around it are loss_math.h's, run on vectors); the
+// scalar tail, like the CUDA kernel, uses loss::exp_of.
 template <typename T>
 inline Vectorized<T> fast_exp(const Vectorized<T>& v) {
   return v.exp_u20();  // ~2 ulp, handles underflow to 0: enough for a softmax
@@ -76,7 +79,7 @@ void ce_rows_in_lanes(const LossRows<scalar_t>& r, at::opmath_type<scalar_t> inv
     for (int64_t j = 1; j < c; ++j) m = at::vec::maximum(m, fVec::loadu(block[j]));
     fVec s(0);
     for (int64_t j = 0; j < c; ++j) {
-      const fVec e = fast_exp((fVec::loadu(block[j]) - m) * fVec(inv_t));
+      const fVec e = fast_exp(loss::softmax_exponent(fVec::loadu(block[j]), m, fVec(inv_t)));
       e.store(block[j]);
       s = s + e;
     }
@@ -84,11 +87,12 @@ void ce_rows_in_lanes(const LossRows<scalar_t>& r, at::opmath_type<scalar_t> inv
     s.store(s_lane);
     for (int64_t lane = 0; lane < rows; ++lane) {
       const int64_t i = r0 + lane, yi = r.y[i];
-      const opmath_t wi = r.weight(i), scale = wi * inv_t / s_lane[lane];
-      r.loss[i] = wi * (std::log(s_lane[lane]) - (static_cast<opmath_t>(r.z[i * c + yi]) - m_lane[lane]) * inv_t);
+      const auto ce = loss::cross_entropy_row(m_lane[lane], s_lane[lane],
+                                              static_cast<opmath_t>(r.z[i * c + yi]), inv_t, r.weight(i));
+      r.loss[i] = ce.loss;
       scalar_t* g = r.grad + i * c;
-      for (int64_t j = 0; j < c; ++j) g[j] = static_cast<scalar_t>(block[j][lane] * scale);
-      g[yi] = static_cast<scalar_t>(block[yi][lane] * scale - wi * inv_t);
+      for (int64_t j = 0; j < c; ++j) g[j] = static_cast<scalar_t>(ce.grad(block[j][lane]));
+      g[yi] = static_cast<scalar_t>(ce.grad_at_target(block[yi][lane]));
     }
   }
 }
@@ -121,19 +125,19 @@ void ce_row_by_row(const LossRows<scalar_t>& r, at::opmath_type<scalar_t> inv_t,
     fVec s_vec(0);
     int64_t j = 0;
     for (; j + L <= c; j += L) {
-      const fVec v = fast_exp((fVec::loadu(z + j) - fVec(m)) * fVec(inv_t));
+      const fVec v = fast_exp(loss::softmax_exponent(fVec::loadu(z + j), m, inv_t));
       v.store(e + j);
       s_vec = s_vec + v;
     }
     opmath_t s = at::vec::vec_reduce_all<opmath_t>(std::plus<fVec>(), s_vec);
     for (; j < c; ++j) {
-      e[j] = std::exp((z[j] - m) * inv_t);
+      e[j] = loss::exp_of(loss::softmax_exponent(z[j], m, inv_t));
       s += e[j];
     }
-    const opmath_t wi = r.weight(i), scale = wi * inv_t / s;
-    r.loss[i] = wi * (std::log(s) - (z_true - m) * inv_t);
-    const opmath_t grad_true = e[yi] * scale - wi * inv_t;
-    at::vec::map([=](fVec v) { return v * fVec(scale); }, e, e, c);
+    const auto ce = loss::cross_entropy_row(m, s, z_true, inv_t, r.weight(i));
+    r.loss[i] = ce.loss;
+    const opmath_t grad_true = ce.grad_at_target(e[yi]);
+    at::vec::map([=](fVec v) { return ce.grad(v); }, e, e, c);
     e[yi] = grad_true;
     if constexpr (kWiden) at::vec::convert(e, r.grad + i * c, c);
   }
@@ -147,7 +151,7 @@ std::tuple<at::Tensor, at::Tensor> temperature_ce_fwd_bwd_cpu(const at::Tensor& 
   if (io.n == 0) return {io.loss, io.grad};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "temperature_ce_cpu", [&] {
     const auto r = loss_rows<scalar_t>(io);
-    const auto inv_t = static_cast<at::opmath_type<scalar_t>>(1.0 / temperature);
+    const auto inv_t = loss::inverse_temperature<at::opmath_type<scalar_t>>(temperature);
     at::parallel_for(0, r.n, std::max<int64_t>(1, kGrainElems / r.c), [&](int64_t begin, int64_t end) {
       if (r.c <= kFewClasses) {
         ce_rows_in_lanes(r, inv_t, begin, end);
@@ -168,12 +172,11 @@ std::pair<int64_t, at::opmath_type<scalar_t>> best_other_class(const scalar_t* z
   using opmath_t = at::opmath_type<scalar_t>;
   using fVec = Vectorized<opmath_t>;
   at::vec::convert(z, row, c);
-  const opmath_t minus_inf = -std::numeric_limits<opmath_t>::infinity();
   if (c <= kFewClasses) {  // shorter than a vector: a scalar scan beats partial vector loads
     int64_t best = 0;
-    opmath_t best_value = y == 0 ? minus_inf : row[0];
+    opmath_t best_value = loss::other_class_logit(row[0], 0, y);
     for (int64_t j = 1; j < c && !std::isnan(best_value); ++j) {
-      const opmath_t v = j == y ? minus_inf : row[j];
+      const opmath_t v = loss::other_class_logit(row[j], j, y);
       if (v > best_value || std::isnan(v)) {
         best = j;
         best_value = v;
@@ -184,14 +187,14 @@ std::pair<int64_t, at::opmath_type<scalar_t>> best_other_class(const scalar_t* z
   auto range_max = [](const opmath_t* v, int64_t len) {
     return at::vec::reduce_all<opmath_t>([](fVec& a, fVec& b) { return at::vec::maximum(a, b); }, v, len);
   };
-  opmath_t m = minus_inf;
+  opmath_t m = -std::numeric_limits<opmath_t>::infinity();
   if (y > 0) m = range_max(row, y);
   if (y + 1 < c) {
     const opmath_t right = range_max(row + y + 1, c - y - 1);
     m = std::isnan(m) || std::isnan(right) ? std::numeric_limits<opmath_t>::quiet_NaN() : std::max(m, right);
   }
   for (int64_t j = 0; j < c; ++j) {
-    const opmath_t v = j == y ? minus_inf : row[j];
+    const opmath_t v = loss::other_class_logit(row[j], j, y);
     if (v == m || (std::isnan(m) && std::isnan(v))) return {j, m};
   }
   return {0, m};  // unreachable: m is one of the values scanned
@@ -212,55 +215,27 @@ std::tuple<at::Tensor, at::Tensor> margin_loss_fwd_bwd_cpu(const at::Tensor& log
         std::fill(g, g + r.c, scalar_t(0));
         const int64_t yi = r.target(i);
         const opmath_t wi = r.weight(i);
-        if (r.c == 1) {  // no competing class: margin and gradient are 0 by definition
-          r.loss[i] = 0 * wi;
+        if (r.c == 1) {
+          r.loss[i] = loss::margin_row_without_competitor(wi).loss;
           continue;
         }
         const auto [j, z_other] = best_other_class(r.z + i * r.c, r.c, yi, row.data());
-        r.loss[i] = wi * (z_other - row[yi]);
-        g[j] = static_cast<scalar_t>(wi);
-        g[yi] = static_cast<scalar_t>(-wi);
+        const auto margin = loss::margin_row(z_other, row[yi], wi);
+        r.loss[i] = margin.loss;
+        g[j] = static_cast<scalar_t>(margin.grad_other);
+        g[yi] = static_cast<scalar_t>(margin.grad_y);
       }
     });
   });
   return {io.loss, io.grad};
 }
 
-// The order of torch.sort(descending=True, stable=True): NaN first, then the larger value, then
-// the lower index.
-template <typename T>
-inline bool ranks_before(T a, int64_t ia, T b, int64_t ib) {
-  const bool a_nan = std::isnan(a), b_nan = std::isnan(b);
-  if (a_nan != b_nan) return a_nan;
-  if (!a_nan && a != b) return a > b;
-  return ia < ib;
-}
-
-// The positions and values of the four first logits of a row in that order (C >= 3; a fourth
-// only when C >= 4), in one scan that rejects most elements with one comparison.
-template <typename T>
-struct Top4 {
-  int64_t idx[4];
-  T val[4];
-};
-
+// The four first logits of a row (C >= 3; a fourth only when C >= 4), in one scan.
 template <typename scalar_t>
-Top4<at::opmath_type<scalar_t>> top4(const scalar_t* z, int64_t c) {
+loss::Top4<at::opmath_type<scalar_t>> top4(const scalar_t* z, int64_t c) {
   using T = at::opmath_type<scalar_t>;
-  Top4<T> top{};
-  int count = 0;
-  for (int64_t j = 0; j < c; ++j) {
-    const T v = static_cast<T>(z[j]);
-    // Scanning in index order, an element equal to the 4th kept one never ranks before it.
-    if (count == 4 && !(v > top.val[3]) && !(std::isnan(v) && !std::isnan(top.val[3]))) continue;
-    int k = count < 4 ? count++ : 3;
-    for (; k > 0 && ranks_before(v, j, top.val[k - 1], top.idx[k - 1]); --k) {
-      top.val[k] = top.val[k - 1];
-      top.idx[k] = top.idx[k - 1];
-    }
-    top.val[k] = v;
-    top.idx[k] = j;
-  }
+  loss::Top4<T> top{};
+  for (int64_t j = 0; j < c; ++j) top.insert_next(static_cast<T>(z[j]), j);
   return top;
 }
 
@@ -280,39 +255,19 @@ std::tuple<at::Tensor, at::Tensor> dlr_loss_fwd_bwd_cpu(const at::Tensor& logits
         const scalar_t* z = r.z + i * r.c;
         scalar_t* g = r.grad + i * r.c;
         const int64_t yi = r.target(i);
-        const Top4<T> top = top4(z, r.c);
-        int64_t other;  // the competitor of y: the best other class, or the attack's target
-        T denominator;
+        const loss::Top4<T> top = top4(z, r.c);
+        // The competitor of y: the best other class, or the attack's target.
+        const int64_t other = targeted ? t_ptr[i] : loss::dlr_competitor(top, yi);
         if (targeted) {
-          other = t_ptr[i];
           TORCH_CHECK(other >= 0 && other < r.c, "attack_target must hold class indices in [0, ",
                       r.c, "), got ", other, " for sample ", i);
-          denominator = top.val[0] - T(0.5) * (top.val[2] + top.val[3]) + T(1e-12);
-        } else {
-          other = top.idx[0] != yi ? top.idx[0] : top.idx[1];
-          denominator = top.val[0] - top.val[2] + T(1e-12);
         }
-        const T numerator = static_cast<T>(z[yi]) - static_cast<T>(z[other]);
-        const T ratio = numerator / denominator, wi = r.weight(i);
-        r.loss[i] = wi * -ratio;
-        // dL/dz = -(e_y - e_other) / D + (N / D^2) dD/dz; each index collects at most two terms.
-        const T d_num = T(1) / denominator, d_den = ratio / denominator;
-        T contrib[5] = {-d_num, d_num, d_den, -d_den, T(0)};
-        int64_t where[5] = {yi, other, top.idx[0], top.idx[2], -1};
-        if (targeted) {
-          contrib[3] = contrib[4] = T(-0.5) * d_den;
-          where[4] = top.idx[3];
-        }
-        T sum[5];
-        for (int k = 0; k < 5; ++k) {
-          sum[k] = contrib[k];
-          for (int m = 0; m < k; ++m) {
-            if (where[m] == where[k]) sum[k] = sum[m] + contrib[k];
-          }
-        }
+        const auto dlr = loss::dlr_row(top, yi, static_cast<T>(z[yi]), other, static_cast<T>(z[other]),
+                                       targeted, r.weight(i));
+        r.loss[i] = dlr.loss;
         std::fill(g, g + r.c, scalar_t(0));
-        for (int k = 0; k < 5; ++k) {
-          if (where[k] >= 0) g[where[k]] = static_cast<scalar_t>(wi * sum[k]);
+        for (const int64_t j : dlr.where) {
+          if (j >= 0) g[j] = static_cast<scalar_t>(dlr.grad_at(j));
         }
       }
     });

@@ -7,13 +7,28 @@
 #include <cmath>
 
 #include "host.h"
+#include "step_math.h"
 #include "cpu/vec_helpers.h"
 
 namespace cwr_fast::cpu {
 namespace {
 
 constexpr int64_t kGrainElems = 1 << 15;  // elements per task: enough to amortise thread wake-up
-constexpr double kL2Tiny = 1e-12;          // keeps grad / ||grad|| finite for a zero gradient
+
+// The clamp and sign of step_math.h's updates: at::vec's on vectors, and on the scalar tail
+// step::ScalarOps, the ones the CUDA kernels run.
+struct VecOps {
+  template <typename T>
+  static T clamp(T v, T lo, T hi) { return step::ScalarOps::clamp(v, lo, hi); }
+  template <typename T>
+  static T sign(T g) { return step::ScalarOps::sign(g); }
+  template <typename T>
+  static Vectorized<T> clamp(const Vectorized<T>& v, const Vectorized<T>& lo, const Vectorized<T>& hi) {
+    return vclamp(v, lo, hi);
+  }
+  template <typename T>
+  static Vectorized<T> sign(const Vectorized<T>& g) { return vsign(g); }
+};
 
 template <typename scalar_t>
 void linf_step(scalar_t* x, const scalar_t* g, const scalar_t* xn, int64_t numel, int64_t n,
@@ -29,9 +44,7 @@ void linf_step(scalar_t* x, const scalar_t* g, const scalar_t* xn, int64_t numel
       const auto e = static_cast<opmath_t>(args.eps_of(sample));
       const auto lo = static_cast<opmath_t>(args.lo), hi = static_cast<opmath_t>(args.hi);
       update3(x + i, g + i, xn + i, seg_end - i, [=](auto xv, auto gv, auto nv) {
-        using V = decltype(xv);
-        const auto delta = vclamp(xv + V(a) * vsign(gv) - nv, V(-e), V(e));
-        return vclamp(nv + delta, V(lo), V(hi));
+        return step::linf_update<VecOps>(xv, gv, nv, a, e, lo, hi);
       });
       i = seg_end;
     }
@@ -101,11 +114,6 @@ void l2_sums_exact(const scalar_t* x, const scalar_t* g, const scalar_t* xn, int
   }
 }
 
-// ||delta||^2 for delta = d + step*g, expanded so that no pass over the sample is needed.
-inline double l2_delta_sq(const double s[3], double step) {
-  return s[0] + 2.0 * step * s[1] + step * step * s[2];
-}
-
 template <typename scalar_t>
 void l2_step(scalar_t* x, const scalar_t* g, const scalar_t* xn, int64_t numel, int64_t n,
              const StepArgs<double>& args) {
@@ -117,24 +125,20 @@ void l2_step(scalar_t* x, const scalar_t* g, const scalar_t* xn, int64_t numel, 
       const int64_t off = i * per_sample;
       double s[3];
       l2_sums(x + off, g + off, xn + off, per_sample, s);
-      // delta = d + step*g with step = alpha/(||g|| + tiny).
-      const double a = args.alpha_of(i), e = args.eps_of(i);
-      double step = a / (std::sqrt(s[2]) + kL2Tiny);
-      double delta_sq = l2_delta_sq(s, step);
-      const double magnitude = s[0] + step * step * s[2];
+      const double a = args.alpha_of(i);
+      double step_size = step::l2_step_size(a, s[2]);
+      double delta_sq = step::l2_delta_sq(s[0], s[1], s[2], step_size);
+      const double magnitude = s[0] + step_size * step_size * s[2];
       if (!std::isfinite(magnitude) || !std::isfinite(delta_sq) || delta_sq < 1e-3 * magnitude) {
         l2_sums_exact(x + off, g + off, xn + off, per_sample, s);
-        step = a / (std::sqrt(s[2]) + kL2Tiny);
-        delta_sq = l2_delta_sq(s, step);
+        step_size = step::l2_step_size(a, s[2]);
+        delta_sq = step::l2_delta_sq(s[0], s[1], s[2], step_size);
       }
-      delta_sq = std::max(0.0, delta_sq);
-      const double delta_norm = std::sqrt(delta_sq);
-      const double factor = delta_norm > e ? e / delta_norm : 1.0;
-      const auto st = static_cast<opmath_t>(step), f = static_cast<opmath_t>(factor);
+      const double factor = step::l2_projection_factor(delta_sq, args.eps_of(i));
+      const auto st = static_cast<opmath_t>(step_size), f = static_cast<opmath_t>(factor);
       const auto lo = static_cast<opmath_t>(args.lo), hi = static_cast<opmath_t>(args.hi);
       update3(x + off, g + off, xn + off, per_sample, [=](auto xv, auto gv, auto nv) {
-        using V = decltype(xv);
-        return vclamp(nv + (xv + V(st) * gv - nv) * V(f), V(lo), V(hi));
+        return step::l2_update<VecOps>(xv, gv, nv, st, f, lo, hi);
       });
     }
   });

@@ -1,5 +1,5 @@
-// Small device helpers shared by the CUDA kernels: 16-byte vector access, warp/block reductions,
-// launch sizing and float/double math overloads.
+// Small device helpers shared by the CUDA kernels: 16-byte vector access, warp/block reductions
+// and launch sizing. The arithmetic the CPU kernels share is in csrc/*_math.h.
 #pragma once
 
 #include <ATen/OpMathType.h>
@@ -113,19 +113,6 @@ inline int64_t blocks_per_wave(int threads) {
 inline unsigned int grid_size(int64_t work, int threads, int waves = 4) {
   const int64_t blocks = std::min(ceil_div(work, threads), blocks_per_wave(threads) * waves);
   return static_cast<unsigned int>(std::max<int64_t>(blocks, 1));
-}
-
-// ---- math in the op's compute type (IEEE expf/logf, no fast-math intrinsics) -----------------
-
-__device__ __forceinline__ float exp_(float x) { return expf(x); }
-__device__ __forceinline__ double exp_(double x) { return exp(x); }
-__device__ __forceinline__ float log_(float x) { return logf(x); }
-__device__ __forceinline__ double log_(double x) { return log(x); }
-
-// torch.clamp semantics: a NaN input stays NaN (lo <= hi is checked on the host).
-template <typename T>
-__device__ __forceinline__ T clamp_keep_nan(T v, T lo, T hi) {
-  return v < lo ? lo : (v > hi ? hi : v);
 }
 
 }  // namespace dev

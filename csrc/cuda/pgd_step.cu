@@ -10,6 +10,7 @@
 
 #include "common.cuh"
 #include "host.h"
+#include "step_math.h"
 
 namespace cwr_fast {
 namespace {
@@ -18,36 +19,25 @@ constexpr int kThreads = 256;
 
 // ---- Linf -----------------------------------------------------------------------------------
 
-// torch.sign: -1, 0 or 1, and 0 for NaN.
-template <typename T>
-__device__ __forceinline__ T sign_of(T g) {
-  return T(T(0) < g) - T(g < T(0));
-}
-
-template <typename T>
-__device__ __forceinline__ T linf_update(T x, T g, T xn, T alpha, T eps, T lo, T hi) {
-  const T delta = dev::clamp_keep_nan(x + alpha * sign_of(g) - xn, -eps, eps);
-  return dev::clamp_keep_nan(xn + delta, lo, hi);
-}
-
 // Elementwise over the flat memory of batch-major tensors: element k belongs to sample
 // k / per_sample. kVec == 1 is the scalar fallback; for kVec > 1 the caller guarantees 16-byte
 // aligned pointers and, with per-sample budgets, that kVec divides per_sample (so a vector never
-// spans two samples).
+// spans two samples). The budgets are float64, as on the CPU, and enter in T.
 template <typename scalar_t, int kVec>
 __global__ void __launch_bounds__(kThreads)
 linf_step_kernel(scalar_t* x_adv, const scalar_t* grad, const scalar_t* x_nat, int64_t numel,
-                 int64_t per_sample, StepArgs<at::opmath_type<scalar_t>> args) {
+                 int64_t per_sample, StepArgs<double> args) {
   using T = at::opmath_type<scalar_t>;
+  const T lo = static_cast<T>(args.lo), hi = static_cast<T>(args.hi);
   const int64_t first = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   const int64_t n_vec = numel / kVec;
   for (int64_t v = first; v < n_vec; v += stride) {
     const int64_t k0 = v * kVec;
     const int64_t sample = args.per_sample() ? k0 / per_sample : 0;
-    const T alpha = args.alpha_of(sample), eps = args.eps_of(sample);
+    const T alpha = static_cast<T>(args.alpha_of(sample)), eps = static_cast<T>(args.eps_of(sample));
     dev::update_vec<kVec, T>(x_adv, grad, x_nat, k0, [&](T x, T g, T xn) {
-      return linf_update(x, g, xn, alpha, eps, args.lo, args.hi);
+      return step::linf_update<step::ScalarOps>(x, g, xn, alpha, eps, lo, hi);
     });
   }
   // The numel % kVec < kVec elements after the last whole vector (none when kVec == 1): one
@@ -55,16 +45,15 @@ linf_step_kernel(scalar_t* x_adv, const scalar_t* grad, const scalar_t* x_nat, i
   const int64_t k = n_vec * kVec + first;
   if (k < numel) {
     const int64_t sample = args.per_sample() ? k / per_sample : 0;
-    const T alpha = args.alpha_of(sample), eps = args.eps_of(sample);
+    const T alpha = static_cast<T>(args.alpha_of(sample)), eps = static_cast<T>(args.eps_of(sample));
     dev::update_vec<1, T>(x_adv, grad, x_nat, k, [&](T x, T g, T xn) {
-      return linf_update(x, g, xn, alpha, eps, args.lo, args.hi);
+      return step::linf_update<step::ScalarOps>(x, g, xn, alpha, eps, lo, hi);
     });
   }
 }
 
 template <typename scalar_t>
-void launch_linf(at::Tensor& x, const at::Tensor& g, const at::Tensor& xn,
-                 StepArgs<at::opmath_type<scalar_t>> args) {
+void launch_linf(at::Tensor& x, const at::Tensor& g, const at::Tensor& xn, StepArgs<double> args) {
   constexpr int kVec = dev::vec_width<scalar_t>();
   const int64_t numel = x.numel(), per_sample = numel / x.size(0);
   scalar_t* xp = x.data_ptr<scalar_t>();
@@ -86,33 +75,23 @@ void launch_linf(at::Tensor& x, const at::Tensor& g, const at::Tensor& xn,
 
 // ---- L2 -------------------------------------------------------------------------------------
 // Pass 1 sums, per sample, ||d||^2, <d, g> and ||g||^2 with d = x_adv - x_nat; pass 2 derives
-// the step and projection factors from them and writes x_adv. Each sample is split into `chunks`
-// contiguous chunks; a block handles one (sample, chunk) unit at a time. Pass 1 writes one
-// partial per unit to a [N, chunks, 3] float64 workspace and pass 2 adds them in a fixed order,
-// so the result is deterministic (no atomics) and needs no zeroed memory.
+// the step size and projection factor from them (step_math.h) and writes x_adv. Each sample is
+// split into `chunks` contiguous chunks; a block handles one (sample, chunk) unit at a time.
+// Pass 1 writes one partial per unit to a [N, chunks, 3] float64 workspace and pass 2 adds them
+// in a fixed order, so the result is deterministic (no atomics) and needs no zeroed memory.
 
+// The step size and projection factor of one sample, computed in float64, used in T.
 template <typename T>
 struct L2Scale {
-  T g_den;   // ||g|| + 1e-12
-  T factor;  // projection onto the eps-ball: eps / ||delta|| when ||delta|| > eps, else 1
+  T step_size;
+  T factor;
 };
 
 template <typename T>
-__device__ L2Scale<T> l2_scale(double dd, double dg, double gg, T alpha, T eps) {
-  const T g_den = static_cast<T>(sqrt(gg)) + T(1e-12);  // rounded as the reference rounds it
-  // delta = d + s*g with s = alpha / g_den, so ||delta||^2 = ||d||^2 + 2s<d,g> + s^2||g||^2,
-  // in float64 because the terms can nearly cancel. A NaN gives factor 1, as in the reference.
-  const double s = double(alpha) / double(g_den);
-  const double delta_sq = dd + 2.0 * s * dg + s * s * gg;
-  const T d_norm = static_cast<T>(sqrt(delta_sq > 0.0 ? delta_sq : 0.0));
-  const T factor = d_norm > eps ? eps / (d_norm > T(1e-12) ? d_norm : T(1e-12)) : T(1);
-  return {g_den, factor};
-}
-
-template <typename T>
-__device__ __forceinline__ T l2_update(T x, T g, T xn, T alpha, L2Scale<T> sc, T lo, T hi) {
-  const T delta = x + alpha * g / sc.g_den - xn;  // operation order of the reference
-  return dev::clamp_keep_nan(xn + delta * sc.factor, lo, hi);
+__device__ L2Scale<T> l2_scale(double dd, double dg, double gg, double alpha, double eps) {
+  const double step_size = step::l2_step_size(alpha, gg);
+  const double factor = step::l2_projection_factor(step::l2_delta_sq(dd, dg, gg, step_size), eps);
+  return {static_cast<T>(step_size), static_cast<T>(factor)};
 }
 
 // The vectors [begin, end) of chunk `chunk` of a sample with n_vec vectors.
@@ -170,14 +149,13 @@ l2_sums_kernel(const scalar_t* x_adv, const scalar_t* grad, const scalar_t* x_na
 template <typename scalar_t, int kVec>
 __global__ void __launch_bounds__(kThreads)
 l2_apply_kernel(scalar_t* x_adv, const scalar_t* grad, const scalar_t* x_nat, int64_t n_samples,
-                int64_t per_sample, int64_t chunks, const double* partials,
-                StepArgs<at::opmath_type<scalar_t>> args) {
+                int64_t per_sample, int64_t chunks, const double* partials, StepArgs<double> args) {
   using T = at::opmath_type<scalar_t>;
   __shared__ L2Scale<T> shared_scale;
+  const T lo = static_cast<T>(args.lo), hi = static_cast<T>(args.hi);
   const int64_t n_vec = per_sample / kVec;
   for (int64_t unit = blockIdx.x; unit < n_samples * chunks; unit += gridDim.x) {
     const int64_t sample = unit / chunks;
-    const T alpha = args.alpha_of(sample);
     __syncthreads();  // everyone has read shared_scale of the previous unit
     if (threadIdx.x == 0) {
       double dd = 0, dg = 0, gg = 0;
@@ -188,22 +166,21 @@ l2_apply_kernel(scalar_t* x_adv, const scalar_t* grad, const scalar_t* x_nat, in
         dg += p[1];
         gg += p[2];
       }
-      shared_scale = l2_scale(dd, dg, gg, alpha, args.eps_of(sample));
+      shared_scale = l2_scale<T>(dd, dg, gg, args.alpha_of(sample), args.eps_of(sample));
     }
     __syncthreads();
     const L2Scale<T> sc = shared_scale;
     const ChunkRange r = chunk_range(n_vec, chunks, unit % chunks);
     for (int64_t v = r.begin + threadIdx.x; v < r.end; v += blockDim.x) {
       dev::update_vec<kVec, T>(x_adv, grad, x_nat, sample * per_sample + v * kVec, [&](T x, T g, T xn) {
-        return l2_update(x, g, xn, alpha, sc, args.lo, args.hi);
+        return step::l2_update<step::ScalarOps>(x, g, xn, sc.step_size, sc.factor, lo, hi);
       });
     }
   }
 }
 
 template <typename scalar_t, int kVec>
-void launch_l2_with(at::Tensor& x, const at::Tensor& g, const at::Tensor& xn,
-                    StepArgs<at::opmath_type<scalar_t>> args) {
+void launch_l2_with(at::Tensor& x, const at::Tensor& g, const at::Tensor& xn, StepArgs<double> args) {
   const int64_t n = x.size(0), per_sample = x.numel() / n, n_vec = per_sample / kVec;
   // 256 threads, or fewer (a multiple of 32) when a sample has fewer vectors than that.
   const int threads = static_cast<int>(std::min<int64_t>(kThreads, dev::ceil_div(n_vec, 32) * 32));
@@ -228,8 +205,7 @@ void launch_l2_with(at::Tensor& x, const at::Tensor& g, const at::Tensor& xn,
 }
 
 template <typename scalar_t>
-void launch_l2(at::Tensor& x, const at::Tensor& g, const at::Tensor& xn,
-               StepArgs<at::opmath_type<scalar_t>> args) {
+void launch_l2(at::Tensor& x, const at::Tensor& g, const at::Tensor& xn, StepArgs<double> args) {
   constexpr int kVec = dev::vec_width<scalar_t>();
   const int64_t per_sample = x.numel() / x.size(0);
   const bool vectorised = dev::is_aligned16(x.const_data_ptr()) &&
@@ -248,14 +224,14 @@ template <Norm norm>
 void pgd_step_cuda(at::Tensor& x_adv, const at::Tensor& grad, const at::Tensor& x_nat, double alpha,
                    double eps, double lo, double hi, const std::optional<at::Tensor>& alpha_per_sample,
                    const std::optional<at::Tensor>& eps_per_sample) {
-  // Scalars and budgets in the compute type of the kernels.
-  run_pgd_step(x_adv, grad, x_nat, alpha, eps, lo, hi, alpha_per_sample, eps_per_sample, opmath_dtype(x_adv),
+  // Scalars and budgets in double, as on the CPU: the L2 factors are computed in double, and the
+  // kernels round alpha, eps, lo and hi to their compute type where they enter it.
+  run_pgd_step(x_adv, grad, x_nat, alpha, eps, lo, hi, alpha_per_sample, eps_per_sample, at::kDouble,
                [&](at::Tensor& x, const at::Tensor& g, const at::Tensor& xn, const at::Tensor& alpha_ps,
                    const at::Tensor& eps_ps) {
     const c10::cuda::CUDAGuard device_guard(x.device());
+    const auto args = make_step_args<double>(alpha, eps, lo, hi, alpha_ps, eps_ps);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pgd_step_cuda", [&] {
-      using T = at::opmath_type<scalar_t>;
-      const auto args = make_step_args<T>(alpha, eps, lo, hi, alpha_ps, eps_ps);
       if constexpr (norm == Norm::kLinf) {
         launch_linf<scalar_t>(x, g, xn, args);
       } else {

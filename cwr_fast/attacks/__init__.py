@@ -5,6 +5,7 @@
     result = atk.run(x, y)                 # AttackResult(x_adv, pred, success), for the evaluator
     attacks = build_attacks("fgsm,pgd-20,tpgd-20:T=2,cw-30,aa", model, eps=0.3)   # from text
     AutoAttack(model, eps=8/255).run(x, y).broken_by   # which member fooled each image first
+    threat_model("l2").project(x_adv, x, eps=0.5)       # the norm ball as an object (threat.py)
 """
 
 from cwr_fast.attacks.apgd import APGD, APGDT
@@ -18,9 +19,10 @@ from cwr_fast.attacks.model_mode import attack_mode
 from cwr_fast.attacks.result import AttackResult
 from cwr_fast.attacks.spec import AttackSpec, AttackSpecError, build_attacks, parse_attack, parse_attacks
 from cwr_fast.attacks.square import Square
+from cwr_fast.attacks.threat import ThreatModel, threat_model
 from cwr_fast.attacks.torchattacks_aa import TorchattacksAutoAttack
 
 __all__ = ["APGD", "APGDT", "CW", "FAB", "FABT", "FGSM", "PGD", "PGDL2", "Attack", "AttackResult",
            "AttackSpec", "AttackSpecError", "AutoAttack", "GradientAttack", "Square", "TemperaturePGD",
-           "TorchattacksAutoAttack", "attack_mode", "build_attacks", "check_inputs", "choose_targets",
-           "parse_attack", "parse_attacks", "perturb"]
+           "ThreatModel", "TorchattacksAutoAttack", "attack_mode", "build_attacks", "check_inputs",
+           "choose_targets", "parse_attack", "parse_attacks", "perturb", "threat_model"]

@@ -26,19 +26,20 @@ The model's train/eval mode is then left as the caller set it (dropout stays ran
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
 from cwr_fast import ops
 from cwr_fast.attacks.attack import Attack, check_count, check_member_settings
 from cwr_fast.attacks.ensemble import run_until_fooled
-from cwr_fast.attacks.functional import NORMS
 from cwr_fast.runtime import amp_dtype, autocast, fp16_loss_scale
 from cwr_fast.attacks.model_mode import is_channels_last, to_channels_last
-from cwr_fast.attacks.noise import normal_like, uniform_like
 from cwr_fast.attacks.precision import confirm_fooled, float32_predict
 from cwr_fast.attacks.result import AttackResult
-from cwr_fast.reference import check_dlr_classes
+from cwr_fast.attacks.threat import ThreatModel, threat_model
+from cwr_fast.op_checks import check_dlr_classes
 
 APGD_LOSSES = ("ce", "dlr")
 APGD_TRACKS = ("first", "last")
@@ -60,29 +61,15 @@ def _shape(t: Tensor, like: Tensor) -> Tensor:
     return t.view(-1, *([1] * (like.dim() - 1)))
 
 
-def _norm(t: Tensor, norm: str) -> Tensor:
-    flat = t.flatten(1)
-    return flat.abs().amax(dim=1) if norm == "linf" else flat.norm(dim=1)
+def _normalize(t: Tensor, threat: ThreatModel) -> Tensor:
+    return t / _shape(threat.norm(t) + 1e-12, t)
 
 
-def _normalize(t: Tensor, norm: str) -> Tensor:
-    return t / _shape(_norm(t, norm) + 1e-12, t)
-
-
-def _project(x: Tensor, x_nat: Tensor, eps: float, norm: str) -> Tensor:
-    """Onto the eps-ball around x_nat, then into [0, 1]."""
-    if norm == "linf":
-        return torch.clamp(torch.minimum(torch.maximum(x, x_nat - eps), x_nat + eps), 0.0, 1.0)
-    delta = x - x_nat
-    size = _shape(_norm(delta, "l2"), x)
-    return torch.clamp(x_nat + delta / (size + 1e-12) * torch.clamp(size, max=eps), 0.0, 1.0)
-
-
-def random_start(x_nat: Tensor, eps: float, norm: str) -> Tensor:
+def random_start(x_nat: Tensor, eps: float, norm: str | ThreatModel) -> Tensor:
     """x + eps * u / ||u||: u uniform in [-1, 1]^d (Linf) or Gaussian (L2); clamped to [0, 1]. u is
-    drawn as the reference draws it, on the CPU and then copied (`cwr_fast.attacks.noise`)."""
-    u = uniform_like(x_nat) * 2 - 1 if norm == "linf" else normal_like(x_nat)
-    x = torch.clamp(x_nat + eps * _normalize(u, norm), 0.0, 1.0)
+    drawn as the reference draws it, on the CPU and then copied (`ThreatModel.start_direction`)."""
+    threat = threat_model(norm)
+    x = torch.clamp(x_nat + eps * _normalize(threat.start_direction(x_nat), threat), 0.0, 1.0)
     return to_channels_last(x) if is_channels_last(x_nat) else x
 
 
@@ -130,7 +117,64 @@ def _loss_and_grad(model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None
     return z, value, grad
 
 
-def apgd(model: nn.Module, x_nat: Tensor, y: Tensor, *, eps: float, norm: str = "linf",
+def _check_apgd_call(track: str, norm: str | ThreatModel, loss: str) -> ThreatModel:
+    if track not in APGD_TRACKS:
+        raise ValueError(f"APGD track must be one of {APGD_TRACKS}, got {track!r}")
+    threat = threat_model(norm)
+    if loss not in APGD_LOSSES:
+        raise ValueError(f"APGD loss must be one of {APGD_LOSSES}, got {loss!r}")
+    return threat
+
+
+def _start_schedule(s: _State, eps: float) -> None:
+    """The state after the first evaluation: best point and loss so far, step size 2 eps, and the
+    counters of the first checkpoint period."""
+    s.x_old, s.x_best, s.grad_best, s.loss_best = s.x.clone(), s.x.clone(), s.grad.clone(), s.loss
+    # The reference counts the loss rises of the first period from a loss of 0, not from the loss
+    # at the start (its history buffer is read at index -1 there); kept, for the same schedule.
+    s.loss_last = torch.zeros_like(s.loss)
+    s.rises = torch.zeros_like(s.loss)
+    s.step = torch.full_like(s.loss, 2.0 * eps)
+    s.best_at_check = s.loss.clone()
+    s.halved_at_check = torch.ones_like(s.loss, dtype=torch.bool)
+
+
+def _momentum_step(s: _State, step_: Callable, threat: ThreatModel, eps: float, first: bool) -> None:
+    """z = P(x_k + eta * step direction), x_{k+1} = P(x_k + 0.75 (z - x_k) + 0.25 (x_k - x_{k-1}))
+    (no momentum at step 0); s.x_old <- x_k, s.x <- x_{k+1}."""
+    momentum = 1.0 if first else 0.75
+    x_prev = s.x
+    z = step_(x_prev.clone(), s.grad, s.x_nat, s.step, eps)
+    x = threat.project(x_prev + momentum * (z - x_prev) + (1 - momentum) * (x_prev - s.x_old),
+                       s.x_nat, eps)
+    s.x_old, s.x = x_prev, x
+
+
+def _record_progress(s: _State) -> None:
+    """Counts a loss rise since the last iterate and keeps the best point, gradient and loss."""
+    s.rises += (s.loss > s.loss_last).to(s.rises.dtype)
+    s.loss_last = s.loss
+    better = s.loss > s.loss_best
+    s.x_best = torch.where(_shape(better, s.x), s.x, s.x_best)
+    s.grad_best = torch.where(_shape(better, s.grad), s.grad, s.grad_best)
+    s.loss_best = torch.where(better, s.loss, s.loss_best)
+
+
+def _checkpoint(s: _State, period: int, rho: float) -> None:
+    """The end of a period: a sample halves its step and restarts from its best point if its loss
+    rose in at most rho of the period's steps, or if its step was not halved at the previous
+    checkpoint and its best loss has not improved since."""
+    stalled = s.rises <= period * rho
+    no_progress = ~s.halved_at_check & (s.best_at_check >= s.loss_best)
+    halve = stalled | no_progress
+    s.halved_at_check, s.best_at_check = halve, s.loss_best
+    s.step = torch.where(halve, s.step / 2, s.step)
+    s.x = torch.where(_shape(halve, s.x), s.x_best, s.x)
+    s.grad = torch.where(_shape(halve, s.grad), s.grad_best, s.grad)
+    s.rises = torch.zeros_like(s.rises)
+
+
+def apgd(model: nn.Module, x_nat: Tensor, y: Tensor, *, eps: float, norm: str | ThreatModel = "linf",
          steps: int = 100, loss: str = "ce", target: Tensor | None = None, rho: float = 0.75,
          eot: int = 1, amp: str | None = None, return_best_loss: bool = False,
          track: str = "first"):
@@ -141,12 +185,7 @@ def apgd(model: nn.Module, x_nat: Tensor, y: Tensor, *, eps: float, norm: str = 
     all the steps and x_adv is the last iterate that fooled it; pred is the prediction there
     (success: some iterate fooled it). With return_best_loss, also the highest loss each sample
     reached (until it was fooled, with track="first"), as (result, best_loss)."""
-    if track not in APGD_TRACKS:
-        raise ValueError(f"APGD track must be one of {APGD_TRACKS}, got {track!r}")
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
-    if loss not in APGD_LOSSES:
-        raise ValueError(f"APGD loss must be one of {APGD_LOSSES}, got {loss!r}")
+    threat = _check_apgd_call(track, norm, loss)
     dtype = amp_dtype(amp)
     n = x_nat.shape[0]
     out_x, out_pred = x_nat.clone(), y.clone()
@@ -162,7 +201,7 @@ def apgd(model: nn.Module, x_nat: Tensor, y: Tensor, *, eps: float, norm: str = 
     channels_last = is_channels_last(x_nat)
     check_at = checkpoints(steps)
     s = _State(index=torch.arange(n, device=x_nat.device), x_nat=x_nat, y=y, target=target,
-               x=random_start(x_nat, eps, norm))
+               x=random_start(x_nat, eps, threat))
     out_x.copy_(s.x)
 
     def evaluate() -> bool:
@@ -184,39 +223,15 @@ def apgd(model: nn.Module, x_nat: Tensor, y: Tensor, *, eps: float, norm: str = 
 
     if evaluate():
         return finish()
-    s.x_old, s.x_best, s.grad_best, s.loss_best = s.x.clone(), s.x.clone(), s.grad.clone(), s.loss
-    # The reference counts the loss rises of the first period from a loss of 0, not from the loss
-    # at the start (its history buffer is read at index -1 there); kept, for the same schedule.
-    s.loss_last = torch.zeros_like(s.loss)
-    s.rises = torch.zeros_like(s.loss)
-    s.step = torch.full_like(s.loss, 2.0 * eps)
-    s.best_at_check = s.loss.clone()
-    s.halved_at_check = torch.ones_like(s.loss, dtype=torch.bool)
-    step_ = ops.linf_pgd_step_ if norm == "linf" else ops.l2_pgd_step_
+    _start_schedule(s, eps)
+    step_ = threat.step_op(ops)
     for i in range(steps):
-        momentum = 0.75 if i > 0 else 1.0
-        x_prev = s.x
-        z = step_(x_prev.clone(), s.grad, s.x_nat, s.step, eps)
-        x = _project(x_prev + momentum * (z - x_prev) + (1 - momentum) * (x_prev - s.x_old),
-                     s.x_nat, eps, norm)
-        s.x_old, s.x = x_prev, x
+        _momentum_step(s, step_, threat, eps, first=i == 0)
         if evaluate():
             break
-        s.rises += (s.loss > s.loss_last).to(s.rises.dtype)
-        s.loss_last = s.loss
-        better = s.loss > s.loss_best
-        s.x_best = torch.where(_shape(better, s.x), s.x, s.x_best)
-        s.grad_best = torch.where(_shape(better, s.grad), s.grad, s.grad_best)
-        s.loss_best = torch.where(better, s.loss, s.loss_best)
+        _record_progress(s)
         if i in check_at:
-            stalled = s.rises <= check_at[i] * rho
-            no_progress = ~s.halved_at_check & (s.best_at_check >= s.loss_best)
-            halve = stalled | no_progress
-            s.halved_at_check, s.best_at_check = halve, s.loss_best
-            s.step = torch.where(halve, s.step / 2, s.step)
-            s.x = torch.where(_shape(halve, s.x), s.x_best, s.x)
-            s.grad = torch.where(_shape(halve, s.grad), s.grad_best, s.grad)
-            s.rises = torch.zeros_like(s.rises)
+            _checkpoint(s, check_at[i], rho)
     if s.index.numel():
         out_best[s.index] = s.loss_best.to(out_best.dtype)
         if dtype is not None and track == "first":  # under amp: the best points, in float32
@@ -242,10 +257,11 @@ def _predict(model: nn.Module, x: Tensor, amp: str | None) -> Tensor:
         return model(x).argmax(dim=1)
 
 
-def _check_apgd(eps, norm, steps, restarts, rho, eot, amp) -> None:
-    check_member_settings("APGD", eps, norm, amp, steps=steps, restarts=restarts, eot=eot)
+def _check_apgd(eps, norm, steps, restarts, rho, eot, amp) -> ThreatModel:
+    threat = check_member_settings("APGD", eps, norm, amp, steps=steps, restarts=restarts, eot=eot)
     if not 0 < rho <= 1:
         raise ValueError(f"rho must lie in (0, 1], got {rho!r}")
+    return threat
 
 
 class APGD(Attack):
@@ -259,11 +275,11 @@ class APGD(Attack):
                  loss: str = "ce", restarts: int = 1, rho: float = 0.75, eot: int = 1,
                  amp: str | None = None):
         super().__init__(model)
-        _check_apgd(eps, norm, steps, restarts, rho, eot, amp)
+        self.threat = _check_apgd(eps, norm, steps, restarts, rho, eot, amp)
         if loss not in APGD_LOSSES:
             raise ValueError(f"APGD loss must be one of {APGD_LOSSES}, got {loss!r}")
         self.name = f"apgd-{loss}"
-        self.eps, self.norm, self.steps, self.loss = float(eps), norm, steps, loss
+        self.eps, self.norm, self.steps, self.loss = float(eps), self.threat.name, steps, loss
         self.restarts, self.rho, self.eot, self.amp = restarts, float(rho), eot, amp
 
     def params(self) -> dict:
@@ -283,7 +299,7 @@ class APGD(Attack):
             return self._run_randomised(x, y)
 
         def one_run(x_todo: Tensor, y_todo: Tensor, _) -> AttackResult:
-            return apgd(self.model, x_todo, y_todo, eps=self.eps, norm=self.norm, steps=self.steps,
+            return apgd(self.model, x_todo, y_todo, eps=self.eps, norm=self.threat, steps=self.steps,
                         loss=self.loss, rho=self.rho, eot=self.eot, amp=self.amp)
 
         result = run_until_fooled(x, y, [one_run] * self.restarts)
@@ -302,7 +318,7 @@ class APGD(Attack):
             if index.numel() == 0:
                 break
             x_todo = to_channels_last(x[index]) if is_channels_last(x) else x[index]
-            run = apgd(self.model, x_todo, y[index], eps=self.eps, norm=self.norm, steps=self.steps,
+            run = apgd(self.model, x_todo, y[index], eps=self.eps, norm=self.threat, steps=self.steps,
                        loss=self.loss, rho=self.rho, eot=self.eot, amp=self.amp, track="last")
             fooled = index[run.success]
             x_adv[fooled] = run.x_adv[run.success]
@@ -322,9 +338,9 @@ class APGDT(Attack):
     def __init__(self, model: nn.Module, eps: float = 8 / 255, norm: str = "linf", steps: int = 100,
                  targets: int = 9, restarts: int = 1, rho: float = 0.75, amp: str | None = None):
         super().__init__(model)
-        _check_apgd(eps, norm, steps, restarts, rho, 1, amp)
+        self.threat = _check_apgd(eps, norm, steps, restarts, rho, 1, amp)
         check_count(targets, "targets")
-        self.eps, self.norm, self.steps, self.targets = float(eps), norm, steps, targets
+        self.eps, self.norm, self.steps, self.targets = float(eps), self.threat.name, steps, targets
         self.restarts, self.rho, self.amp = restarts, float(rho), amp
 
     def params(self) -> dict:
@@ -337,7 +353,7 @@ class APGDT(Attack):
 
         def toward(rank: int):
             def one_run(x_todo: Tensor, y_todo: Tensor, index: Tensor) -> AttackResult:
-                return apgd(self.model, x_todo, y_todo, eps=self.eps, norm=self.norm,
+                return apgd(self.model, x_todo, y_todo, eps=self.eps, norm=self.threat,
                             steps=self.steps, loss="dlr", target=ranking[index, rank], rho=self.rho,
                             amp=self.amp)
             return one_run

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from types import MappingProxyType
 
 import torch
 from torch import Tensor, nn
 
-from cwr_fast.attacks.functional import NORMS
 from cwr_fast.runtime import amp_dtype
 from cwr_fast.attacks.model_mode import attack_mode
 from cwr_fast.attacks.result import AttackResult
+from cwr_fast.attacks.threat import ThreatModel, threat_model
 
 
 def check_pixel_range(x: Tensor) -> None:
@@ -42,8 +44,9 @@ def check_inputs(x: Tensor, y: Tensor) -> None:
         raise RuntimeError("attacks need autograd: do not call them under torch.inference_mode()")
 
 
-def check_budget(value, name: str, linf: bool) -> None:
-    """A budget (eps, alpha): a finite number >= 0 or a [N] tensor of them; at most 1 for Linf."""
+def check_budget(value, name: str, threat: ThreatModel | None = None) -> None:
+    """A budget (eps, alpha): a finite number >= 0 or a [N] tensor of them; within the bound of
+    `threat` when given (a Linf budget is at most 1)."""
     if isinstance(value, Tensor):
         if value.dim() > 1:
             raise ValueError(f"{name} must be a number or a [N] tensor, got shape {list(value.shape)}")
@@ -54,9 +57,8 @@ def check_budget(value, name: str, linf: bool) -> None:
         raise TypeError(f"{name} must be a number or a [N] tensor, got {type(value).__name__}")
     if not low >= 0 or not math.isfinite(high):
         raise ValueError(f"{name} must be >= 0 and finite, got {low if not low >= 0 else high}")
-    if linf and high > 1:
-        raise ValueError(f"{name}={high} exceeds 1: Linf budgets are in pixel units of [0, 1] images "
-                         f"(did you mean {high:g}/255 = {high / 255:.4f}?)")
+    if threat is not None:
+        threat.check_budget(name, high)
 
 
 def check_count(value, name: str, minimum: int = 1) -> None:
@@ -64,17 +66,19 @@ def check_count(value, name: str, minimum: int = 1) -> None:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
-def check_member_settings(attack: str, eps, norm: str, amp: str | None, **counts: int) -> None:
+def check_member_settings(attack: str, eps, norm: str | ThreatModel, amp: str | None,
+                          **counts: int) -> ThreatModel:
     """The settings of an AutoAttack member: norm linf or l2, one eps for the batch (a finite
-    number >= 0, at most 1 for Linf), an autocast mode, and counts (steps, ...) that are ints >= 1."""
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
-    check_budget(eps, "eps", linf=norm == "linf")
+    number >= 0, at most 1 for Linf), an autocast mode, and counts (steps, ...) that are ints >= 1.
+    Returns the threat model of `norm`."""
+    threat = threat_model(norm)
+    check_budget(eps, "eps", threat)
     if isinstance(eps, Tensor):
         raise TypeError(f"{attack} takes one eps for the batch (a number)")
     for name, value in counts.items():
         check_count(value, name)
     amp_dtype(amp)
+    return threat
 
 
 class Attack:
@@ -85,11 +89,25 @@ class Attack:
     attack the model is in eval mode with no parameter gradients; the caller's flags are restored.
     Attacks for randomised models (`keeps_model_mode` True: AutoAttack's version rand, APGD with
     eot > 1) leave each module's train/eval mode as the caller set it, as the reference does.
+
+    What the class-wise engine reads from every attack: `broken_at_unit`, what the result says
+    about when a sample was fooled ("member": `AttackResult.broken_by` indexes `member_names`;
+    "step": `AttackResult.step` is the iterate; "fooled": neither); for an ensemble its
+    `member_names` and `member_seconds` (seconds per member, summed over calls); `check_flags`
+    (the automatic checks the attack ran, None if none); `keeps_model_mode`; `min_classes`.
     """
 
     name = "attack"
     keeps_model_mode = False
     min_classes = 2  # the fewest classes the attack can work with (spec.build refuses fewer)
+    broken_at_unit = "fooled"
+    member_seconds: Mapping[str, float] = MappingProxyType({})
+    check_flags: list[dict] | None = None
+
+    @property
+    def member_names(self) -> list[str]:
+        """The members of an ensemble, in the order they run (empty for a single attack)."""
+        return []
 
     def __init__(self, model: nn.Module):
         if not isinstance(model, nn.Module):

@@ -39,10 +39,10 @@ from cwr_fast.attacks.attack import Attack, check_budget
 from cwr_fast.attacks.checks import first_batch_flags
 from cwr_fast.attacks.ensemble import run_until_fooled
 from cwr_fast.attacks.fab import FAB, FABT
-from cwr_fast.attacks.functional import NORMS
 from cwr_fast.runtime import amp_dtype
 from cwr_fast.attacks.result import AttackResult
 from cwr_fast.attacks.square import Square
+from cwr_fast.attacks.threat import threat_model
 
 # version: ((member name, attack class, its settings beyond eps, norm and amp), ...), in order
 VERSIONS = {
@@ -68,18 +68,19 @@ class AutoAttack(Attack):
     amp: autocast of the model in every member."""
 
     name = "aa"
+    broken_at_unit = "member"  # AttackResult.broken_by: the member that fooled a sample first
 
     def __init__(self, model: nn.Module, eps: float = 8 / 255, norm: str = "linf",
                  version: str = "standard", seed: int | None = None, amp: str | None = None):
         super().__init__(model)
-        if norm not in NORMS:
-            raise ValueError(f"AutoAttack norm must be one of {NORMS}, got {norm!r}")
+        self.threat = threat_model(norm, what="AutoAttack norm")
         if version not in VERSIONS:
             raise ValueError(f"AutoAttack version must be one of {tuple(VERSIONS)}, got {version!r}")
-        check_budget(eps, "eps", linf=norm == "linf")
+        check_budget(eps, "eps", self.threat)
         amp_dtype(amp)
-        self.eps, self.norm, self.version, self.seed, self.amp = float(eps), norm, version, seed, amp
-        self.members = {name: cls(model, eps=self.eps, norm=norm, amp=amp, **settings)
+        self.eps, self.norm, self.version = float(eps), self.threat.name, version
+        self.seed, self.amp = seed, amp
+        self.members = {name: cls(model, eps=self.eps, norm=self.threat, amp=amp, **settings)
                         for name, cls, settings in VERSIONS[version]}
         self.member_seconds = dict.fromkeys(self.members, 0.0)  # summed over calls: where the time goes
         self.check_flags: list[dict] | None = None  # the reference's checks, on the first call's images

@@ -27,21 +27,15 @@ import torch
 from torch import Tensor, nn
 
 from cwr_fast import ops
-from cwr_fast.attacks.apgd import _norm, target_ranking
+from cwr_fast.attacks.apgd import target_ranking
 from cwr_fast.attacks.attack import Attack, check_count, check_member_settings
 from cwr_fast.attacks.ensemble import run_until_fooled
 from cwr_fast.runtime import amp_dtype, autocast
 from cwr_fast.attacks.model_mode import is_channels_last, to_channels_last
-from cwr_fast.attacks.noise import normal_like, uniform_like
 from cwr_fast.attacks.result import AttackResult
+from cwr_fast.attacks.threat import ThreatModel, threat_model
 
 ALPHA_MAX, ETA, BETA = 0.1, 1.05, 0.9
-
-
-def _dual_norm(t: Tensor, norm: str) -> Tensor:
-    """Over the last dims from 2 on: L1 for Linf, L2 for L2 ([N, K, ...] -> [N, K])."""
-    flat = t.flatten(2)
-    return flat.abs().sum(dim=2) if norm == "linf" else flat.norm(dim=2)
 
 
 def _flat(t: Tensor, like: Tensor) -> Tensor:
@@ -90,14 +84,15 @@ def _boundary_gradients(model: nn.Module, x: Tensor, y: Tensor, target: Tensor |
     return z, f, torch.stack(grads, dim=1)
 
 
-def fab(model: nn.Module, x0: Tensor, y: Tensor, *, eps: float, norm: str = "linf",
+def fab(model: nn.Module, x0: Tensor, y: Tensor, *, eps: float, norm: str | ThreatModel = "linf",
         steps: int = 100, target: Tensor | None = None, random_start: bool = False,
         amp: str | None = None) -> AttackResult:
     """One FAB run (targeted toward `target`, [N] classes, if given). success: a misclassified
     point within eps was found. The model must be in attack mode."""
     amp_dtype(amp)  # checked, not used: FAB runs in float32 (module docstring)
     dtype = None
-    project = ops.hyperplane_projection_linf if norm == "linf" else ops.hyperplane_projection_l2
+    threat = threat_model(norm)
+    project = threat.hyperplane_projection(ops)
     n = x0.shape[0]
     out_x, out_pred = x0.clone(), y.clone()
     out_success = torch.zeros(n, dtype=torch.bool, device=x0.device)
@@ -109,8 +104,8 @@ def fab(model: nn.Module, x0: Tensor, y: Tensor, *, eps: float, norm: str = "lin
     x_clean, y_clean = x0, y
     x1 = x0.clone()
     if random_start:  # the smallest perturbation found is still infinite: the radius is eps / 2
-        u = uniform_like(x0) * 2 - 1 if norm == "linf" else normal_like(x0)  # as the reference: CPU draw
-        x1 = torch.clamp(x0 + 0.5 * eps * u / _norm(u, norm).view(shape), 0.0, 1.0)
+        u = threat.start_direction(x0)  # as the reference: a CPU draw
+        x1 = torch.clamp(x0 + 0.5 * eps * u / threat.norm(u).view(shape), 0.0, 1.0)
     best = torch.full((n,), float("inf"), device=x0.device)
     for _ in range(steps):
         if channels_last:
@@ -121,13 +116,13 @@ def fab(model: nn.Module, x0: Tensor, y: Tensor, *, eps: float, norm: str = "lin
             f, g = f[:, 0], g[:, 0]
         else:
             rows = torch.arange(m, device=x1.device)
-            closest = (f.abs() / (1e-12 + _dual_norm(g, norm))).argmin(dim=1)
+            closest = (f.abs() / (1e-12 + threat.dual_norm(g, start_dim=2))).argmin(dim=1)
             f, g = f[rows, closest], g[rows, closest]
         w, x1_flat = _flat(g, x1), _flat(x1, x1)
         b = -f + (w * x1_flat).sum(dim=1)
         d = project(torch.cat([x1_flat, _flat(x0, x1)]), torch.cat([w, w]), torch.cat([b, b]))
         d1, d2 = _unflat(d[:m], x1), _unflat(d[m:], x1)
-        size = _norm(d, norm).clamp_min(1e-8)
+        size = threat.norm(d).clamp_min(1e-8)
         alpha = (size[:m] / (size[:m] + size[m:])).clamp(0.0, ALPHA_MAX).view(shape)
         x1 = ((x1 + ETA * d1) * (1 - alpha) + (x0 + ETA * d2) * alpha).clamp(0.0, 1.0)
         with torch.no_grad(), autocast(x1.device, dtype):
@@ -135,7 +130,7 @@ def fab(model: nn.Module, x0: Tensor, y: Tensor, *, eps: float, norm: str = "lin
         adversarial = pred != y
         if not bool(adversarial.any()):
             continue
-        size = _norm(x1 - x0, norm)
+        size = threat.norm(x1 - x0)
         smaller = adversarial & (size < best)
         best = torch.where(smaller, size, best)
         out_x[index[smaller]] = x1[smaller]
@@ -164,8 +159,9 @@ class FAB(Attack):
     def __init__(self, model: nn.Module, eps: float = 8 / 255, norm: str = "linf", steps: int = 100,
                  restarts: int = 1, amp: str | None = None):
         super().__init__(model)
-        check_member_settings("FAB", eps, norm, amp, steps=steps, restarts=restarts)
-        self.eps, self.norm, self.steps, self.restarts, self.amp = float(eps), norm, steps, restarts, amp
+        self.threat = check_member_settings("FAB", eps, norm, amp, steps=steps, restarts=restarts)
+        self.eps, self.norm, self.steps = float(eps), self.threat.name, steps
+        self.restarts, self.amp = restarts, amp
 
     def params(self) -> dict:
         return {"eps": self.eps, "norm": self.norm, "steps": self.steps, "restarts": self.restarts,
@@ -173,8 +169,9 @@ class FAB(Attack):
 
     def _run(self, x: Tensor, y: Tensor) -> AttackResult:
         def run(k: int):
-            return lambda x_todo, y_todo, _: fab(self.model, x_todo, y_todo, eps=self.eps, norm=self.norm,
-                                                 steps=self.steps, random_start=k > 0, amp=self.amp)
+            return lambda x_todo, y_todo, _: fab(self.model, x_todo, y_todo, eps=self.eps,
+                                                 norm=self.threat, steps=self.steps,
+                                                 random_start=k > 0, amp=self.amp)
 
         result = run_until_fooled(x, y, [run(k) for k in range(self.restarts)])
         result.broken_by = None
@@ -190,9 +187,9 @@ class FABT(Attack):
     def __init__(self, model: nn.Module, eps: float = 8 / 255, norm: str = "linf", steps: int = 100,
                  targets: int = 9, restarts: int = 1, amp: str | None = None):
         super().__init__(model)
-        check_member_settings("FAB", eps, norm, amp, steps=steps, restarts=restarts)
+        self.threat = check_member_settings("FAB", eps, norm, amp, steps=steps, restarts=restarts)
         check_count(targets, "targets")
-        self.eps, self.norm, self.steps, self.targets = float(eps), norm, steps, targets
+        self.eps, self.norm, self.steps, self.targets = float(eps), self.threat.name, steps, targets
         self.restarts, self.amp = restarts, amp
 
     def params(self) -> dict:
@@ -204,7 +201,7 @@ class FABT(Attack):
 
         def run(rank: int, restart: int):
             def one_run(x_todo: Tensor, y_todo: Tensor, index: Tensor) -> AttackResult:
-                return fab(self.model, x_todo, y_todo, eps=self.eps, norm=self.norm, steps=self.steps,
+                return fab(self.model, x_todo, y_todo, eps=self.eps, norm=self.threat, steps=self.steps,
                            target=ranking[index, rank], random_start=restart > 0, amp=self.amp)
             return one_run
 

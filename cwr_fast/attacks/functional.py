@@ -12,8 +12,10 @@ semantics); it then leaves the active batch, so no more compute is spent on it.
 The training methods run their inner maximisation on the same loop: a caller may give the start
 point (`start`, a function of x) and the gradient of the loss to ascend (`loss_grad`, a function of
 the logits), as TRADES does (start x + 0.001 N(0, I), KL gradient). `ops` is the module of the
-steps and loss gradients: `cwr_fast.ops` (fused, the default) or `cwr_fast.reference` (the same
-functions in plain PyTorch, the eager baseline of the benchmarks); see `ops_module`.
+steps and loss gradients, as `cwr_fast.ops.backend_module` selects it: `cwr_fast.ops` (fused, the
+default) or the eager backend (the same functions in plain PyTorch, the baseline of the
+benchmarks). The norm ball is a `ThreatModel` (`cwr_fast.attacks.threat`): its step op and random
+start.
 """
 
 from __future__ import annotations
@@ -25,24 +27,14 @@ import torch
 from torch import Tensor, nn
 
 from cwr_fast import ops as fused_ops
-from cwr_fast import reference
 from cwr_fast.attacks.model_mode import is_channels_last, to_channels_last
 from cwr_fast.attacks.result import AttackResult
 from cwr_fast.attacks.precision import confirm_fooled
+from cwr_fast.attacks.threat import ThreatModel, threat_model
 from cwr_fast.runtime import amp_dtype, autocast, fp16_loss_scale
 
-NORMS = ("linf", "l2")
 LOSSES = ("ce", "margin")
 TRACKS = ("final", "any")
-OPS_IMPLS = {"fused": fused_ops, "eager": reference}
-
-
-def ops_module(impl: str) -> ModuleType:
-    """The ops module of an `ops_impl` name: "fused" -> cwr_fast.ops, "eager" -> cwr_fast.reference
-    (same signatures, plain PyTorch)."""
-    if impl not in OPS_IMPLS:
-        raise ValueError(f"ops must be fused or eager, got {impl!r}")
-    return OPS_IMPLS[impl]
 
 
 def loss_gradient(logits: Tensor, y: Tensor, target: Tensor | None, loss: str,
@@ -58,32 +50,11 @@ def loss_gradient(logits: Tensor, y: Tensor, target: Tensor | None, loss: str,
     return dz if target is None else dz.neg_()
 
 
-def random_start(x_nat: Tensor, eps: float | Tensor, norm: str) -> Tensor:
-    """A uniform point of the Linf ball (drawn exactly as torchattacks' PGD draws it, for scalar eps),
-    or a point of the L2 ball with uniform radius; clamped to [0, 1]. The noise is drawn in NCHW
-    order whatever the layout of x_nat, so a channels-last batch gets the same start."""
-    per_sample = isinstance(eps, Tensor)
-    shape = (-1,) + (1,) * (x_nat.dim() - 1)
-    plain = {"memory_format": torch.contiguous_format}
-    if norm == "linf":
-        if per_sample:
-            delta = (torch.rand_like(x_nat, **plain) * 2 - 1) * eps.view(shape)
-        else:
-            delta = torch.empty_like(x_nat, **plain).uniform_(-eps, eps)
-    else:
-        delta = torch.randn_like(x_nat, **plain)
-        norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(shape)
-        radius = torch.rand(x_nat.shape[0], device=x_nat.device, dtype=x_nat.dtype).view(shape)
-        delta = delta / norms * radius * (eps.view(shape) if per_sample else eps)
-    x = torch.clamp(x_nat + delta, 0.0, 1.0)
-    return to_channels_last(x) if is_channels_last(x_nat) else x
-
-
 def _take(value: float | Tensor, keep: Tensor) -> float | Tensor:
     return value[keep] if isinstance(value, Tensor) else value
 
 
-def _run_once(model: nn.Module, x_nat: Tensor, y: Tensor, target: Tensor | None, *, norm: str,
+def _run_once(model: nn.Module, x_nat: Tensor, y: Tensor, target: Tensor | None, *, threat: ThreatModel,
               eps: float | Tensor, alpha: float | Tensor, steps: int, loss: str, temperature: float,
               use_random_start: bool, track: str, dtype: torch.dtype | None,
               score: bool = True, start: Callable[[Tensor], Tensor] | None = None,
@@ -97,14 +68,14 @@ def _run_once(model: nn.Module, x_nat: Tensor, y: Tensor, target: Tensor | None,
         out_x, out_pred = x_nat.clone(), y.clone()
         out_success = torch.zeros(x_nat.shape[0], dtype=torch.bool, device=x_nat.device)
         out_step = torch.full((x_nat.shape[0],), -1, dtype=torch.int64, device=x_nat.device)
-    step_ = ops.linf_pgd_step_ if norm == "linf" else ops.l2_pgd_step_
+    step_ = threat.step_op(ops)
     scale = fp16_loss_scale(dtype)
 
     channels_last = is_channels_last(x_nat)  # keep the caller's layout through compaction
     if start is not None:
         x = start(x_nat).detach().clone()
     else:
-        x = random_start(x_nat, eps, norm) if use_random_start else x_nat.clone()
+        x = threat.random_start(x_nat, eps) if use_random_start else x_nat.clone()
     index = None  # positions of the active samples in the batch; None while all are active
     for step in range(steps + 1):
         last = step == steps
@@ -164,9 +135,9 @@ def _per_sample(value: float | Tensor, name: str, n: int, device: torch.device) 
     return float(value)
 
 
-def perturb(model: nn.Module, x: Tensor, y: Tensor, *, norm: str = "linf", eps: float | Tensor,
-            alpha: float | Tensor, steps: int, loss: str = "ce", temperature: float = 1.0,
-            random_start: bool = True, restarts: int = 1, target: Tensor | None = None,
+def perturb(model: nn.Module, x: Tensor, y: Tensor, *, norm: str | ThreatModel = "linf",
+            eps: float | Tensor, alpha: float | Tensor, steps: int, loss: str = "ce",
+            temperature: float = 1.0, random_start: bool = True, restarts: int = 1, target: Tensor | None = None,
             track: str = "final", amp: str | None = None, score: bool = True,
             start: Callable[[Tensor], Tensor] | None = None,
             loss_grad: Callable[[Tensor], Tensor] | None = None,
@@ -179,14 +150,13 @@ def perturb(model: nn.Module, x: Tensor, y: Tensor, *, norm: str = "linf", eps: 
     start: None (random_start decides: a random point of the eps-ball, or x itself), or a function
     x -> the first iterate. loss_grad: None (the `loss` at `temperature`), or a function
     logits -> dL/dlogits of the loss to ascend (float32 or the logits' dtype); it sees the whole
-    batch every step, so it needs track="final" and one restart. ops: cwr_fast.ops or
-    cwr_fast.reference (see `ops_module`).
+    batch every step, so it needs track="final" and one restart. ops: a backend's module
+    (`cwr_fast.ops.backend_module`). norm: "linf", "l2" or a ThreatModel.
 
     target: None (untargeted) or [N] target classes. restarts: later restarts run only on the
     samples that earlier ones did not fool. Returns AttackResult (x_adv float32).
     """
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    threat = threat_model(norm)
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     if track not in TRACKS:
@@ -203,7 +173,7 @@ def perturb(model: nn.Module, x: Tensor, y: Tensor, *, norm: str = "linf", eps: 
     todo = None  # positions not fooled yet (None: all)
     for restart in range(restarts):
         sub = (lambda t: t) if todo is None else (lambda t: t[todo] if isinstance(t, Tensor) else t)
-        run = _run_once(model, sub(x), sub(y), None if target is None else sub(target), norm=norm,
+        run = _run_once(model, sub(x), sub(y), None if target is None else sub(target), threat=threat,
                         eps=sub(eps), alpha=sub(alpha), steps=steps, loss=loss,
                         temperature=temperature, use_random_start=random_start, track=track,
                         dtype=dtype, score=score, start=start, loss_grad=loss_grad, ops=ops)

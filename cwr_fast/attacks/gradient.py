@@ -7,9 +7,10 @@ import torch
 from torch import Tensor, nn
 
 from cwr_fast.attacks.attack import Attack, check_budget, check_count
-from cwr_fast.attacks.functional import LOSSES, NORMS, TRACKS, perturb
+from cwr_fast.attacks.functional import LOSSES, TRACKS, perturb
 from cwr_fast.runtime import amp_dtype, autocast
 from cwr_fast.attacks.result import AttackResult
+from cwr_fast.attacks.threat import ThreatModel, threat_model
 
 TARGET_MODES = ("random", "least", "next")
 
@@ -41,20 +42,21 @@ class GradientAttack(Attack):
     """
 
     name = "gradient"
-    norm = "linf"
+    norm = "linf"  # the name of the threat model (`threat`); subclasses set it
     loss = "ce"
+    broken_at_unit = "step"  # AttackResult.step: the iterate that fooled a sample
 
     def __init__(self, model: nn.Module, eps: float | Tensor = 8 / 255, alpha: float | Tensor | None = None,
                  steps: int = 10, random_start: bool = True, restarts: int = 1,
                  temperature: float = 1.0, target: str | None = None, track: str = "final",
                  amp: str | None = None):
         super().__init__(model)
-        check_budget(eps, "eps", linf=self.norm == "linf")
+        check_budget(eps, "eps", self.threat)
         check_count(steps, "steps")
         check_count(restarts, "restarts")
         if alpha is None:
             alpha = 2.5 * eps / steps
-        check_budget(alpha, "alpha", linf=False)
+        check_budget(alpha, "alpha")
         if not float(temperature) > 0:
             raise ValueError(f"temperature must be > 0, got {temperature!r}")
         if target is not None and target not in TARGET_MODES:
@@ -62,10 +64,14 @@ class GradientAttack(Attack):
         if track not in TRACKS:
             raise ValueError(f"track must be one of {TRACKS}, got {track!r}")
         amp_dtype(amp)
-        assert self.norm in NORMS and self.loss in LOSSES
+        assert self.loss in LOSSES
         self.eps, self.alpha, self.steps = eps, alpha, steps
         self.random_start, self.restarts = bool(random_start), restarts
         self.temperature, self.target, self.track, self.amp = float(temperature), target, track, amp
+
+    @property
+    def threat(self) -> ThreatModel:
+        return threat_model(self.norm)
 
     def params(self) -> dict:
         return {"eps": self.eps, "alpha": self.alpha, "steps": self.steps,
@@ -102,7 +108,7 @@ class GradientAttack(Attack):
         return choose_targets(self.target, logits, y)
 
     def _run(self, x: Tensor, y: Tensor) -> AttackResult:
-        return perturb(self.model, x, y, norm=self.norm, eps=self.eps, alpha=self.alpha,
+        return perturb(self.model, x, y, norm=self.threat, eps=self.eps, alpha=self.alpha,
                        steps=self.steps, loss=self.loss, temperature=self.temperature,
                        random_start=self.random_start, restarts=self.restarts,
                        target=self._targets(x, y), track=self.track, amp=self.amp)

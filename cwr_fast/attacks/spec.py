@@ -32,8 +32,10 @@ from cwr_fast.attacks.autoattack import VERSIONS, AutoAttack
 from cwr_fast.attacks.fab import FAB, FABT
 from cwr_fast.attacks.gradient import CW, FGSM, PGD, PGDL2, TARGET_MODES, TemperaturePGD
 from cwr_fast.attacks.square import Square
+from cwr_fast.attacks.threat import L2, NORMS, ThreatModel, threat_model
 from cwr_fast.attacks.torchattacks_aa import TorchattacksAutoAttack
 from cwr_fast.cli_types import MAX_SEED, number
+from cwr_fast.errors import UsageError
 
 _ITERATIVE_KEYS = {"eps", "alpha", "restarts", "rs", "T", "target"}
 _AA_KEYS = {"eps", "version", "norm", "seed"}
@@ -68,7 +70,7 @@ _ALIASES = {"autoattack": "aa", "pgd_l2": "pgdl2", "l2pgd": "pgdl2", "cwlinf": "
 DEFAULT_STEPS = 10  # of the PGD family; AutoAttack's members have their own defaults
 
 
-class AttackSpecError(ValueError):
+class AttackSpecError(UsageError):  # a ValueError too, as before: UsageError is one
     """An attack specification that cannot be understood."""
 
 
@@ -88,11 +90,19 @@ class AttackSpec:
     def with_params(self, **params) -> "AttackSpec":
         return dataclasses.replace(self, params={**self.params, **params})
 
+    @property
+    def threat(self) -> ThreatModel:
+        """The threat model the attack searches: L2 for pgdl2, else its norm (default Linf)."""
+        try:
+            return threat_model("l2" if self.name == "pgdl2" else self.params.get("norm", "linf"))
+        except ValueError as err:
+            raise AttackSpecError(f"attack {self.label!r}: {err}") from err
+
     def eps(self, eps: float, eps_l2: float | None = None) -> float:
         """The budget this attack will use, given the global defaults."""
         if "eps" in self.params:
             return self.params["eps"]
-        if self.name == "pgdl2" or self.params.get("norm") == "l2":
+        if isinstance(self.threat, L2):
             if eps_l2 is None:
                 raise AttackSpecError(f"attack {self.label!r} is an L2 attack: give it its budget, e.g. "
                                       f"{self.label}:eps=0.5 (cwr_fast.evaluate also takes --eps-l2)")
@@ -191,7 +201,7 @@ def _parse_value(key: str, text: str, label: str):
         raise AttackSpecError(f"attack {label!r}: target must be one of {TARGET_MODES}, got {text!r}")
     if key == "version" and text not in VERSIONS:
         raise AttackSpecError(f"attack {label!r}: version must be one of {tuple(VERSIONS)}, got {text!r}")
-    if key == "norm" and text not in ("linf", "l2"):
+    if key == "norm" and text not in NORMS:
         raise AttackSpecError(f"attack {label!r}: norm must be linf or l2, got {text!r}")
     return text
 

@@ -20,6 +20,8 @@ misclassifies it.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -31,6 +33,7 @@ from cwr_fast.runtime import amp_dtype, autocast
 from cwr_fast.attacks.model_mode import is_channels_last, to_channels_last
 from cwr_fast.attacks.precision import confirm_fooled, float32_logits, float32_predict
 from cwr_fast.attacks.result import AttackResult
+from cwr_fast.attacks.threat import ThreatModel, threat_model
 
 _P_HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 
@@ -40,13 +43,11 @@ def p_selection(p_init: float, query: int) -> float:
     return p_init / 2 ** sum(query > bound for bound in _P_HALVINGS)
 
 
-def window_side(p: float, h: int, w: int, norm: str) -> int:
-    side = round(math.sqrt(p * h * w))
-    if norm == "linf":
-        side = max(side, 1)
-    else:
-        side = max(side, 3)
-        side += side % 2 == 0  # odd, so that the L2 bump has a centre
+def window_side(p: float, h: int, w: int, norm: str | ThreatModel) -> int:
+    search = _search(norm)
+    side = max(round(math.sqrt(p * h * w)), search.smallest_side)
+    if search.odd_side:
+        side += side % 2 == 0
     return min(side, h, w)
 
 
@@ -148,15 +149,37 @@ def _l2_query(x: Tensor, x_best: Tensor, eps: float, side: int) -> Tensor:
     return torch.clamp(x + eps * delta / (_l2(delta, (1, 2, 3)) + 1e-12), 0.0, 1.0)
 
 
+@dataclass(frozen=True)
+class _Search:
+    """What the Square Attack does differently in each threat model."""
+
+    smallest_side: int      # of the window
+    odd_side: bool          # the L2 bump needs a centre
+    smallest_image: int     # the L2 start lays a 5 x 5 grid of bumps
+    start: Callable[[Tensor, float], Tensor]
+    query: Callable[[Tensor, Tensor, float, int], Tensor]
+
+
+_SEARCHES = {"linf": _Search(1, False, 0, _linf_start, _linf_query),
+             "l2": _Search(3, True, 5, _l2_start, _l2_query)}
+
+
+def _search(norm: str | ThreatModel) -> _Search:
+    return _SEARCHES[threat_model(norm).name]
+
+
 @torch.no_grad()
-def square(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, norm: str = "linf",
+def square(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, norm: str | ThreatModel = "linf",
            queries: int = 5000, p_init: float = 0.8, amp: str | None = None) -> AttackResult:
     """One Square Attack run on [N, C, H, W] images in [0, 1]; at most `queries` queries after the
     start. The model must be in attack mode. Under amp the verdicts are float32's (precision.py)."""
     dtype = amp_dtype(amp)
     n, _, h, w = x.shape
-    if norm == "l2" and min(h, w) < 5:
-        raise ValueError(f"the L2 Square Attack needs images of at least 5 x 5 pixels, got {h} x {w}")
+    threat, search = threat_model(norm), _search(norm)
+    if min(h, w) < search.smallest_image:
+        size = search.smallest_image
+        raise ValueError(f"the {threat.reference_name} Square Attack needs images of at least "
+                         f"{size} x {size} pixels, got {h} x {w}")
     layout = to_channels_last if is_channels_last(x) else (lambda t: t)
 
     def logits_at(images: Tensor) -> Tensor:
@@ -166,8 +189,7 @@ def square(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, norm: str = "l
     out_x, out_pred = x.clone(), y.clone()
     out_success = torch.zeros(n, dtype=torch.bool, device=x.device)
     index, x_active, y_active = torch.arange(n, device=x.device), x, y
-    x_best = layout(_linf_start(x, eps) if norm == "linf" else _l2_start(x, eps))
-    query = _linf_query if norm == "linf" else _l2_query
+    x_best = layout(search.start(x, eps))
     best = torch.full((n,), float("inf"), device=x.device)
     pred = ops.square_accept_(x_best, best, x_best, logits_at(x_best), y_active)
     for i in range(queries + 1):
@@ -185,7 +207,8 @@ def square(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, norm: str = "l
             x_best = layout(x_best)
         if index.numel() == 0 or i == queries:
             break
-        x_new = layout(query(x_active, x_best, eps, window_side(p_selection(p_init, i), h, w, norm)))
+        side = window_side(p_selection(p_init, i), h, w, threat)
+        x_new = layout(search.query(x_active, x_best, eps, side))
         pred = ops.square_accept_(x_best, best, x_new, logits_at(x_new), y_active)
     if dtype is not None and index.numel():  # the best points of the images still robust, in float32
         pred32 = float32_predict(model, x_best)
@@ -204,10 +227,12 @@ class Square(Attack):
     def __init__(self, model: nn.Module, eps: float = 8 / 255, norm: str = "linf", queries: int = 5000,
                  p_init: float = 0.8, restarts: int = 1, amp: str | None = None):
         super().__init__(model)
-        check_member_settings("the Square Attack", eps, norm, amp, queries=queries, restarts=restarts)
+        self.threat = check_member_settings("the Square Attack", eps, norm, amp, queries=queries,
+                                            restarts=restarts)
         if not 0 < p_init <= 1:
             raise ValueError(f"p_init must lie in (0, 1], got {p_init!r}")
-        self.eps, self.norm, self.queries, self.p_init = float(eps), norm, queries, float(p_init)
+        self.eps, self.norm, self.queries = float(eps), self.threat.name, queries
+        self.p_init = float(p_init)
         self.restarts, self.amp = restarts, amp
 
     def params(self) -> dict:
@@ -219,7 +244,7 @@ class Square(Attack):
             raise ValueError(f"the Square Attack needs [N, C, H, W] images, got shape {list(x.shape)}")
 
         def one_run(x_todo: Tensor, y_todo: Tensor, _) -> AttackResult:
-            return square(self.model, x_todo, y_todo, eps=self.eps, norm=self.norm,
+            return square(self.model, x_todo, y_todo, eps=self.eps, norm=self.threat,
                           queries=self.queries, p_init=self.p_init, amp=self.amp)
 
         result = run_until_fooled(x, y, [one_run] * self.restarts)

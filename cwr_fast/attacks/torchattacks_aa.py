@@ -11,11 +11,9 @@ import torch
 from torch import Tensor, nn
 
 from cwr_fast.attacks.attack import Attack
-from cwr_fast.attacks.result import AttackResult
-
 from cwr_fast.attacks.autoattack import VERSIONS
-
-AA_NORMS = {"linf": "Linf", "l2": "L2"}
+from cwr_fast.attacks.result import AttackResult
+from cwr_fast.attacks.threat import NORMS, THREAT_MODELS
 
 
 def _torchattacks():
@@ -36,14 +34,17 @@ class TorchattacksAutoAttack(Attack):
     def __init__(self, model: nn.Module, eps: float = 8 / 255, norm: str = "linf",
                  version: str = "standard", num_classes: int = 10, seed: int = 0):
         super().__init__(model)
-        if norm not in AA_NORMS:
-            raise ValueError(f"AutoAttack norm must be one of {list(AA_NORMS)}, got {norm!r}")
+        if norm not in NORMS:
+            raise ValueError(f"AutoAttack norm must be one of {list(NORMS)}, got {norm!r}")
+        threat = THREAT_MODELS[norm]
         if version not in VERSIONS:
             raise ValueError(f"AutoAttack version must be one of {tuple(VERSIONS)}, got {version!r}")
-        if not isinstance(eps, (int, float)) or not eps >= 0 or (norm == "linf" and eps > 1):
+        if not isinstance(eps, (int, float)) or not eps >= 0 or eps > threat.largest_budget:
             raise ValueError(f"AutoAttack eps must be a number in [0, 1] for linf (>= 0 for l2), got {eps!r}")
-        self._impl = _torchattacks().AutoAttack(_ContiguousGradients(model), norm=AA_NORMS[norm], eps=float(eps),
-                                                version=version, n_classes=int(num_classes), seed=seed)
+        self._impl = _torchattacks().AutoAttack(_ContiguousGradients(model), norm=threat.reference_name,
+                                                eps=float(eps), version=version,
+                                                n_classes=int(num_classes), seed=seed)
+        self.threat = threat
         self.eps, self.norm, self.version, self.num_classes, self.seed = eps, norm, version, num_classes, seed
 
     def params(self) -> dict:

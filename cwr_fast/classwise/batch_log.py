@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from cwr_fast.errors import UsageError
 from cwr_fast.outputs import save_torch
 
 
@@ -38,12 +39,12 @@ class BatchLog:
             return None
         record = torch.load(path, map_location="cpu", weights_only=True)
         if record.get("attack_names") != attack_names:
-            raise ValueError(f"{path} holds batch {batch_index} of an evaluation with the attacks "
+            raise UsageError(f"{path} holds batch {batch_index} of an evaluation with the attacks "
                              f"{record.get('attack_names')}, not {attack_names}: the kept batches "
                              f"in {self.directory} belong to another evaluation (start it over with "
                              "--overwrite)")
         if batch is not None and record.get("batch_sha256") not in (None, batch_digest(*batch)):
-            raise ValueError(f"{path} holds batch {batch_index} of other images or labels than "
+            raise UsageError(f"{path} holds batch {batch_index} of other images or labels than "
                              f"the dataset gives now: the dataset changed since the kept batches in "
                              f"{self.directory} were evaluated (restore it, or start over with "
                              "--overwrite)")

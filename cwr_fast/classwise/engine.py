@@ -23,12 +23,22 @@ from torch import Tensor, nn
 
 from cwr_fast.attacks.attack import Attack, check_pixel_range
 from cwr_fast.attacks.model_mode import attack_mode, to_channels_last
-from cwr_fast.attacks.gradient import GradientAttack
 from cwr_fast.attacks.precision import float32_logits
 from cwr_fast.classwise.batch_log import BatchLog
 from cwr_fast.classwise.counts import ClasswiseCounts
 from cwr_fast.classwise.outcomes import PerImageOutcomes
+from cwr_fast.errors import UsageError
 from cwr_fast.runtime import amp_dtype, model_device
+
+
+class EvaluationInputError(UsageError):
+    """The model, batches or attacks handed to the engine are not what it takes (labels out of
+    range, images outside [0, 1], logits of another number of classes, no images): the caller's
+    input, so a command line exits 2 with the message. A ValueError too."""
+
+
+class EvaluationInputTypeError(EvaluationInputError, TypeError):
+    """An input of the wrong kind (a model that returns a tuple, batches that are not tensors)."""
 
 
 def _named_attacks(attacks: Mapping[str, Attack] | Sequence[Attack]) -> dict[str, Attack]:
@@ -39,11 +49,13 @@ def _named_attacks(attacks: Mapping[str, Attack] | Sequence[Attack]) -> dict[str
         for atk in attacks:
             label = getattr(atk, "label", None) or getattr(atk, "name", type(atk).__name__)
             if label in named:
-                raise ValueError(f"two attacks are both named {label!r}: pass a dict {{label: attack}}")
+                raise EvaluationInputError(f"two attacks are both named {label!r}: pass a dict "
+                                           "{label: attack}")
             named[label] = atk
     for label, atk in named.items():
         if not isinstance(atk, Attack):
-            raise TypeError(f"attack {label!r} is a {type(atk).__name__}, not a cwr_fast Attack")
+            raise EvaluationInputTypeError(f"attack {label!r} is a {type(atk).__name__}, not a "
+                                           "cwr_fast Attack")
     return named
 
 
@@ -73,17 +85,19 @@ def check_logits(logits, n: int, num_classes: int) -> None:
     if not isinstance(logits, Tensor):
         kind = type(logits).__name__
         hint = " with keys " + ", ".join(map(repr, list(logits)[:4])) if isinstance(logits, dict) else ""
-        raise TypeError(f"the model must return logits, a tensor [N, num_classes]; it returned a {kind}"
-                        f"{hint}: wrap it so that it returns the logits only (e.g. lambda x: model(x)[0])")
+        raise EvaluationInputTypeError(
+            f"the model must return logits, a tensor [N, num_classes]; it returned a {kind}{hint}: "
+            "wrap it so that it returns the logits only (e.g. lambda x: model(x)[0])")
     if not logits.is_floating_point():
-        raise TypeError(f"the model must return floating-point logits; it returned {logits.dtype} "
-                        "(class indices or integers cannot be attacked: return the scores)")
+        raise EvaluationInputTypeError(
+            f"the model must return floating-point logits; it returned {logits.dtype} "
+            "(class indices or integers cannot be attacked: return the scores)")
     if logits.dim() != 2 or logits.shape[0] != n:
-        raise ValueError(f"the model must return logits of shape [N, num_classes] = [{n}, {num_classes}], "
-                         f"got {list(logits.shape)}")
+        raise EvaluationInputError(f"the model must return logits of shape [N, num_classes] = "
+                                   f"[{n}, {num_classes}], got {list(logits.shape)}")
     if logits.shape[1] != num_classes:
-        raise ValueError(f"the model returns {logits.shape[1]} logits per image but the data has "
-                         f"{num_classes} classes")
+        raise EvaluationInputError(f"the model returns {logits.shape[1]} logits per image but the "
+                                   f"data has {num_classes} classes")
 
 
 def evaluate_classwise(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], num_classes: int,
@@ -119,68 +133,33 @@ def evaluate_classwise(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]
     named = _named_attacks(attacks)
     amp_dtype(amp)
     if not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        raise EvaluationInputError(f"num_classes must be a positive int, got {num_classes!r}")
     device = torch.device(device) if device is not None else model_device(model)
     rank, world = 0, 1
     if distributed:
         if not (dist.is_available() and dist.is_initialized()):
             raise RuntimeError("distributed=True needs an initialised torch.distributed process group")
         rank, world = dist.get_rank(), dist.get_world_size()
-    members = {label: list(atk.member_names) for label, atk in named.items()
-               if getattr(atk, "member_names", None)}
-    units = ["member" if label in members else "step" if isinstance(atk, GradientAttack) else "fooled"
-             for label, atk in named.items()]
-    parts: list[tuple[int, dict]] = []   # (batch index, its record), this process's batches
+    members = {label: list(atk.member_names) for label, atk in named.items() if atk.member_names}
+    units = [atk.broken_at_unit for atk in named.values()]
     nonfinite_weights = sorted(
         name for name, t in [*model.named_parameters(), *model.named_buffers()]
         if t.is_floating_point() and not bool(torch.isfinite(t).all()))
-    member_seconds_before = {label: dict(getattr(named[label], "member_seconds", {})) for label in members}
-    indices = _dataset_indices(batches)
-    bar = _progress_bar(progress and rank == 0, _len_or_none(batches))
+    member_seconds_before = {label: dict(named[label].member_seconds) for label in members}
     started = time.perf_counter()
-    rng_devices = [device] if device.type == "cuda" else []
-    eval_mode = not any(getattr(atk, "keeps_model_mode", False) for atk in named.values())
-    position = 0
-    try:
-        with attack_mode(model, channels_last, eval_mode), torch.random.fork_rng(devices=rng_devices):
-            for batch_index, (x, y) in enumerate(batches):
-                first, position = position, position + len(y)
-                if batch_index % world != rank:
-                    continue
-                record = log.load(batch_index, list(named), (x, y)) if log is not None else None
-                if record is None:
-                    record = _evaluate_batch(model, x, y, named, num_classes, device, amp, seed,
-                                             batch_index, channels_last, keep_adv, bar)
-                    record["index"] = (indices[first:position] if indices is not None
-                                       else torch.arange(first, position))
-                    if log is not None:
-                        log.save(batch_index, record, list(named), (x, y))
-                parts.append((batch_index, record if per_image else _without_images(record)))
-                if bar is not None:
-                    bar.update(len(y) * world)
-    finally:
-        if bar is not None:
-            bar.close()
+    run = _BatchRun(model, named, num_classes, device, amp, seed, channels_last, keep_adv, per_image, log)
+    parts = run.over(batches, rank, world, progress)
     outcomes = _outcomes(parts, list(named), num_classes, units, members)
     counts = outcomes.counts()
-    counts.seconds = sum((r["seconds"] for _, r in parts), torch.zeros(len(named), dtype=torch.float64))
-    counts.clean_seconds = sum(float(r["clean_seconds"]) for _, r in parts)
-    for label in members:  # ensembles time their members (this process's share of the work)
-        now = getattr(named[label], "member_seconds", {})
-        counts.meta.setdefault("member_seconds", {})[label] = {
-            m: now[m] - member_seconds_before[label].get(m, 0.0) for m in now}
-    checked = {label: list(atk.check_flags) for label, atk in named.items()
-               if getattr(atk, "check_flags", None) is not None}
-    if checked:
-        counts.meta["check_flags"] = checked
+    _add_meta(counts, parts, named, members, member_seconds_before)
     counts.meta["nonfinite_weights"] = nonfinite_weights
     counts.meta["wall_seconds"] = time.perf_counter() - started
     counts.meta["nonfinite_logits"] = sum(int(r["nonfinite"]) for _, r in parts)
     if distributed:
         counts.all_reduce()
     if counts.total == 0:
-        raise ValueError("no images to evaluate: the batches were empty (an empty split, or a "
-                         "--limit/subset that selects nothing)")
+        raise EvaluationInputError("no images to evaluate: the batches were empty (an empty split, "
+                                   "or a --limit/subset that selects nothing)")
     if per_image:
         if distributed and world > 1:
             gathered = [None] * world
@@ -189,6 +168,66 @@ def evaluate_classwise(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]
             outcomes = _outcomes(parts, list(named), num_classes, units, members)
         counts.outcomes = outcomes
     return counts
+
+
+class _BatchRun:
+    """The batches of one evaluation, each evaluated (or read back from its BatchLog) in turn."""
+
+    def __init__(self, model, named, num_classes, device, amp, seed, channels_last, keep_adv,
+                 per_image, log):
+        self.model, self.named, self.num_classes, self.device = model, named, num_classes, device
+        self.amp, self.seed, self.channels_last, self.keep_adv = amp, seed, channels_last, keep_adv
+        self.per_image, self.log = per_image, log
+
+    def over(self, batches, rank: int, world: int, progress: bool) -> list[tuple[int, dict]]:
+        """(batch index, its record) of this process's batches (batch i is rank i mod world's)."""
+        parts: list[tuple[int, dict]] = []
+        indices = _dataset_indices(batches)
+        bar = _progress_bar(progress and rank == 0, _len_or_none(batches))
+        rng_devices = [self.device] if self.device.type == "cuda" else []
+        eval_mode = not any(atk.keeps_model_mode for atk in self.named.values())
+        position = 0
+        try:
+            with attack_mode(self.model, self.channels_last, eval_mode), \
+                    torch.random.fork_rng(devices=rng_devices):
+                for batch_index, (x, y) in enumerate(batches):
+                    first, position = position, position + len(y)
+                    if batch_index % world != rank:
+                        continue
+                    record = self.one(batch_index, x, y, bar, indices[first:position]
+                                      if indices is not None else torch.arange(first, position))
+                    parts.append((batch_index, record if self.per_image else _without_images(record)))
+                    if bar is not None:
+                        bar.update(len(y) * world)
+        finally:
+            if bar is not None:
+                bar.close()
+        return parts
+
+    def one(self, batch_index: int, x, y, bar, index) -> dict:
+        names = list(self.named)
+        record = self.log.load(batch_index, names, (x, y)) if self.log is not None else None
+        if record is None:
+            record = _evaluate_batch(self.model, x, y, self.named, self.num_classes, self.device,
+                                     self.amp, self.seed, batch_index, self.channels_last,
+                                     self.keep_adv, bar)
+            record["index"] = index
+            if self.log is not None:
+                self.log.save(batch_index, record, names, (x, y))
+        return record
+
+
+def _add_meta(counts: ClasswiseCounts, parts, named: dict, members: dict, member_seconds_before) -> None:
+    """Times, the ensembles' member times, the attacks' automatic checks, non-finite logits."""
+    counts.seconds = sum((r["seconds"] for _, r in parts), torch.zeros(len(named), dtype=torch.float64))
+    counts.clean_seconds = sum(float(r["clean_seconds"]) for _, r in parts)
+    for label in members:  # ensembles time their members (this process's share of the work)
+        now = named[label].member_seconds
+        counts.meta.setdefault("member_seconds", {})[label] = {
+            m: now[m] - member_seconds_before[label].get(m, 0.0) for m in now}
+    checked = {label: list(atk.check_flags) for label, atk in named.items() if atk.check_flags is not None}
+    if checked:
+        counts.meta["check_flags"] = checked
 
 
 def _evaluate_batch(model, x, y, named: dict[str, Attack], c: int, device, amp, seed: int,
@@ -277,19 +316,22 @@ def _len_or_none(batches) -> int | None:
 
 def _check_batch(x, y, num_classes: int, device: torch.device) -> tuple[Tensor, Tensor]:
     if not isinstance(x, Tensor) or not isinstance(y, Tensor):
-        raise TypeError("batches must yield (images, labels) tensors")
+        raise EvaluationInputTypeError("batches must yield (images, labels) tensors")
     if y.dim() != 1 or y.shape[0] != x.shape[0]:
         hint = " (labels.squeeze(1))" if y.dim() == 2 and y.shape[1] == 1 else ""
-        raise ValueError(f"labels must be a tensor [N] matching the {x.shape[0]} images, got shape "
-                         f"{list(y.shape)}{hint}")
+        raise EvaluationInputError(f"labels must be a tensor [N] matching the {x.shape[0]} images, "
+                                   f"got shape {list(y.shape)}{hint}")
     if y.is_floating_point() and y.numel() and not bool((y == y.round()).all()):
-        raise ValueError("labels must be whole class indices: a fractional float label would be "
-                         "truncated to another class")
+        raise EvaluationInputError("labels must be whole class indices: a fractional float label "
+                                   "would be truncated to another class")
     x = x.to(device, non_blocking=True)
     y = y.to(device, non_blocking=True).long()
     if x.is_floating_point():
-        check_pixel_range(x)
+        try:
+            check_pixel_range(x)  # it refuses only the pixels (attacks.attack's ValueError)
+        except ValueError as err:
+            raise EvaluationInputError(str(err)) from None
     if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
-        raise ValueError(f"labels must lie in [0, {num_classes}), got range "
-                         f"[{int(y.min())}, {int(y.max())}]")
+        raise EvaluationInputError(f"labels must lie in [0, {num_classes}), got range "
+                                   f"[{int(y.min())}, {int(y.max())}]")
     return x, y

@@ -3,6 +3,9 @@
     outcomes = PerImageOutcomes.load("reports/mnist/adv.npz")
     outcomes.robust("pgd-20")               # [N] bool
     outcomes.counts()                       # the ClasswiseCounts of the report, recomputed
+    classwise.analysis.report_from_outcomes(outcomes)   # the report, rebuilt by the report layer
+
+Pure data: nothing here builds or reads a report (analysis.describe_outcomes fills `meta`).
 
 Schema of the file (numpy arrays; N images, K attacks in evaluation order):
     index       [N] int64   the image's index in the evaluated split (its position in the data when
@@ -35,7 +38,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cwr_fast.classwise.analysis import build_report, describe_attack
 from cwr_fast.classwise.counts import ClasswiseCounts
 from cwr_fast.outputs import write_atomic
 
@@ -74,7 +76,7 @@ class PerImageOutcomes:
     x_adv: Tensor | None = None
     broken_at_unit: list[str] = field(default_factory=list)
     members: dict = field(default_factory=dict)
-    meta: dict = field(default_factory=dict)   # class_names, dataset, config, attacks (for the file)
+    meta: dict = field(default_factory=dict)   # class_names, dataset, config, attacks (describe_outcomes)
 
     def __post_init__(self):
         k, n = len(self.attack_names), self.label.shape[0]
@@ -139,21 +141,6 @@ class PerImageOutcomes:
             hit = at >= 0
             counts.member_broken[label] = _confusion(at[hit], y[hit], len(names), c)
         return counts
-
-    def describe(self, report: dict, attacks: dict) -> "PerImageOutcomes":
-        """Records what the file needs to rebuild `report` (its class names, dataset, config and
-        attacks {label: Attack}); returns self."""
-        self.meta = {"class_names": report["dataset"]["class_names"], "dataset": report["dataset"],
-                     "config": report["config"],
-                     "attacks": {label: describe_attack(atk) for label, atk in attacks.items()}}
-        return self
-
-    def report(self) -> dict:
-        """The class-wise report these outcomes amount to (that of the evaluation that saved
-        them, without timings)."""
-        class_names = self.meta.get("class_names") or [str(c) for c in range(self.num_classes)]
-        return build_report(self.counts(), class_names, attacks=self.meta.get("attacks"),
-                            config=self.meta.get("config"), dataset=self.meta.get("dataset"))
 
     # ---- the file ----
     def save(self, path: str | os.PathLike) -> Path:

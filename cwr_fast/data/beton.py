@@ -17,10 +17,9 @@ import argparse
 import sys
 import time
 
-from cwr_fast.data.errors import DatasetError
+from cwr_fast.cli_types import ConfigError, interrupted, usage_error
 from cwr_fast.data.ffcv_io import WRITE_MODES, default_beton_path, write_beton
-from cwr_fast.cli_types import interrupted, usage_error
-from cwr_fast.outputs import NoSpaceError
+from cwr_fast.errors import RunError, UsageError
 
 TOOL = "cwr_fast.data.beton"
 
@@ -53,18 +52,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         out = args.out or default_beton_path(args.dataset, args.split, args.data_dir)
         if out is None:
-            raise ValueError(f"{args.dataset}: give the output path with --out (a generic source has "
-                             "no default place)")
+            raise ConfigError(f"{args.dataset}: give the output path with --out (a generic source has "
+                              "no default place)")
         path = write_beton(args.dataset, args.split, out, args.data_dir,
                            write_mode=args.write_mode, max_resolution=args.max_resolution,
                            jpeg_quality=args.jpeg_quality,
                            compress_probability=args.compress_probability,
                            num_workers=args.num_workers, download=not args.no_download,
                            overwrite=args.overwrite)
-    except NoSpaceError as err:  # a failure after starting: exit 1, nothing left behind
+    except RunError as err:  # a failure after starting (the disk full): exit 1, nothing left behind
         print(f"{TOOL}: error: {err}", file=sys.stderr)
         return 1
-    except (DatasetError, OSError, ValueError, ImportError) as err:
+    except (UsageError, OSError, ImportError) as err:  # bad input, an unwritable --out, no ffcv
+        return usage_error(TOOL, err)
+    except ValueError as err:  # write_beton (data/ffcv_io) still refuses its arguments as plain ValueErrors
         return usage_error(TOOL, err)
     except KeyboardInterrupt:
         return interrupted(TOOL, f"{out} was not written (the file appears only once complete): run "

@@ -1,7 +1,11 @@
-"""The data layer's errors: each says what is wrong and what to do about it."""
+"""The data layer's errors: each says what is wrong and what to do about it. All are usage errors
+(the dataset asked for, or its files, are the user's input: command lines exit 2 with one line),
+and RuntimeErrors as they always were."""
+
+from cwr_fast.errors import UsageError
 
 
-class DatasetError(RuntimeError):
+class DatasetError(UsageError, RuntimeError):
     """A dataset cannot be read as asked (bad name, split or file contents)."""
 
 

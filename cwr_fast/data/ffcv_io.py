@@ -112,94 +112,119 @@ def _write_worker(input_queue, metadata_sm, metadata_type, fields, allocator, do
 def _checked_writer_class():
     """FFCV 1.0.2's DatasetWriter, whose parent stops (and stops its workers) when a worker
     fails, instead of waiting forever for the samples that worker would have written."""
-    import ctypes
-    from multiprocessing import Process, Queue, Value
-    from time import sleep
-
-    from ffcv.writer import DatasetWriter, MemoryAllocator
-    from tqdm import tqdm
+    from ffcv.writer import DatasetWriter
 
     class CheckedWriter(DatasetWriter):
         def _write_common(self, num_samples, queue_content, work_fn, extra_worker_args):
             self.num_samples = num_samples
             self.prepare()
-            workqueue, allocations_queue, failures = Queue(), Queue(), Queue()
-            for todo in queue_content:
-                workqueue.put(todo)
-            for _ in range(self.num_workers):
-                workqueue.put(None)
-            done_number = Value(ctypes.c_uint64, 0)
-            allocator = MemoryAllocator(self.fname, self.data_region_start, self.page_size)
-            args = (workqueue, self.metadata_sm, self.metadata_type, self.fields, allocator,
-                    done_number, allocations_queue, *extra_worker_args, failures)
-            processes = [Process(target=_write_worker, args=args) for _ in range(self.num_workers)]
-            progress = None
+            workers = _WriterWorkers(self, queue_content, extra_worker_args)
             try:
-                for proc in processes:
-                    proc.start()
-                progress = tqdm(total=self.num_samples)
-                previous = 0
-                while previous != self.num_samples:
-                    self._check(processes, failures, lambda: done_number.value == num_samples)
-                    val = done_number.value
-                    if val > previous:
-                        progress.update(val - previous)
-                    previous = val
-                    sleep(0.1)
-                progress.close()
-                self.finalize(self._allocations(processes, allocations_queue, failures))
+                workers.start()
+                workers.wait_until_counted(num_samples)
+                self.finalize(workers.allocations())
             finally:
-                if progress is not None:
-                    progress.close()
-                for proc in processes:
-                    if proc.is_alive():
-                        proc.terminate()
-                for proc in processes:
-                    if proc.pid is not None:
-                        proc.join(5)
+                workers.stop()
                 self.metadata_sm.close()
                 self.metadata_sm.unlink()
 
-        def _check(self, processes, failures, finished) -> None:
-            try:
-                self._fail(failures.get_nowait())
+    return CheckedWriter
+
+
+class _WriterWorkers:
+    """The worker processes of one CheckedWriter write, watched: a worker that fails or ends
+    early stops the parent with its failure instead of leaving it waiting."""
+
+    def __init__(self, writer, queue_content, extra_worker_args):
+        import ctypes
+        from multiprocessing import Process, Queue, Value
+
+        from ffcv.writer import MemoryAllocator
+
+        self.fname = writer.fname
+        workqueue, self.allocations_queue, self.failures = Queue(), Queue(), Queue()
+        for todo in queue_content:
+            workqueue.put(todo)
+        for _ in range(writer.num_workers):
+            workqueue.put(None)
+        self.done_number = Value(ctypes.c_uint64, 0)
+        allocator = MemoryAllocator(writer.fname, writer.data_region_start, writer.page_size)
+        args = (workqueue, writer.metadata_sm, writer.metadata_type, writer.fields, allocator,
+                self.done_number, self.allocations_queue, *extra_worker_args, self.failures)
+        self.processes = [Process(target=_write_worker, args=args)
+                          for _ in range(writer.num_workers)]
+
+    def start(self) -> None:
+        for proc in self.processes:
+            proc.start()
+
+    def wait_until_counted(self, num_samples: int) -> None:
+        """Until the workers have counted every sample, with a progress bar."""
+        from time import sleep
+
+        from tqdm import tqdm
+
+        progress = tqdm(total=num_samples)
+        try:
+            previous = 0
+            while previous != num_samples:
+                self.check(lambda: self.done_number.value == num_samples)
+                val = self.done_number.value
+                if val > previous:
+                    progress.update(val - previous)
+                previous = val
+                sleep(0.1)
+        finally:
+            progress.close()
+
+    def check(self, finished) -> None:
+        """Raises a worker's reported failure, or a DatasetError when a worker ended early."""
+        try:
+            self.fail(self.failures.get_nowait())
+        except queue.Empty:
+            pass
+        codes = [proc.exitcode for proc in self.processes]
+        dead = [c for c in codes if c not in (None, 0)]
+        if dead or (all(c == 0 for c in codes) and not finished()):
+            try:  # a failure reported just before its worker ended
+                self.fail(self.failures.get(timeout=2))
             except queue.Empty:
                 pass
-            codes = [proc.exitcode for proc in processes]
-            dead = [c for c in codes if c not in (None, 0)]
-            if dead or (all(c == 0 for c in codes) and not finished()):
-                try:  # a failure reported just before its worker ended
-                    self._fail(failures.get(timeout=2))
+            raise DatasetError(f"an FFCV writer worker ended (exit code {(dead or [0])[0]}) "
+                               "before every image was written; nothing was written")
+
+    def allocations(self) -> list:
+        """Each worker's allocations, which it sends once its images are flushed to the file;
+        a worker whose last flush fails (a full disk) has counted all its images already, so
+        its failure is watched for here too, instead of waiting forever."""
+        allocation_list, quiet_since = [], None
+        for _ in self.processes:
+            while True:
+                try:
+                    allocation_list.extend(self.allocations_queue.get(timeout=0.2))
+                    break
                 except queue.Empty:
-                    pass
-                raise DatasetError(f"an FFCV writer worker ended (exit code {(dead or [0])[0]}) "
-                                   "before every image was written; nothing was written")
+                    self.check(lambda: True)
+                    if all(proc.exitcode is not None for proc in self.processes):
+                        quiet_since = quiet_since or time.monotonic()
+                        if time.monotonic() - quiet_since > 10:
+                            raise DatasetError("the FFCV writer workers ended without "
+                                               "reporting their images; nothing was written")
+        return allocation_list
 
-        def _allocations(self, processes, allocations_queue, failures) -> list:
-            """Each worker's allocations, which it sends once its images are flushed to the file;
-            a worker whose last flush fails (a full disk) has counted all its images already, so
-            its failure is watched for here too, instead of waiting forever."""
-            allocation_list, quiet_since = [], None
-            for _ in processes:
-                while True:
-                    try:
-                        allocation_list.extend(allocations_queue.get(timeout=0.2))
-                        break
-                    except queue.Empty:
-                        self._check(processes, failures, lambda: True)
-                        if all(proc.exitcode is not None for proc in processes):
-                            quiet_since = quiet_since or time.monotonic()
-                            if time.monotonic() - quiet_since > 10:
-                                raise DatasetError("the FFCV writer workers ended without "
-                                                   "reporting their images; nothing was written")
-            return allocation_list
+    def fail(self, failure: str):
+        if failure == _NO_SPACE:  # write_beton names the file
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self.fname)
+        raise DatasetError(failure)
 
-        def _fail(self, failure: str):
-            if failure == _NO_SPACE:  # write_beton names the file
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self.fname)
-            raise DatasetError(failure)
-
-    return CheckedWriter
+    def stop(self) -> None:
+        """Ends the workers still running (after a failure) and waits for them briefly."""
+        for proc in self.processes:
+            if proc.is_alive():
+                proc.terminate()
+        for proc in self.processes:
+            if proc.pid is not None:
+                proc.join(5)
 
 
 def write_beton(name: str, split: str, out: str | os.PathLike | None = None, data_dir=None, *,

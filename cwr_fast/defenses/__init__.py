@@ -9,8 +9,9 @@
     frl          "frl": Fair Robust Learning (Xu et al., ICML 2021), reweight / remargin on TRADES
     cfa          "cfa": CFA, class-wise calibrated margin, regularisation and FAWA (Wei et al., CVPR 2023)
     wat          "wat": WAT, Hedge weights on the worst-class losses (Li and Liu, AAAI 2023)
-    calibration  fitting the class-wise calibration logits' = s*z + b (fit_calibration, calibrate,
-                 CalibrationConfig); the module itself is cwr_fast.models.calibration
+    calibration  the class-wise calibration logits' = s*z + b as training uses it: its fitting
+                 (fit_calibration, calibrate, CalibrationConfig) is in the evaluation layer,
+                 cwr_fast.classwise.calibration; the module itself is cwr_fast.models.calibration
 """
 
 from cwr_fast.defenses.base import (DEFENSES, ClasswisePolicy, RunContext, build_defense,

@@ -55,7 +55,8 @@ class RunContext:
     val_loader: object            # the held-out validation batches (never trained on)
     model: nn.Module              # the training weights
     eval_model: nn.Module         # the module the trainer validates, keeps as best and reports
-    validate: Callable            # validate(model) -> (ClasswiseCounts, record): the per-epoch check
+    validate: Callable            # validate(model) -> (ClasswiseCounts, record): the per-epoch
+                                  # check, the evaluation pipeline's (classwise.pipeline.validate)
 
 
 class ClasswisePolicy:
@@ -65,7 +66,7 @@ class ClasswisePolicy:
 
     def __init__(self, num_classes: int, eps: float, alpha: float, beta: float | None, **options):
         if options:
-            raise ValueError(f"defense {self.name!r} takes no options, got {sorted(options)}")
+            raise ConfigError(f"defense {self.name!r} takes no options, got {sorted(options)}")
         self.num_classes = num_classes
         self.eps, self.alpha, self.beta = eps, alpha, beta
         self.class_weight: Tensor | None = None      # [C] or None (uniform)
@@ -178,11 +179,11 @@ def build_defense(name: str, options: dict, method: Method | None = None,
                   **kwargs) -> ClasswisePolicy:
     """The policy `name` with its options; with `method`, also checks that they fit together."""
     if name not in DEFENSES:
-        raise ValueError(f"unknown defense {name!r}; available: {', '.join(sorted(DEFENSES))}")
+        raise ConfigError(f"unknown defense {name!r}; available: {', '.join(sorted(DEFENSES))}")
     try:
         policy = DEFENSES[name](**kwargs, **options)
     except TypeError as err:
-        raise ValueError(f"defense {name!r}: {err}") from None
+        raise ConfigError(f"defense {name!r}: {err}") from None
     if method is not None:
         policy.check_method(method.name)
     return policy
@@ -194,7 +195,7 @@ def parse_options(items: list[str] | None) -> dict:
     for item in items or []:
         key, eq, value = item.partition("=")
         if not eq or not key:
-            raise ValueError(f"--defense-opt expects KEY=VALUE, got {item!r}")
+            raise ConfigError(f"--defense-opt expects KEY=VALUE, got {item!r}")
         out[key.strip().replace("-", "_")] = _value(value.strip())
     return out
 

@@ -1,8 +1,9 @@
 """`ClasswiseCalibration`: a model whose logits are calibrated per class, logits' = s * z + b.
 
 It is part of the model (s and b are buffers in the state dict), so every attack attacks the
-calibrated logits. The fitting, against adaptive attacks on held-out data, is a defense:
-cwr_fast.defenses.calibration.
+calibrated logits. The fitting, against adaptive attacks on held-out data, is in the evaluation
+layer (cwr_fast.classwise.calibration: `evaluate --calibrate-split` runs it as `train --calibrate`
+does).
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from cwr_fast.errors import UsageError
+
 from cwr_fast.models.calibration import ClasswiseCalibration, is_calibrated_state
 
 # where training scripts commonly put the weights inside a checkpoint dict, in order of preference
@@ -22,8 +24,18 @@ _UNUSED_PREFIXES = ("sub_block1.",)
 _ACCURACY_KEYS = ("test_acc", "clean_acc", "test_nat_acc", "nat_acc", "natural_acc", "best_acc", "acc")
 
 
-class CheckpointMismatchError(ValueError):
-    """The checkpoint's tensors do not fit the model's architecture."""
+class CheckpointMismatchError(UsageError):
+    """The checkpoint's tensors do not fit the model's architecture (a usage error, exit 2).
+    shapes_differ: some tensor the model has is in the checkpoint with another shape (e.g. the
+    classifier of another number of classes)."""
+
+    def __init__(self, message: str, shapes_differ: bool = False):
+        super().__init__(message)
+        self.shapes_differ = shapes_differ
+
+
+class CheckpointNotFoundError(UsageError, FileNotFoundError):
+    """The checkpoint file the user named is not there (a usage error, and a FileNotFoundError)."""
 
 
 def extract_state_dict(checkpoint: object, key: str | None = None) -> dict[str, torch.Tensor]:
@@ -75,12 +87,16 @@ def _without_unused(state: Mapping[str, torch.Tensor], model: nn.Module) -> Mapp
     return {k: v for k, v in state.items() if not k.startswith(tuple(unused))} if unused else state
 
 
+def _wrong_shapes(model: nn.Module, state: Mapping[str, torch.Tensor]) -> list[str]:
+    return [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+            for k, v in model.state_dict().items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
+
+
 def state_dict_mismatch(model: nn.Module, state: Mapping[str, torch.Tensor]) -> list[str]:
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
-    wrong_shape = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-                   for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    wrong_shape = _wrong_shapes(model, state)
     problems = []
     if missing:
         problems.append(f"{len(missing)} missing keys (e.g. {missing[:3]})")
@@ -132,11 +148,12 @@ def checkpoint_file_problem(path: str | Path) -> str | None:
 
 def read_checkpoint(path: str | Path, key: str | None = None) -> Checkpoint:
     """The model's state dict in a checkpoint file (see extract_state_dict), with what the file
-    records beside it (Checkpoint); FileNotFoundError or CheckpointMismatchError."""
+    records beside it (Checkpoint); CheckpointNotFoundError (a FileNotFoundError) or
+    CheckpointMismatchError."""
     path = Path(path)
     problem = checkpoint_file_problem(path)
     if problem:
-        raise (CheckpointMismatchError if path.exists() else FileNotFoundError)(problem)
+        raise (CheckpointMismatchError if path.exists() else CheckpointNotFoundError)(problem)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle errors, truncated files, non-tensor objects
@@ -176,12 +193,14 @@ def load_weights(model: nn.Module, path: str | Path, key: str | None = None,
             "wrap the model first, ClasswiseCalibration(model, num_classes), then load it "
             "(python -m cwr_fast.evaluate detects it by itself)")
     targets = [model] + ([model.net] if isinstance(getattr(model, "net", None), nn.Module) else [])
-    problems = {}
+    tried = []
     for target in targets:
         state = _without_unused(state, target)
-        problems[target] = state_dict_mismatch(target, state)
-        if not problems[target]:
+        problems = state_dict_mismatch(target, state)
+        if not problems:
             target.load_state_dict(state, strict=True)
             return model
-    closest = min(problems.values(), key=len)
-    raise CheckpointMismatchError(f"checkpoint {path} does not match {arch_name}: " + "; ".join(closest))
+        tried.append((problems, target, state))
+    closest, target, state = min(tried, key=lambda t: len(t[0]))
+    raise CheckpointMismatchError(f"checkpoint {path} does not match {arch_name}: " + "; ".join(closest),
+                                  shapes_differ=bool(_wrong_shapes(target, state)))

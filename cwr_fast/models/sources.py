@@ -336,17 +336,7 @@ def _zoo_entry(zoo, name: str, dataset: str, threat_model: str) -> dict:
 def _build_robustbench(spec: SourceSpec, *, dataset: str, num_classes: int, threat_model: str,
                        model_dir: Path) -> tuple[nn.Module, dict]:
     name = spec.name
-    if dataset not in ROBUSTBENCH_DATASETS:
-        raise ConfigError(f"RobustBench's models are trained on {', '.join(ROBUSTBENCH_DATASETS)}; "
-                          f"--dataset {dataset} is none of them (for a copy of one, e.g. an npz: "
-                          f"or folder: source, name it: --model robustbench:cifar10/{name})")
-    if ROBUSTBENCH_DATASETS[dataset] != num_classes:
-        raise ConfigError(f"RobustBench's {dataset} models have {ROBUSTBENCH_DATASETS[dataset]} "
-                          f"classes, the evaluated data {num_classes}")
-    # robustbench.utils.load_model: the zoo has only a `corruptions` folder for corruptions_3d
-    threat_model = threat_model.replace("_3d", "")
-    if threat_model not in THREAT_MODELS:
-        raise ConfigError(f"--threat-model must be one of {', '.join(THREAT_MODELS)}, got {threat_model!r}")
+    threat_model = _robustbench_threat_model(name, dataset, num_classes, threat_model)
     zoo = _robustbench_zoo()
     entry = _zoo_entry(zoo, name, dataset, threat_model)
     folder = model_dir / dataset / threat_model
@@ -363,45 +353,16 @@ def _build_robustbench(spec: SourceSpec, *, dataset: str, num_classes: int, thre
     gdrive = entry.get("gdrive_id")
     if gdrive is None or "model" not in entry:
         raise ConfigError(f"RobustBench's {name} has neither a checkpoint nor a timm model")
+    fetch_hint = _fetch_hint(name, model_dir, dataset, threat_model, gdrive)
     if not isinstance(gdrive, list):
-        if dataset == "imagenet" and "Standard" in name:
-            raise ConfigError(f"RobustBench's {name} is torchvision's ImageNet model with its "
-                              "pretrained weights, not a RobustBench checkpoint: evaluate it as "
-                              "--model torchvision:resnet50 --checkpoint FILE --normalize dataset, "
-                              "FILE being torchvision.models.resnet50(weights='IMAGENET1K_V1')'s "
-                              "state dict saved on a machine with network")
-        if not path.is_file():
-            raise ConfigError(f"RobustBench weights not found: put {name}.pt at {path.resolve()} "
-                              f"({_fetch_hint(name, model_dir, dataset, threat_model, gdrive)})")
-        with _no_network(f"robustbench:{name}"):
-            model = entry["model"]()
-        checkpoint = _torch_load(path)
-        if "Kireev2021Effectiveness" in name or name == "Andriushchenko2020Understanding":
-            checkpoint = _key(checkpoint, "last", path)  # the last model (choices: last, best)
-        try:
-            state_dict = _rm_substr_from_state_dict(checkpoint["state_dict"], "module.")
-            state_dict = _rm_substr_from_state_dict(state_dict, "model.")
-        except (KeyError, TypeError, IndexError, AttributeError):
-            state_dict = _rm_substr_from_state_dict(_mapping(checkpoint, path), "module.")
-            state_dict = _rm_substr_from_state_dict(state_dict, "model.")
-        if dataset == "imagenet":
-            if name in _IMAGENET_SWIN_FILTER:  # checkpoint of an older timm's Swin
-                try:
-                    from timm.models.swin_transformer import checkpoint_filter_fn
-                    state_dict = checkpoint_filter_fn(state_dict, model.model)
-                except Exception:  # as RobustBench: keep the state dict as it is
-                    pass
-            if name not in _IMAGENET_NO_PREFIX:  # the normalisation wrapper's `model.`
-                state_dict = _add_substr_to_state_dict(state_dict, "model.")
-        model = _safe_load_state_dict(model, name, state_dict, dataset, path)
-        return model.eval(), info
+        return _load_robustbench_single(entry, name, dataset, path, fetch_hint).eval(), info
     # an ensemble: one file per member, <NAME>.pt_m<i>.pt
     files = [Path(f"{path}_m{i}.pt") for i in range(len(gdrive))]
     missing = [f for f in files if not f.is_file()]
     if missing:
         raise ConfigError(f"RobustBench weights not found: {name} is an ensemble of {len(files)} "
                           f"files, missing {', '.join(str(f.resolve()) for f in missing)} "
-                          f"({_fetch_hint(name, model_dir, dataset, threat_model, gdrive)})")
+                          f"({fetch_hint})")
     with _no_network(f"robustbench:{name}"):
         model = entry["model"]()
     info["weights"] = [str(f) for f in files]
@@ -411,28 +372,85 @@ def _build_robustbench(spec: SourceSpec, *, dataset: str, num_classes: int, thre
             state_dict = _rm_substr_from_state_dict(checkpoint["state_dict"], "module.")
         except (KeyError, TypeError, IndexError, AttributeError):
             state_dict = _rm_substr_from_state_dict(_mapping(checkpoint, file), "module.")
-        if name.startswith("Bai2023Improving"):
-            comp = model.comp_model
-            if i < 2:
-                comp.models[i] = _safe_load_state_dict(comp.models[i], name, state_dict, dataset, file).eval()
-            else:
-                comp.policy_net = _safe_load_state_dict(comp.policy_net, name,
-                                                        _key(state_dict, "model", file), dataset, file)
-                comp.bn = _safe_load_state_dict(comp.bn, name, _key(state_dict, "bn", file), dataset, file)
-        elif name.startswith("Bai2024MixedNUTS"):
-            if i == 0:
-                model.std_model = _safe_load_state_dict(model.std_model, name, state_dict, dataset, file)
-            elif i == 1:
-                if dataset == "imagenet":
-                    from timm.models.swin_transformer import checkpoint_filter_fn
-                    state_dict = checkpoint_filter_fn(state_dict, model.rob_model.model)
-                    state_dict = _add_substr_to_state_dict(state_dict, "model.")
-                model.rob_model = _safe_load_state_dict(model.rob_model, name, state_dict, dataset, file)
-            else:
-                raise ConfigError(f"{name}: unexpected checkpoint {file}")
-        else:
-            model.models[i] = _safe_load_state_dict(model.models[i], name, state_dict, dataset, file).eval()
+        _load_ensemble_member(model, name, i, state_dict, dataset, file)
     return model.eval(), info
+
+
+def _robustbench_threat_model(name: str, dataset: str, num_classes: int, threat_model: str) -> str:
+    """The zoo's folder for `threat_model`, once the dataset and class count are checked."""
+    if dataset not in ROBUSTBENCH_DATASETS:
+        raise ConfigError(f"RobustBench's models are trained on {', '.join(ROBUSTBENCH_DATASETS)}; "
+                          f"--dataset {dataset} is none of them (for a copy of one, e.g. an npz: "
+                          f"or folder: source, name it: --model robustbench:cifar10/{name})")
+    if ROBUSTBENCH_DATASETS[dataset] != num_classes:
+        raise ConfigError(f"RobustBench's {dataset} models have {ROBUSTBENCH_DATASETS[dataset]} "
+                          f"classes, the evaluated data {num_classes}")
+    # robustbench.utils.load_model: the zoo has only a `corruptions` folder for corruptions_3d
+    threat_model = threat_model.replace("_3d", "")
+    if threat_model not in THREAT_MODELS:
+        raise ConfigError(f"--threat-model must be one of {', '.join(THREAT_MODELS)}, got {threat_model!r}")
+    return threat_model
+
+
+def _load_robustbench_single(entry: dict, name: str, dataset: str, path: Path,
+                             fetch_hint: str) -> nn.Module:
+    """A RobustBench model with one checkpoint file, loaded as robustbench.utils.load_model does."""
+    if dataset == "imagenet" and "Standard" in name:
+        raise ConfigError(f"RobustBench's {name} is torchvision's ImageNet model with its "
+                          "pretrained weights, not a RobustBench checkpoint: evaluate it as "
+                          "--model torchvision:resnet50 --checkpoint FILE --normalize dataset, "
+                          "FILE being torchvision.models.resnet50(weights='IMAGENET1K_V1')'s "
+                          "state dict saved on a machine with network")
+    if not path.is_file():
+        raise ConfigError(f"RobustBench weights not found: put {name}.pt at {path.resolve()} "
+                          f"({fetch_hint})")
+    with _no_network(f"robustbench:{name}"):
+        model = entry["model"]()
+    checkpoint = _torch_load(path)
+    if "Kireev2021Effectiveness" in name or name == "Andriushchenko2020Understanding":
+        checkpoint = _key(checkpoint, "last", path)  # the last model (choices: last, best)
+    try:
+        state_dict = _rm_substr_from_state_dict(checkpoint["state_dict"], "module.")
+        state_dict = _rm_substr_from_state_dict(state_dict, "model.")
+    except (KeyError, TypeError, IndexError, AttributeError):
+        state_dict = _rm_substr_from_state_dict(_mapping(checkpoint, path), "module.")
+        state_dict = _rm_substr_from_state_dict(state_dict, "model.")
+    if dataset == "imagenet":
+        if name in _IMAGENET_SWIN_FILTER:  # checkpoint of an older timm's Swin
+            try:
+                from timm.models.swin_transformer import checkpoint_filter_fn
+                state_dict = checkpoint_filter_fn(state_dict, model.model)
+            except Exception:  # as RobustBench: keep the state dict as it is
+                pass
+        if name not in _IMAGENET_NO_PREFIX:  # the normalisation wrapper's `model.`
+            state_dict = _add_substr_to_state_dict(state_dict, "model.")
+    return _safe_load_state_dict(model, name, state_dict, dataset, path)
+
+
+def _load_ensemble_member(model: nn.Module, name: str, i: int, state_dict, dataset: str,
+                          file: Path) -> None:
+    """Member i of a RobustBench ensemble, from its file's state dict, into `model`."""
+    if name.startswith("Bai2023Improving"):
+        comp = model.comp_model
+        if i < 2:
+            comp.models[i] = _safe_load_state_dict(comp.models[i], name, state_dict, dataset, file).eval()
+        else:
+            comp.policy_net = _safe_load_state_dict(comp.policy_net, name,
+                                                    _key(state_dict, "model", file), dataset, file)
+            comp.bn = _safe_load_state_dict(comp.bn, name, _key(state_dict, "bn", file), dataset, file)
+    elif name.startswith("Bai2024MixedNUTS"):
+        if i == 0:
+            model.std_model = _safe_load_state_dict(model.std_model, name, state_dict, dataset, file)
+        elif i == 1:
+            if dataset == "imagenet":
+                from timm.models.swin_transformer import checkpoint_filter_fn
+                state_dict = checkpoint_filter_fn(state_dict, model.rob_model.model)
+                state_dict = _add_substr_to_state_dict(state_dict, "model.")
+            model.rob_model = _safe_load_state_dict(model.rob_model, name, state_dict, dataset, file)
+        else:
+            raise ConfigError(f"{name}: unexpected checkpoint {file}")
+    else:
+        model.models[i] = _safe_load_state_dict(model.models[i], name, state_dict, dataset, file).eval()
 
 
 def _build_robustbench_timm(timm, timm_name: str, name: str, path: Path, num_classes: int,

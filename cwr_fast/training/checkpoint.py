@@ -32,13 +32,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cwr_fast.errors import UsageError
+
 
 FORMAT = "cwr_fast.train_checkpoint"
 BEST_FORMAT = "cwr_fast.best_weights"
 FORMAT_VERSION = 1
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UsageError):
     """A checkpoint that cannot be read, or that does not fit this run."""
 
 

@@ -20,7 +20,8 @@ from cwr_fast.cli_types import (ConfigError, budget_problem, comma_list, fmt_bud
 from cwr_fast.cli_types import seed as seed_type
 from cwr_fast.data.info import EMBEDDED_BUDGET
 from cwr_fast.data.registry import budget_of
-from cwr_fast.defenses.calibration import OPTIONS_GROUP as CALIBRATION, CalibrationConfig
+from cwr_fast.classwise.calibration import OPTIONS_GROUP as CALIBRATION, CalibrationConfig
+from cwr_fast.classwise.pipeline import DEFAULT_ATTACKS, TRAINING_FINAL_ATTACKS
 from cwr_fast.options import (add_options, at_least, check_options, given_options, non_negative,
                               option, positive, resume_rules)
 from cwr_fast.data.loader import BACKENDS
@@ -144,7 +145,7 @@ class TrainConfig(CalibrationConfig):
                             check=at_least(1))
     val_batch_size: int = option(256, "batch size of the checks and the report", EVAL,
                                  type=integer, check=at_least(1))
-    final_attacks: str = option("fgsm,pgd-20,cw-20", "attacks of the final test report, e.g. "
+    final_attacks: str = option(TRAINING_FINAL_ATTACKS, "attacks of the final test report, e.g. "
                                 "fgsm,pgd-20,cw-30", EVAL)
     final_limit: int | None = option(None, "class-balanced limit on the test images of the final "
                                      "report", EVAL, type=integer,
@@ -207,7 +208,7 @@ TRAJECTORY_KEYS, OVERRIDABLE_ON_RESUME = resume_rules(TrainConfig)
 # eps, alpha and steps are the dataset's (DatasetInfo.budget); milestones are fractions of epochs.
 _CIFAR = dict(arch="preact_resnet18", epochs=100, batch_size=128, lr=0.1, weight_decay=5e-4,
               schedule="piecewise", milestones=(0.75, 0.9), eps_warmup_epochs=0.0,
-              val_per_class=100, final_attacks="fgsm,pgd-20,cw-30")
+              val_per_class=100, final_attacks=DEFAULT_ATTACKS)
 PRESETS: dict[str, dict] = {
     # THE DEFAULT RUN (the field defaults): a few minutes on a 2-core CPU, a REDUCED budget, stated
     # in --help and in the summary (default_run()): the same total PGD step length as Madry et

@@ -11,6 +11,7 @@ on the CPU (same thread count; on GPUs with --deterministic up to non-determinis
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 import time
@@ -20,9 +21,9 @@ import torch
 from torch import nn
 
 from cwr_fast.models.checkpoint import state_dict_mismatch
-from cwr_fast.attacks.spec import build_attacks
-from cwr_fast.classwise.engine import evaluate_classwise
+from cwr_fast.classwise.pipeline import EvalSettings, Evaluation, validate
 from cwr_fast.data.order import derive_seed
+from cwr_fast.errors import RunError, UsageError
 from cwr_fast.models.registry import build_model
 from cwr_fast.training import checkpoint as ckpt
 from cwr_fast import runtime
@@ -39,11 +40,11 @@ from cwr_fast.training.schedules import LRSchedule, eps_at
 _STEP_PURPOSE = 0x57E9
 
 
-class TrainError(RuntimeError):
+class TrainError(UsageError, RuntimeError):
     """A run that cannot proceed (e.g. a batch size larger than the data): a usage error (exit 2)."""
 
 
-class TrainingFailed(RuntimeError):
+class TrainingFailed(RunError):
     """A run that failed after it started (the loss diverged): exit 1, its checkpoints kept."""
 
 
@@ -117,14 +118,14 @@ class Trainer:
             self.train_model = DDP(run_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.eval_model = (self.policy_model if self.policy_model is not None
                            else self.ema.module if self.ema is not None else self.model)
-        self.val_attacks = build_attacks(f"pgd-{cfg.val_steps}", self.eval_model, eps=cfg.eps,
-                                         track="any", amp=self.amp, num_classes=self.num_classes)
-        self.val_label = next(iter(self.val_attacks))
+        self.validation = self._evaluation(f"pgd-{cfg.val_steps}", progress=False)  # the per-epoch check
+        self.val_label = self.validation.labels[0]
         self.context = RunContext(
             method=self.method, eps=cfg.eps, alpha=cfg.alpha, num_classes=self.num_classes,
             device=self.device, amp=self.amp, seed=cfg.seed, val_attack=self.val_label,
             val_loader=self.loaders.val, model=self.model, eval_model=self.eval_model,
-            validate=self.validate)
+            validate=functools.partial(validate, self.validation, batches=self.loaders.val,
+                                       class_names=self.class_names))
 
     # ---- logging ----
     def log(self, msg: str) -> None:
@@ -336,6 +337,7 @@ class Trainer:
             "val": None,
         }
         val_counts = None
+        self._sync_buffers()  # a defense may validate the training weights now (RunContext.validate)
         self.policy.before_validation(epoch - 1, self.context)  # e.g. FAWA: maybe absorb the weights
         if epoch % cfg.val_every == 0 or epoch == cfg.epochs:
             val_counts, record["val"] = self.validate()
@@ -353,36 +355,28 @@ class Trainer:
                 plot_dynamics(self.history, self.class_names, self.run_dir / "per_class_robust_acc.png")
         self.log(epoch_line(record, cfg.epochs))
 
+    def _evaluation(self, attacks: str, progress: bool) -> Evaluation:
+        """The evaluation pipeline with this run's budget, precision, seed and processes."""
+        settings = EvalSettings(attacks=attacks, track="any", amp=self.amp, seed=self.cfg.seed,
+                                progress=progress)
+        return Evaluation(settings, num_classes=self.num_classes, eps=self.cfg.eps,
+                          distributed=self.dist.enabled, device=self.device)
+
     def validate(self, model: nn.Module | None = None):
-        """The per-epoch PGD check of `model` (default: the evaluated model) on the validation set."""
-        start = time.perf_counter()
+        """The per-epoch PGD check of `model` (default: the evaluated model) on the validation set:
+        the pipeline's validate, the record naming which weights it checked."""
         model = self.eval_model if model is None else model
+        self._sync_buffers()
+        counts, record = validate(self.validation, model, self.loaders.val, self.class_names)
+        which = ("model" if model is self.model else "ema" if model is not self.policy_model
+                 else f"{self.policy.name} average")
+        return counts, {"attack": record.pop("attack"), "eps": record.pop("eps"), "model": which, **record}
+
+    def _sync_buffers(self) -> None:
+        """Rank 0's BatchNorm statistics on every process, so that a check agrees across ranks."""
         runtime.broadcast_buffers(self.model)
         if self.ema is not None:
             runtime.broadcast_buffers(self.ema.module)
-        attacks = self.val_attacks if model is self.eval_model else build_attacks(
-            f"pgd-{self.cfg.val_steps}", model, eps=self.cfg.eps, track="any", amp=self.amp,
-            num_classes=self.num_classes)
-        counts = evaluate_classwise(model, self.loaders.val, self.num_classes,
-                                    attacks, amp=self.amp, seed=self.cfg.seed,
-                                    distributed=self.dist.enabled, progress=False, device=self.device)
-        clean = counts.clean_accuracy()
-        robust = counts.robust_accuracy(self.val_label)
-        worst = int(torch.nan_to_num(robust, nan=math.inf).argmin())
-        val = {
-            "attack": self.val_label, "eps": self.cfg.eps,
-            "model": ("model" if model is self.model else "ema" if model is not self.policy_model
-                      else f"{self.policy.name} average"),
-            "n": counts.n.tolist(), "clean_correct": counts.clean_correct.tolist(),
-            "robust": counts.robust(self.val_label).tolist(),
-            "clean_acc": [_num(v) for v in clean.tolist()],
-            "robust_acc": [_num(v) for v in robust.tolist()],
-            "clean_mean": _nanmean(clean), "robust_mean": _nanmean(robust),
-            "robust_worst": _num(float(robust[worst])), "worst_class": worst,
-            "worst_class_name": self.class_names[worst],
-            "seconds": time.perf_counter() - start,
-        }
-        return counts, val
 
     def _track_best(self, val: dict, epoch: int) -> None:
         for key, value in (("mean", val["robust_mean"]), ("worst", val["robust_worst"])):
@@ -411,7 +405,6 @@ class Trainer:
         return model
 
     def final_report(self) -> dict | None:
-        from cwr_fast.classwise.analysis import build_report
         from cwr_fast.report import write_report
 
         cfg = self.cfg
@@ -420,33 +413,26 @@ class Trainer:
         if cfg.calibrate:
             model = self.calibrate(model)
         loader = build_test_loader(cfg, self.device, cfg.val_batch_size)
-        attacks = build_attacks(cfg.final_attacks, model, eps=cfg.eps, track="any", amp=self.amp,
-                                num_classes=self.num_classes)
+        evaluation = self._evaluation(cfg.final_attacks, progress=self.progress and self.dist.is_main)
         split = self.info.eval_split
-        self.log(f"final report: {', '.join(attacks)} at eps {cfg.eps:g} on {loader.num_samples} "
-                 f"{cfg.dataset} {split} images ({cfg.final_model} weights"
+        self.log(f"final report: {', '.join(evaluation.labels)} at eps {cfg.eps:g} on "
+                 f"{loader.num_samples} {cfg.dataset} {split} images ({cfg.final_model} weights"
                  f"{', EMA' if self.ema is not None else ''}"
                  f"{', class-wise calibrated' if cfg.calibrate else ''})")
-        start = time.perf_counter()
-        counts = evaluate_classwise(model, loader, self.num_classes, attacks, amp=self.amp,
-                                    seed=cfg.seed, distributed=self.dist.enabled, per_image=True,
-                                    progress=self.progress and self.dist.is_main, device=self.device)
         config = {"source": "cwr_fast.train", "run_dir": str(self.run_dir), "dataset": cfg.dataset,
                   "split": split, "arch": cfg.arch, "method": cfg.method,
-                  "train_eps": cfg.eps, "eps": cfg.eps, "attacks": list(attacks),
+                  "train_eps": cfg.eps, "eps": cfg.eps, "attacks": evaluation.labels,
                   "weights": cfg.final_model + (" (EMA)" if self.ema is not None else ""),
                   "epochs": cfg.epochs, "limit": cfg.final_limit, "seed": cfg.seed,
                   "world_size": self.dist.world_size,
                   "calibrated": cfg.calibrate,
-                  "calibration": "checkpoints/calibrated.pt" if cfg.calibrate else None,
-                  "seconds": round(time.perf_counter() - start, 3)}
-        report = build_report(counts, self.class_names, attacks=attacks, config=config,
-                              dataset={"name": cfg.dataset, "split": split})
+                  "calibration": "checkpoints/calibrated.pt" if cfg.calibrate else None}
+        result = evaluation.run(model, loader, self.class_names, config=config,
+                                dataset={"name": cfg.dataset, "split": split})
         if self.dist.is_main:
-            write_report(report, self.run_dir / "report", plots=self.plots, overwrite=True,
-                         outcomes=counts.outcomes)
-        return report
-
+            write_report(result.report, self.run_dir / "report", plots=self.plots, overwrite=True,
+                         outcomes=result.outcomes)
+        return result.report
 
     def calibrate(self, model: nn.Module) -> nn.Module:
         """--calibrate: fits a class-wise calibration of the final model on the held-out validation
@@ -454,7 +440,7 @@ class Trainer:
         'calibrated') and calibration.json, and returns the calibrated model."""
         import json
 
-        from cwr_fast.defenses.calibration import calibrate
+        from cwr_fast.classwise.calibration import calibrate
 
         cfg = self.cfg
         cal, info = calibrate(model, self.loaders.val, self.num_classes, cfg.eps, cfg, amp=self.amp,
@@ -480,16 +466,6 @@ def _load_model_state(model: nn.Module, state: dict, what: str) -> None:
         raise ckpt.CheckpointError(f"the {what} weights in the checkpoint do not fit the model: "
                                    + "; ".join(problems))
     model.load_state_dict(state, strict=True)
-
-
-def _num(v) -> float | None:
-    v = float(v)
-    return None if math.isnan(v) else v
-
-
-def _nanmean(t: torch.Tensor) -> float | None:
-    t = t[~torch.isnan(t)]
-    return float(t.mean()) if t.numel() else None
 
 
 def _hms(seconds: float) -> str:

@@ -63,19 +63,19 @@ def _md_rows(markdown: str) -> list[list[str]]:
     return [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
 
 
-def _pick(records: list[dict], field: str, worst: bool) -> dict:
+def _pick(records: list, field: str, worst: bool):
     """The worst (lowest) or best (highest) class, first on ties: independent of class_summary."""
-    valid = [r for r in records if r[field] is not None]
-    target = (min if worst else max)(r[field] for r in valid)
-    return next(r for r in valid if r[field] == target)
+    valid = [r for r in records if getattr(r, field) is not None]
+    target = (min if worst else max)(getattr(r, field) for r in valid)
+    return next(r for r in valid if getattr(r, field) == target)
 
 
-def _sections(report: dict) -> dict:
-    out = {"clean": (report["clean"], "clean_acc", report["clean"]["accuracy"],
-                     report["clean"]["ci_low"], report["clean"]["ci_high"])}
-    for a in report["attacks"] + [dict(report["worst_case"], label=compare.WORST_CASE)]:
-        o = a["overall"]
-        out[a["label"]] = (a, "robust_acc", o["robust_acc"], o["ci_low"], o["ci_high"])
+def _sections(report) -> dict:
+    """{label: (section, accuracy field, overall accuracy, ci_low, ci_high)} of a typed report."""
+    clean = report.clean
+    out = {"clean": (clean, "clean_acc", clean.accuracy, clean.ci_low, clean.ci_high)}
+    for label, a in [(a.label, a) for a in report.attacks] + [(compare.WORST_CASE, report.worst_case)]:
+        out[label] = (a, "robust_acc", a.overall.robust_acc, a.overall.ci_low, a.overall.ci_high)
     return out
 
 
@@ -84,7 +84,7 @@ def _sections(report: dict) -> dict:
 def test_load_run_reads_every_layout(train_runs, eval_dirs):
     run = compare.load_run(train_runs["trades"])
     assert run["name"] == "run_trades" and run["config"]["method"] == "trades"
-    assert run["config"]["defense"] == "none" and run["report"]["dataset"]["name"] == "mnist"
+    assert run["config"]["defense"] == "none" and run["report"].dataset.name == "mnist"
     direct = compare.load_run(train_runs["pgd-at"] / "report" / "report.json")
     assert direct["name"] == "run_pgd-at" and direct["config"]["method"] == "pgd-at"
     assert direct["report"] == json.loads((train_runs["pgd-at"] / "report" / "report.json").read_text())
@@ -109,20 +109,20 @@ def test_table_numbers_equal_the_reports(which, train_runs, eval_dirs):
             row, cells = by_key[(run["name"], label)]
             assert row["present"] and cells[0] == run["name"] and cells[4] == label
             assert row["overall"] == overall
-            assert row["mean"] == section["summary"]["mean"]
+            assert row["mean"] == section.summary.mean
             assert (row["mean_ci_low"], row["mean_ci_high"]) == (low, high)
             assert cells[5] == f"{pct(row['mean'])} [{pct(low)}, {pct(high)}]"
             for col, worst in ((6, True), (7, False)):
-                rec = _pick(section["per_class"], field, worst)
+                rec = _pick(section.per_class, field, worst)
                 key = "worst" if worst else "best"
-                assert row[f"{key}_class"] == rec["class_name"]
-                assert row[f"{key}_acc"] == rec[field]
+                assert row[f"{key}_class"] == rec.class_name
+                assert row[f"{key}_acc"] == getattr(rec, field)
                 # the worst class: the simultaneous interval of the lowest class accuracy
-                stats = section["summary"]["worst_stats"] if worst else rec
-                assert (row[f"{key}_ci_low"], row[f"{key}_ci_high"]) == (stats["ci_low"], stats["ci_high"])
-                share = (f", worst in {100 * stats['worst_frequency'][rec['class']]:.0f}%" if worst else "")
-                assert cells[col] == (f"{rec['class_name']}: {pct(rec[field])} "
-                                      f"[{pct(stats['ci_low'])}, {pct(stats['ci_high'])}]{share}")
+                stats = section.summary.worst_stats if worst else rec
+                assert (row[f"{key}_ci_low"], row[f"{key}_ci_high"]) == (stats.ci_low, stats.ci_high)
+                share = (f", worst in {100 * stats.worst_frequency[rec.class_index]:.0f}%" if worst else "")
+                assert cells[col] == (f"{rec.class_name}: {pct(getattr(rec, field))} "
+                                      f"[{pct(stats.ci_low)}, {pct(stats.ci_high)}]{share}")
             checked += 1
     assert checked == sum(r["present"] for r in rows) == len(rows) - (which == "eval")
     header = compare.markdown_table(rows).splitlines()[0]
@@ -135,20 +135,20 @@ def test_mean_is_class_mean_and_its_ci_the_pooled_wilson_interval(eval_dirs):
     run = compare.load_run(eval_dirs["both"])
     report = run["report"]
     row = next(r for r in compare.comparison_rows([run]) if r["accuracy"] == "pgd-5")
-    pgd = report["attacks"][1]
-    per_class = [r["robust_acc"] for r in pgd["per_class"]]
-    assert len({r["n"] for r in pgd["per_class"]}) > 1  # unbalanced: mean and pooled differ
+    pgd = report.attacks[1]
+    per_class = [r.robust_acc for r in pgd.per_class]
+    assert len({r.n for r in pgd.per_class}) > 1  # unbalanced: mean and pooled differ
     assert row["mean"] == pytest.approx(np.mean(per_class))
     assert not math.isclose(row["mean"], row["overall"])
-    low, high = wilson_interval(pgd["overall"]["robust"], pgd["overall"]["n"])
+    low, high = wilson_interval(pgd.overall.robust, pgd.overall.n)
     assert (row["mean_ci_low"], row["mean_ci_high"]) == pytest.approx((low, high))
-    worst = pgd["per_class"][int(np.argmin(per_class))]
-    assert row["worst_class"] == worst["class_name"] and 0 < row["best_acc"] and row["worst_acc"] < row["best_acc"]
+    worst = pgd.per_class[int(np.argmin(per_class))]
+    assert row["worst_class"] == worst.class_name and 0 < row["best_acc"] and row["worst_acc"] < row["best_acc"]
     # the worst class's interval covers the lowest class accuracy, whichever class it is
-    stats = worst_class_statistics([r["robust"] for r in pgd["per_class"]], [r["n"] for r in pgd["per_class"]])
+    stats = worst_class_statistics([r.robust for r in pgd.per_class], [r.n for r in pgd.per_class])
     assert (row["worst_ci_low"], row["worst_ci_high"]) == pytest.approx((stats["ci_low"], stats["ci_high"]))
     assert row["worst_ci_low"] <= row["worst_acc"] <= row["worst_ci_high"]
-    low, high = wilson_interval(worst["robust"], worst["n"])
+    low, high = wilson_interval(worst.robust, worst.n)
     assert row["worst_ci_low"] <= low, "wider than the one class's own interval"
 
 

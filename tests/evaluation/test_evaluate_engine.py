@@ -169,3 +169,64 @@ def test_channels_last_changes_layout_not_results(mnist_model, data):
     assert torch.equal(fast.clean_confusion, plain.clean_confusion)
     # the same attacks up to rounding in the convolutions: per-class robust counts within 1 image
     assert (fast.adv_confusion.diagonal(dim1=1, dim2=2) - plain.adv_confusion.diagonal(dim1=1, dim2=2)).abs().max() <= 1
+
+
+# ---- the one pipeline (classwise.pipeline): what evaluate, evaluate_model and the trainer run ----
+
+def _without_times(value):
+    """A report's plain dict without what differs between two runs: timings and its creation time."""
+    if hasattr(value, "as_dict"):
+        value = value.as_dict()
+    if isinstance(value, dict):
+        return {k: _without_times(v) for k, v in value.items()
+                if k != "created" and not k.endswith("seconds") and k != "images_per_s"}
+    if isinstance(value, list):
+        return [_without_times(v) for v in value]
+    return value
+
+
+def test_the_pipeline_reports_what_the_engine_and_build_report_give(mnist_model, data):
+    from cwr_fast.classwise.pipeline import EvalSettings, Evaluation
+
+    names = [str(c) for c in range(10)]
+    settings = EvalSettings(attacks="fgsm,pgd-3", eps=EPS, seed=3, progress=False)
+    result = Evaluation(settings, num_classes=10).run(mnist_model, batches_of(*data, 50), names,
+                                                      config={"source": "test"})
+    attacks = build_attacks("fgsm,pgd-3", mnist_model, eps=EPS, track="any")
+    counts = evaluate_classwise(mnist_model, batches_of(*data, 50), 10, attacks, seed=3, per_image=True)
+    expected = build_report(counts, names, attacks=attacks, config={"source": "test"})
+    assert _without_times(result.report) == _without_times(expected)
+    assert list(result.report["config"]) == ["source", "seconds"]
+    assert torch.equal(result.outcomes.adv_pred, counts.outcomes.adv_pred)
+
+
+def test_the_pipelines_flags_belong_to_the_report_as_built(mnist_model, data):
+    from cwr_fast.classwise.pipeline import EvalSettings, Evaluation
+
+    names = [str(c) for c in range(10)]
+    x, y = data
+    wrong = batches_of(x, (y + 1) % 10, 50)  # labels off by one: clean accuracy near 0
+    evaluation = Evaluation(EvalSettings(attacks="fgsm", eps=EPS, progress=False), num_classes=10)
+    plain = evaluation.run(mnist_model, wrong, names)
+    recorded = evaluation.run(mnist_model, wrong, names, recorded_clean=(1.0, "the test's checkpoint"))
+    codes = [f["code"] for f in recorded.report["flags"]]
+    assert "clean_accuracy_below_recorded" not in [f["code"] for f in plain.report["flags"]]
+    assert codes[-1] == "clean_accuracy_below_recorded" and "the test's checkpoint" in \
+        recorded.report["flags"][-1]["message"]
+
+
+def test_the_validation_record_is_the_reports_per_class_summary(mnist_model, data):
+    from cwr_fast.classwise.pipeline import EvalSettings, Evaluation, validate
+
+    names = [f"digit {c}" for c in range(10)]
+    evaluation = Evaluation(EvalSettings(attacks="pgd-3", eps=EPS, progress=False), num_classes=10)
+    counts, record = validate(evaluation, mnist_model, batches_of(*data, 50), names)
+    report = build_report(counts, names)
+    clean, robust = report["clean"]["summary"], report["attacks"][0]["summary"]
+    assert record["attack"] == "pgd-3" and record["eps"] == EPS
+    assert record["clean_mean"] == clean["mean"] and record["robust_mean"] == robust["mean"]
+    assert record["robust_worst"] == robust["worst"]["value"]
+    assert record["worst_class"] == robust["worst"]["class"]
+    assert record["worst_class_name"] == robust["worst"]["class_name"]
+    assert record["robust"] == counts.robust("pgd-3").tolist() == \
+        [r["robust"] for r in report["attacks"][0]["per_class"]]

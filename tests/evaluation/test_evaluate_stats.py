@@ -92,12 +92,12 @@ def test_gain_attribution_points_at_the_vulnerable_classes():
     gains = gain_attribution(counts, ["a", "b", "c", "d"])
     assert len(gains) == 1
     g = gains[0]
-    assert (g["weaker"], g["stronger"], g["extra_fooled"]) == ("weak", "strong", 8)
-    assert [p["count"] for p in g["per_class"]] == [0, 1, 4, 3]
-    assert g["vulnerable_classes"] == [2, 3]
-    assert g["share_from_vulnerable_half"] == pytest.approx(7 / 8)
-    assert g["gain_rate_vulnerable"] == pytest.approx(7 / 9) and g["gain_rate_others"] == pytest.approx(1 / 18)
-    assert g["spearman_gain_vs_robustness"] < 0
+    assert (g.weaker, g.stronger, g.extra_fooled) == ("weak", "strong", 8)
+    assert [p.count for p in g.per_class] == [0, 1, 4, 3]
+    assert g.vulnerable_classes == [2, 3]
+    assert g.share_from_vulnerable_half == pytest.approx(7 / 8)
+    assert g.gain_rate_vulnerable == pytest.approx(7 / 9) and g.gain_rate_others == pytest.approx(1 / 18)
+    assert g.spearman_gain_vs_robustness < 0
 
 
 def test_gain_attribution_keeps_a_vulnerable_half_when_the_median_class_is_at_zero():
@@ -108,10 +108,10 @@ def test_gain_attribution_keeps_a_vulnerable_half_when_the_median_class_is_at_ze
     weak = [0, 0, 0, 0, 0, 0, 4, 6, 8, 10]
     strong = [0, 0, 0, 0, 0, 0, 1, 5, 8, 10]
     g = gain_attribution(make_counts([weak, strong], n, ["weak", "strong"]), list("abcdefghij"))[0]
-    assert g["vulnerable_classes"] == [0, 1, 2, 3, 4]
-    assert g["gain_rate_vulnerable"] is None  # none of its images survive the weaker attack
-    assert g["gain_rate_others"] == pytest.approx(4 / 28)
-    assert g["per_class"][6]["rate"] == pytest.approx(3 / 4)
+    assert g.vulnerable_classes == [0, 1, 2, 3, 4]
+    assert g.gain_rate_vulnerable is None  # none of its images survive the weaker attack
+    assert g.gain_rate_others == pytest.approx(4 / 28)
+    assert g.per_class[6].rate == pytest.approx(3 / 4)
 
 
 def test_sanity_flags():
@@ -121,33 +121,33 @@ def test_sanity_flags():
                "pgd-10": {"name": "pgd", "params": {"eps": 0.3, "steps": 10, "alpha": 0.1}},
                "pgd-20": {"name": "pgd", "params": {"eps": 0.3, "steps": 20, "alpha": 0.05}},
                "pgd-40": {"name": "pgd", "params": {"eps": 0.3, "steps": 40, "alpha": 0.02}}}
-    codes = [(f["code"], tuple(f["attacks"])) for f in sanity_flags(counts, attacks)]
+    codes = [(f.code, tuple(f.attacks)) for f in sanity_flags(counts, attacks)]
     assert ("pgd_weaker_than_fgsm", ("fgsm", "pgd-10")) in codes
     assert ("robust_rises_with_steps", ("pgd-20", "pgd-40")) in codes
     assert len(codes) == 2
     sweep = sweep_section(make_counts([[9, 9], [5, 6], [6, 6]], n, ["e0", "e1", "e2"]), "eps",
                           [0.0, 0.1, 0.2], "pgd-20", ["a", "b"])
     flags = sanity_flags(counts, {}, eps_sweep=sweep)
-    assert [f["code"] for f in flags] == ["robust_rises_with_eps"]
+    assert [f.code for f in flags] == ["robust_rises_with_eps"]
     bad = make_counts([[5, 5]], n, ["pgd"], clean=[4, 10])
-    assert [f["code"] for f in sanity_flags(bad)] == ["robust_above_clean"]
+    assert [f.code for f in sanity_flags(bad)] == ["robust_above_clean"]
 
 
 def test_sweep_section_finds_the_strongest_value():
     counts = make_counts([[8, 2, 5], [7, 3, 5], [9, 1, 4]], [10, 10, 10], ["T=0.5", "T=1", "T=2"])
     sweep = sweep_section(counts, "T", [0.5, 1.0, 2.0], "tpgd-20", ["a", "b", "c"])
-    assert sweep["overall_robust_acc"] == pytest.approx([0.5, 0.5, 14 / 30])
-    assert sweep["strongest"] == {"value": 2.0, "robust_acc": pytest.approx(14 / 30)}
-    assert [r["strongest"] for r in sweep["per_class"]] == [1.0, 2.0, 2.0]
-    assert sweep["per_class"][0]["robust_acc"] == pytest.approx([0.8, 0.7, 0.9])
+    assert sweep.overall_robust_acc == pytest.approx([0.5, 0.5, 14 / 30])
+    assert (sweep.strongest.value, sweep.strongest.robust_acc) == (2.0, pytest.approx(14 / 30))
+    assert [r.strongest for r in sweep.per_class] == [1.0, 2.0, 2.0]
+    assert sweep.per_class[0].robust_acc == pytest.approx([0.8, 0.7, 0.9])
 
 
 def test_report_handles_empty_classes_and_checks_names():
     counts = make_counts([[3, 0]], [5, 0], ["pgd"])
     report = build_report(counts, ["a", "b"])
-    record = report["attacks"][0]["per_class"][1]
-    assert record["n"] == 0 and record["robust_acc"] is None and record["ci_low"] is None
-    assert report["attacks"][0]["summary"]["worst"]["class_name"] == "a"
+    record = report.attacks[0].per_class[1]
+    assert record.n == 0 and record.robust_acc is None and record.ci_low is None
+    assert report.attacks[0].summary.worst.class_name == "a"
     with pytest.raises(ValueError, match="class names"):
         build_report(counts, ["a"])
 

@@ -1,4 +1,4 @@
-"""cwr_fast.findings: the numbers and verdicts of FINDINGS.md, on hand-made reports whose
+"""cwr_fast.study.findings: the numbers and verdicts of FINDINGS.md, on hand-made reports whose
 answers are known."""
 
 import math
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from cwr_fast import findings as F
+from cwr_fast.study import findings as F
 
 NAMES = [str(c) for c in range(4)]
 

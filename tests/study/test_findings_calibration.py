@@ -2,8 +2,8 @@
 
 For each test, thousands of seeded data sets simulated under its null hypothesis: "reproduced"
 (p < 0.05) must come at most 5% of the time, plus Monte Carlo error. The scenarios include those
-where the old rules of cwr_fast.findings said yes far more often (test_old_rules_fail_under_the_null
-documents by how much). Planted effects of stated sizes must be detected at least 80% of the time,
+where the old rules of cwr_fast.study.findings said yes far more often
+(test_old_rules_fail_under_the_null documents by how much). Planted effects of stated sizes must be detected at least 80% of the time,
 and effects in the wrong direction must not count."""
 
 import functools
@@ -100,7 +100,7 @@ def test_rejects_at_most_5_percent_under_the_null(scenario):
     assert rate <= LIMIT, f"{scenario}: p < 0.05 in {rate:.1%} of {DATASETS} null data sets"
 
 
-# ---- the old rules of cwr_fast.findings, on the same null data ----------------------------------
+# ---- the old rules of cwr_fast.study.findings, on the same null data ----------------------------
 
 def old_disparity(n):
     def rule(robust):

@@ -1,4 +1,4 @@
-"""The verdict rules of cwr_fast.findings that choose before they test (the temperature T, the
+"""The verdict rules of cwr_fast.study.findings that choose before they test (the temperature T, the
 best defense), simulated under their null hypotheses: each may say "reproduced" at most 5% of the
 time (plus Monte-Carlo error) when the finding is false, and must detect a planted effect of a
 stated size at least 80% of the time. The tests themselves are calibrated in
@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from cwr_fast import findings as F
+from cwr_fast.study import findings as F
 
 ALPHA = 0.05
 DATASETS = 1000

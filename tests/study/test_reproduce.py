@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from cwr_fast.reproduce import RUNS, main
+from cwr_fast.study.reproduce import RUNS, main
 from helpers.train import REPO, env
 
 

@@ -1,4 +1,4 @@
-"""The class-wise calibration of the final layer (cwr_fast.defenses.calibration), on real MNIST:
+"""The class-wise calibration of the final layer (cwr_fast.classwise.calibration), on real MNIST:
 part of the model, attacked through, fitted against adaptive attacks, saved and loaded by the
 training and evaluation CLIs."""
 
@@ -14,7 +14,8 @@ from cwr_fast.attacks.functional import perturb
 from cwr_fast.attacks.model_mode import attack_mode
 from cwr_fast.classwise import evaluate_classwise
 from cwr_fast.data import load_arrays
-from cwr_fast.defenses import ClasswiseCalibration, fit_calibration
+from cwr_fast.classwise.calibration import fit_calibration
+from cwr_fast.models.calibration import ClasswiseCalibration
 from cwr_fast.evaluate import main as evaluate_main
 from cwr_fast.models import CheckpointMismatchError, build_model, load_weights
 from cwr_fast.training import checkpoint as ckpt
