@@ -27,6 +27,7 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this checkout's cwr_fast, whatever is installed
 PACKAGE = str(REPO / "cwr_fast") + os.sep
 OPS_FILE = os.path.join("torch", "_ops.py")
 THIS = os.path.abspath(__file__)
