@@ -21,7 +21,17 @@ import cwr_fast
 from cwr_fast.models.checkpoint import CheckpointMismatchError, extract_state_dict
 from cwr_fast.report import SPARSE_CONFUSION_ABOVE, read_report
 
-torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread for this file's tiny models, restored afterwards: set at import, it leaked
+    into every test collected after it (an in-process evaluate then chose its threads differently
+    from a subprocess's)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _linear(classes: int, seed: int = 0) -> nn.Module:
