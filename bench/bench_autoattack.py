@@ -122,7 +122,8 @@ class PassCounter(torch.nn.Module):
 
 def model_seconds(model, passes: Counter, like: torch.Tensor, channels_last: bool) -> float:
     """The passes of `passes` timed alone (each kind once, best of 3, times its count)."""
-    from cwr_fast.attacks.model_mode import attack_mode, to_channels_last
+    from cwr_fast.attacks.attack import attack_mode
+    from cwr_fast.runtime import to_channels_last
 
     total = 0.0
     with attack_mode(model, channels_last):
@@ -144,7 +145,7 @@ def model_seconds(model, passes: Counter, like: torch.Tensor, channels_last: boo
 
 
 def cwr_fast_aa(model, x, y, eps, amp=None, channels_last=True) -> dict:
-    from cwr_fast.attacks.model_mode import bf16_speedup
+    from cwr_fast.attacks.attack import bf16_speedup
     from cwr_fast.runtime import choose_amp
 
     choice = None

@@ -25,7 +25,7 @@ from cwr_fast.classwise.analysis import describe_outcomes, report_from_outcomes
 from cwr_fast.classwise.engine import EvaluationInputError, EvaluationInputTypeError
 from cwr_fast.classwise.outcomes import PerImageOutcomes
 from cwr_fast.classwise.pipeline import API_EPS, DEFAULT_ATTACKS, EvalSettings, Evaluation
-from cwr_fast.classwise.report_data import Report, as_report
+from cwr_fast.classwise.report_data import ClassRecord, Report, as_report
 from cwr_fast.report import REPORT_KIND, format_summary, markdown, write_report
 from cwr_fast.runtime import model_device
 
@@ -51,20 +51,20 @@ class ClasswiseReport:
 
     @property
     def class_names(self) -> list[str]:
-        return self.data["dataset"]["class_names"]
+        return self.report.class_names
+
+    def _records(self, attack: str | None) -> list[ClassRecord]:
+        """The typed per-class records of one attack, or of the worst case (KeyError naming the
+        attacks there are)."""
+        return self.report.worst_case.per_class if attack is None else self.report.attack(attack).per_class
 
     def per_class(self, attack: str | None = None) -> list[dict]:
         """Per-class records (n, clean and robust accuracy, 95% interval) of one attack, or of the
-        worst case over all attacks (default)."""
-        if attack is None:
-            return self.data["worst_case"]["per_class"]
-        for section in self.data["attacks"]:
-            if section["label"] == attack:
-                return section["per_class"]
-        raise KeyError(f"no attack {attack!r}; the report has {[a['label'] for a in self.data['attacks']]}")
+        worst case over all attacks (default), as plain dicts of report.json's keys."""
+        return [r.as_dict() for r in self._records(attack)]
 
     def robust_accuracy(self, attack: str | None = None) -> list[float | None]:
-        return [r["robust_acc"] for r in self.per_class(attack)]
+        return [r.robust_acc for r in self._records(attack)]
 
     def summary(self) -> str:
         return format_summary(self.report)
@@ -79,9 +79,8 @@ class ClasswiseReport:
                             outcomes=self.outcomes)
 
     def __repr__(self) -> str:
-        worst = self.data["worst_case"]
-        return (f"ClasswiseReport({self.data['dataset']['num_images']} images, "
-                f"{len(self.class_names)} classes, worst case {worst.get('accuracy')})")
+        return (f"ClasswiseReport({self.report.dataset.num_images} images, "
+                f"{len(self.class_names)} classes, worst case {self.report.worst_case.overall.robust_acc})")
 
 
 def _check_batch(batch, i: int) -> tuple[Tensor, Tensor]:

@@ -28,13 +28,13 @@ from pathlib import Path
 
 from cwr_fast.classwise.analysis import report_from_outcomes
 from cwr_fast.classwise.outcomes import PerImageOutcomes
-from cwr_fast.classwise.report_data import (ABSENT, SCHEMA, JsonRecord, Report, ReportFormatError,
-                                            Summary, WorstStats, known)
-from cwr_fast.cli_types import comma_list, usage_error
+from cwr_fast.classwise.report_data import (ABSENT, SCHEMA, JsonRecord, Report, ReportFormatError, Summary,
+                                            WorstStats, known)
 from cwr_fast.classwise.stats import wilson_interval, worst_class_statistics
-from cwr_fast.compare_paired import PairedError, paired_markdown, paired_sections
+from cwr_fast.compare_paired import paired_markdown, paired_sections
 from cwr_fast.errors import UsageError
-from cwr_fast.outputs import OutputError, check_output_dir, write_atomic, write_files
+from cwr_fast.options import comma_list, usage_error
+from cwr_fast.outputs import check_output_dir, write_atomic, write_files
 from cwr_fast.report import csv_text, figure, pct, table
 
 COMPARE_SCHEMA = "cwr_fast.compare"
@@ -483,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
                                       paired=args.paired)
         except (KeyError, TypeError, IndexError, AttributeError) as err:
             raise _damaged(runs, err) from None
-    except (CompareError, PairedError, OutputError, OSError) as err:
+    except (UsageError, OSError) as err:  # a report that cannot be read, an unwritable --out
         return usage_error("cwr_fast.compare", err)
     for w in result["warnings"]:
         print(f"cwr_fast.compare: warning: {w}", file=sys.stderr)

@@ -23,3 +23,16 @@ class UsageError(CwrFastError, ValueError):
 
 class RunError(CwrFastError, RuntimeError):
     """The run cannot go on for a reason outside the arguments; command lines exit 1 with one line."""
+
+
+class ConfigError(UsageError):
+    """Bad command-line input: reported as one line before any work starts (exit status 2)."""
+
+
+class UsageTypeError(UsageError, TypeError):
+    """The user's input is of the wrong kind (a model factory that returns no torch.nn.Module);
+    a TypeError too, as it always was."""
+
+
+class MissingInput(UsageError, FileNotFoundError):
+    """A file the user named is not there (a --model file, a .beton); a FileNotFoundError too."""

@@ -12,7 +12,6 @@ per-class counts all-reduced; the result equals a single process exactly.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -26,23 +25,23 @@ from pathlib import Path
 import torch
 
 from cwr_fast import runtime
-from cwr_fast.attacks.model_mode import bf16_speedup
-from cwr_fast.attacks.spec import AttackSpecError, parse_attacks
+from cwr_fast.attacks.attack import bf16_speedup
+from cwr_fast.attacks.spec import parse_attacks
 from cwr_fast.classwise.analysis import describe_outcomes
-from cwr_fast.classwise.batch_log import BatchLog
+from cwr_fast.classwise.engine import BatchLog
 from cwr_fast.classwise.calibration import OPTIONS_GROUP, CalibrationConfig, calibrate
 from cwr_fast.classwise.outcomes import ROBUST_FILE
 from cwr_fast.classwise.pipeline import ATTACKS, RUN, EvalSettings, Evaluation, resolve_eps
-from cwr_fast.cli_types import (ConfigError, fmt_budget, integer, interrupt_on_signals, interrupted,
-                                number, threads_problem, usage_error)
-from cwr_fast.errors import RunError, UsageError
+from cwr_fast.options import (add_options, at_least, check_options, fmt_budget, integer,
+                              interrupt_on_signals, interrupted, number, option, threads_problem,
+                              usage_error)
+from cwr_fast.errors import ConfigError, RunError, UsageError
 from cwr_fast.models.calibration import ClasswiseCalibration, calibrated_num_classes, is_calibrated_state
 from cwr_fast.models.checkpoint import (CheckpointMismatchError, checkpoint_file_problem, load_weights,
                                         read_checkpoint)
 from cwr_fast.models.registry import (build_model, call_factory, canonical_name, load_factory,
                                       materialize_lazy)
 from cwr_fast.models.sources import build_from_source, is_source_spec, parse_source_spec
-from cwr_fast.options import add_options, at_least, check_options, option
 from cwr_fast.outputs import (check_output_dir, check_output_file, no_space_error, record_written_file,
                               same_file, write_text)
 from cwr_fast.report import REPORT_KIND, format_summary, sweep_outcomes_file, write_report
@@ -460,8 +459,7 @@ def _check_model_options(args) -> None:
         raise ConfigError("give exactly one of --arch NAME (with --checkpoint) or --model FILE.py:FACTORY "
                           "(or --model robustbench:NAME, timm:NAME, torchvision:NAME)")
     if args.arch is not None:
-        with _user_input():
-            canonical_name(args.arch)
+        canonical_name(args.arch)
         if args.checkpoint is None:
             raise ConfigError("--arch needs --checkpoint (a zoo model without weights is untrained)")
     source = parse_source_spec(args.model) if is_source_spec(args.model) else None
@@ -480,20 +478,6 @@ def _check_model_options(args) -> None:
                           "robustness means nothing")
 
 
-@contextlib.contextmanager
-def _user_input():
-    """The model zoo and the factory loader (cwr_fast.models.registry) and make_loader
-    (cwr_fast.data.loader) still refuse a bad --arch, --model file or --loader, and a factory that
-    fails, with a plain ValueError/TypeError: those, raised while the model or the loader is built
-    from the arguments, are the user's input, as a ConfigError (exit 2). Nothing else is turned."""
-    try:
-        yield
-    except (ValueError, TypeError) as err:
-        if isinstance(err, UsageError):
-            raise
-        raise ConfigError(str(err)) from err
-
-
 def calibration_config(args) -> CalibrationConfig:
     return CalibrationConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(CalibrationConfig)})
 
@@ -501,9 +485,8 @@ def calibration_config(args) -> CalibrationConfig:
 def _load_model(args, info, device: torch.device) -> tuple[torch.nn.Module, bool, dict | None]:
     """(model, whether the checkpoint held a class-wise calibrated model, now wrapped, the
     training configuration saved in the checkpoint or None)."""
-    with _user_input():
-        model = _build_model(args, info)
-        materialize_lazy(model, info.image_shape)  # nn.LazyLinear & co. need their shapes first
+    model = _build_model(args, info)
+    materialize_lazy(model, info.image_shape)  # nn.LazyLinear & co. need their shapes first
     calibrated, train_config, args.recorded_clean = False, None, None
     if args.checkpoint is not None:
         state, train_config, args.recorded_clean = read_checkpoint(args.checkpoint, args.checkpoint_key)
@@ -585,10 +568,9 @@ def _fit_calibration(args, info, model, eps: float, amp, device, progress: bool)
     model, the report config's calibration entries)."""
     from cwr_fast.data import make_loader
 
-    with _user_input():
-        loader = make_loader(args.dataset, args.calibrate_split, args.batch_size, train=False,
-                             loader=args.loader, device=device, data_dir=args.data_dir,
-                             per_class=args.calibrate_per_class, subset_seed=args.seed)
+    loader = make_loader(args.dataset, args.calibrate_split, args.batch_size, train=False,
+                         loader=args.loader, device=device, data_dir=args.data_dir,
+                         per_class=args.calibrate_per_class, subset_seed=args.seed)
     say = (lambda msg: print(f"[cwr_fast.evaluate] {msg}", file=sys.stderr, flush=True)) if progress \
         else (lambda msg: None)
     model, fit = calibrate(model, loader, info.num_classes, eps, calibration_config(args), amp=amp,
@@ -664,10 +646,9 @@ def run(args) -> dict:
     if args.calibrate_split is not None:
         model, calibration = _fit_calibration(args, info, model, eps, amp, device,
                                               progress=rank == 0 and args.progress)
-    with _user_input():
-        loader = make_loader(args.dataset, args.split, args.batch_size, train=False,
-                             loader=args.loader, device=device, data_dir=args.data_dir,
-                             per_class=per_class)
+    loader = make_loader(args.dataset, args.split, args.batch_size, train=False,
+                         loader=args.loader, device=device, data_dir=args.data_dir,
+                         per_class=per_class)
     partial = _start_progress(args, getattr(args, "command_argv", None), rank, model_state)
     if world > 1:
         torch.distributed.barrier()  # OUT.partial/ is ready before any process writes a batch there
@@ -710,7 +691,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = resumed_args(parser, argv, args)
         run(args)
-    except (UsageError, AttackSpecError, FileNotFoundError, FileExistsError) as err:
+    except UsageError as err:
         advice = _kept_advice(args)
         _remove_if_nothing_kept(args)
         return usage_error("cwr_fast.evaluate", f"{err}{advice}")

@@ -36,10 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cwr_fast.attacks.attack import attack_mode
 from cwr_fast.attacks.functional import perturb
 from cwr_fast.ops import backend_module
 from cwr_fast.runtime import amp_dtype, autocast
-from cwr_fast.attacks.model_mode import attack_mode
 
 METHODS = ("standard", "pgd-at", "trades", "mart", "fgsm-rs")
 ATTACK_BN = {"standard": None, "pgd-at": "train", "fgsm-rs": "train", "trades": "eval", "mart": "eval"}

@@ -135,8 +135,8 @@ def autoattack_rows(section: AutoAttackSection) -> tuple[list[str], list[list]]:
     rows = [[r.class_name, r.n, r.clean_wrong] + [r.broken_first_by[m] for m in members]
             + [r.robust, pct(r.robust_acc), r.last_needed or "–"] for r in section.per_class]
     total = sum(r.n for r in section.per_class)
-    robust = section.overall["robust"]
-    rows.append(["all", total, section.overall["clean_wrong"]] + [section.fooled_first(m) for m in members]
+    robust = section.robust
+    rows.append(["all", total, section.clean_wrong] + [section.fooled_first(m) for m in members]
                 + [robust, pct(robust / total if total else None), ""])
     return header, rows
 

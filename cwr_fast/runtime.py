@@ -289,3 +289,23 @@ def broadcast_object(obj, src: int = 0):
     box = [obj]
     dist.broadcast_object_list(box, src)
     return box[0]
+
+
+# ---- memory layout ----------------------------------------------------------------------------------
+
+def to_channels_last(t: torch.Tensor) -> torch.Tensor:
+    """A 4-D tensor with channels-last strides (N, C, H, W) -> (HWC, 1, WC, C); others as they are.
+
+    Unlike .contiguous(memory_format=...), this also restrides tensors with one channel, whose
+    plain strides count as channels-last contiguous but make convolutions pick the NCHW kernels."""
+    if t.dim() != 4 or is_channels_last(t):
+        return t
+    return torch.empty_like(t, memory_format=torch.channels_last).copy_(t)
+
+
+def is_channels_last(t: torch.Tensor) -> bool:
+    """True for a 4-D tensor with exactly the channels-last strides (HWC, 1, WC, C)."""
+    if t.dim() != 4:
+        return False
+    _, c, h, w = t.shape
+    return t.stride() == (h * w * c, 1, w * c, c)

@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 
 from cwr_fast import runtime
-from cwr_fast.cli_types import (INTERRUPTED, ConfigError, fmt_budget, interrupt_on_signals, interrupted,
-                                threads_problem, usage_error)
-from cwr_fast.errors import RunError, UsageError
+from cwr_fast.errors import ConfigError, RunError, UsageError
+from cwr_fast.options import (INTERRUPTED, fmt_budget, interrupt_on_signals, interrupted, threads_problem,
+                              usage_error)
 from cwr_fast.outputs import (MANIFEST, OutputError, OutputExists, check_output_dir, check_writable,
                               no_space_error, write_manifest, write_text, writer_lock)
 from cwr_fast.training import checkpoint as ckpt
@@ -120,21 +120,25 @@ def _fmt_time(seconds: float) -> str:
     return f"{m}m{s:02d}s" if m else f"{seconds:.1f}s"
 
 
-def _short_report(report: dict, max_rows: int = 12) -> tuple[dict, str]:
-    """For many classes, a copy of the report whose per-class lists keep only the worst and best
-    classes by worst-case robust accuracy (the summary must fit one screen)."""
-    records = report["worst_case"]["per_class"]
+def _short_report(report, max_rows: int = 12) -> tuple:
+    """(report, note): for many classes, a copy of the report (a classwise.report_data.Report, or a
+    report dict read as one) whose per-class lists keep only the worst and best classes by
+    worst-case robust accuracy (the summary must fit one screen), and a note saying so."""
+    from cwr_fast.classwise.report_data import as_report
+
+    report = as_report(report)
+    records = report.worst_case.per_class
     if len(records) <= 20:
         return report, ""
-    scored = sorted((r["robust_acc"] if r["robust_acc"] is not None else 2.0, r["class"]) for r in records)
+    scored = sorted((r.robust_acc if r.robust_acc is not None else 2.0, r.class_index) for r in records)
     half = max_rows // 2
     keep = sorted({c for _, c in scored[:half]} | {c for _, c in scored[-half:]})
 
-    def cut(section: dict) -> dict:
-        return {**section, "per_class": [section["per_class"][c] for c in keep]}
+    def cut(section):
+        return section.replaced(per_class=[section.per_class[c] for c in keep])
 
-    short = {**report, "clean": cut(report["clean"]), "worst_case": cut(report["worst_case"]),
-             "attacks": [cut(a) for a in report["attacks"]]}
+    short = report.replaced(clean=cut(report.clean), worst_case=cut(report.worst_case),
+                            attacks=[cut(a) for a in report.attacks])
     return short, (f"(the {half} worst and {half} best of {len(records)} classes by worst-case "
                    "robust accuracy; every class is in the report)")
 
@@ -283,11 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     interrupt_on_signals()
     runtime.die_with_parent()
-    from cwr_fast.attacks.spec import AttackSpecError
-
     try:
         return run(args)
-    except (UsageError, AttackSpecError, FileExistsError, FileNotFoundError) as err:
+    except UsageError as err:
         return usage_error("cwr_fast.train", err)
     except Exception as err:  # a RunError (a diverged loss, the disk full, also as torch.save's
         reason = no_space_error(err) or (err if isinstance(err, RunError) else None)  # RuntimeError)

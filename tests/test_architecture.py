@@ -12,8 +12,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "cwr_fast"
 
 # lowest first; a module's layer is that of its longest listed prefix
 LAYERS = [
-    ["cwr_fast._C", "cwr_fast.errors", "cwr_fast.ops", "cwr_fast.op_checks", "cwr_fast.reference", "cwr_fast.cli_types",
-     "cwr_fast.options", "cwr_fast.outputs", "cwr_fast.runtime"],
+    ["cwr_fast._C", "cwr_fast.errors", "cwr_fast.ops", "cwr_fast.op_checks", "cwr_fast.reference", "cwr_fast.options",
+     "cwr_fast.outputs", "cwr_fast.runtime"],
     ["cwr_fast.data", "cwr_fast.models"],
     ["cwr_fast.attacks"],
     ["cwr_fast.classwise", "cwr_fast.report", "cwr_fast.api", "cwr_fast.evaluation"],
@@ -217,3 +217,34 @@ def test_the_new_checks_see_planted_violations():
     assert "cwr_fast.defenses.base" in evaluation_reaches(g)
     g = graph({"cwr_fast.classwise.outcomes": "\n\ndef _planted():\n    from cwr_fast.classwise import analysis\n"})
     assert outcome_builders(g) == ["cwr_fast.classwise.analysis"]
+
+
+# (compare.main still reads a damaged report's KeyError/TypeError as damage: its own diagnosis)
+BUILT_IN_INPUT_ERRORS = {"ValueError", "FileNotFoundError", "FileExistsError"}
+
+
+def mains_catching_built_in_errors(sources: dict[Path, str] | None = None) -> list[str]:
+    """The `main` functions of cwr_fast that catch a built-in error class by name: a usage error is
+    a UsageError raised where the input is checked, so catching ValueError would turn any internal
+    bug into exit 2."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        source = (sources or {}).get(path, path.read_text())
+        for node in ast.walk(ast.parse(source, str(path))):
+            if isinstance(node, ast.FunctionDef) and node.name == "main":
+                for handler in ast.walk(node):
+                    if isinstance(handler, ast.ExceptHandler) and handler.type is not None:
+                        names = {n.id for n in ast.walk(handler.type) if isinstance(n, ast.Name)}
+                        if names & BUILT_IN_INPUT_ERRORS:
+                            found.append(f"{module_name(path)}.main: except {sorted(names)}")
+    return found
+
+
+def test_no_command_line_catches_value_error_by_name():
+    assert mains_catching_built_in_errors() == []
+
+
+def test_the_main_check_sees_a_planted_catch():
+    path = PACKAGE / "evaluate.py"
+    planted = path.read_text() + "\n\ndef main():\n    try:\n        pass\n    except (ValueError, KeyError):\n        pass\n"
+    assert mains_catching_built_in_errors({path: planted}) == ["cwr_fast.evaluate.main: except ['KeyError', 'ValueError']"]

@@ -9,13 +9,11 @@
 """
 
 from cwr_fast.attacks.apgd import APGD, APGDT
-from cwr_fast.attacks.attack import Attack, check_inputs
+from cwr_fast.attacks.attack import Attack, attack_mode, check_inputs
 from cwr_fast.attacks.autoattack import AutoAttack
 from cwr_fast.attacks.fab import FAB, FABT
 from cwr_fast.attacks.functional import perturb
-from cwr_fast.attacks.gradient import (CW, FGSM, PGD, PGDL2, GradientAttack, TemperaturePGD,
-                                      choose_targets)
-from cwr_fast.attacks.model_mode import attack_mode
+from cwr_fast.attacks.gradient import CW, FGSM, PGD, PGDL2, GradientAttack, TemperaturePGD, choose_targets
 from cwr_fast.attacks.result import AttackResult
 from cwr_fast.attacks.spec import AttackSpec, AttackSpecError, build_attacks, parse_attack, parse_attacks
 from cwr_fast.attacks.square import Square

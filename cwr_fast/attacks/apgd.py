@@ -32,14 +32,12 @@ import torch
 from torch import Tensor, nn
 
 from cwr_fast import ops
-from cwr_fast.attacks.attack import Attack, check_count, check_member_settings
-from cwr_fast.attacks.ensemble import run_until_fooled
-from cwr_fast.runtime import amp_dtype, autocast, fp16_loss_scale
-from cwr_fast.attacks.model_mode import is_channels_last, to_channels_last
-from cwr_fast.attacks.precision import confirm_fooled, float32_predict
+from cwr_fast.attacks.attack import (Attack, check_count, check_member_settings, confirm_fooled,
+                                     float32_predict, run_until_fooled)
 from cwr_fast.attacks.result import AttackResult
 from cwr_fast.attacks.threat import ThreatModel, threat_model
 from cwr_fast.op_checks import check_dlr_classes
+from cwr_fast.runtime import amp_dtype, autocast, fp16_loss_scale, is_channels_last, to_channels_last
 
 APGD_LOSSES = ("ce", "dlr")
 APGD_TRACKS = ("first", "last")
@@ -292,7 +290,11 @@ class APGD(Attack):
 
     @property
     def min_classes(self) -> int:
-        return 3 if self.loss == "dlr" else 2  # the DLR loss reads the 3rd largest logit
+        return self.classes_needed(loss=self.loss)
+
+    @classmethod
+    def classes_needed(cls, loss: str = "ce", **settings) -> int:
+        return 3 if loss == "dlr" else 2  # the DLR loss reads the 3rd largest logit
 
     def _run(self, x: Tensor, y: Tensor) -> AttackResult:
         if self.eot > 1:
@@ -334,6 +336,10 @@ class APGDT(Attack):
 
     name = "apgd-t"
     min_classes = 4  # the targeted DLR loss reads the 4th largest logit
+
+    @classmethod
+    def classes_needed(cls, **settings) -> int:
+        return cls.min_classes
 
     def __init__(self, model: nn.Module, eps: float = 8 / 255, norm: str = "linf", steps: int = 100,
                  targets: int = 9, restarts: int = 1, rho: float = 0.75, amp: str | None = None):

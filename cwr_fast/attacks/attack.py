@@ -1,19 +1,21 @@
-"""The torchattacks-style base class: `atk = PGD(model, ...); x_adv = atk(x, y)`."""
+"""What every attack shares: the torchattacks-style base class (`atk = PGD(model, ...);
+x_adv = atk(x, y)`), the checks of its inputs and settings, the model's attack mode (eval, no
+parameter gradients, restored afterwards), float32 verdicts under mixed precision, and running
+attacks one after another on the images no earlier one fooled."""
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import MappingProxyType
 
 import torch
 from torch import Tensor, nn
 
-from cwr_fast.runtime import amp_dtype
-from cwr_fast.attacks.model_mode import attack_mode
 from cwr_fast.attacks.result import AttackResult
 from cwr_fast.attacks.threat import ThreatModel, threat_model
-
+from cwr_fast.runtime import amp_dtype, is_channels_last, to_channels_last
 
 def check_pixel_range(x: Tensor) -> None:
     """Images must be finite and lie in [0, 1] (a NaN pixel fails every comparison, so it is
@@ -81,6 +83,133 @@ def check_member_settings(attack: str, eps, norm: str | ThreatModel, amp: str | 
     return threat
 
 
+# ---- the model during an attack -------------------------------------------------------------------
+
+@contextlib.contextmanager
+def attack_mode(model: nn.Module, channels_last: bool = False,
+                eval_mode: bool = True) -> Iterator[nn.Module]:
+    """Within the block: every module in eval mode and no parameter requires grad, so backward
+    passes compute input gradients only; with channels_last, 4-D weights (convolutions) in the
+    channels-last layout that oneDNN and cuDNN prefer. eval_mode=False leaves each module's
+    train/eval flag as the caller set it (attacks on randomised models: a dropout left in train
+    mode stays random, as the reference AutoAttack's version rand sees it). On exit, also on error,
+    the caller's per-module training flags, per-parameter requires_grad flags and weight tensors
+    are restored."""
+    training = [(m, m.training) for m in model.modules()]
+    requires_grad = [(p, p.requires_grad) for p in model.parameters()]
+    relaid = []
+    if eval_mode:
+        model.eval()
+    for p, _ in requires_grad:
+        p.requires_grad_(False)
+    if channels_last:
+        for p in model.parameters():
+            relaid_data = to_channels_last(p.data)
+            if relaid_data is not p.data:
+                relaid.append((p, p.data))
+                p.data = relaid_data
+    try:
+        yield model
+    finally:
+        for p, original in relaid:
+            p.data = original
+        for m, flag in training:
+            m.training = flag
+        for p, flag in requires_grad:
+            p.requires_grad_(flag)
+
+
+def bf16_speedup(model: nn.Module, sample: torch.Tensor, channels_last: bool = True,
+                 repeats: int = 7) -> float:
+    """The float32 time over the bf16-autocast time of the attacks' unit of work on this device:
+    one forward pass and one input-gradient backward pass of `model` in attack mode on `sample`
+    (images in [0, 1]); medians of `repeats` after a warm-up, the two precisions interleaved so
+    that a busy moment of the machine slows both. > 1: bf16 is faster."""
+    import statistics
+    import time
+
+    sample = to_channels_last(sample) if channels_last else sample
+
+    def seconds(dtype) -> float:
+        x = sample.detach().requires_grad_(True)
+        started = time.perf_counter()
+        with torch.autocast(sample.device.type, dtype=dtype, enabled=dtype is not None):
+            logits = model(x)
+        torch.autograd.grad(logits.float().sum(), x)
+        if sample.device.type == "cuda":
+            torch.cuda.synchronize(sample.device)
+        return time.perf_counter() - started
+
+    with attack_mode(model, channels_last):
+        seconds(None), seconds(torch.bfloat16)  # warm-up: oneDNN builds its primitives
+        pairs = [(seconds(None), seconds(torch.bfloat16)) for _ in range(repeats)]
+    return statistics.median(f32 for f32, _ in pairs) / statistics.median(bf16 for _, bf16 in pairs)
+
+
+# ---- precision ------------------------------------------------------------------------------------
+# Mixed precision may cost speed, never a rosier number. Under bf16 or fp16 autocast an attack
+# steers by the reduced-precision model, but every verdict is float32's: a point counts as fooling
+# only where the float32 model misclassifies it, and the best point a run found for an image it did
+# not fool is re-checked in float32 before the image counts as robust.
+
+@torch.no_grad()
+def float32_logits(model: nn.Module, x: Tensor) -> Tensor:
+    """The float32 model's (no autocast) logits at x."""
+    with torch.autocast(x.device.type, enabled=False):
+        return model(x)
+
+
+def float32_predict(model: nn.Module, x: Tensor) -> Tensor:
+    """[N] classes the float32 model predicts at x."""
+    return float32_logits(model, x).argmax(dim=1)
+
+
+def confirm_fooled(model: nn.Module, x: Tensor, y: Tensor, fooled: Tensor, pred: Tensor,
+                   dtype: torch.dtype | None, target: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(fooled, pred) as float32 sees them where the run is in reduced precision (dtype not None):
+    the points the autocast model says fool are passed through the float32 model, and only those
+    it misclassifies (as `target`, for a targeted attack) stay fooled, with its prediction.
+    Without autocast: as given."""
+    if dtype is None or not bool(fooled.any()):
+        return fooled, pred
+    at = fooled.nonzero().flatten()
+    pred32 = float32_predict(model, x[at])
+    fooled, pred = fooled.clone(), pred.clone()
+    fooled[at] = pred32 == target[at] if target is not None else pred32 != y[at]
+    pred[at] = pred32
+    return fooled, pred
+
+
+# ---- one attack after another ---------------------------------------------------------------------
+# Attacks run one after another, each only on the samples that every earlier one failed on: the rule
+# of AutoAttack for its members, and of APGD-T and FAB-T for their target classes and restarts. A
+# sample counts as fooled if any run fools it.
+
+Run = Callable[[Tensor, Tensor, Tensor], AttackResult]  # (x, y, index into the batch) -> result
+
+
+def run_until_fooled(x: Tensor, y: Tensor, runs: Iterable[Run]) -> AttackResult:
+    """Runs each of `runs` on the samples no earlier run fooled (their images, labels and positions
+    in the batch). Returns the combined AttackResult with broken_by = the index of the run that
+    fooled each sample first (-1: none; then x_adv is x and pred is y)."""
+    n = x.shape[0]
+    x_adv, pred = x.clone(), y.clone()
+    success = torch.zeros(n, dtype=torch.bool, device=x.device)
+    broken_by = torch.full((n,), -1, dtype=torch.int64, device=x.device)
+    todo = torch.arange(n, device=x.device)
+    channels_last = is_channels_last(x)
+    for k, run in enumerate(runs):
+        if todo.numel() == 0:
+            break
+        x_todo = x[todo]
+        result = run(to_channels_last(x_todo) if channels_last else x_todo, y[todo], todo)
+        hit = result.success
+        at = todo[hit]
+        x_adv[at], pred[at], success[at], broken_by[at] = result.x_adv[hit], result.pred[hit], True, k
+        todo = todo[~hit]
+    return AttackResult(x_adv, pred, success, broken_by)
+
+
 class Attack:
     """Base class. Subclasses implement `_run(x, y) -> AttackResult`.
 
@@ -108,6 +237,12 @@ class Attack:
     def member_names(self) -> list[str]:
         """The members of an ensemble, in the order they run (empty for a single attack)."""
         return []
+
+    @classmethod
+    def classes_needed(cls, **settings) -> int:
+        """The fewest classes an attack of this class with these settings works with (its
+        `min_classes`, known before it is built)."""
+        return cls.min_classes
 
     def __init__(self, model: nn.Module):
         if not isinstance(model, nn.Module):

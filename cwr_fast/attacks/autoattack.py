@@ -35,14 +35,13 @@ import torch
 from torch import Tensor, nn
 
 from cwr_fast.attacks.apgd import APGD, APGDT
-from cwr_fast.attacks.attack import Attack, check_budget
+from cwr_fast.attacks.attack import Attack, check_budget, run_until_fooled
 from cwr_fast.attacks.checks import first_batch_flags
-from cwr_fast.attacks.ensemble import run_until_fooled
 from cwr_fast.attacks.fab import FAB, FABT
-from cwr_fast.runtime import amp_dtype
 from cwr_fast.attacks.result import AttackResult
 from cwr_fast.attacks.square import Square
 from cwr_fast.attacks.threat import threat_model
+from cwr_fast.runtime import amp_dtype
 
 # version: ((member name, attack class, its settings beyond eps, norm and amp), ...), in order
 VERSIONS = {
@@ -80,14 +79,31 @@ class AutoAttack(Attack):
         amp_dtype(amp)
         self.eps, self.norm, self.version = float(eps), self.threat.name, version
         self.seed, self.amp = seed, amp
-        self.members = {name: cls(model, eps=self.eps, norm=self.threat, amp=amp, **settings)
-                        for name, cls, settings in VERSIONS[version]}
-        self.member_seconds = dict.fromkeys(self.members, 0.0)  # summed over calls: where the time goes
+        self.member_seconds = dict.fromkeys(self.member_names, 0.0)  # summed over calls: where the time goes
         self.check_flags: list[dict] | None = None  # the reference's checks, on the first call's images
+        self._members: dict[str, Attack] = {}
 
     @property
     def member_names(self) -> list[str]:
-        return list(self.members)
+        return [name for name, _, _ in VERSIONS[self.version]]
+
+    def member(self, name: str) -> Attack:
+        """The member `name`, built on first use, on the model the attack holds then (so that
+        `set_normalization_used` reaches the members too)."""
+        if name not in self._members:
+            _, cls, settings = next(m for m in VERSIONS[self.version] if m[0] == name)
+            self._members[name] = cls(self.model, eps=self.eps, norm=self.threat, amp=self.amp, **settings)
+        return self._members[name]
+
+    @property
+    def members(self) -> dict[str, Attack]:
+        """Every member by name, in the order they run."""
+        return {name: self.member(name) for name in self.member_names}
+
+    def set_normalization_used(self, mean, std) -> "AutoAttack":
+        super().set_normalization_used(mean, std)
+        self._members = {}  # rebuilt on the normalised model
+        return self
 
     def params(self) -> dict:
         return {"eps": self.eps, "norm": self.norm, "version": self.version, "seed": self.seed,
@@ -100,16 +116,18 @@ class AutoAttack(Attack):
     @property
     def min_classes(self) -> int:
         """The reference cannot run a version with fewer classes either (its DLR members fail)."""
-        return max(atk.min_classes for atk in self.members.values())
+        return max(cls.classes_needed(**settings) for _, cls, settings in VERSIONS[self.version])
 
     def _run(self, x: Tensor, y: Tensor) -> AttackResult:
         if self.check_flags is None:
-            targets = {name: atk.targets for name, atk in self.members.items() if hasattr(atk, "targets")}
+            targets = {name: settings["targets"] for name, _, settings in VERSIONS[self.version]
+                       if "targets" in settings}
             self.check_flags = first_batch_flags(self.model, x, y, randomised=self.version != "rand",
                                                  targets=targets)
 
-        def member(name: str, atk: Attack):
+        def member(name: str):
             def run(x_todo: Tensor, y_todo: Tensor, _) -> AttackResult:
+                atk = self.member(name)
                 started = time.perf_counter()
                 try:
                     if self.seed is None:
@@ -121,4 +139,4 @@ class AutoAttack(Attack):
                     self.member_seconds[name] += time.perf_counter() - started
             return run
 
-        return run_until_fooled(x, y, [member(name, atk) for name, atk in self.members.items()])
+        return run_until_fooled(x, y, [member(name) for name in self.member_names])

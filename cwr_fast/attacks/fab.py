@@ -28,12 +28,10 @@ from torch import Tensor, nn
 
 from cwr_fast import ops
 from cwr_fast.attacks.apgd import target_ranking
-from cwr_fast.attacks.attack import Attack, check_count, check_member_settings
-from cwr_fast.attacks.ensemble import run_until_fooled
-from cwr_fast.runtime import amp_dtype, autocast
-from cwr_fast.attacks.model_mode import is_channels_last, to_channels_last
+from cwr_fast.attacks.attack import Attack, check_count, check_member_settings, run_until_fooled
 from cwr_fast.attacks.result import AttackResult
 from cwr_fast.attacks.threat import ThreatModel, threat_model
+from cwr_fast.runtime import amp_dtype, autocast, is_channels_last, to_channels_last
 
 ALPHA_MAX, ETA, BETA = 0.1, 1.05, 0.9
 

@@ -27,11 +27,10 @@ import torch
 from torch import Tensor, nn
 
 from cwr_fast import ops as fused_ops
-from cwr_fast.attacks.model_mode import is_channels_last, to_channels_last
+from cwr_fast.attacks.attack import confirm_fooled
 from cwr_fast.attacks.result import AttackResult
-from cwr_fast.attacks.precision import confirm_fooled
 from cwr_fast.attacks.threat import ThreatModel, threat_model
-from cwr_fast.runtime import amp_dtype, autocast, fp16_loss_scale
+from cwr_fast.runtime import amp_dtype, autocast, fp16_loss_scale, is_channels_last, to_channels_last
 
 LOSSES = ("ce", "margin")
 TRACKS = ("final", "any")

@@ -34,8 +34,8 @@ from cwr_fast.attacks.gradient import CW, FGSM, PGD, PGDL2, TARGET_MODES, Temper
 from cwr_fast.attacks.square import Square
 from cwr_fast.attacks.threat import L2, NORMS, ThreatModel, threat_model
 from cwr_fast.attacks.torchattacks_aa import TorchattacksAutoAttack
-from cwr_fast.cli_types import MAX_SEED, number
 from cwr_fast.errors import UsageError
+from cwr_fast.options import MAX_SEED, number
 
 _ITERATIVE_KEYS = {"eps", "alpha", "restarts", "rs", "T", "target"}
 _AA_KEYS = {"eps", "version", "norm", "seed"}

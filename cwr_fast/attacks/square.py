@@ -27,13 +27,11 @@ import torch
 from torch import Tensor, nn
 
 from cwr_fast import ops
-from cwr_fast.attacks.attack import Attack, check_member_settings
-from cwr_fast.attacks.ensemble import run_until_fooled
-from cwr_fast.runtime import amp_dtype, autocast
-from cwr_fast.attacks.model_mode import is_channels_last, to_channels_last
-from cwr_fast.attacks.precision import confirm_fooled, float32_logits, float32_predict
+from cwr_fast.attacks.attack import (Attack, check_member_settings, confirm_fooled, float32_logits,
+                                     float32_predict, run_until_fooled)
 from cwr_fast.attacks.result import AttackResult
 from cwr_fast.attacks.threat import ThreatModel, threat_model
+from cwr_fast.runtime import amp_dtype, autocast, is_channels_last, to_channels_last
 
 _P_HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 

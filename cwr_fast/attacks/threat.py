@@ -24,10 +24,27 @@ import torch
 from torch import Tensor
 
 from cwr_fast import ops as fused_ops
-from cwr_fast.attacks.model_mode import is_channels_last, to_channels_last
-from cwr_fast.attacks.noise import normal_like, uniform_like
+from cwr_fast.runtime import is_channels_last, to_channels_last
 
 _PLAIN = {"memory_format": torch.contiguous_format}
+
+
+# Random starts drawn as the reference AutoAttack draws them: `torch.rand` / `torch.randn` of the
+# image's shape on the CPU, from the global CPU generator, then copied to the image's device
+# (fra31/auto-attack: `torch.rand(x.shape).to(self.device)`). With a seed, a start is then the same
+# on a GPU as on the CPU, and the same as the reference's on either, so `aa:seed=0` attacks from the
+# same points everywhere (where the model's own arithmetic differs between devices, trajectories may
+# still part later). Costs one host-to-device copy of the start per run.
+
+def uniform_like(x: Tensor) -> Tensor:
+    """U[0, 1) of x's shape, drawn in float32 on the CPU and copied to x's device and dtype, in the
+    plain (contiguous) layout. Equal to torch.rand_like(x) for a contiguous float32 CPU x."""
+    return torch.rand(x.shape, dtype=torch.float32).to(x.device, x.dtype)
+
+
+def normal_like(x: Tensor) -> Tensor:
+    """N(0, 1) of x's shape, drawn like `uniform_like`."""
+    return torch.randn(x.shape, dtype=torch.float32).to(x.device, x.dtype)
 
 
 class ThreatModel:
@@ -64,7 +81,7 @@ class ThreatModel:
 
     def start_direction(self, like: Tensor) -> Tensor:
         """The direction u of AutoAttack's random starts (x + r u / ||u||), drawn as the reference
-        draws it: on the CPU, then copied to like's device (`cwr_fast.attacks.noise`)."""
+        draws it: on the CPU, then copied to like's device (`uniform_like` above)."""
         raise NotImplementedError
 
     def random_start(self, x_nat: Tensor, eps: float | Tensor) -> Tensor:

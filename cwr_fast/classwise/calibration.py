@@ -51,12 +51,11 @@ import torch
 from torch import Tensor, nn
 
 from cwr_fast import runtime
+from cwr_fast.attacks.attack import attack_mode
 from cwr_fast.attacks.functional import perturb
-from cwr_fast.attacks.model_mode import attack_mode
-from cwr_fast.cli_types import integer, number
 from cwr_fast.errors import UsageError
 from cwr_fast.models.calibration import ClasswiseCalibration
-from cwr_fast.options import at_least, fraction, one_of, option
+from cwr_fast.options import at_least, fraction, integer, number, one_of, option
 from cwr_fast.runtime import amp_dtype, autocast, model_device
 
 PARAMS = ("bias", "both")

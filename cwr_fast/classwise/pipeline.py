@@ -22,14 +22,12 @@ from torch import nn
 
 from cwr_fast.attacks.spec import AttackSpec, check_attacks, parse_attack, parse_attacks
 from cwr_fast.classwise.analysis import build_report, clean_accuracy_flags, sweep_section
-from cwr_fast.classwise.batch_log import BatchLog
 from cwr_fast.classwise.counts import ClasswiseCounts
-from cwr_fast.classwise.engine import evaluate_classwise
+from cwr_fast.classwise.engine import BatchLog, evaluate_classwise
 from cwr_fast.classwise.report_data import Report
 from cwr_fast.classwise.stats import class_summary
-from cwr_fast.cli_types import budget_problem, integer, number, numbers
-from cwr_fast.cli_types import seed as seed_type
-from cwr_fast.options import at_least, option
+from cwr_fast.options import at_least, budget_problem, integer, number, numbers, option
+from cwr_fast.options import seed as seed_type
 from cwr_fast.runtime import AMP_MODES
 
 # ---- the defaults, each declared once ------------------------------------------------------------

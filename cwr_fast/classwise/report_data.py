@@ -188,6 +188,13 @@ class JsonRecord(Mapping):
         ordered.update((key, value) for key, value in out.items() if key not in ordered)
         return ordered
 
+    def replaced(self, **changes):
+        """A copy with the given fields replaced (dataclasses.replace), its unknown keys and key
+        order kept: a part changed without going through its JSON keys."""
+        copy = dataclasses.replace(self, **changes)
+        copy.extra, copy.key_order = self.extra, self.key_order
+        return copy
+
     def _view(self) -> dict:
         return self.as_dict()
 
@@ -426,7 +433,7 @@ class AutoAttackWorstClass(JsonRecord):
 class AutoAttackSection(JsonRecord):
     """The per-class, per-member breakdown of an ensemble attack. `overall` is one object keyed by
     the member names plus "robust" and "clean_wrong", as report.json stores it: read it through
-    fooled_first(member), overall["robust"], overall["clean_wrong"]."""
+    fooled_first(member), robust and clean_wrong."""
     label: str = plain()
     members: list[str] = plain()
     member_seconds: dict[str, float] | None = plain()
@@ -437,6 +444,16 @@ class AutoAttackSection(JsonRecord):
     def fooled_first(self, member: str) -> int:
         """Images of all classes that `member` fooled first."""
         return self.overall[member]
+
+    @property
+    def robust(self) -> int:
+        """Images of all classes that no member fooled and the model classified correctly."""
+        return self.overall["robust"]
+
+    @property
+    def clean_wrong(self) -> int:
+        """Images of all classes the model misclassified without attack (not attacked)."""
+        return self.overall["clean_wrong"]
 
 
 @_record

@@ -17,9 +17,9 @@ import argparse
 import sys
 import time
 
-from cwr_fast.cli_types import ConfigError, interrupted, usage_error
+from cwr_fast.options import interrupted, usage_error
 from cwr_fast.data.ffcv_io import WRITE_MODES, default_beton_path, write_beton
-from cwr_fast.errors import RunError, UsageError
+from cwr_fast.errors import ConfigError, RunError, UsageError
 
 TOOL = "cwr_fast.data.beton"
 
@@ -64,8 +64,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{TOOL}: error: {err}", file=sys.stderr)
         return 1
     except (UsageError, OSError, ImportError) as err:  # bad input, an unwritable --out, no ffcv
-        return usage_error(TOOL, err)
-    except ValueError as err:  # write_beton (data/ffcv_io) still refuses its arguments as plain ValueErrors
         return usage_error(TOOL, err)
     except KeyboardInterrupt:
         return interrupted(TOOL, f"{out} was not written (the file appears only once complete): run "

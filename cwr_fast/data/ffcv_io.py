@@ -21,11 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from cwr_fast.cli_types import most_workers
+from cwr_fast.options import most_workers
 from cwr_fast.data.decode import DecodedFiles
 from cwr_fast.data.errors import DatasetError
 from cwr_fast.data.registry import data_root, dataset_info, is_generic
 from cwr_fast.data.sources import file_samples, load_arrays
+from cwr_fast.errors import MissingInput, UsageError
 from cwr_fast.outputs import (NoSpaceError, check_output_file, is_no_space, record_written_file,
                               temporary_prefix)
 
@@ -242,20 +243,20 @@ def write_beton(name: str, split: str, out: str | os.PathLike | None = None, dat
     info.check_split(split)
     out = Path(out) if out is not None else default_beton_path(name, split, data_dir)
     if out is None:
-        raise ValueError(f"{name}: give the output path (out=...) for a generic source")
+        raise UsageError(f"{name}: give the output path (out=...) for a generic source")
     source = name.split(":", 1)[1] if is_generic(name) else None
     check_output_file(out, overwrite, inputs={"the dataset being written": source})
     if write_mode is not None and write_mode not in WRITE_MODES:
-        raise ValueError(f"write_mode must be one of {', '.join(WRITE_MODES)}, got {write_mode!r}")
+        raise UsageError(f"write_mode must be one of {', '.join(WRITE_MODES)}, got {write_mode!r}")
     if not 1 <= jpeg_quality <= 100 or not 0 <= compress_probability <= 1:
-        raise ValueError("need 1 <= jpeg_quality <= 100 and 0 <= compress_probability <= 1")
+        raise UsageError("need 1 <= jpeg_quality <= 100 and 0 <= compress_probability <= 1")
     if isinstance(max_resolution, bool) or not isinstance(max_resolution, int) or max_resolution < 1:
-        raise ValueError(f"max_resolution (--max-resolution) must be a whole number >= 1 "
+        raise UsageError(f"max_resolution (--max-resolution) must be a whole number >= 1 "
                          f"(pixels of the longest side kept), got {max_resolution!r}")
     most = most_workers()
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or \
             not (num_workers == -1 or 1 <= num_workers <= most):
-        raise ValueError(f"num_workers (--num-workers) must be -1 (all {os.cpu_count() or 1} CPUs) or "
+        raise UsageError(f"num_workers (--num-workers) must be -1 (all {os.cpu_count() or 1} CPUs) or "
                          f"1 to {most}, got {num_workers!r} (one writer process each: more than the "
                          "CPUs only contend, and thousands never finish starting)")
     import_ffcv()
@@ -264,7 +265,7 @@ def write_beton(name: str, split: str, out: str | os.PathLike | None = None, dat
 
     if info.fixed_size:
         if write_mode not in (None, "raw"):
-            raise ValueError(f"{name} is written as raw pixels (exact, and small); "
+            raise UsageError(f"{name} is written as raw pixels (exact, and small); "
                              f"write_mode={write_mode!r} is for ImageNet and folder: sources")
         images, labels = load_arrays(name, split, data_dir, download=download)
         samples = _ArraySamples(images.numpy(), labels.numpy())
@@ -303,7 +304,7 @@ def beton_contents(path: str | os.PathLike) -> tuple[str, tuple[int, ...] | None
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no .beton at {path}")
+        raise MissingInput(f"no .beton at {path}")
     try:
         reader = Reader(str(path))
     except Exception as err:  # FFCV raises assorted errors on a damaged or foreign file

@@ -37,6 +37,7 @@ from cwr_fast.data.registry import dataset_info
 from cwr_fast.data.sources import file_samples, load_arrays
 from cwr_fast.data.subset import class_balanced_subset
 from cwr_fast.data.torch_loader import ArrayDataset, TorchLoader
+from cwr_fast.errors import MissingInput, UsageError
 
 BACKENDS = ("auto", "gpu", "ffcv", "torch")
 DEVICE_MEMORY_FRACTION = 0.5  # auto: a split goes on the GPU if it takes at most this much free memory
@@ -65,14 +66,14 @@ def make_loader(dataset: str, split: str, batch_size: int, train: bool, loader: 
     resolution: output side of variable-size sources (ImageNet, folder:), default 224.
     """
     if loader not in BACKENDS:
-        raise ValueError(f"loader must be one of {', '.join(BACKENDS)}, got {loader!r}")
+        raise UsageError(f"loader must be one of {', '.join(BACKENDS)}, got {loader!r}")
     info = dataset_info(dataset)
     info.check_split(split)
     if not info.fixed_size:
         r = resolution or DEFAULT_RESOLUTION
         info = dataclasses.replace(info, image_shape=(info.image_shape[0], r, r))
     elif resolution is not None and resolution != info.image_shape[-1]:
-        raise ValueError(f"{dataset} has fixed {info.image_shape[1]}x{info.image_shape[2]} "
+        raise UsageError(f"{dataset} has fixed {info.image_shape[1]}x{info.image_shape[2]} "
                          "images; resolution= is for ImageNet and folder: sources")
     device = _device(device)
     rank, world_size = _shard(distributed, rank, world_size)
@@ -158,7 +159,7 @@ def _torch_loader(req: _Request) -> BatchLoader:
 def _ffcv_loader(req: _Request) -> BatchLoader:
     dataset, split, beton, info = req.dataset, req.split, req.beton, req.info
     if beton is None:  # the CLIs have no option naming a .beton: say what the user can do
-        raise ValueError(
+        raise UsageError(
             f"loader 'ffcv' reads a .beton, and for {dataset} (a folder:/npz: source) there is no "
             "default one that the command line finds (only the registered datasets have one, at "
             "<data root>/ffcv/<name>-<split>.beton, written by python -m cwr_fast.data.beton "
@@ -169,7 +170,7 @@ def _ffcv_loader(req: _Request) -> BatchLoader:
     from cwr_fast.data.ffcv_loader import FfcvLoader
 
     if not beton.is_file():
-        raise FileNotFoundError(
+        raise MissingInput(
             f"no .beton for {dataset} split {split!r} at {beton}. Write it with:\n"
             f"  python -m cwr_fast.data.beton --dataset {dataset} --split {split} --out {beton}")
     kind, shape, labels = beton_contents(beton)
@@ -197,7 +198,7 @@ def _device(device) -> torch.device:
 def _shard(distributed: bool, rank: int | None, world_size: int | None) -> tuple[int, int]:
     if not distributed:
         if (rank or 0) != 0 or (world_size or 1) != 1:
-            raise ValueError("rank/world_size given without distributed=True")
+            raise UsageError("rank/world_size given without distributed=True")
         return 0, 1
     if rank is None or world_size is None:
         if not (torch.distributed.is_available() and torch.distributed.is_initialized()):

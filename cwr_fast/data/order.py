@@ -17,6 +17,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from cwr_fast.errors import UsageError
+
 
 def derive_seed(*parts: int) -> int:
     """A well-mixed 63-bit seed from integers (seed, epoch, rank, purpose...)."""
@@ -28,9 +30,9 @@ class EpochOrder:
     def __init__(self, indices: torch.Tensor, batch_size: int, shuffle: bool, drop_last: bool,
                  seed: int = 0, rank: int = 0, world_size: int = 1):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+            raise UsageError(f"batch_size must be a positive int, got {batch_size!r}")
         if not (isinstance(world_size, int) and world_size >= 1 and 0 <= rank < world_size):
-            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, "
+            raise UsageError(f"need 0 <= rank < world_size, got rank={rank}, "
                              f"world_size={world_size}")
         self.indices = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last

@@ -6,6 +6,8 @@ import warnings
 
 import torch
 
+from cwr_fast.errors import UsageError, UsageTypeError
+
 
 def class_balanced_subset(labels, per_class: int, seed: int | None = None) -> torch.Tensor:
     """Indices (int64, ascending) of up to `per_class` images of each class.
@@ -16,14 +18,14 @@ def class_balanced_subset(labels, per_class: int, seed: int | None = None) -> to
     """
     labels = torch.as_tensor(labels).reshape(-1)
     if labels.dtype.is_floating_point or labels.dtype == torch.bool:
-        raise TypeError(f"labels must be integers, got {labels.dtype}")
+        raise UsageTypeError(f"labels must be integers, got {labels.dtype}")
     if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1:
-        raise ValueError(f"per_class must be a positive int, got {per_class!r}")
+        raise UsageError(f"per_class must be a positive int, got {per_class!r}")
     labels = labels.cpu().long()
     if len(labels) == 0:
         return torch.empty(0, dtype=torch.long)
     if labels.min() < 0:
-        raise ValueError(f"labels must be >= 0, got {int(labels.min())}")
+        raise UsageError(f"labels must be >= 0, got {int(labels.min())}")
     candidates = torch.arange(len(labels))
     if seed is not None:  # a random order first, so that "first k" below means "k at random"
         candidates = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from cwr_fast.cli_types import ConfigError
+from cwr_fast.errors import ConfigError
 from cwr_fast.methods import BatchPolicy, Method
 
 

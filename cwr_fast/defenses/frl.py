@@ -64,7 +64,7 @@ from torch import Tensor
 
 from cwr_fast.defenses.base import (ClasswisePolicy, check_options, choice_option, float_option,
                                     register_defense)
-from cwr_fast.cli_types import ConfigError
+from cwr_fast.errors import ConfigError
 from cwr_fast.methods import DEFAULT_BETA, BatchPolicy
 
 _MODES = ("both", "reweight", "remargin")

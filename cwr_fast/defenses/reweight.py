@@ -43,7 +43,7 @@ import torch
 
 from cwr_fast.defenses.base import (ClasswisePolicy, check_options, choice_option, float_option,
                                     register_defense)
-from cwr_fast.cli_types import ConfigError
+from cwr_fast.errors import ConfigError
 
 _MODES = ("both", "weight", "eps")
 _MIN_ERR = 0.05  # floor of the mean robust error in the eps-scale denominator

@@ -127,7 +127,7 @@ def validation_losses(context, epoch: int) -> Tensor:
     """[C + 1] float64 on the CPU: per-class mean adversarial validation loss of the evaluated
     model and the mean over all validation images (the run's eps, alpha, attack steps and method;
     context: cwr_fast.defenses.base.RunContext)."""
-    from cwr_fast.attacks.model_mode import attack_mode
+    from cwr_fast.attacks.attack import attack_mode
     from cwr_fast.data.order import derive_seed
 
     device, c, method = context.device, context.num_classes, context.method

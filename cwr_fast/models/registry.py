@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from cwr_fast.errors import MissingInput, UsageError, UsageTypeError
 from cwr_fast.models.normalize import NormalizedModel
 from cwr_fast.models.preact_resnet import preact_resnet18
 from cwr_fast.models.resnet import resnet50
@@ -36,7 +37,7 @@ def canonical_name(name: str) -> str:
     key = name.strip().lower()
     key = _ALIASES.get(key, key)
     if key not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {name!r}; choose one of {sorted(ARCHITECTURES)} "
+        raise UsageError(f"unknown architecture {name!r}; choose one of {sorted(ARCHITECTURES)} "
                          "or pass --model path/to/file.py:factory")
     return key
 
@@ -48,16 +49,21 @@ def build_model(name: str, num_classes: int, mean: Sequence[float] | None = None
     in_channels defaults to len(mean), else 3.
     """
     if not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        raise UsageError(f"num_classes must be a positive int, got {num_classes!r}")
     if in_channels is None:
         in_channels = len(mean) if mean is not None else 3
     if mean is not None and len(mean) not in (1, in_channels):
-        raise ValueError(f"mean has {len(mean)} channels but in_channels={in_channels}")
+        raise UsageError(f"mean has {len(mean)} channels but in_channels={in_channels}")
     net = ARCHITECTURES[canonical_name(name)](num_classes, in_channels)
     return NormalizedModel(net, mean, std)
 
 
-def user_code_error(what: str, path: Path | None, err: Exception) -> ValueError:
+class ModelCodeError(UsageError):
+    """The user's model code (their --model file, its factory, its first forward pass) raised: the
+    user's input, told in one line naming the line of their file (`from` the original error)."""
+
+
+def user_code_error(what: str, path: Path | None, err: Exception) -> ModelCodeError:
     """One line for an error raised by the user's model code, naming the line of their file
     where it happened (the traceback inside cwr_fast says nothing to them)."""
     line = err.lineno if isinstance(err, SyntaxError) else None
@@ -66,18 +72,18 @@ def user_code_error(what: str, path: Path | None, err: Exception) -> ValueError:
                 if os.path.realpath(f.filename) == os.path.realpath(path)]
         line = mine[-1].lineno if mine else None
     reason = err.msg if isinstance(err, SyntaxError) else " ".join(str(err).split())
-    return ValueError(f"{what}: {type(err).__name__}: {reason}"
-                      + (f" ({path}, line {line})" if line else ""))
+    return ModelCodeError(f"{what}: {type(err).__name__}: {reason}"
+                          + (f" ({path}, line {line})" if line else ""))
 
 
 def load_factory(spec: str) -> Callable[..., nn.Module]:
     """'path/to/file.py:factory' -> the callable `factory` defined in that file."""
     path_str, sep, attr = spec.rpartition(":")
     if not sep or not path_str or not attr:
-        raise ValueError(f"--model must look like path/to/file.py:factory, got {spec!r}")
+        raise UsageError(f"--model must look like path/to/file.py:factory, got {spec!r}")
     path = Path(path_str)
     if not path.is_file():
-        raise FileNotFoundError(f"model file not found: {path}")
+        raise MissingInput(f"model file not found: {path}")
     module_name = f"cwr_fast_user_model_{abs(hash(str(path.resolve())))}"
     module_spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(module_spec)
@@ -92,7 +98,7 @@ def load_factory(spec: str) -> Callable[..., nn.Module]:
         sys.dont_write_bytecode = dont_write
     factory = getattr(module, attr, None)
     if not callable(factory):
-        raise ValueError(f"{path} has no callable named {attr!r}")
+        raise UsageError(f"{path} has no callable named {attr!r}")
     return factory
 
 
@@ -100,7 +106,8 @@ def materialize_lazy(model: nn.Module, image_shape: Sequence[int]) -> nn.Module:
     """A model with lazy modules (nn.LazyLinear, ...) gets its parameters' shapes from one forward
     pass of a blank image [1, *image_shape], in eval mode and without gradients, every module's
     mode restored; their values are drawn from torch's current generator (or replaced by the
-    checkpoint loaded next). Anything else is left as it is."""
+    checkpoint loaded next). Anything else is left as it is. The forward pass is the user's model
+    code: if it raises (a model that does not fit the images), ModelCodeError."""
     from torch.nn.parameter import is_lazy
 
     if not any(is_lazy(t) for t in (*model.parameters(), *model.buffers())):
@@ -111,6 +118,9 @@ def materialize_lazy(model: nn.Module, image_shape: Sequence[int]) -> nn.Module:
         model.eval()
         with torch.no_grad():
             model(torch.zeros(1, *image_shape, device=device))
+    except Exception as err:
+        raise user_code_error(f"the model's first forward pass (on a blank {list(image_shape)} image, to "
+                              "shape its lazy modules) raised", _source_file(type(model)), err) from err
     finally:
         for module, training in modes:
             module.training = training
@@ -119,15 +129,27 @@ def materialize_lazy(model: nn.Module, image_shape: Sequence[int]) -> nn.Module:
 
 def call_factory(factory: Callable[..., nn.Module], **available) -> nn.Module:
     """Calls factory with those of `available` (num_classes, in_channels, mean, std) it accepts."""
-    params = inspect.signature(factory).parameters
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError) as err:  # a callable without a signature Python can read
+        raise UsageError(f"the model factory {factory!r} has no readable signature ({err})") from err
     takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
     kwargs = {k: v for k, v in available.items() if takes_kwargs or k in params}
     try:
         model = factory(**kwargs)
     except Exception as err:
-        source = inspect.getsourcefile(factory) if inspect.isfunction(factory) else None
+        source = _source_file(factory) if inspect.isfunction(factory) else None
         raise user_code_error(f"the model factory {getattr(factory, '__name__', factory)!s}({', '.join(kwargs)}) "
-                              "raised", Path(source) if source else None, err) from err
+                              "raised", source, err) from err
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model factory returned {type(model).__name__}, not a torch.nn.Module")
+        raise UsageTypeError(f"model factory returned {type(model).__name__}, not a torch.nn.Module")
     return model
+
+
+def _source_file(obj) -> Path | None:
+    """The file defining a function or class, or None (built in, or defined interactively)."""
+    try:
+        source = inspect.getsourcefile(obj)
+    except TypeError:
+        return None
+    return Path(source) if source else None

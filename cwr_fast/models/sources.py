@@ -45,7 +45,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cwr_fast.cli_types import ConfigError
+from cwr_fast.errors import ConfigError, UsageError
 from cwr_fast.models.normalize import NormalizedModel
 
 SOURCES = ("robustbench", "timm", "torchvision")
@@ -138,17 +138,25 @@ def build_from_source(spec: str | SourceSpec, *, dataset: str, num_classes: int,
     (robustbench:cifar100/NAME). timm / torchvision: the architecture with num_classes outputs,
     no pretrained weights, wrapped in NormalizedModel(net, mean, std); load a checkpoint into it
     afterwards (cwr_fast.models.checkpoint.load_weights). image_size (H, W) is passed to timm
-    architectures that take an img_size (vision transformers). Raises ConfigError.
+    architectures that take an img_size (vision transformers). Raises ConfigError, also where
+    timm's or torchvision's constructor refuses the model for this dataset (a ValueError or
+    TypeError of theirs).
     """
     spec = parse_source_spec(spec) if isinstance(spec, str) else spec
     if spec.source == "robustbench":
         return _build_robustbench(spec, dataset=spec.dataset or dataset, num_classes=num_classes,
                                   threat_model=threat_model,
                                   model_dir=Path(model_dir if model_dir is not None else DEFAULT_MODEL_DIR))
-    if spec.source == "timm":
-        net, extra = _build_timm(spec.name, num_classes, in_channels, image_size)
-    else:
-        net, extra = _build_torchvision(spec.name, num_classes, in_channels)
+    try:
+        if spec.source == "timm":
+            net, extra = _build_timm(spec.name, num_classes, in_channels, image_size)
+        else:
+            net, extra = _build_torchvision(spec.name, num_classes, in_channels)
+    except (ValueError, TypeError) as err:
+        if isinstance(err, UsageError):
+            raise
+        raise ConfigError(f"--model {spec.source}:{spec.name} cannot be built for {num_classes} classes "
+                          f"of {in_channels}-channel images: {type(err).__name__}: {err}") from err
     model = NormalizedModel(net, mean, std)
     normalization = ({"mean": list(mean), "std": list(std)} if mean is not None
                      else "none (raw [0, 1] inputs)")

@@ -38,8 +38,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cwr_fast.cli_types import integer, interrupt_on_signals, interrupted, number, usage_error
 from cwr_fast.errors import RunError, UsageError
+from cwr_fast.options import integer, interrupt_on_signals, interrupted, number, usage_error
 from cwr_fast.outputs import check_output_dir, write_manifest
 from cwr_fast.study.published import BASELINES
 

@@ -15,19 +15,19 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from cwr_fast.cli_types import (ConfigError, budget_problem, comma_list, fmt_budget, integer, most_workers,
-                                number)
-from cwr_fast.cli_types import seed as seed_type
-from cwr_fast.data.info import EMBEDDED_BUDGET
-from cwr_fast.data.registry import budget_of
-from cwr_fast.classwise.calibration import OPTIONS_GROUP as CALIBRATION, CalibrationConfig
+from cwr_fast.classwise.calibration import CalibrationConfig
+from cwr_fast.classwise.calibration import OPTIONS_GROUP as CALIBRATION
 from cwr_fast.classwise.pipeline import DEFAULT_ATTACKS, TRAINING_FINAL_ATTACKS
-from cwr_fast.options import (add_options, at_least, check_options, given_options, non_negative,
-                              option, positive, resume_rules)
+from cwr_fast.data.info import EMBEDDED_BUDGET
 from cwr_fast.data.loader import BACKENDS
-from cwr_fast.data.registry import DATASETS
+from cwr_fast.data.registry import DATASETS, budget_of
+from cwr_fast.errors import ConfigError
 from cwr_fast.methods import ATTACK_BN, DEFAULT_BETA, METHODS, build_method
 from cwr_fast.models.registry import ARCHITECTURES
+from cwr_fast.options import (add_options, at_least, budget_problem, check_options, comma_list, fmt_budget,
+                              given_options, integer, most_workers, non_negative, number, option, positive,
+                              resume_rules)
+from cwr_fast.options import seed as seed_type
 from cwr_fast.runtime import AMP_MODES, resolve_amp, resolve_device
 from cwr_fast.training.schedules import SCHEDULES
 

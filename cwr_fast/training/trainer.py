@@ -36,6 +36,7 @@ from cwr_fast.training.data import build_loaders, build_test_loader
 from cwr_fast.training.ema import EMA
 from cwr_fast.training.metrics import epoch_line, plot_dynamics, write_history
 from cwr_fast.training.schedules import LRSchedule, eps_at
+from cwr_fast.classwise.report_data import Report
 
 _STEP_PURPOSE = 0x57E9
 
@@ -118,11 +119,20 @@ class Trainer:
             self.train_model = DDP(run_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.eval_model = (self.policy_model if self.policy_model is not None
                            else self.ema.module if self.ema is not None else self.model)
-        self.validation = self._evaluation(f"pgd-{cfg.val_steps}", progress=False)  # the per-epoch check
-        self.val_label = self.validation.labels[0]
-        self.context = RunContext(
+
+    # ---- built when the first epoch ends ----
+    @functools.cached_property
+    def validation(self) -> Evaluation:
+        """The per-epoch check: the evaluation pipeline with the run's PGD."""
+        return self._evaluation(f"pgd-{self.cfg.val_steps}", progress=False)
+
+    @functools.cached_property
+    def context(self) -> RunContext:
+        """What the class-wise defense may read of the run."""
+        cfg = self.cfg
+        return RunContext(
             method=self.method, eps=cfg.eps, alpha=cfg.alpha, num_classes=self.num_classes,
-            device=self.device, amp=self.amp, seed=cfg.seed, val_attack=self.val_label,
+            device=self.device, amp=self.amp, seed=cfg.seed, val_attack=self.validation.labels[0],
             val_loader=self.loaders.val, model=self.model, eval_model=self.eval_model,
             validate=functools.partial(validate, self.validation, batches=self.loaders.val,
                                        class_names=self.class_names))
@@ -404,7 +414,7 @@ class Trainer:
         _load_model_state(model, state["model"], path.name)
         return model
 
-    def final_report(self) -> dict | None:
+    def final_report(self) -> Report | None:
         from cwr_fast.report import write_report
 
         cfg = self.cfg

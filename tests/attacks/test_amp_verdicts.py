@@ -1,4 +1,4 @@
-"""Mixed precision may cost speed, never a rosier number (attacks/precision.py): under bf16
+"""Mixed precision may cost speed, never a rosier number (attacks/attack.py): under bf16
 autocast the attacks steer by the reduced-precision model, but whether an image counts as fooled
 or robust is the float32 model's verdict. Planted models whose autocast and float32 answers differ
 show each direction."""

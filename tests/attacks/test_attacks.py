@@ -267,7 +267,8 @@ def test_aa_ta_without_torchattacks_says_so(mnist_model, monkeypatch):
 
 
 def test_channels_last_inputs_keep_their_layout_and_results(mnist_model, batch):
-    from cwr_fast.attacks.model_mode import attack_mode, is_channels_last, to_channels_last
+    from cwr_fast.attacks.attack import attack_mode
+    from cwr_fast.runtime import is_channels_last, to_channels_last
 
     x, y = batch
     x3 = x.expand(-1, 3, -1, -1).contiguous()

@@ -17,9 +17,9 @@ from cwr_fast.attacks import APGD, APGDT, FAB, FABT, AutoAttack, Square, attack_
 from cwr_fast.attacks.apgd import apgd, checkpoints
 from cwr_fast.attacks.autoattack import VERSIONS
 from cwr_fast.attacks.fab import ALPHA_MAX, BETA, ETA
-from cwr_fast.attacks.model_mode import to_channels_last
 from cwr_fast.attacks.square import l2_bump, p_selection, window_side
 from cwr_fast.classwise.stats import wilson_interval
+from cwr_fast.runtime import to_channels_last
 
 NORMS = {"linf": "Linf", "l2": "L2"}
 
@@ -457,7 +457,7 @@ def test_starts_are_drawn_on_the_cpu_whatever_the_device(draw, reference):
     """The same seed gives the reference's draw, torch.rand(x.shape) from the CPU generator, for an
     image on any device: on a 'meta' image (a device without data) the CPU generator advances
     exactly as for the CPU draw, so the values, copied over, are the CPU's."""
-    from cwr_fast.attacks import noise
+    from cwr_fast.attacks import threat as noise
 
     x = torch.zeros(3, 1, 5, 5)
     torch.manual_seed(7)
@@ -478,7 +478,7 @@ def test_starts_are_drawn_on_the_cpu_whatever_the_device(draw, reference):
 @pytest.mark.cuda
 @pytest.mark.parametrize("draw", ["uniform_like", "normal_like"])
 def test_starts_on_cuda_equal_the_cpus(draw):
-    from cwr_fast.attacks import noise
+    from cwr_fast.attacks import threat as noise
 
     x = torch.rand(4, 3, 8, 8)
     torch.manual_seed(0)
@@ -522,3 +522,22 @@ def test_apgds_start_on_cuda_equals_the_cpus(norm):
     torch.manual_seed(0)
     on_cuda = random_start(x.cuda(), 8 / 255, norm)
     torch.testing.assert_close(on_cuda.cpu(), on_cpu, rtol=0, atol=1e-6)
+
+
+def test_set_normalization_used_reaches_every_member():
+    """The members attack the model AutoAttack holds when they run: after set_normalization_used,
+    the normalised one (they were built in the constructor before, on the raw model, so AutoAttack's
+    own clean pass and its members saw different models)."""
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 10))
+    atk = AutoAttack(model, eps=0.1)
+    before = atk.members["apgd-ce"].model
+    atk.set_normalization_used([0.5, 0.5, 0.5], [0.2, 0.2, 0.2])
+    assert before is model
+    assert all(member.model is atk.model and member.model is not model for member in atk.members.values())
+
+
+@pytest.mark.parametrize("version, needed", [("standard", 4), ("plus", 4), ("rand", 3)])
+def test_min_classes_is_known_before_the_members_are_built(version, needed):
+    atk = AutoAttack(torch.nn.Linear(3, 10), eps=0.1, version=version)
+    assert atk.min_classes == needed and not atk._members
+    assert needed == max(member.min_classes for member in atk.members.values())

@@ -16,9 +16,8 @@ import pytest
 import torch
 
 from cwr_fast.classwise.engine import EvaluationInputError, EvaluationInputTypeError
-from cwr_fast.cli_types import ConfigError
 from cwr_fast.data.errors import ChecksumError, DatasetError, DatasetNotFoundError
-from cwr_fast.errors import RunError, UsageError
+from cwr_fast.errors import ConfigError, RunError, UsageError
 from cwr_fast.models.checkpoint import CheckpointMismatchError, CheckpointNotFoundError
 from cwr_fast.outputs import NoSpaceError, OutputError, OutputExists
 from cwr_fast.runtime import RendezvousError
@@ -148,3 +147,105 @@ def test_evaluating_a_model_loads_no_training_method_or_defense_code():
                           timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "[]"
+
+
+# ---- user input is refused at the source; an internal ValueError is not a usage error -------------
+
+def test_the_input_error_classes_are_usage_errors_keeping_their_builtin_base():
+    from cwr_fast.errors import MissingInput, UsageTypeError
+    from cwr_fast.models.registry import ModelCodeError
+
+    for cls, builtin in ((MissingInput, FileNotFoundError), (UsageTypeError, TypeError),
+                         (ModelCodeError, ValueError)):
+        assert issubclass(cls, UsageError) and issubclass(cls, builtin) and not issubclass(cls, RunError)
+
+
+@pytest.fixture
+def own_data(tmp_path):
+    """A user's npz dataset of 20 MNIST-sized images and a small_cnn checkpoint for it."""
+    import numpy as np
+
+    from cwr_fast.models import build_model
+
+    images = np.random.default_rng(0).integers(0, 256, (20, 28, 28), dtype=np.uint8)
+    labels = np.arange(20) % 10
+    np.savez(tmp_path / "mine.npz", test_images=images, test_labels=labels)
+    torch.save(build_model("small_cnn", 10, (0.5,), (0.5,), 1).state_dict(), tmp_path / "m.pt")
+    (tmp_path / "models.py").write_text("def broken(num_classes):\n    raise KeyError('no such layer')\n")
+    return tmp_path
+
+
+def _own_args(root, *model):
+    model = model or ("--arch", "small_cnn", "--checkpoint", str(root / "m.pt"))
+    return ["--dataset", f"npz:{root / 'mine.npz'}", "--split", "test", *model, "--attacks", "fgsm",
+            "--eps", "0.1", "--no-plots", "--device", "cpu", "--out", str(root / "report")]
+
+
+@pytest.mark.parametrize("model, message", [
+    (("--model", "missing.py:make"), "model file not found: missing.py"),
+    (("--model", "{root}/models.py:broken"), "the model factory broken(num_classes) raised: KeyError"),
+    (("--arch", "nope", "--checkpoint", "{root}/m.pt"), "unknown architecture 'nope'"),
+    (("--arch", "small_cnn", "--checkpoint", "{root}/m.pt", "--loader", "ffcv"),
+     "loader 'ffcv' reads a .beton"),
+])
+def test_evaluate_refuses_a_bad_model_or_loader_with_one_line_and_exit_2(model, message, own_data,
+                                                                         capsys):
+    import cwr_fast.evaluate as evaluate
+
+    args = _own_args(own_data, *(m.format(root=own_data) for m in model))
+    assert evaluate.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cwr_fast.evaluate: error: ") and message in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (own_data / "report").exists()
+
+
+@pytest.mark.parametrize("where", ["model", "loader"])
+def test_evaluate_keeps_the_traceback_of_a_value_error_deep_inside_its_run(where, own_data,
+                                                                           monkeypatch):
+    """Planted where the old `_user_input` shim turned any ValueError into a usage error (exit 2):
+    while the model is built, and while the loader is built."""
+    import cwr_fast.data.loader
+    import cwr_fast.evaluate as evaluate
+    import cwr_fast.models.registry
+
+    def internal_bug(*args, **kwargs):
+        raise ValueError("an internal bug")
+
+    if where == "model":
+        monkeypatch.setattr(cwr_fast.models.registry, "NormalizedModel", internal_bug)
+    else:
+        monkeypatch.setattr(cwr_fast.data.loader, "DeviceTransform", internal_bug)
+    with pytest.raises(ValueError, match="an internal bug") as err:
+        evaluate.main(_own_args(own_data))
+    assert not isinstance(err.value, UsageError)
+    assert not (own_data / "report").exists()
+
+
+def test_train_and_evaluate_catch_usage_errors_by_class_only(monkeypatch, capsys, tmp_path):
+    """A missing input of cwr_fast's is a MissingInput (exit 2); a bare FileNotFoundError or
+    FileExistsError is not caught by name any more: it keeps its traceback."""
+    import cwr_fast.evaluate as evaluate
+    import cwr_fast.train as train
+    from cwr_fast.errors import MissingInput
+
+    for bare in (FileNotFoundError("/data/gone"), FileExistsError("/run/lock")):
+        def fails(args, bare=bare):
+            raise bare
+
+        monkeypatch.setattr(train, "run", fails)
+        monkeypatch.setattr(evaluate, "run", fails)
+        monkeypatch.setattr(train.runtime, "die_with_parent", lambda: None)
+        with pytest.raises(type(bare)):
+            train.main([])
+        with pytest.raises(type(bare)):
+            evaluate.main(_evaluate_args(tmp_path))
+
+    def missing(args):
+        raise MissingInput("no .beton at /data/x.beton")
+
+    monkeypatch.setattr(train, "run", missing)
+    monkeypatch.setattr(evaluate, "run", missing)
+    assert train.main([]) == 2 and evaluate.main(_evaluate_args(tmp_path)) == 2
+    assert capsys.readouterr().err == ("cwr_fast.train: error: no .beton at /data/x.beton\n"
+                                       "cwr_fast.evaluate: error: no .beton at /data/x.beton\n")

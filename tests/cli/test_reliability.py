@@ -16,7 +16,7 @@ from helpers.cli import TINY_TRAIN, assert_refused, cli, evaluate_args, interrup
 
 from cwr_fast import outputs
 from cwr_fast.attacks.spec import AttackSpecError, parse_attack
-from cwr_fast.cli_types import number
+from cwr_fast.options import number
 
 @pytest.fixture(scope="module")
 def user_dir(mnist_checkpoint, tmp_path_factory) -> Path:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cwr_fast.cli_types import ConfigError
+from cwr_fast.errors import ConfigError
 from cwr_fast.data import dataset_info, make_loader
 from cwr_fast.evaluate import _load_model, build_parser, main
 from cwr_fast.models import NormalizedModel

@@ -10,14 +10,14 @@ import pytest
 import torch
 
 from cwr_fast.attacks import build_attacks
+from cwr_fast.attacks.attack import attack_mode
 from cwr_fast.attacks.functional import perturb
-from cwr_fast.attacks.model_mode import attack_mode
 from cwr_fast.classwise import evaluate_classwise
-from cwr_fast.data import load_arrays
 from cwr_fast.classwise.calibration import fit_calibration
-from cwr_fast.models.calibration import ClasswiseCalibration
+from cwr_fast.data import load_arrays
 from cwr_fast.evaluate import main as evaluate_main
 from cwr_fast.models import CheckpointMismatchError, build_model, load_weights
+from cwr_fast.models.calibration import ClasswiseCalibration
 from cwr_fast.training import checkpoint as ckpt
 
 from helpers.train import TINY, run_train
