@@ -26,6 +26,7 @@ The model's train/eval mode is then left as the caller set it (dropout stays ran
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import torch
@@ -353,18 +354,28 @@ class APGDT(Attack):
         return {"eps": self.eps, "norm": self.norm, "steps": self.steps, "targets": self.targets,
                 "restarts": self.restarts, "rho": self.rho, "amp": self.amp}
 
-    def _run(self, x: Tensor, y: Tensor) -> AttackResult:
+    def target_classes(self, x: Tensor, y: Tensor) -> Tensor:
+        """[N, K]: each image's target classes in the order they are tried, here the 2nd, 3rd, ...
+        most likely classes of the clean image (K = min(targets, C - 1))."""
         ranking = target_ranking(self.model, x, self.amp)
         check_dlr_classes(ranking.shape[1], targeted=True)
+        return ranking[:, 1:1 + min(self.targets, ranking.shape[1] - 1)]
+
+    def _run(self, x: Tensor, y: Tensor) -> AttackResult:
+        chosen = self.target_classes(x, y)
 
         def toward(rank: int):
             def one_run(x_todo: Tensor, y_todo: Tensor, index: Tensor) -> AttackResult:
-                return apgd(self.model, x_todo, y_todo, eps=self.eps, norm=self.threat,
-                            steps=self.steps, loss="dlr", target=ranking[index, rank], rho=self.rho,
-                            amp=self.amp)
+                with self._timed(rank):
+                    return apgd(self.model, x_todo, y_todo, eps=self.eps, norm=self.threat,
+                                steps=self.steps, loss="dlr", target=chosen[index, rank], rho=self.rho,
+                                amp=self.amp)
             return one_run
 
-        ranks = range(1, min(self.targets, ranking.shape[1] - 1) + 1)
-        result = run_until_fooled(x, y, [toward(k) for k in ranks for _ in range(self.restarts)])
-        result.broken_by = None
+        runs = [toward(rank) for rank in range(chosen.shape[1]) for _ in range(self.restarts)]
+        result = run_until_fooled(x, y, runs)
+        result.broken_by = None if self.broken_at_unit != "member" else result.broken_by // self.restarts
         return result
+
+    def _timed(self, rank: int):
+        return contextlib.nullcontext()

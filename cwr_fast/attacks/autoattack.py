@@ -6,6 +6,8 @@ samples that every earlier member failed on, and a sample is robust only if all 
     plus      APGD-CE and APGD-DLR (5 restarts each), FAB (5 restarts), Square, APGD-T, FAB-T
     rand      APGD-CE and APGD-DLR with the gradient averaged over 20 passes (EOT), for randomised
               defenses
+    malt      not the reference's: APGD-CE, then MALT (3 targets by linearised boundary distance,
+              2 restarts each; attacks/malt.py), a fast stand-in for standard (bench/bench_malt.py)
 
 APGD and FAB run 100 iterations; targeted members use min(9, C - 1) target classes. The members
 are cwr_fast's own implementations on the fused ops. The result says, per sample, which member
@@ -38,6 +40,7 @@ from cwr_fast.attacks.apgd import APGD, APGDT
 from cwr_fast.attacks.attack import Attack, check_budget, run_until_fooled
 from cwr_fast.attacks.checks import first_batch_flags
 from cwr_fast.attacks.fab import FAB, FABT
+from cwr_fast.attacks.malt import MALT
 from cwr_fast.attacks.result import AttackResult
 from cwr_fast.attacks.square import Square
 from cwr_fast.attacks.threat import threat_model
@@ -57,6 +60,8 @@ VERSIONS = {
              ("fab-t", FABT, {"targets": 9})),
     "rand": (("apgd-ce", APGD, {"loss": "ce", "eot": 20}),
              ("apgd-dlr", APGD, {"loss": "dlr", "eot": 20})),
+    "malt": (("apgd-ce", APGD, {"loss": "ce"}),
+             ("malt", MALT, {"targets": 3, "restarts": 2})),
 }
 
 

@@ -6,12 +6,14 @@ One attack is `name[-steps][:key=value]...`:
   tpgd-STEPS   (Temperature)   same keys; T defaults to 1 (= pgd)
   cw-STEPS     (Linf, margin)  keys: eps, alpha, restarts, rs, target
   pgdl2-STEPS  (L2, CE)        keys: eps, alpha, restarts, rs, T, target; eps from --eps-l2 unless given
-  aa           (AutoAttack, the reference protocol)  keys: eps, version (standard|plus|rand),
+  aa           (AutoAttack, the reference protocol)  keys: eps, version (standard|plus|rand|malt),
                                                      norm (linf|l2), seed
   aa-ta        (torchattacks' AutoAttack, 10 iterations; for comparison)  same keys
 AutoAttack's members on their own (STEPS: iterations, default 100; square: queries, default 5000):
   apgd-ce-STEPS, apgd-dlr-STEPS   keys: eps, norm, restarts, rho, eot
   apgd-t-STEPS                    keys: eps, norm, restarts, rho, targets (default 9)
+  malt-STEPS                      keys: eps, norm, restarts, rho, targets (default 9), candidates
+                                  (default 100): APGD-T toward the nearest linearised boundaries
   fab-STEPS, fab-t-STEPS          keys: eps, norm, restarts (fab-t: targets)
   square-QUERIES                  keys: eps, norm, restarts, p (the initial window fraction)
 STEPS of the PGD family defaults to 10. Numbers may be fractions: eps=8/255. target: random,
@@ -31,6 +33,7 @@ from cwr_fast.attacks.attack import Attack
 from cwr_fast.attacks.autoattack import VERSIONS, AutoAttack
 from cwr_fast.attacks.fab import FAB, FABT
 from cwr_fast.attacks.gradient import CW, FGSM, PGD, PGDL2, TARGET_MODES, TemperaturePGD
+from cwr_fast.attacks.malt import MALT
 from cwr_fast.attacks.square import Square
 from cwr_fast.attacks.threat import L2, NORMS, ThreatModel, threat_model
 from cwr_fast.attacks.torchattacks_aa import TorchattacksAutoAttack
@@ -50,6 +53,7 @@ KEYS = {
     "apgd-ce": {"eps", "norm", "restarts", "rho", "eot"},
     "apgd-dlr": {"eps", "norm", "restarts", "rho", "eot"},
     "apgd-t": {"eps", "norm", "restarts", "rho", "targets"},
+    "malt": {"eps", "norm", "restarts", "rho", "targets", "candidates"},
     "fab": {"eps", "norm", "restarts"},
     "fab-t": {"eps", "norm", "restarts", "targets"},
     "square": {"eps", "norm", "restarts", "p"},
@@ -59,11 +63,13 @@ MEMBERS = {
     "apgd-ce": (APGD, {"loss": "ce"}, "steps"),
     "apgd-dlr": (APGD, {"loss": "dlr"}, "steps"),
     "apgd-t": (APGDT, {}, "steps"),
+    "malt": (MALT, {}, "steps"),
     "fab": (FAB, {}, "steps"),
     "fab-t": (FABT, {}, "steps"),
     "square": (Square, {}, "queries"),
 }
-_SPEC_KEYWORDS = {"restarts": "restarts", "rho": "rho", "eot": "eot", "targets": "targets", "p": "p_init"}
+_SPEC_KEYWORDS = {"restarts": "restarts", "rho": "rho", "eot": "eot", "targets": "targets", "p": "p_init",
+                  "candidates": "candidates"}
 _NO_STEPS = ("fgsm", "aa", "aa-ta")
 _ALIASES = {"autoattack": "aa", "pgd_l2": "pgdl2", "l2pgd": "pgdl2", "cwlinf": "cw", "cw_linf": "cw",
             "autoattack-ta": "aa-ta"}
@@ -186,13 +192,13 @@ def _parse_value(key: str, text: str, label: str):
         if key in ("rho", "p") and not 0 < value <= 1:
             raise AttackSpecError(f"attack {label!r}: {key} must lie in (0, 1], got {text}")
         return value
-    if key in ("restarts", "seed", "rs", "eot", "targets"):
+    if key in ("restarts", "seed", "rs", "eot", "targets", "candidates"):
         if not _is_count(text):
             raise AttackSpecError(f"attack {label!r}: {key} must be a non-negative integer, got {text!r}")
         value = int(text)
         if key == "seed" and value >= MAX_SEED:
             raise AttackSpecError(f"attack {label!r}: seed must be < 2**63, got {text}")
-        if key in ("restarts", "eot", "targets") and value < 1:
+        if key in ("restarts", "eot", "targets", "candidates") and value < 1:
             raise AttackSpecError(f"attack {label!r}: {key} must be >= 1")
         if key == "rs" and value not in (0, 1):
             raise AttackSpecError(f"attack {label!r}: rs must be 0 or 1")

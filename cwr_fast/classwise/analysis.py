@@ -307,6 +307,7 @@ def sanity_flags(counts: ClasswiseCounts, attacks: Mapping[str, object] | None =
     flags += _fgsm_flags(described, robust, percent)
     for varied in ("steps", "eps"):
         flags += _rising_flags(described, robust, percent, varied)
+    flags += fast_mode_flags(counts, described)
     for label, names in counts.members.items():  # the reference's check, after every member ran
         fooled = counts.member_broken[label].sum(dim=1).tolist()
         flag = square_success_flag(counts.total, int(counts.clean_correct.sum()), list(zip(names, fooled)))
@@ -315,6 +316,36 @@ def sanity_flags(counts: ClasswiseCounts, attacks: Mapping[str, object] | None =
                                          "message": f"{label}: {flag['message']}"}))
     if eps_sweep is not None:
         flags += _eps_sweep_flags(eps_sweep if isinstance(eps_sweep, Sweep) else Sweep.from_json(eps_sweep))
+    return flags
+
+
+FAST_MODES = ("malt",)  # attacks (or AutoAttack versions) that stand in for aa at a fraction of its time
+
+
+def fast_mode_flags(counts: ClasswiseCounts, described: dict[str, AttackDescription]) -> list[Flag]:
+    """Where a fast stand-in for AutoAttack (MALT, aa:version=malt) ran beside AutoAttack standard
+    at the same eps and norm: how many of the images aa fooled it missed, per class (severity
+    info when none, else warning)."""
+    def key(d: AttackDescription):
+        return d.params.get("eps"), d.params.get("norm")
+
+    standard = [lab for lab, d in described.items() if d.name == "aa" and d.params.get("version") == "standard"]
+    fast = [lab for lab, d in described.items()
+            if d.name in FAST_MODES or (d.name == "aa" and d.params.get("version") in FAST_MODES)]
+    flags = []
+    for f, a in itertools.product(fast, standard):
+        if key(described[f]) != key(described[a]):
+            continue
+        i, j = counts.index(f), counts.index(a)
+        missed = counts.gain[i, j]  # [C] robust to the fast mode, fooled by aa
+        fooled_by_aa = int((counts.clean_correct - counts.robust(a)).sum())
+        by_class = ", ".join(f"class {c}: {int(k)}" for c, k in enumerate(missed.tolist()) if k)
+        flags.append(Flag(
+            code="fast_mode_agreement", severity="warning" if int(missed.sum()) else "info",
+            attacks=[f, a],
+            message=f"{f} missed {int(missed.sum())} of the {fooled_by_aa} images {a} fooled"
+                    + (f" ({by_class}); keep {a} for the headline numbers" if by_class else "")
+                    + f", and fooled {int(counts.gain[j, i].sum())} that {a} did not"))
     return flags
 
 

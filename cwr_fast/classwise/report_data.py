@@ -400,7 +400,8 @@ class Sweeps(JsonRecord):
 
 @_record
 class Flag(JsonRecord):
-    """A sanity check that failed: code, 'error' or 'warning', the attacks concerned, in words."""
+    """A sanity check that failed ('error' or 'warning'), or a comparison the report states ('info':
+    a fast mode's agreement with AutoAttack): code, severity, the attacks concerned, in words."""
     code: str = plain()
     severity: str = plain()
     attacks: list[str] = plain()

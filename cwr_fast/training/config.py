@@ -141,6 +141,10 @@ class TrainConfig(CalibrationConfig):
     # evaluation
     val_steps: int = option(10, "PGD steps of the per-epoch check", EVAL, type=integer,
                             fixed_on_resume=True, check=at_least(1))
+    val_attack: str | None = option(None, "the attack of the per-epoch check instead of PGD-"
+                                    "{val-steps}, e.g. aa:version=malt (AutoAttack strength at a "
+                                    "fraction of its time) or malt-20:targets=3", EVAL,
+                                    fixed_on_resume=True, shown_default="pgd-{val-steps}")
     val_every: int = option(1, "check every N epochs", EVAL, type=integer, fixed_on_resume=True,
                             check=at_least(1))
     val_batch_size: int = option(256, "batch size of the checks and the report", EVAL,
@@ -371,7 +375,7 @@ def _defense_options(items) -> dict:
 def check(cfg: TrainConfig, info) -> None:
     """Clear errors for settings that cannot work, before any data is read or model built:
     the declared checks of each option, then those that relate several."""
-    from cwr_fast.attacks.spec import AttackSpecError, check_attacks, parse_attacks
+    from cwr_fast.attacks.spec import AttackSpecError, check_attacks, parse_attack, parse_attacks
     from cwr_fast.defenses import build_defense
 
     reason = check_options(cfg)
@@ -408,6 +412,11 @@ def check(cfg: TrainConfig, info) -> None:
         check_attacks(parse_attacks(cfg.final_attacks), eps=cfg.eps, num_classes=info.num_classes)
     except AttackSpecError as err:
         raise ConfigError(f"--final-attacks: {err}") from None
+    if cfg.val_attack is not None:
+        try:
+            check_attacks([parse_attack(cfg.val_attack)], eps=cfg.eps, num_classes=info.num_classes)
+        except AttackSpecError as err:
+            raise ConfigError(f"--val-attack: {err}") from None
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:

@@ -123,8 +123,8 @@ class Trainer:
     # ---- built when the first epoch ends ----
     @functools.cached_property
     def validation(self) -> Evaluation:
-        """The per-epoch check: the evaluation pipeline with the run's PGD."""
-        return self._evaluation(f"pgd-{self.cfg.val_steps}", progress=False)
+        """The per-epoch check: the evaluation pipeline with --val-attack (default the run's PGD)."""
+        return self._evaluation(self.cfg.val_attack or f"pgd-{self.cfg.val_steps}", progress=False)
 
     @functools.cached_property
     def context(self) -> RunContext:

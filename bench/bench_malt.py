@@ -1,0 +1,80 @@
+"""MALT targeting against AutoAttack, class by class, on the bench models of bench_autoattack.py.
+
+    pytest bench/bench_malt.py --benchmark-only --benchmark-json=out.json
+
+One class-wise evaluation per model runs every attack below on the same clean-correct images
+(the engine attacks each one independently), so the seconds of each are ratios in one run:
+
+    aa        AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square), seed 0: the reference protocol
+    aa-seed1  the same with seed 1: AutoAttack's own seed-to-seed variation, the noise floor
+    aa-fast   aa:version=malt: APGD-CE, then MALT (3 targets, 2 restarts each) on what it left
+    apgd-t    APGD-T, the reference's 9 targets by confidence
+    malt      MALT with the same 9 targets, ranked by the linearised boundary distance
+    malt-3    MALT on its 3 nearest targets only
+
+For each attack the benchmark records its seconds, the robust images per class and, against aa,
+the images per class that aa fools and it does not (`missed`) and the reverse (`extra`), from the
+evaluation's gain matrix. `aa-fast` fails the benchmark if it misses more of the images aa fools
+than 0.2% of them (issue 28's bar) or, where that is below AutoAttack's own variation, than
+aa-seed1 misses. Models: `mnist`, `cifar` (200 images each; CWR_FAST_BENCH_FULL=1: 500,
+and the PreAct ResNet-18 `resnet` on 20: AutoAttack alone takes about 4 minutes there on 2 cores).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from bench_autoattack import BATCH, class_balanced_test_images, robust_model
+from cwr_fast.attacks import parse_attack
+from cwr_fast.classwise import evaluate_classwise
+
+ATTACKS = {"aa": "aa:seed=0", "aa-seed1": "aa:seed=1", "aa-fast": "aa:version=malt:seed=0", "apgd-t": "apgd-t",
+           "malt": "malt", "malt-3": "malt:targets=3"}
+MAX_MISSED = 0.002  # of the images aa fools
+FULL = os.environ.get("CWR_FAST_BENCH_FULL") == "1"
+CASES = [("mnist", 50 if FULL else 20), ("cifar", 50 if FULL else 20)] + ([("resnet", 2)] if FULL else [])
+
+
+def compare(model, x, y, eps) -> dict:
+    """Every attack of ATTACKS in one evaluation: seconds, robust per class, missed/extra vs aa."""
+    attacks = {label: parse_attack(spec).build(model, eps=eps) for label, spec in ATTACKS.items()}
+    batches = [(x[i:i + BATCH], y[i:i + BATCH]) for i in range(0, len(y), BATCH)]
+    counts = evaluate_classwise(model, batches, 10, attacks)
+    names = list(ATTACKS)
+    aa = names.index("aa")
+    fooled_by_aa = int((counts.clean_correct - counts.robust("aa")).sum())
+    result = {"images": len(y), "clean_correct": int(counts.clean_correct.sum()),
+              "fooled_by_aa": fooled_by_aa, "attacks": {}}
+    for k, label in enumerate(names):
+        result["attacks"][label] = {
+            "seconds": float(counts.seconds[k]),
+            "robust_per_class": counts.robust(label).tolist(),
+            "missed_per_class": counts.gain[k, aa].tolist(),   # robust to this attack, fooled by aa
+            "extra_per_class": counts.gain[aa, k].tolist(),    # fooled by this attack, robust to aa
+            "speedup_vs_aa": float(counts.seconds[aa] / counts.seconds[k]),
+        }
+        if label in counts.members:
+            result["attacks"][label]["fooled_first_by"] = dict(
+                zip(counts.members[label], counts.member_broken[label].sum(dim=1).tolist()))
+    result["speedup_malt_vs_apgd_t"] = float(counts.seconds[names.index("apgd-t")]
+                                             / counts.seconds[names.index("malt")])
+    return result
+
+
+@pytest.mark.parametrize("model_name, per_class", CASES, ids=lambda v: str(v))
+def test_malt_against_aa(benchmark, model_name, per_class):
+    if benchmark.disabled:  # the untimed smoke run (CI): the same code on a few images
+        per_class = 1
+    model, source, eps = robust_model(model_name)
+    x, y = class_balanced_test_images(source, per_class)
+    benchmark.group = f"MALT vs AutoAttack, {model_name}, {len(y)} images"
+    result = benchmark.pedantic(lambda: compare(model, x, y, eps), rounds=1, iterations=1)
+    benchmark.extra_info.update({"model": model_name, "threads": torch.get_num_threads(), **result})
+    missed = sum(result["attacks"]["aa-fast"]["missed_per_class"])
+    noise = sum(result["attacks"]["aa-seed1"]["missed_per_class"])
+    assert missed <= max(MAX_MISSED * result["fooled_by_aa"], noise), \
+        f"{model_name}: aa-fast missed {missed} of the {result['fooled_by_aa']} images aa fools " \
+        f"(aa with another seed: {noise})"
