@@ -619,6 +619,7 @@ def _report_config(args, info, evaluation: Evaluation, eps_source: str, amp_choi
             "attacks": evaluation.labels, "eps": evaluation.eps, "eps_source": eps_source,
             "eps_l2": args.eps_l2, "track": args.track, "tpgd_sweep": args.tpgd_sweep,
             "eps_sweep": args.eps_sweep, "sweep_steps": args.sweep_steps,
+            **({"eps_sweep_attack": args.eps_sweep_attack} if args.eps_sweep_attack else {}),
             "batch_size": args.batch_size, "amp": evaluation.amp or "off", "amp_choice": amp_choice,
             "device": str(device), "threads": threads[0], "threads_choice": threads[1],
             "channels_last": args.channels_last,

@@ -88,6 +88,10 @@ class EvalSettings:
                                     check=_eps_values)
     sweep_steps: int = option(20, "PGD steps of the sweeps", ATTACKS, type=integer,
                               check=at_least(1, optional=True))
+    eps_sweep_attack: str | None = option(None, "the attack of the eps sweep instead of PGD, e.g. "
+                                          "aa:version=malt (AutoAttack strength at every eps, at a "
+                                          "fraction of its time)", ATTACKS, metavar="SPEC",
+                                          shown_default="pgd-{sweep-steps}")
     batch_size: int = option(256, None, RUN, type=integer, shown_default="",
                              check=at_least(1, optional=True))
     amp: str | None = option("off", "autocast dtype of the model during attacks, images stay float32 "
@@ -150,7 +154,7 @@ class Evaluation:
         self.log_for, self.say = log_for, say
         self.specs = parse_attacks(settings.attacks)
         base = {"T": parse_attack(f"tpgd-{settings.sweep_steps}"),
-                "eps": parse_attack(f"pgd-{settings.sweep_steps}")}
+                "eps": parse_attack(settings.eps_sweep_attack or f"pgd-{settings.sweep_steps}")}
         self.sweep_labels = {key: spec.label for key, spec in base.items()}
         self.sweeps = {"T": [base["T"].with_params(T=t) for t in settings.tpgd_sweep or []],
                        "eps": [base["eps"].with_params(eps=e) for e in settings.eps_sweep or []]}

@@ -267,3 +267,18 @@ def test_normalize_refused_for_a_checkpoint_with_its_own(mnist_checkpoint, share
     assert main(cli_args(mnist_checkpoint, shared_data, tmp_path / "o", attacks="fgsm",
                          normalize="none")) == 2
     assert "carries its own normalisation" in capsys.readouterr().err
+
+
+def test_the_eps_sweep_can_run_the_fast_autoattack_mode(mnist_checkpoint, shared_data, tmp_path):
+    """--eps-sweep-attack aa:version=malt: AutoAttack strength at every eps of the sweep; the
+    config records it (and only then: the default report is unchanged)."""
+    out = tmp_path / "report"
+    assert main(cli_args(mnist_checkpoint, shared_data, out, attacks="fgsm", eps_sweep="0,0.1",
+                         eps_sweep_attack="aa:version=malt:seed=0", limit=20)) == 0
+    report = json.loads((out / "report.json").read_text())
+    sweep = report["sweeps"]["eps"]
+    assert report["config"]["eps_sweep_attack"] == "aa:version=malt:seed=0"
+    assert sweep["attack"].startswith("aa:version=malt") and sweep["overall_robust_acc"][0] == report["clean"]["accuracy"]
+    assert sweep["overall_robust_acc"][1] <= report["attacks"][0]["overall"]["robust_acc"] + 1e-9  # aa-strength below fgsm
+    assert main(cli_args(mnist_checkpoint, shared_data, tmp_path / "bad", eps_sweep="0.1",
+                         eps_sweep_attack="malt:candidates=0")) == 2
