@@ -127,3 +127,17 @@ def test_the_report_breaks_malt_down_by_target_rank_and_states_the_fast_modes_mi
         missed = int(counts.gain[counts.index(fast), counts.index("aa")].sum())
         assert flag.message.startswith(f"{fast} missed {missed} of the ")
         assert flag.severity == ("warning" if missed else "info")
+
+
+@pytest.mark.parametrize("spec, amp", [("malt-10:targets=2:norm=l2", None), ("malt-10:targets=2", "bf16")])
+def test_malt_runs_under_l2_and_bf16_with_float32_verdicts(mnist_model, mnist_eval, spec, amp):
+    x, y = mnist_eval
+    x, y = x[:16], y[:16]
+    atk = parse_attack(spec).build(mnist_model, eps=0.1, eps_l2=1.0, amp=amp)
+    result = atk.run(x, y)
+    with torch.no_grad():
+        pred32 = mnist_model(result.x_adv).argmax(dim=1)
+    assert torch.equal(result.success, pred32 != y)  # a fooled verdict is the float32 model's
+    delta = (result.x_adv - x).flatten(1)
+    bound = delta.norm(dim=1) if atk.threat.name == "l2" else delta.abs().amax(dim=1)
+    assert float(bound.max()) <= (1.0 if atk.threat.name == "l2" else 0.1) + 1e-5
