@@ -338,10 +338,6 @@ class APGDT(Attack):
     name = "apgd-t"
     min_classes = 4  # the targeted DLR loss reads the 4th largest logit
 
-    @classmethod
-    def classes_needed(cls, **settings) -> int:
-        return cls.min_classes
-
     def __init__(self, model: nn.Module, eps: float = 8 / 255, norm: str = "linf", steps: int = 100,
                  targets: int = 9, restarts: int = 1, rho: float = 0.75, amp: str | None = None):
         super().__init__(model)

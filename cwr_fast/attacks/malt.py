@@ -32,7 +32,6 @@ from torch import Tensor, nn
 
 from cwr_fast.attacks.apgd import APGDT
 from cwr_fast.attacks.attack import check_count
-from cwr_fast.attacks.result import AttackResult
 from cwr_fast.attacks.threat import ThreatModel
 from cwr_fast.runtime import amp_dtype, autocast
 
