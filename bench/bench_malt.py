@@ -73,6 +73,8 @@ def test_malt_against_aa(benchmark, model_name, per_class):
     benchmark.group = f"MALT vs AutoAttack, {model_name}, {len(y)} images"
     result = benchmark.pedantic(lambda: compare(model, x, y, eps), rounds=1, iterations=1)
     benchmark.extra_info.update({"model": model_name, "threads": torch.get_num_threads(), **result})
+    if benchmark.disabled:
+        return  # 10 images decide nothing about agreement (as bench_autoattack's gap check)
     missed = sum(result["attacks"]["aa-fast"]["missed_per_class"])
     noise = sum(result["attacks"]["aa-seed1"]["missed_per_class"])
     assert missed <= max(MAX_MISSED * result["fooled_by_aa"], noise), \
