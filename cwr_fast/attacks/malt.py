@@ -43,7 +43,10 @@ def boundary_distances(model: nn.Module, x: Tensor, y: Tensor, threat: ThreatMod
     """(classes, distances), both [N, a] with a = min(candidates, C - 1): the a most likely classes
     other than y (by clean logit, most likely first) and the distance of each one's boundary with y
     under the model linearised at x, (z_y - z_t) / ||grad_x (z_y - z_t)||_*. One forward pass and
-    a backward passes, each over the whole batch (the images' gradients do not mix)."""
+    a backward passes, each over the whole batch (the images' gradients do not mix). FAB's
+    untargeted step picks its boundary by the same distance (fab._boundary_gradients), but keeps
+    every class's gradient for its projection; here only their norms are kept, so that the top 100
+    of ImageNet's 1000 classes fit in memory."""
     x = x.detach().requires_grad_(True)
     with torch.enable_grad(), autocast(x.device, amp_dtype(amp)):
         logits = model(x)
