@@ -538,6 +538,9 @@ def _settings_lines(s: dict) -> list[str]:
                  f"torchattacks' 10-iteration variant, for comparison), {s['attack_steps']} steps for the "
                  f"iterative attacks; Temperature-PGD sweep over T = "
                  f"{', '.join(f'{t:g}' for t in s['temperatures'])} at the same budget and steps.")
+    if s.get("val_attack"):
+        lines.append(f"- Each training's per-epoch check, by which the class-wise defenses steer: "
+                     f"`{s['val_attack']}` (instead of PGD); the numbers above come from the final attacks.")
     n = s["test_per_class"]
     lines.append("- 95% Wilson intervals are given for per-class accuracies (and drawn on every per-class bar "
                  + (f"plot); with {n} images a class's interval is about ±{_ci_half_width(n):.0f} points at 80% "

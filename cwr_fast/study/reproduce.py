@@ -16,6 +16,10 @@ in OUT with all of them. --seeds trains the two baselines and the best defense (
 worst-class AutoAttack accuracy at the first seed) once more per further seed, in
 runs/NAME@seedS, and the findings report mean +- std over the seeds and use the paired tests.
 
+--val-attack aa:version=malt gives every training's per-epoch check, by which the class-wise
+defenses (CWR, FRL) steer, AutoAttack's strength at a quarter of its cost or less (bench/bench_malt.py).
+The findings' numbers stay on the final attacks, and the T sweep is Temperature-PGD by definition.
+
 Interrupt it at any time and run the same command again: finished runs are kept, an unfinished
 training resumes from its last checkpoint, and the evaluations that are missing are redone.
 
@@ -119,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default all; the baselines are always included)")
     p.add_argument("--jobs", type=integer, help="runs trained at once (default: 2 on a CPU with >= 2 "
                    "cores, each with one thread; 1 on a GPU)")
+    p.add_argument("--val-attack", metavar="SPEC",
+                   help="every training's per-epoch check, by which the class-wise defenses steer, e.g. "
+                        "aa:version=malt (default: PGD of the training's steps); the findings' numbers "
+                        "stay on the final attacks")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="runs/reproduce", help="output directory (default %(default)s)")
     p.add_argument("--seed", type=integer, default=0)
@@ -197,6 +205,7 @@ def plan(args, mode: str, info, cpu: bool, out: Path, seed: int | None = None,
               "--device", args.device]
     common += _optional("--data-dir", args.data_dir) + ["--arch", arch]
     common += _optional("--eps", args.eps) + _optional("--final-limit", limit)
+    common += _optional("--val-attack", args.val_attack)
     for key in ("train_per_class", "val_per_class", "epochs", "steps", "alpha", "batch_size",
                 "eps_warmup_epochs"):
         common += _optional("--" + key.replace("_", "-"), m[key])
@@ -232,6 +241,8 @@ def plan(args, mode: str, info, cpu: bool, out: Path, seed: int | None = None,
                                       "batch_size", "eps_warmup_epochs")},
                 "runs": [{"name": n, "method": meth, "extra": extra} for n, meth, extra in runs],
                 "seed": seed, "seeds": parse_seeds(args), "seed_runs": {}}
+    if args.val_attack is not None:  # recorded only when given: the default findings.json is unchanged
+        settings["val_attack"] = args.val_attack
     return jobs, settings
 
 
@@ -355,6 +366,8 @@ def plan_studies(args, mode: str) -> tuple[dict[str, Study], list[Job], bool]:
     if len({study_name(d) for d in datasets}) != len(datasets):
         raise UsageError(f"--dataset names a dataset twice: {args.dataset}")
     infos = {d: dataset_info(d) for d in datasets}
+    if args.val_attack is not None:
+        check_val_attack(args.val_attack, args.eps, infos.values())
     import torch
 
     from cwr_fast.runtime import resolve_device
@@ -372,6 +385,21 @@ def plan_studies(args, mode: str) -> tuple[dict[str, Study], list[Job], bool]:
         studies[d] = Study(folder, settings, study_args, infos[d])
         jobs += d_jobs
     return studies, jobs, cpu
+
+
+def check_val_attack(spec: str, eps: float | None, infos) -> None:
+    """--val-attack's every setting, before any training starts (UsageError), as cwr_fast.train
+    checks it (at --eps, else at each dataset's preset eps)."""
+    from cwr_fast.attacks.spec import AttackSpecError, check_attacks, parse_attack
+    from cwr_fast.training.config import preset_for
+
+    try:
+        attack = parse_attack(spec)
+        for info in infos:
+            check_attacks([attack], eps=preset_for(info.name)["eps"] if eps is None else eps,
+                          num_classes=info.num_classes)
+    except AttackSpecError as err:
+        raise UsageError(f"--val-attack: {err}") from None
 
 
 def seed_jobs(studies: dict[str, Study], mode: str, cpu: bool, seeds: list[int]) -> list[Job]:

@@ -9,6 +9,7 @@ import pytest
 
 from cwr_fast.errors import RunError, UsageError
 from cwr_fast.study import reproduce as R
+from cwr_fast.study.document import _settings_lines
 from helpers.train import REPO, env
 
 
@@ -35,7 +36,8 @@ def test_bad_arguments_are_usage_errors():
     assert issubclass(UsageError, ValueError)  # code that caught the old ValueErrors still does
 
 
-@pytest.mark.parametrize("argv", [["--seeds", "1,1"], ["--eps", "2"], ["--dataset", "mnist,mnist"]])
+@pytest.mark.parametrize("argv", [["--seeds", "1,1"], ["--eps", "2"], ["--dataset", "mnist,mnist"],
+                                  ["--val-attack", "nope"], ["--val-attack", "aa:version=malt:targets=x"]])
 def test_bad_arguments_exit_2_before_any_output(argv, capsys, tmp_path):
     assert R.main(["--tiny", "--out", str(tmp_path / "x"), *argv]) == 2
     err = capsys.readouterr().err
@@ -68,3 +70,22 @@ def test_a_failed_job_exits_1_with_one_line(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(R, "run_jobs", failing)
     assert R.main(["--tiny", "--out", str(tmp_path / "x")]) == 1
     assert capsys.readouterr().err == "cwr_fast.reproduce: error: train pgd-at failed (exit 1); its log: LOG\n"
+
+
+def test_val_attack_reaches_every_training_and_no_sweep(tmp_path):
+    def planned(*extra):
+        return R.plan_studies(R.build_parser().parse_args(["--tiny", "--out", str(tmp_path / "x"), *extra]), "tiny")
+
+    studies, jobs, _ = planned("--val-attack", "aa:version=malt")
+    trainings = [j for j in jobs if j.name.startswith("train ")]
+    assert len(trainings) == len(R.RUNS) and len(jobs) > len(trainings)
+    for job in jobs:
+        given = job.argv[job.argv.index("--val-attack") + 1] if "--val-attack" in job.argv else None
+        assert given == ("aa:version=malt" if job in trainings else None), job.name
+    settings = studies["mnist"].settings
+    assert settings["val_attack"] == "aa:version=malt"
+    assert any("`aa:version=malt`" in line for line in _settings_lines(settings))
+
+    studies, jobs, _ = planned()  # the default: no flag, no key, no line
+    assert not any("--val-attack" in j.argv for j in jobs) and "val_attack" not in studies["mnist"].settings
+    assert not any("per-epoch check" in line for line in _settings_lines(studies["mnist"].settings))
