@@ -36,6 +36,7 @@ import torch
 
 from cwr_fast.attacks import parse_attack
 from cwr_fast.classwise import evaluate_classwise
+from two_digit_mnist import two_digit_mnist
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH = 250
@@ -53,6 +54,13 @@ MODELS = {  # name: (source, eps, training arguments): the small CNNs are tests/
                ["--arch", "preact_resnet18", "--epochs", "2", "--steps", "2", "--alpha", "4/255",
                 "--train-per-class", "200", "--batch-size", "64", "--lr", "0.05", "--schedule", "cosine",
                 "--eps-warmup-epochs", "1"]),
+    # CIFAR-100-shaped (100 classes, 3x32x32; bench/two_digit_mnist.py), for MALT's targeting. TRADES:
+    # PGD-AT from scratch stays at chance on 100 classes here. Attacked at 0.075, where APGD-CE fools
+    # 44% of the clean-correct images and the targeted members 18% more (at 0.1: 57% and 24%)
+    "mnist100": ("npz:{cache}/two_digit_mnist.npz", 0.075,
+                 ["--arch", "small_cnn", "--method", "trades", "--epochs", "10", "--steps", "5", "--alpha", "0.04",
+                  "--eps", "0.15", "--eps-warmup-epochs", "5", "--batch-size", "100", "--lr", "0.05",
+                  "--schedule", "cosine"]),
 }
 RESULTS: dict[tuple[str, str], dict] = {}
 
@@ -71,7 +79,9 @@ def robust_model(name: str):
     from cwr_fast.models.checkpoint import load_weights
 
     source, eps, args = MODELS[name]
-    source = source.format(shared=shared_data())
+    source = source.format(shared=shared_data(), cache=CACHE)
+    if name == "mnist100":
+        two_digit_mnist(Path(source.split(":", 1)[1]), shared_data())
     run = CACHE / f"{name}-robust"
     checkpoint = run / "checkpoints" / "last.pt"
     if not checkpoint.is_file():
@@ -91,7 +101,8 @@ def class_balanced_test_images(source: str, per_class: int):
     from cwr_fast.data import load_arrays
 
     images, labels = load_arrays(source, "test", data_dir=shared_data() if source == "mnist" else None)
-    keep = torch.cat([torch.nonzero(labels == c).flatten()[:per_class] for c in range(10)]).sort().values
+    classes = int(labels.max()) + 1
+    keep = torch.cat([torch.nonzero(labels == c).flatten()[:per_class] for c in range(classes)]).sort().values
     return images[keep].float() / 255, labels[keep].clone()
 
 

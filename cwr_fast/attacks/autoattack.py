@@ -6,8 +6,9 @@ samples that every earlier member failed on, and a sample is robust only if all 
     plus      APGD-CE and APGD-DLR (5 restarts each), FAB (5 restarts), Square, APGD-T, FAB-T
     rand      APGD-CE and APGD-DLR with the gradient averaged over 20 passes (EOT), for randomised
               defenses
-    malt      not the reference's: APGD-CE, then MALT (3 targets by linearised boundary distance,
-              2 restarts each; attacks/malt.py), a fast stand-in for standard (bench/bench_malt.py)
+    malt      not the reference's: APGD-CE, MALT (3 targets by linearised boundary distance, 2
+              restarts each; attacks/malt.py), FAB-T (1 target), a fast stand-in for standard
+              (bench/bench_malt.py: FAB-T caught what MALT missed on the 100-class model)
 
 APGD and FAB run 100 iterations; targeted members use min(9, C - 1) target classes. The members
 are cwr_fast's own implementations on the fused ops. The result says, per sample, which member
@@ -61,7 +62,8 @@ VERSIONS = {
     "rand": (("apgd-ce", APGD, {"loss": "ce", "eot": 20}),
              ("apgd-dlr", APGD, {"loss": "dlr", "eot": 20})),
     "malt": (("apgd-ce", APGD, {"loss": "ce"}),
-             ("malt", MALT, {"targets": 3, "restarts": 2})),
+             ("malt", MALT, {"targets": 3, "restarts": 2}),
+             ("fab-t", FABT, {"targets": 1})),
 }
 
 

@@ -99,8 +99,8 @@ def test_specs_build_malt_and_the_fast_mode():
     assert isinstance(atk, MALT) and (atk.steps, atk.targets, atk.candidates, atk.restarts) == (50, 3, 4, 2)
     assert parse_attack("malt:norm=l2").build(model, eps=0.1, eps_l2=0.5).threat.name == "l2"
     fast = parse_attack("aa:version=malt").build(model, eps=0.1)
-    assert isinstance(fast, AutoAttack) and fast.member_names == ["apgd-ce", "malt"]
-    assert (fast.members["malt"].targets, fast.members["malt"].restarts) == (3, 2)
+    assert isinstance(fast, AutoAttack) and fast.member_names == ["apgd-ce", "malt", "fab-t"]
+    assert (fast.members["malt"].targets, fast.members["malt"].restarts, fast.members["fab-t"].targets) == (3, 2, 1)
     for bad in ("malt:candidates=0", "malt:targets=0", "malt:T=2"):
         with pytest.raises(AttackSpecError):
             parse_attack(bad).build(model, eps=0.1)
