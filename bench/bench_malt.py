@@ -112,3 +112,12 @@ def test_two_digit_mnist_pairs_real_digits_of_its_label(tmp_path):
         left, right = image[:, :16], image[:, 16:]
         assert c // 10 in label_of[np.ascontiguousarray(left).tobytes()]
         assert c % 10 in label_of[np.ascontiguousarray(right).tobytes()]
+
+
+def test_seed_variation_script_runs():
+    """bench/malt_seeds.py (the seed study behind bench/README's MALT section), on 10 images."""
+    from malt_seeds import SPECS, seed_variation
+
+    result = seed_variation("mnist", 1, seeds=(0, 1), log=lambda _: None)
+    assert result["aa0"] == {"fooled": result["fooled_by_aa0"], "missed_vs_aa0": 0, "extra_vs_aa0": 0}
+    assert all(f"{label}{seed}" in result for label in SPECS for seed in (0, 1))
