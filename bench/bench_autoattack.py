@@ -55,8 +55,8 @@ MODELS = {  # name: (source, eps, training arguments): the small CNNs are tests/
                 "--train-per-class", "200", "--batch-size", "64", "--lr", "0.05", "--schedule", "cosine",
                 "--eps-warmup-epochs", "1"]),
     # CIFAR-100-shaped (100 classes, 3x32x32; bench/two_digit_mnist.py), for MALT's targeting. TRADES:
-    # PGD-AT from scratch stays at chance on 100 classes here. Attacked at 0.075, where APGD-CE fools
-    # 44% of the clean-correct images and the targeted members 18% more (at 0.1: 57% and 24%)
+    # PGD-AT from scratch was still at chance after its first epochs here. Attacked at 0.075, where
+    # APGD-CE fools 44% of the clean-correct images and the targeted members 18% more (0.1: 57%, 24%)
     "mnist100": ("npz:{cache}/two_digit_mnist.npz", 0.075,
                  ["--arch", "small_cnn", "--method", "trades", "--epochs", "10", "--steps", "5", "--alpha", "0.04",
                   "--eps", "0.15", "--eps-warmup-epochs", "5", "--batch-size", "100", "--lr", "0.05",
