@@ -366,8 +366,12 @@ def plan_studies(args, mode: str) -> tuple[dict[str, Study], list[Job], bool]:
     if len({study_name(d) for d in datasets}) != len(datasets):
         raise UsageError(f"--dataset names a dataset twice: {args.dataset}")
     infos = {d: dataset_info(d) for d in datasets}
-    if args.val_attack is not None:
-        check_val_attack(args.val_attack, args.eps, infos.values())
+    if args.val_attack is not None:  # as each training will check it, before any job starts
+        from cwr_fast.training.config import check_val_attack, preset_for
+
+        for info in infos.values():
+            check_val_attack(args.val_attack, preset_for(info.name)["eps"] if args.eps is None else args.eps,
+                             info.num_classes)
     import torch
 
     from cwr_fast.runtime import resolve_device
@@ -385,21 +389,6 @@ def plan_studies(args, mode: str) -> tuple[dict[str, Study], list[Job], bool]:
         studies[d] = Study(folder, settings, study_args, infos[d])
         jobs += d_jobs
     return studies, jobs, cpu
-
-
-def check_val_attack(spec: str, eps: float | None, infos) -> None:
-    """--val-attack's every setting, before any training starts (UsageError), as cwr_fast.train
-    checks it (at --eps, else at each dataset's preset eps)."""
-    from cwr_fast.attacks.spec import AttackSpecError, check_attacks, parse_attack
-    from cwr_fast.training.config import preset_for
-
-    try:
-        attack = parse_attack(spec)
-        for info in infos:
-            check_attacks([attack], eps=preset_for(info.name)["eps"] if eps is None else eps,
-                          num_classes=info.num_classes)
-    except AttackSpecError as err:
-        raise UsageError(f"--val-attack: {err}") from None
 
 
 def seed_jobs(studies: dict[str, Study], mode: str, cpu: bool, seeds: list[int]) -> list[Job]:

@@ -375,7 +375,7 @@ def _defense_options(items) -> dict:
 def check(cfg: TrainConfig, info) -> None:
     """Clear errors for settings that cannot work, before any data is read or model built:
     the declared checks of each option, then those that relate several."""
-    from cwr_fast.attacks.spec import AttackSpecError, check_attacks, parse_attack, parse_attacks
+    from cwr_fast.attacks.spec import AttackSpecError, check_attacks, parse_attacks
     from cwr_fast.defenses import build_defense
 
     reason = check_options(cfg)
@@ -413,10 +413,18 @@ def check(cfg: TrainConfig, info) -> None:
     except AttackSpecError as err:
         raise ConfigError(f"--final-attacks: {err}") from None
     if cfg.val_attack is not None:
-        try:
-            check_attacks([parse_attack(cfg.val_attack)], eps=cfg.eps, num_classes=info.num_classes)
-        except AttackSpecError as err:
-            raise ConfigError(f"--val-attack: {err}") from None
+        check_val_attack(cfg.val_attack, cfg.eps, info.num_classes)
+
+
+def check_val_attack(spec: str, eps: float, num_classes: int) -> None:
+    """--val-attack's every setting, before any training step (ConfigError); reproduce checks its
+    trainings' with it before the first job."""
+    from cwr_fast.attacks.spec import AttackSpecError, check_attacks, parse_attack
+
+    try:
+        check_attacks([parse_attack(spec)], eps=eps, num_classes=num_classes)
+    except AttackSpecError as err:
+        raise ConfigError(f"--val-attack: {err}") from None
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:
